@@ -1,0 +1,120 @@
+"""Atomic file writes and model checkpoints: safetensors weights + a JSON config beside them.
+
+A checkpoint is a folder:
+
+    <dir>/config.json          {"kind": ..., "config": {...}, "meta": {...}}
+    <dir>/<name>.safetensors   one or more named weight files (e.g. "model", "ema")
+
+Nothing is ever unpickled. Every write goes to a temporary file in the same folder and is then
+renamed over the target, so a killed process leaves either the old file or the new one.
+It imports only `diffusion.errors`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from diffusion.errors import DigitsError
+
+
+class CheckpointError(DigitsError):
+    """A checkpoint folder or weights file is missing or corrupt. One-line message naming it."""
+
+
+@contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; on success rename it over `target`.
+
+    On an exception the temporary file or folder is removed and `target` is untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    tmp.unlink()
+    try:
+        yield tmp
+        if target.is_dir() and tmp.is_dir():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_checkpoint(
+    directory: str | Path,
+    kind: str,
+    config: dict[str, Any],
+    weights: dict[str, dict[str, torch.Tensor]],
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """Write a whole checkpoint folder atomically (the folder appears complete or not at all).
+
+    Args:
+        directory: the checkpoint folder to create or replace.
+        kind: what the weights are ("unet", "classifier", ...), checked on load.
+        config: everything needed to rebuild the network (a config model's `model_dump()`).
+        weights: weight-file name -> state dict, e.g. {"model": ..., "ema": ...}.
+        meta: free JSON (step, metrics) stored in config.json.
+    """
+    with atomic_path(directory) as tmp:
+        tmp.mkdir()
+        for name, state in weights.items():
+            tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+            save_file(tensors, str(tmp / f"{name}.safetensors"))
+        doc = {"kind": kind, "config": config, "meta": meta or {}}
+        (tmp / "config.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+def read_checkpoint_config(directory: str | Path, kind: str) -> dict[str, Any]:
+    """Return the checkpoint's config.json document after checking its kind."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint config not found")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err.msg})") from None
+    if doc.get("kind") != kind:
+        raise CheckpointError(f"{path}: expected a '{kind}' checkpoint, found '{doc.get('kind')}'")
+    return doc
+
+
+def load_weights(path: str | Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Load one safetensors file; a missing or corrupt file raises CheckpointError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({err})") from None

