@@ -141,7 +141,9 @@ class ClassifierConfig(Section):
     batch_size: int = Field(128, ge=1)
     lr: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
-    augment: bool = True
+    dropout: float = Field(0.25, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(0.05, ge=0.0, lt=1.0)
+    augment: bool = True  # random rotation, zoom, shear and shift of every training batch
     seed: int = Field(0, ge=0)
     device: str = "cpu"
 
