@@ -44,9 +44,112 @@ def cmd_prepare(params: Params, args: argparse.Namespace) -> None:
     print(f"prepared {metrics['total']} digits from {metrics['source']} into {args.out}")
 
 
+def cmd_train_classifier(params: Params, args: argparse.Namespace) -> None:
+    from diffusion.data.datasets import DigitsDataset
+    from diffusion.judges.classifier import train_classifier
+
+    splits = [DigitsDataset(getattr(args, name)) for name in ("train", "val", "test")]
+    result = train_classifier(params.classifier, *splits, out_dir=Path(args.out))
+    write_csv_atomic(args.confusion, result.confusion)
+    write_json_atomic(args.metrics, result.metrics)
+    print(f"classifier test accuracy {result.metrics['test_accuracy']:.4f}")
+
+
+def cmd_train_clip(params: Params, args: argparse.Namespace) -> None:
+    from diffusion.data.datasets import DigitsDataset
+    from diffusion.judges.clip import train_clip
+
+    splits = [DigitsDataset(getattr(args, name)) for name in ("train", "val", "test")]
+    result = train_clip(params.clip, *splits, out_dir=Path(args.out))
+    write_json_atomic(args.metrics, result.metrics)
+    print(f"clip zero-shot accuracy {result.metrics['zero_shot_accuracy']:.4f}")
+
+
+def cmd_train_diffusion(params: Params, args: argparse.Namespace) -> None:
+    from diffusion.data.datasets import DigitsDataset
+    from diffusion.model.train import train_diffusion
+
+    result = train_diffusion(
+        params.diffusion,
+        DigitsDataset(args.train),
+        DigitsDataset(args.val),
+        out_dir=Path(args.out),
+        resume_dir=Path(args.resume_dir),
+    )
+    write_csv_atomic(args.loss_plot, result.history)
+    print(f"diffusion: {result.metrics['steps']} steps, val loss {result.metrics['val_loss']:.4f}")
+
+
+def cmd_evaluate_diffusion(params: Params, args: argparse.Namespace) -> None:
+    import torch
+
+    from diffusion.checkpoint import read_checkpoint_config
+    from diffusion.data.datasets import DigitsDataset, to_uint8
+    from diffusion.data.images import save_grid
+    from diffusion.judges.classifier import load_classifier
+    from diffusion.model.forward import forward_strip
+    from diffusion.model.train import load_diffusion
+    from diffusion.quality.samples import judge_guided_samples
+
+    cfg = params.diffusion
+    device = torch.device(cfg.train.device)
+    model, process, _ = load_diffusion(args.model, device)
+    judged = judge_guided_samples(
+        model,
+        process,
+        load_classifier(args.classifier, device),
+        cfg.sampler,
+        n=cfg.eval.n_samples,
+        seed=cfg.eval.seed,
+        device=device,
+        batch_size=cfg.eval.batch_size,
+    )
+    # Rows of the grid are the requested digits 0-9, `grid_per_class` samples each.
+    rows = [judged.images[judged.labels == c][: cfg.eval.grid_per_class] for c in range(10)]
+    save_grid(to_uint8(torch.cat(rows)), args.grid, ncols=cfg.eval.grid_per_class)
+
+    val = DigitsDataset(args.val)
+    firsts = torch.stack([val.images[val.labels == c][0] for c in range(cfg.eval.strip_digits)])
+    strip = forward_strip(
+        process, firsts, cfg.eval.strip_columns, torch.Generator().manual_seed(cfg.eval.seed)
+    )
+    save_grid(strip, args.strip, ncols=cfg.eval.strip_columns)
+
+    metrics = dict(read_checkpoint_config(args.model, "diffusion")["meta"])  # the training metrics
+    metrics.update(
+        sample_judge_accuracy=judged.accuracy,
+        sample_judge_per_class=judged.per_class_accuracy,
+        sampler=cfg.sampler.model_dump(),
+        sampled_images=int(judged.labels.numel()),
+        sampling_images_per_second=judged.labels.numel() / max(judged.seconds, 1e-9),
+    )
+    write_json_atomic(args.metrics, metrics)
+    print(f"sample judge accuracy {judged.accuracy:.4f} ({cfg.sampler.name}, w={cfg.sampler.guidance})")
+
+
 # --------------------------------------------------------------------------- wiring
 STAGES: dict[str, tuple[Callable[[Params, argparse.Namespace], None], list[str], str]] = {
     "prepare": (cmd_prepare, ["out", "metrics", "grid"], "split a real source into Parquet files"),
+    "train-classifier": (
+        cmd_train_classifier,
+        ["train", "val", "test", "out", "metrics", "confusion"],
+        "train the downstream MNIST classifier judge",
+    ),
+    "train-clip": (
+        cmd_train_clip,
+        ["train", "val", "test", "out", "metrics"],
+        "train the domain CLIP judge through open_clip",
+    ),
+    "train-diffusion": (
+        cmd_train_diffusion,
+        ["train", "val", "out", "resume_dir", "loss_plot"],
+        "train (or resume) the class-conditional diffusion model",
+    ),
+    "evaluate-diffusion": (
+        cmd_evaluate_diffusion,
+        ["model", "classifier", "val", "metrics", "grid", "strip"],
+        "judge guided samples; sample grid and forward-diffusion strip",
+    ),
 }
 
 

@@ -58,8 +58,8 @@ class DataConfig(Section):
 class UNetConfig(Section):
     image_size: int = Field(28, ge=8)
     in_channels: int = Field(1, ge=1)
-    base_channels: int = Field(32, ge=8)
-    channel_mults: tuple[int, ...] = Field((1, 2, 2), min_length=1)
+    base_channels: int = Field(16, ge=8)  # width at full resolution; level i has base * channel_mults[i]
+    channel_mults: tuple[int, ...] = Field((1, 2, 4), min_length=1)  # 28 -> 14 -> 7 pixels
     num_res_blocks: int = Field(1, ge=1)
     attention: bool = True  # self-attention at the lowest resolution
     num_classes: int = Field(10, ge=1)  # the null class is index num_classes
@@ -86,8 +86,8 @@ class ProcessConfig(Section):
 
 
 class SamplerConfig(Section):
-    name: Literal["ddpm", "ddim", "dpm-solver++"] = "ddim"
-    steps: int = Field(50, ge=1)  # ignored by ddpm, which walks all T steps
+    name: Literal["ddpm", "ddim", "dpm-solver++"] = "dpm-solver++"
+    steps: int = Field(20, ge=1)  # network calls (x2 with guidance); ignored by ddpm, which walks all T steps
     guidance: float = Field(3.0, ge=0.0)  # eps = eps_uncond + w * (eps_cond - eps_uncond)
     eta: float = Field(0.0, ge=0.0, le=1.0)  # ddim only: 0 deterministic, 1 ancestral
 
@@ -137,7 +137,7 @@ class DiffusionConfig(Section):
 class ClassifierConfig(Section):
     channels: tuple[int, int] = (32, 64)
     hidden: int = Field(128, ge=8)
-    epochs: int = Field(8, ge=1)
+    epochs: int = Field(12, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
@@ -151,12 +151,29 @@ class ClassifierConfig(Section):
 class ClipConfig(Section):
     model: str = "digit-clip"  # a name registered with open_clip, ours or a published one
     pretrained: str | None = None  # a pretrained tag or a local weights file; None = the trained domain CLIP
-    epochs: int = Field(6, ge=1)
-    batch_size: int = Field(256, ge=2)
+    # the domain CLIP's architecture (an open_clip model config; heads are 32 wide)
+    embed_dim: int = Field(128, ge=8)
+    image_size: int = Field(28, ge=8)  # digits are resized from 28 px if this differs
+    patch_size: int = Field(4, ge=1)
+    width: int = Field(128, ge=32, multiple_of=32)
+    layers: int = Field(6, ge=1)
+    text_width: int = Field(128, ge=32, multiple_of=32)
+    text_layers: int = Field(2, ge=1)
+    context_length: int = Field(16, ge=8)  # tokens, incl. start and end; captions are shorter
+    # training (a ViT from scratch learns per step: small batches, ~1,250 steps)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=2)
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.1, ge=0.0)
+    augment: bool = True  # random rotation, zoom, shear and shift of every training batch
     seed: int = Field(0, ge=0)
     device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _patches_tile(self) -> ClipConfig:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})")
+        return self
 
 
 class Params(Section):

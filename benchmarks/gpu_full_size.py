@@ -1,0 +1,117 @@
+"""Full-size diffusion training and a sampler benchmark on a GPU, as one prepared run.
+
+Trains the classifier judge and the full-size U-Net (the GPU setting documented in the README) on
+the prepared splits, then judges 1,000 guided samples with each sampler and times it. Writes
+`results.json`, the loss curve and a sample grid into --out.
+
+    python benchmarks/gpu_full_size.py --prepared data/prepared --out benchmarks/out --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from diffusion.config import SamplerConfig, load_params
+from diffusion.data.datasets import DigitsDataset, to_uint8
+from diffusion.data.images import save_grid
+from diffusion.judges.classifier import load_classifier, train_classifier
+from diffusion.model.train import load_diffusion, train_diffusion
+from diffusion.quality.samples import judge_guided_samples
+
+# The full-size setting: the same keys as `dvc exp run -S diffusion.unet.base_channels=64 ...` in the README.
+GPU_UNET = {"base_channels": 64, "channel_mults": (1, 2, 2), "num_res_blocks": 2}
+GPU_TRAIN = {
+    "batch_size": 256,
+    "lr": 1e-3,
+    "warmup_steps": 500,
+    "ema_decay": 0.9995,
+    "checkpoint_every": 2000,
+}
+SAMPLERS = [
+    SamplerConfig(name="ddpm", steps=1000, guidance=3.0),
+    SamplerConfig(name="ddim", steps=50, guidance=3.0),
+    SamplerConfig(name="dpm-solver++", steps=20, guidance=3.0),
+    SamplerConfig(name="dpm-solver++", steps=20, guidance=1.0),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prepared", type=Path, default=Path("data/prepared"))
+    ap.add_argument("--out", type=Path, required=True, help="results.json, loss.csv, samples.png")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/gpu-full-size"), help="checkpoints")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--train-seconds", type=float, default=300.0, help="budget that sets the step count")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    device = torch.device(args.device)
+    params = load_params("params.yaml")
+    train, val, test = (DigitsDataset(args.prepared / f"{s}.parquet") for s in ("train", "val", "test"))
+    results: dict = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+    def save() -> None:  # after every phase, so a run cut short still reports what it measured
+        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    start = time.perf_counter()
+    ccfg = params.classifier.model_copy(update={"device": args.device})
+    clf = train_classifier(ccfg, train, val, test, out_dir=args.work / "classifier", progress=False)
+    results["classifier"] = {**clf.metrics, "seconds": time.perf_counter() - start}
+    print("classifier", results["classifier"]["test_accuracy"], flush=True)
+    save()
+
+    # Preflight: 100 steps give the step rate; the step count then fills the training budget.
+    base = params.diffusion
+    unet = base.unet.model_copy(update=GPU_UNET)
+    probe = base.train.model_copy(update={**GPU_TRAIN, "steps": 100, "device": args.device})
+    cfg = base.model_copy(update={"unet": unet, "train": probe})
+    t0 = time.perf_counter()
+    train_diffusion(cfg, train, val, args.work / "probe", args.work / "probe-resume", progress=False)
+    rate = 100 / (time.perf_counter() - t0)
+    steps = int(max(1000, min(30000, args.train_seconds * rate)) // 1000 * 1000)
+    full = base.train.model_copy(update={**GPU_TRAIN, "steps": steps, "device": args.device})
+    cfg = base.model_copy(update={"unet": unet, "train": full})
+    t0 = time.perf_counter()
+    res = train_diffusion(cfg, train, val, args.work / "diffusion", args.work / "resume", progress=False)
+    results["diffusion"] = {
+        **res.metrics,
+        "seconds": time.perf_counter() - t0,
+        "overrides": {"unet": GPU_UNET, "train": {**GPU_TRAIN, "steps": steps, "device": "cuda"}},
+    }
+    rows = ["step,train_loss,lr"] + [f"{r['step']},{r['train_loss']},{r['lr']}" for r in res.history]
+    (args.out / "loss.csv").write_text("\n".join(rows) + "\n")
+    print("diffusion", results["diffusion"], flush=True)
+    save()
+
+    model, process, _ = load_diffusion(args.work / "diffusion", device)
+    judge = load_classifier(args.work / "classifier", device)
+    results["samplers"] = []
+    for sampler in SAMPLERS:
+        judged = judge_guided_samples(model, process, judge, sampler, 1000, 1234, device, batch_size=1000)
+        row = {
+            **sampler.model_dump(),
+            "sample_judge_accuracy": judged.accuracy,
+            "seconds": judged.seconds,
+            "images_per_second": 1000 / judged.seconds,
+        }
+        results["samplers"].append(row)
+        print(row, flush=True)
+        save()
+        if sampler.name == "dpm-solver++" and sampler.guidance == 3.0:
+            grid = torch.cat([judged.images[judged.labels == c][:10] for c in range(10)])
+            save_grid(to_uint8(grid), args.out / "samples.png", ncols=10)
+
+
+if __name__ == "__main__":
+    main()

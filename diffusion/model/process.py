@@ -1,0 +1,157 @@
+"""The Gaussian diffusion process: noise schedules, q(x_t | x_0), parameterisation conversions, training loss.
+
+Indexing: an array index t in [0, T) is step t + 1 of Ho et al. (2020), so `alphas_cumprod[t]` is their
+alpha_bar_{t+1}; index T - 1 is the noisiest state x_T and index -1 stands for clean data (alpha_bar = 1).
+This is the convention of diffusers' schedulers, which the sampler tests compare against.
+
+The process owns every schedule-derived quantity, computed once in float64 and cast to the caller's dtype
+and device at use. It never owns a network: the model is an argument wherever one is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from diffusion.config import ProcessConfig
+
+
+class Denoiser(Protocol):
+    """A conditional network: (x_t (B,C,H,W), t (B,) int64, labels (B,) int64) -> (B,C,H,W).
+
+    Its output is eps or v as the process's `prediction` says. Label `null_class` means "no label".
+    """
+
+    null_class: int
+    image_shape: tuple[int, int, int]  # (C, H, W) of one sample
+
+    def __call__(self, x: Tensor, t: Tensor, labels: Tensor) -> Tensor: ...
+
+
+def linear_betas(timesteps: int, beta_start: float, beta_end: float) -> Tensor:
+    """Ho et al. (2020) sec. 4: betas rising linearly from beta_start to beta_end. float64 (T,)."""
+    return torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+
+
+def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
+    """Nichol & Dhariwal (2021) eq. 17: alpha_bar(t) = f(t) / f(0), f(t) = cos²((t/T + s) / (1 + s) · π/2).
+
+    beta_t = 1 - alpha_bar(t + 1) / alpha_bar(t), clipped at `max_beta` so the last step stays finite.
+    Returns float64 (T,).
+    """
+    steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    return (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+
+
+def make_betas(cfg: ProcessConfig) -> Tensor:
+    """The schedule `cfg` names. float64 (T,)."""
+    if cfg.schedule == "linear":
+        return linear_betas(cfg.timesteps, cfg.beta_start, cfg.beta_end)
+    return cosine_betas(cfg.timesteps)
+
+
+class GaussianDiffusion:
+    """Schedule arrays (float64, (T,)) and the maths of the forward process and its parameterisations."""
+
+    def __init__(self, cfg: ProcessConfig):
+        self.cfg = cfg
+        self.num_timesteps = cfg.timesteps
+        self.prediction = cfg.prediction
+        self.betas = make_betas(cfg)
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
+        # Posterior q(x_{t-1} | x_t, x_0) = N(coef_x0 x_0 + coef_xt x_t, variance): Ho et al. eqs. 6-7.
+        one_minus = 1.0 - self.alphas_cumprod
+        self.posterior_variance = self.betas * (1.0 - self.alphas_cumprod_prev) / one_minus
+        self.posterior_mean_coef_x0 = self.betas * self.alphas_cumprod_prev.sqrt() / one_minus
+        self.posterior_mean_coef_xt = self.alphas.sqrt() * (1.0 - self.alphas_cumprod_prev) / one_minus
+
+    # ------------------------------------------------------------------ lookups
+    def at(self, values: Tensor, t: Tensor, like: Tensor) -> Tensor:
+        """values (T,) at timesteps t (B,) int64, as (B, 1, 1, 1) in `like`'s dtype and device."""
+        gathered = values.to(device=like.device, dtype=like.dtype)[t.to(like.device)]
+        return gathered.view(-1, *([1] * (like.ndim - 1)))
+
+    def alpha_bar(self, t: int) -> float:
+        """alpha_bar at index t as a Python float (float64); t = -1 is clean data, alpha_bar = 1."""
+        return 1.0 if t < 0 else float(self.alphas_cumprod[t])
+
+    # ------------------------------------------------------------------ forward process
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """Ho et al. eq. 4: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps. x0, noise (B,C,H,W), t (B,)."""
+        return (
+            self.at(self.sqrt_alphas_cumprod, t, x0) * x0
+            + self.at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        )
+
+    def q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Ho et al. eqs. 6-7: mean (B,C,H,W) and variance (B,1,1,1) of q(x_{t-1} | x_t, x_0)."""
+        mean = (
+            self.at(self.posterior_mean_coef_x0, t, x_t) * x0
+            + self.at(self.posterior_mean_coef_xt, t, x_t) * x_t
+        )
+        return mean, self.at(self.posterior_variance, t, x_t)
+
+    # ------------------------------------------------------------------ parameterisations
+    def x0_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """Eq. 4 solved for x_0: (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar). All (B,C,H,W), t (B,)."""
+        return (x_t - self.at(self.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / self.at(
+            self.sqrt_alphas_cumprod, t, x_t
+        )
+
+    def eps_from_x0(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
+        """Eq. 4 solved for eps: (x_t - sqrt(alpha_bar) x_0) / sqrt(1 - alpha_bar)."""
+        return (x_t - self.at(self.sqrt_alphas_cumprod, t, x_t) * x0) / self.at(
+            self.sqrt_one_minus_alphas_cumprod, t, x_t
+        )
+
+    def v_target(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        """Salimans & Ho (2022) sec. 4: v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0."""
+        return (
+            self.at(self.sqrt_alphas_cumprod, t, x0) * eps
+            - self.at(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+        )
+
+    def eps_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
+        """eps = sqrt(alpha_bar) v + sqrt(1 - alpha_bar) x_t (the rotation inverse to `v_target`)."""
+        return (
+            self.at(self.sqrt_alphas_cumprod, t, x_t) * v
+            + self.at(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t
+        )
+
+    def eps_from_output(self, output: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """The network's raw output (eps or v, per `prediction`) as eps. All (B,C,H,W), t (B,)."""
+        return output if self.prediction == "eps" else self.eps_from_v(x_t, t, output)
+
+    # ------------------------------------------------------------------ training
+    def loss(
+        self,
+        model: Denoiser,
+        x0: Tensor,
+        labels: Tensor,
+        generator: torch.Generator,
+        p_uncond: float = 0.0,
+    ) -> Tensor:
+        """Ho et al. eq. 14 (L_simple): MSE between the network output and its target (eps, or v), a scalar.
+
+        x0 (B,C,H,W) in [-1, 1], labels (B,) int64. Timesteps t ~ U[0, T), noise and the context mask are drawn
+        from `generator` on its own device, then moved to x0's device (so a CPU generator reproduces across
+        devices). With probability p_uncond a label becomes `model.null_class`: the unconditional half of
+        classifier-free guidance (Ho & Salimans 2022).
+        """
+        b, dev = x0.shape[0], generator.device
+        t = torch.randint(0, self.num_timesteps, (b,), generator=generator, device=dev).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype).to(x0.device)
+        drop = (torch.rand(b, generator=generator, device=dev) < p_uncond).to(x0.device)
+        labels = torch.where(drop, torch.full_like(labels, model.null_class), labels)
+        output = model(self.q_sample(x0, t, noise), t, labels)
+        target = noise if self.prediction == "eps" else self.v_target(x0, noise, t)
+        return F.mse_loss(output, target)

@@ -1,0 +1,39 @@
+"""Ancestral DDPM sampling (Ho et al. 2020 Alg. 2) over all T steps with the posterior variance."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from diffusion.model.process import Denoiser, GaussianDiffusion
+from diffusion.model.samplers.guidance import guided_eps
+
+
+@torch.no_grad()
+def ddpm_sample(
+    model: Denoiser,
+    process: GaussianDiffusion,
+    x_T: Tensor,
+    labels: Tensor,
+    guidance: float,
+    generator: torch.Generator,
+    clip: bool = True,
+) -> Tensor:
+    """x_T (B,C,H,W) ~ N(0, I), labels (B,) -> x_0 (B,C,H,W); in [-1, 1] when `clip`.
+
+    Each step predicts x_0 (clipped to [-1, 1] when `clip`), then draws x_{t-1} from the posterior
+    q(x_{t-1} | x_t, x_0) of eqs. 6-7 (sigma_t^2 = beta~_t, "fixed small"); the last step returns its mean.
+    Noise comes from `generator` on its own device, one (B,C,H,W) draw per step t > 0 (as diffusers' DDPMScheduler).
+    """
+    x = x_T
+    for t in reversed(range(process.num_timesteps)):
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        x0 = process.x0_from_eps(x, t_batch, guided_eps(model, process, x, t, labels, guidance))
+        if clip:
+            x0 = x0.clamp(-1.0, 1.0)
+        mean, variance = process.q_posterior(x0, x, t_batch)
+        if t == 0:
+            return mean  # variance is 0 at t = 0 and the mean is x0 itself
+        noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
+        x = mean + variance.sqrt() * noise
+    raise AssertionError("unreachable: the loop returns at t = 0")

@@ -1,0 +1,88 @@
+"""The classifier judge: augmentation, a real (tiny) training run, its checkpoint and its errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffusion.checkpoint import CheckpointError
+from diffusion.config import ClassifierConfig
+from diffusion.judges.classifier import (
+    DigitClassifier,
+    confusion_rows,
+    load_classifier,
+    predict,
+    train_classifier,
+)
+from diffusion.judges.training import random_affine
+from tests.judges_fixtures import digits_split, one_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = ClassifierConfig(channels=(16, 32), hidden=32, epochs=6, batch_size=32, lr=3e-3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny classifier trained on 500 rendered digits; (result, checkpoint dir, test split)."""
+    tmp = tmp_path_factory.mktemp("classifier")
+    train, val, test = (
+        digits_split(tmp, name, n, seed)
+        for name, n, seed in [("train", 500, 0), ("val", 100, 1), ("test", 200, 2)]
+    )
+    result = train_classifier(TINY, train, val, test, tmp / "model", progress=False)
+    return result, tmp / "model", test
+
+
+def test_random_affine_is_seeded_and_keeps_background() -> None:
+    x = torch.full((6, 1, 28, 28), -1.0)
+    x[:, :, 10:18, 12:16] = 1.0
+    a = random_affine(x, torch.Generator().manual_seed(0))
+    b = random_affine(x, torch.Generator().manual_seed(0))
+    c = random_affine(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= -1 - 1e-5 and a.max() <= 1 + 1e-5
+    assert torch.all(a[:, :, :2, :2] == -1)  # corners stay background, not zero-padded grey
+
+
+def test_training_learns_and_reports(trained) -> None:
+    result, _, test = trained
+    m = result.metrics
+    untrained = (predict(DigitClassifier.from_config(TINY), test.images) == test.labels).float().mean().item()
+    assert m["test_accuracy"] > max(0.5, untrained + 0.3)
+    assert set(m["per_class_accuracy"]) == {str(c) for c in range(10)}
+    assert m["epochs"] == TINY.epochs and 1 <= m["best_epoch"] <= TINY.epochs
+    assert m["val_accuracy"] == max(h["val"] for h in result.history)
+    assert m["parameters"] == sum(p.numel() for p in DigitClassifier.from_config(TINY).parameters())
+    assert len(result.confusion) == 100 and sum(r["count"] for r in result.confusion) == len(test)
+
+
+def test_checkpoint_reloads_the_best_weights(trained) -> None:
+    result, directory, test = trained
+    model = load_classifier(directory, "cpu")
+    probs = model.probabilities(test.images)
+    assert probs.shape == (len(test), 10) and torch.allclose(probs.sum(1), torch.ones(len(test)))
+    accuracy = (probs.argmax(1) == test.labels).float().mean().item()
+    assert accuracy == pytest.approx(result.metrics["test_accuracy"])
+    assert model.features(test.images[:5]).shape == (5, TINY.hidden)
+
+
+def test_confusion_rows_count_pairs() -> None:
+    rows = confusion_rows(torch.tensor([0, 0, 3]), torch.tensor([0, 1, 3]))
+    counts = {(r["actual"], r["predicted"]): r["count"] for r in rows}
+    assert counts[(0, 0)] == 1 and counts[(0, 1)] == 1 and counts[(3, 3)] == 1 and sum(counts.values()) == 3
+
+
+def test_missing_or_corrupt_checkpoint_raises_one_line(trained, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        load_classifier(tmp_path / "nowhere")
+    _, directory, _ = trained
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((directory / "config.json").read_text())
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="model.safetensors") as err:
+        load_classifier(broken)
+    assert "\n" not in str(err.value)

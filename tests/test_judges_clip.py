@@ -1,0 +1,156 @@
+"""The CLIP judge: a real (tiny) training run, loading it through open_clip, and one-line errors."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a download attempt fails at once
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from diffusion.config import ClipConfig
+from diffusion.data.datasets import to_uint8
+from diffusion.judges.clip import (
+    CAPTION_TEMPLATES,
+    PROMPT,
+    ClipJudge,
+    JudgeError,
+    captions,
+    domain_model_config,
+    load_clip,
+    train_clip,
+)
+from tests.judges_fixtures import digits_split, one_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+NAME = "tiny-digit-clip"
+TINY = ClipConfig(
+    model=NAME,
+    embed_dim=64,
+    patch_size=4,
+    width=64,
+    layers=2,
+    text_width=64,
+    text_layers=1,
+    epochs=8,
+    batch_size=16,
+    lr=2e-3,
+    augment=False,
+)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny domain CLIP trained on 600 rendered digits: (result, out dir, test split)."""
+    tmp = tmp_path_factory.mktemp("clip")
+    splits = [
+        digits_split(tmp, name, n, seed)
+        for name, n, seed in [("train", 600, 0), ("val", 100, 1), ("test", 100, 2)]
+    ]
+    result = train_clip(TINY, *splits, out_dir=tmp / "clip", progress=False)
+    return result, tmp / "clip", splits[2]
+
+
+def test_captions_cover_every_digit_and_template() -> None:
+    texts = captions()
+    assert len(texts) == 10 * len(CAPTION_TEMPLATES) == len(set(texts))
+    assert texts[7 * len(CAPTION_TEMPLATES)] == PROMPT.format(c="7")
+    assert "the number seven" in texts
+    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=TINY.context_length)
+    assert (tokenizer(texts)[:, -1] == 0).all()  # every caption fits the context, end token included
+
+
+def test_training_learns_to_match_digits_and_captions(trained) -> None:
+    result, _, _ = trained
+    m = result.metrics
+    assert m["zero_shot_accuracy"] > 0.25  # chance is 0.1
+    assert m["mean_true_caption_score"] > m["mean_wrong_caption_score"] + 5
+    assert m["val_zero_shot_accuracy"] == max(h["val"] for h in result.history)
+    assert m["epochs"] == TINY.epochs and m["parameters"] > 0
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_saved_folder_loads_through_open_clip(trained) -> None:
+    result, directory, test = trained
+    judge = load_clip(NAME, str(result.weights), "cpu")
+    scores = judge.class_scores(test.images)  # (N, 10)
+    accuracy = (scores.argmax(1) == test.labels).float().mean().item()
+    assert accuracy == pytest.approx(result.metrics["zero_shot_accuracy"])
+
+    # Plain open_clip: the registered config plus pretrained=<file> gives the same embeddings ...
+    open_clip.add_model_config(directory / f"{NAME}.json")
+    model, _, _ = open_clip.create_model_and_transforms(NAME, pretrained=str(result.weights))
+    x = judge.preprocess(test.images[:8])
+    with torch.no_grad():
+        same = model.eval().encode_image(x, normalize=True)
+    assert torch.allclose(same, judge.encode_images(test.images[:8]), atol=1e-5)
+
+    # ... and local-dir: carries the normalisation, so its PIL preprocessing matches ours.
+    _, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{directory}")
+    pil = torch.stack([preprocess(Image.fromarray(img, mode="L")) for img in to_uint8(test.images[:8])])
+    assert torch.allclose(pil, x, atol=1e-5)
+
+
+def test_a_fresh_process_loads_by_name_and_file(trained) -> None:
+    result, _, _ = trained
+    code = (
+        "import sys; from diffusion.judges.clip import load_clip; "
+        "j = load_clip(sys.argv[1], sys.argv[2], 'cpu'); print(j.class_embeddings().shape)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, NAME, str(result.weights.parent)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == f"torch.Size([10, {TINY.embed_dim}])"
+
+
+def test_preprocess_resizes_to_the_model_input(tmp_path: Path) -> None:
+    cfg = TINY.model_copy(update={"image_size": 32, "model": "tiny-digit-clip-32"})
+    path = tmp_path / f"{cfg.model}.json"
+    path.write_text(json.dumps(domain_model_config(cfg)))
+    open_clip.add_model_config(path)
+    model = open_clip.create_model(cfg.model)
+    judge = ClipJudge(model, open_clip.get_tokenizer(cfg.model), "cpu")
+    x = judge.preprocess(torch.rand(5, 1, 28, 28) * 2 - 1)
+    raw = x * judge.std + judge.mean  # undo the model's own normalisation
+    assert x.shape == (5, 3, 32, 32) and torch.allclose(raw[:, 0], raw[:, 2], atol=1e-5)
+    assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5
+    assert judge.encode_images(torch.zeros(5, 1, 28, 28), batch_size=2).shape == (5, cfg.embed_dim)
+
+
+@pytest.mark.parametrize(
+    ("model", "pretrained", "named"),
+    [
+        ("no-such-clip", "openai", "no-such-clip"),
+        ("ViT-B-32", None, "ViT-B-32"),
+        ("ViT-B-32", "/nowhere/weights.safetensors", "/nowhere/weights.safetensors"),
+        ("ViT-B-32", "laion2b_s34b_b79k", "laion2b_s34b_b79k"),  # needs a download; offline in tests
+    ],
+)
+def test_bad_model_or_weights_raise_one_line(model: str, pretrained: str | None, named: str) -> None:
+    with pytest.raises(JudgeError) as err:
+        load_clip(model, pretrained, "cpu")
+    assert named in str(err.value) and "\n" not in str(err.value)
+
+
+def test_corrupt_weights_raise_one_line(trained, tmp_path: Path) -> None:
+    _, directory, _ = trained
+    for name in (f"{NAME}.json", "open_clip_config.json"):
+        (tmp_path / name).write_text((directory / name).read_text())
+    bad = tmp_path / "open_clip_model.safetensors"
+    bad.write_bytes(b"\x00garbage, not a safetensors file")
+    with pytest.raises(JudgeError) as err:
+        load_clip(NAME, str(bad), "cpu")
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)

@@ -1,0 +1,192 @@
+"""Samplers: step-for-step agreement with diffusers' schedulers, guidance, determinism, the forward strip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+from diffusion.config import ProcessConfig, SamplerConfig, UNetConfig
+from diffusion.data.datasets import to_uint8
+from diffusion.model.forward import forward_strip
+from diffusion.model.process import GaussianDiffusion
+from diffusion.model.samplers import ddim_sample, ddpm_sample, dpm_solver_sample, guided_eps, sample
+from diffusion.model.samplers.spacing import trailing_timesteps
+from diffusion.model.unet import UNet
+
+LABELS = torch.tensor([0, 3, 7, 10])  # 10: the null class
+GUIDANCE = 2.0
+
+
+@pytest.fixture(scope="module")
+def model() -> UNet:
+    """A tiny random float64 U-Net with a non-zero output layer (a trained model is not needed to compare maths)."""
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), groups=4)).double().eval()
+    torch.nn.init.normal_(net.conv_out.weight, std=0.1)
+    return net
+
+
+def _x_T(seed: int = 1) -> torch.Tensor:
+    return torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _run_diffusers(scheduler, model: UNet, process: GaussianDiffusion, steps: int, seed: int = 1, **step_kw):
+    """diffusers' sampling loop with our guided eps as its model output and the same x_T (and noise stream)."""
+    scheduler.alphas_cumprod = process.alphas_cumprod.clone()  # float64 schedule (diffusers keeps float32)
+    scheduler.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 1, 8, 8, generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            eps = guided_eps(model, process, x, int(t), LABELS, GUIDANCE)
+            x = scheduler.step(eps, t, x, generator=generator, **step_kw).prev_sample
+    return x
+
+
+def test_trailing_spacing_matches_diffusers():
+    for t_max, steps in [(1000, 50), (1000, 20), (1000, 7), (50, 50), (100, 1)]:
+        scheduler = DDIMScheduler(num_train_timesteps=t_max, timestep_spacing="trailing")
+        scheduler.set_timesteps(steps)
+        assert trailing_timesteps(t_max, steps) == scheduler.timesteps.tolist()
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+@pytest.mark.parametrize("clip", [True, False])
+def test_ddim_matches_diffusers(model: UNet, schedule: str, clip: bool):
+    process = GaussianDiffusion(ProcessConfig(schedule=schedule, timesteps=1000))
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        trained_betas=process.betas.numpy(),
+        timestep_spacing="trailing",
+        clip_sample=clip,
+        set_alpha_to_one=True,
+    )
+    assert torch.allclose(scheduler.alphas_cumprod.double(), process.alphas_cumprod, atol=1e-6)  # same betas
+    ref = _run_diffusers(scheduler, model, process, 10, eta=0.0, use_clipped_model_output=True)
+    ours = ddim_sample(model, process, _x_T(), LABELS, GUIDANCE, 10, torch.Generator(), clip=clip)
+    torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
+    if clip:
+        assert ours.abs().max() <= 1.0
+
+
+def test_ddim_with_eta_matches_diffusers(model: UNet):
+    process = GaussianDiffusion(ProcessConfig(schedule="cosine", timesteps=1000))
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000, trained_betas=process.betas.numpy(), timestep_spacing="trailing"
+    )
+    ref = _run_diffusers(scheduler, model, process, 20, seed=5, eta=1.0, use_clipped_model_output=True)
+    generator = torch.Generator().manual_seed(5)
+    x_T = torch.randn(4, 1, 8, 8, generator=generator, dtype=torch.float64)
+    ours = ddim_sample(model, process, x_T, LABELS, GUIDANCE, 20, generator, eta=1.0)
+    torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("steps", [20, 5])
+@pytest.mark.parametrize("clip", [True, False])
+def test_dpm_solver_matches_diffusers(model: UNet, steps: int, clip: bool):
+    process = GaussianDiffusion(ProcessConfig(schedule="cosine", timesteps=1000))
+    scheduler = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        trained_betas=process.betas.numpy(),
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        timestep_spacing="trailing",
+        thresholding=clip,  # dynamic thresholding capped at 1.0 is plain clipping of x0 to [-1, 1]
+        sample_max_value=1.0,
+    )
+    ref = _run_diffusers(scheduler, model, process, steps)
+    ours = dpm_solver_sample(model, process, _x_T(), LABELS, GUIDANCE, steps, clip=clip)
+    # diffusers computes each update in float32; unclipped outputs of a random net reach ~1e5
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_ddpm_matches_diffusers(model: UNet):
+    process = GaussianDiffusion(ProcessConfig(schedule="linear", timesteps=50, beta_end=0.2))
+    scheduler = DDPMScheduler(
+        num_train_timesteps=50,
+        trained_betas=process.betas.numpy(),
+        clip_sample=True,
+        variance_type="fixed_small",
+    )
+    ref = _run_diffusers(scheduler, model, process, 50, seed=9)
+    generator = torch.Generator().manual_seed(9)
+    x_T = torch.randn(4, 1, 8, 8, generator=generator, dtype=torch.float64)
+    ours = ddpm_sample(model, process, x_T, LABELS, GUIDANCE, generator)
+    torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_first_order_dpm_solver_equals_ddim(model: UNet):
+    """DPM-Solver++ with one step per model call and no history is DDIM (Lu et al. 2022, sec. 4)."""
+    process = GaussianDiffusion(ProcessConfig(timesteps=1000))
+    for steps in (1, 2):  # with <= 2 steps the second-order correction never applies
+        ddim = ddim_sample(model, process, _x_T(), LABELS, GUIDANCE, steps, torch.Generator())
+        dpm = dpm_solver_sample(model, process, _x_T(), LABELS, GUIDANCE, steps)
+        torch.testing.assert_close(dpm, ddim, rtol=1e-9, atol=1e-9)
+
+
+class _Counting(torch.nn.Module):
+    def __init__(self, net: UNet):
+        super().__init__()
+        self.net, self.null_class, self.image_shape, self.batches = net, net.null_class, net.image_shape, []
+
+    def forward(self, x, t, labels):
+        self.batches.append(x.shape[0])
+        return self.net(x, t, labels)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_guidance_is_one_batched_call(model: UNet, prediction: str):
+    process = GaussianDiffusion(ProcessConfig(timesteps=1000, prediction=prediction))
+    counting, x, labels = _Counting(model), _x_T(), torch.tensor([1, 2, 3, 4])
+    t = torch.full((4,), 600)
+    with torch.no_grad():
+        eps_c = process.eps_from_output(model(x, t, labels), x, t)
+        eps_u = process.eps_from_output(model(x, t, torch.full_like(labels, 10)), x, t)
+        guided = guided_eps(counting, process, x, 600, labels, 3.0)
+        torch.testing.assert_close(guided, eps_u + 3.0 * (eps_c - eps_u))
+        torch.testing.assert_close(guided_eps(counting, process, x, 600, labels, 1.0), eps_c)
+        torch.testing.assert_close(guided_eps(counting, process, x, 600, labels, 0.0), eps_u)
+    assert counting.batches == [8, 4, 4]
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SamplerConfig(name="ddim", steps=5, guidance=2.0),
+        SamplerConfig(name="ddim", steps=5, guidance=2.0, eta=1.0),
+        SamplerConfig(name="dpm-solver++", steps=5, guidance=2.0),
+        SamplerConfig(name="ddpm", guidance=1.0),
+    ],
+)
+def test_sample_is_deterministic_under_a_generator(model: UNet, cfg: SamplerConfig):
+    net = UNet(model.cfg)
+    net.load_state_dict(model.state_dict())  # float32 copy
+    net.eval()
+    process = GaussianDiffusion(ProcessConfig(timesteps=40))
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+
+    def draw(seed: int, batch_size: int | None = None) -> torch.Tensor:
+        return sample(net, process, labels, cfg, torch.Generator().manual_seed(seed), "cpu", batch_size)
+
+    first = draw(0)
+    assert first.shape == (6, 1, 8, 8) and first.dtype == torch.float32
+    assert first.min() >= -1 and first.max() <= 1
+    assert torch.equal(first, draw(0))
+    assert not torch.allclose(first, draw(1))
+    if cfg.name == "dpm-solver++" or cfg.eta == 0.0 and cfg.name == "ddim":  # x_T drawn up front for all N
+        torch.testing.assert_close(draw(0, batch_size=4), first)
+
+
+def test_forward_strip_runs_from_clean_to_noise():
+    process = GaussianDiffusion(ProcessConfig(timesteps=1000))
+    x0 = torch.rand(3, 1, 12, 12, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    strip = forward_strip(process, x0, 6, torch.Generator().manual_seed(1))
+    assert strip.shape == (18, 12, 12) and strip.dtype == np.uint8
+    rows = strip.reshape(3, 6, 12, 12).astype(float)
+    assert np.array_equal(rows[:, 0], to_uint8(x0).astype(float))  # t = 0 is the digit itself
+    # correlation with the digit falls from 1 to ~0 along a row
+    corr = [np.corrcoef(rows[:, j].ravel(), rows[:, 0].ravel())[0, 1] for j in range(6)]
+    assert corr[0] == pytest.approx(1.0) and all(a > b for a, b in zip(corr, corr[1:4], strict=False))
+    assert abs(corr[-1]) < 0.15

@@ -1,0 +1,210 @@
+"""Training: config errors, LR schedule, EMA, overfitting a handful of digits, checkpoints, kill and resume."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import diffusion.model.train as train_module
+from diffusion.checkpoint import CheckpointError
+from diffusion.config import ConfigError, DiffusionConfig, DiffusionTrainConfig, parse_params
+from diffusion.model.ema import EMA
+from diffusion.model.process import GaussianDiffusion
+from diffusion.model.resume import TrainState, flatten_optimizer, load_state, unflatten_optimizer
+from diffusion.model.train import (
+    load_diffusion,
+    lr_at,
+    new_model,
+    save_diffusion,
+    train_diffusion,
+    validation_loss,
+)
+
+
+def _patterns(copies: int = 1, size: int = 16) -> SimpleNamespace:
+    """Four fixed strokes (box, bar, cross, diagonal) as images (4*copies, 1, size, size) in [-1, 1], labels 0-3."""
+    z = -torch.ones(4, size, size)
+    c, idx = size // 2, torch.arange(size)
+    z[0, 3:-3, 3:5] = z[0, 3:-3, -5:-3] = z[0, 3:5, 3:-3] = z[0, -5:-3, 3:-3] = 1
+    z[1, :, c - 1 : c + 1] = 1
+    z[2, c - 1 : c + 1, :] = z[2, :, c - 1 : c + 1] = 1
+    z[3, idx, idx] = z[3, idx[1:], idx[:-1]] = 1
+    return SimpleNamespace(
+        images=z.unsqueeze(1).repeat(copies, 1, 1, 1), labels=torch.arange(4).repeat(copies)
+    )
+
+
+def _config(**train: object) -> DiffusionConfig:
+    train_cfg = {"batch_size": 16, "steps": 12, "lr": 2e-3, "warmup_steps": 5, "ema_decay": 0.99}
+    train_cfg |= {"checkpoint_every": 5, "log_every": 4, "val_batches": 2, "p_uncond": 0.2} | train
+    raw = {
+        "unet": {
+            "image_size": 16,
+            "base_channels": 16,
+            "channel_mults": [1, 2],
+            "attention": False,
+            "num_classes": 4,
+        },
+        "process": {"timesteps": 1000},
+        "train": train_cfg,
+        "sampler": {"name": "dpm-solver++", "steps": 10},
+    }
+    return parse_params({"diffusion": raw}).diffusion
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"sampler": {"name": "euler"}}, "sampler.name"),
+        (
+            {"sampler": {"steps": 51}, "process": {"timesteps": 50}},
+            "sampler.steps (51) must be <= process.timesteps",
+        ),
+        ({"sampler": {"guidance": -1.0}}, "sampler.guidance"),
+        ({"unet": {"base_channels": 36}}, "divisible by groups"),
+        ({"process": {"schedule": "sigmoid"}}, "process.schedule"),
+        ({"train": {"learning_rate": 1e-3}}, "train.learning_rate"),
+    ],
+)
+def test_bad_configs_raise_config_error(section: dict, message: str):
+    with pytest.raises(ConfigError, match="diffusion") as err:
+        parse_params({"diffusion": section})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    cfg = DiffusionTrainConfig(lr=1e-3, steps=110, warmup_steps=10)
+    assert lr_at(cfg, 0) == pytest.approx(1e-4) and lr_at(cfg, 9) == pytest.approx(1e-3)
+    assert lr_at(cfg, 10) == pytest.approx(1e-3) and lr_at(cfg, 60) == pytest.approx(0.5e-3)
+    assert lr_at(cfg, 109) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    assert lr_at(DiffusionTrainConfig(warmup_steps=0), 0) == pytest.approx(1e-3)
+
+
+def test_ema_follows_weights_with_warm_up():
+    layer = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(layer.weight)
+    ema = EMA(layer, decay=0.9)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    ema.update(layer)  # first decay min(0.9, 1/10) = 0.1
+    assert ema.state_dict()["weight"].item() == pytest.approx(0.9)
+    for _ in range(200):
+        ema.update(layer)
+    assert ema.current_decay() == 0.9 and ema.state_dict()["weight"].item() == pytest.approx(1.0)
+
+
+def test_tiny_model_overfits_a_handful_of_digits(tmp_path: Path):
+    cfg = _config(
+        steps=120, batch_size=32, lr=4e-3, warmup_steps=10, log_every=25, p_uncond=0.0, checkpoint_every=1000
+    )
+    data = _patterns(copies=8)
+    process = GaussianDiffusion(cfg.process)
+    before = validation_loss(new_model(cfg, torch.device("cpu")).eval(), process, data, cfg.train)
+    result = train_diffusion(cfg, data, data, tmp_path / "out", tmp_path / "state", progress=False)
+    assert before == pytest.approx(1.0, abs=0.1)  # the zero predictor
+    assert result.metrics["val_loss"] <= before / 10, (before, result.metrics)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] / 3
+    assert [row["step"] for row in result.history] == list(range(25, 121, 25)) + [120]
+    assert set(result.metrics) == {"train_loss", "val_loss", "steps", "images_per_second", "parameters"}
+
+
+def test_checkpoint_round_trip_is_bit_exact(tmp_path: Path):
+    cfg = _config()
+    model, ema_model = new_model(cfg, torch.device("cpu")), new_model(cfg, torch.device("cpu"))
+    for net in (model, ema_model):
+        torch.nn.init.normal_(net.conv_out.weight, std=0.1)
+    torch.nn.init.normal_(ema_model.label_emb.weight)
+    save_diffusion(tmp_path / "ckpt", cfg, model.state_dict(), ema_model.state_dict(), {"val_loss": 0.5})
+    x, t, y = torch.randn(4, 1, 16, 16), torch.tensor([0, 5, 500, 999]), torch.tensor([0, 1, 3, 4])
+    for name, original in [("ema", ema_model), ("model", model)]:
+        loaded, process, loaded_cfg = load_diffusion(tmp_path / "ckpt", "cpu", weights=name)
+        assert loaded_cfg == cfg and process.num_timesteps == 1000 and not loaded.training
+        with torch.no_grad():
+            assert torch.equal(loaded(x, t, y), original.eval()(x, t, y))
+    with pytest.raises(CheckpointError, match="weights file not found"):
+        load_diffusion(tmp_path / "ckpt", "cpu", weights="missing")  # type: ignore[arg-type]
+    with pytest.raises(CheckpointError, match="checkpoint config not found"):
+        load_diffusion(tmp_path / "nowhere")
+
+
+def test_training_writes_a_loadable_checkpoint_and_is_seeded(tmp_path: Path):
+    cfg, data = _config(steps=6), _patterns(copies=4)
+    first = train_diffusion(cfg, data, data, tmp_path / "a", tmp_path / "sa", progress=False)
+    second = train_diffusion(cfg, data, data, tmp_path / "b", tmp_path / "sb", progress=False)
+    assert first.history == second.history and first.metrics["val_loss"] == second.metrics["val_loss"]
+    ema_a, ema_b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    model, _, _ = load_diffusion(tmp_path / "a")
+    assert sum(p.numel() for p in model.parameters()) == first.metrics["parameters"]
+
+
+def _weights(directory: Path, name: str = "ema") -> dict[str, torch.Tensor]:
+    return load_file(directory / f"{name}.safetensors")
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    cfg, data = _config(steps=12, checkpoint_every=5), _patterns(copies=4)
+    uninterrupted = train_diffusion(
+        cfg, data, data, tmp_path / "full", tmp_path / "full_state", progress=False
+    )
+
+    real_step, calls = train_module.train_step, []
+
+    def dying_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 8:  # killed after the step-5 state was written, mid-way to step 10
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_diffusion(cfg, data, data, tmp_path / "out", tmp_path / "state", progress=False)
+    assert not (tmp_path / "out").exists()
+
+    calls.clear()
+    monkeypatch.setattr(train_module, "train_step", lambda *a, **k: calls.append(1) or real_step(*a, **k))
+    resumed = train_diffusion(cfg, data, data, tmp_path / "out", tmp_path / "state", progress=False)
+    assert len(calls) == 12 - 5  # continued from the step-5 state
+    assert resumed.history == uninterrupted.history
+    for name in ("ema", "model"):
+        full, res = _weights(tmp_path / "full", name), _weights(tmp_path / "out", name)
+        assert all(torch.equal(full[k], res[k]) for k in full), name
+    assert resumed.metrics["val_loss"] == uninterrupted.metrics["val_loss"]
+
+
+def test_a_state_of_another_config_is_not_resumed(tmp_path: Path):
+    cfg, data = _config(steps=5), _patterns(copies=4)
+    train_diffusion(cfg, data, data, tmp_path / "out", tmp_path / "state", progress=False)
+
+    def fresh(c: DiffusionConfig) -> TrainState:
+        model = new_model(c, torch.device("cpu"))
+        opt = torch.optim.AdamW(model.parameters())
+        return TrainState(model, EMA(model, 0.9), opt, torch.Generator())
+
+    assert load_state(tmp_path / "state", cfg, state := fresh(cfg)) and state.step == 5
+    other = _config(steps=5, lr=1e-3)
+    assert not load_state(tmp_path / "state", other, state := fresh(other)) and state.step == 0
+    # sampler and eval settings do not restart training
+    same_training = cfg.model_copy(update={"sampler": cfg.sampler.model_copy(update={"steps": 20})})
+    assert load_state(tmp_path / "state", same_training, fresh(same_training))
+
+
+def test_optimizer_state_flattens_without_pickle():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.8, 0.99))
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    tensors, meta = flatten_optimizer(opt.state_dict())
+    assert all(isinstance(v, torch.Tensor) for v in tensors.values()) and "0.exp_avg" in tensors
+    restored = unflatten_optimizer(tensors, meta)
+    other = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters())
+    other.load_state_dict(restored)
+    assert other.param_groups[0]["betas"] == (0.8, 0.99)
+    assert torch.equal(
+        other.state_dict()["state"][1]["exp_avg_sq"], opt.state_dict()["state"][1]["exp_avg_sq"]
+    )
