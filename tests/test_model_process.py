@@ -101,7 +101,11 @@ def test_conversions_invert_each_other():
     torch.testing.assert_close(process.eps_from_x0(x_t, t, x0), eps)
     v = process.v_target(x0, eps, t)
     torch.testing.assert_close(process.eps_from_v(x_t, t, v), eps)
+    torch.testing.assert_close(process.x0_from_v(x_t, t, v), x0)
     torch.testing.assert_close(process.eps_from_output(v, x_t, t), eps)
+    torch.testing.assert_close(process.x0_from_output(v, x_t, t), x0)
+    eps_process = GaussianDiffusion(ProcessConfig(timesteps=1000, prediction="eps"))
+    torch.testing.assert_close(eps_process.x0_from_output(eps, x_t, t), x0)
     # schedule arrays are float64; `at` casts to the caller's dtype
     assert process.at(process.betas, t, x0.float()).dtype == torch.float32
 
@@ -119,7 +123,7 @@ class _Recorder(torch.nn.Module):
 
 @pytest.mark.parametrize("p_uncond, expected", [(0.0, 0.0), (1.0, 1.0), (0.3, 0.3)])
 def test_loss_masks_labels_to_the_null_class(p_uncond: float, expected: float):
-    process = GaussianDiffusion(ProcessConfig(timesteps=50))
+    process = GaussianDiffusion(ProcessConfig(timesteps=50, prediction="eps"))
     model = _Recorder()
     labels = torch.randint(0, 10, (4000,), generator=torch.Generator().manual_seed(0))
     x0 = torch.zeros(4000, 1, 4, 4)

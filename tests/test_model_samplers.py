@@ -11,7 +11,7 @@ from diffusion.config import ProcessConfig, SamplerConfig, UNetConfig
 from diffusion.data.datasets import to_uint8
 from diffusion.model.forward import forward_strip
 from diffusion.model.process import GaussianDiffusion
-from diffusion.model.samplers import ddim_sample, ddpm_sample, dpm_solver_sample, guided_eps, sample
+from diffusion.model.samplers import ddim_sample, ddpm_sample, dpm_solver_sample, guided_output, sample
 from diffusion.model.samplers.spacing import trailing_timesteps
 from diffusion.model.unet import UNet
 
@@ -32,16 +32,19 @@ def _x_T(seed: int = 1) -> torch.Tensor:
     return torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
+PREDICTION_TYPE = {"eps": "epsilon", "v": "v_prediction"}  # diffusers' names
+
+
 def _run_diffusers(scheduler, model: UNet, process: GaussianDiffusion, steps: int, seed: int = 1, **step_kw):
-    """diffusers' sampling loop with our guided eps as its model output and the same x_T (and noise stream)."""
+    """diffusers' sampling loop on our guided network output, with the same x_T (and noise stream)."""
     scheduler.alphas_cumprod = process.alphas_cumprod.clone()  # float64 schedule (diffusers keeps float32)
     scheduler.set_timesteps(steps)
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(4, 1, 8, 8, generator=generator, dtype=torch.float64)
     with torch.no_grad():
         for t in scheduler.timesteps:
-            eps = guided_eps(model, process, x, int(t), LABELS, GUIDANCE)
-            x = scheduler.step(eps, t, x, generator=generator, **step_kw).prev_sample
+            output = guided_output(model, x, t.repeat(4), LABELS, GUIDANCE)
+            x = scheduler.step(output, t, x, generator=generator, **step_kw).prev_sample
     return x
 
 
@@ -52,16 +55,17 @@ def test_trailing_spacing_matches_diffusers():
         assert trailing_timesteps(t_max, steps) == scheduler.timesteps.tolist()
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+@pytest.mark.parametrize("schedule, prediction", [("cosine", "eps"), ("linear", "eps"), ("cosine", "v")])
 @pytest.mark.parametrize("clip", [True, False])
-def test_ddim_matches_diffusers(model: UNet, schedule: str, clip: bool):
-    process = GaussianDiffusion(ProcessConfig(schedule=schedule, timesteps=1000))
+def test_ddim_matches_diffusers(model: UNet, schedule: str, prediction: str, clip: bool):
+    process = GaussianDiffusion(ProcessConfig(schedule=schedule, timesteps=1000, prediction=prediction))
     scheduler = DDIMScheduler(
         num_train_timesteps=1000,
         trained_betas=process.betas.numpy(),
         timestep_spacing="trailing",
         clip_sample=clip,
         set_alpha_to_one=True,
+        prediction_type=PREDICTION_TYPE[prediction],
     )
     assert torch.allclose(scheduler.alphas_cumprod.double(), process.alphas_cumprod, atol=1e-6)  # same betas
     ref = _run_diffusers(scheduler, model, process, 10, eta=0.0, use_clipped_model_output=True)
@@ -72,7 +76,7 @@ def test_ddim_matches_diffusers(model: UNet, schedule: str, clip: bool):
 
 
 def test_ddim_with_eta_matches_diffusers(model: UNet):
-    process = GaussianDiffusion(ProcessConfig(schedule="cosine", timesteps=1000))
+    process = GaussianDiffusion(ProcessConfig(schedule="cosine", timesteps=1000, prediction="eps"))
     scheduler = DDIMScheduler(
         num_train_timesteps=1000, trained_betas=process.betas.numpy(), timestep_spacing="trailing"
     )
@@ -83,10 +87,10 @@ def test_ddim_with_eta_matches_diffusers(model: UNet):
     torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("steps", [20, 5])
+@pytest.mark.parametrize("prediction, steps", [("eps", 20), ("eps", 5), ("v", 20), ("v", 5)])
 @pytest.mark.parametrize("clip", [True, False])
-def test_dpm_solver_matches_diffusers(model: UNet, steps: int, clip: bool):
-    process = GaussianDiffusion(ProcessConfig(schedule="cosine", timesteps=1000))
+def test_dpm_solver_matches_diffusers(model: UNet, prediction: str, steps: int, clip: bool):
+    process = GaussianDiffusion(ProcessConfig(schedule="cosine", timesteps=1000, prediction=prediction))
     scheduler = DPMSolverMultistepScheduler(
         num_train_timesteps=1000,
         trained_betas=process.betas.numpy(),
@@ -95,6 +99,7 @@ def test_dpm_solver_matches_diffusers(model: UNet, steps: int, clip: bool):
         timestep_spacing="trailing",
         thresholding=clip,  # dynamic thresholding capped at 1.0 is plain clipping of x0 to [-1, 1]
         sample_max_value=1.0,
+        prediction_type=PREDICTION_TYPE[prediction],
     )
     ref = _run_diffusers(scheduler, model, process, steps)
     ours = dpm_solver_sample(model, process, _x_T(), LABELS, GUIDANCE, steps, clip=clip)
@@ -102,13 +107,17 @@ def test_dpm_solver_matches_diffusers(model: UNet, steps: int, clip: bool):
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_ddpm_matches_diffusers(model: UNet):
-    process = GaussianDiffusion(ProcessConfig(schedule="linear", timesteps=50, beta_end=0.2))
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_ddpm_matches_diffusers(model: UNet, prediction: str):
+    process = GaussianDiffusion(
+        ProcessConfig(schedule="linear", timesteps=50, beta_end=0.2, prediction=prediction)
+    )
     scheduler = DDPMScheduler(
         num_train_timesteps=50,
         trained_betas=process.betas.numpy(),
         clip_sample=True,
         variance_type="fixed_small",
+        prediction_type=PREDICTION_TYPE[prediction],
     )
     ref = _run_diffusers(scheduler, model, process, 50, seed=9)
     generator = torch.Generator().manual_seed(9)
@@ -137,17 +146,20 @@ class _Counting(torch.nn.Module):
 
 
 @pytest.mark.parametrize("prediction", ["eps", "v"])
-def test_guidance_is_one_batched_call(model: UNet, prediction: str):
+def test_guidance_is_one_batched_call_and_equals_guidance_in_eps_space(model: UNet, prediction: str):
     process = GaussianDiffusion(ProcessConfig(timesteps=1000, prediction=prediction))
     counting, x, labels = _Counting(model), _x_T(), torch.tensor([1, 2, 3, 4])
-    t = torch.full((4,), 600)
+    t = torch.tensor([600, 600, 30, 999])
+
+    def eps(w: float) -> torch.Tensor:
+        return process.eps_from_output(guided_output(counting, x, t, labels, w), x, t)
+
     with torch.no_grad():
         eps_c = process.eps_from_output(model(x, t, labels), x, t)
         eps_u = process.eps_from_output(model(x, t, torch.full_like(labels, 10)), x, t)
-        guided = guided_eps(counting, process, x, 600, labels, 3.0)
-        torch.testing.assert_close(guided, eps_u + 3.0 * (eps_c - eps_u))
-        torch.testing.assert_close(guided_eps(counting, process, x, 600, labels, 1.0), eps_c)
-        torch.testing.assert_close(guided_eps(counting, process, x, 600, labels, 0.0), eps_u)
+        torch.testing.assert_close(eps(3.0), eps_u + 3.0 * (eps_c - eps_u))
+        torch.testing.assert_close(eps(1.0), eps_c)
+        torch.testing.assert_close(eps(0.0), eps_u)
     assert counting.batches == [8, 4, 4]
 
 

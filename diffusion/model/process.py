@@ -127,9 +127,23 @@ class GaussianDiffusion:
             + self.at(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t
         )
 
+    def x0_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
+        """x_0 = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v: well conditioned even where alpha_bar -> 0."""
+        return (
+            self.at(self.sqrt_alphas_cumprod, t, x_t) * x_t
+            - self.at(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
+        )
+
     def eps_from_output(self, output: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """The network's raw output (eps or v, per `prediction`) as eps. All (B,C,H,W), t (B,)."""
         return output if self.prediction == "eps" else self.eps_from_v(x_t, t, output)
+
+    def x0_from_output(self, output: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """The network's raw output (eps or v) as x_0, without passing v through eps (which divides by
+        sqrt(alpha_bar) ~ 5e-5 at the end of the cosine schedule). All (B,C,H,W), t (B,)."""
+        return (
+            self.x0_from_eps(x_t, t, output) if self.prediction == "eps" else self.x0_from_v(x_t, t, output)
+        )
 
     # ------------------------------------------------------------------ training
     def loss(

@@ -10,9 +10,9 @@ from diffusion.model.process import Denoiser, GaussianDiffusion
 from diffusion.model.samplers.ddim import ddim_sample
 from diffusion.model.samplers.ddpm import ddpm_sample
 from diffusion.model.samplers.dpm_solver import dpm_solver_sample
-from diffusion.model.samplers.guidance import guided_eps
+from diffusion.model.samplers.guidance import guided_output
 
-__all__ = ["ddim_sample", "ddpm_sample", "dpm_solver_sample", "guided_eps", "sample"]
+__all__ = ["ddim_sample", "ddpm_sample", "dpm_solver_sample", "guided_output", "sample"]
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from diffusion.model.process import Denoiser, GaussianDiffusion
-from diffusion.model.samplers.guidance import guided_eps
+from diffusion.model.samplers.guidance import guided_output
 from diffusion.model.samplers.spacing import trailing_timesteps
 
 
@@ -37,11 +37,13 @@ def ddim_sample(
         prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         a, a_prev = process.alpha_bar(t), process.alpha_bar(prev)
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        eps = guided_eps(model, process, x, t, labels, guidance)
-        x0 = process.x0_from_eps(x, t_batch, eps)
+        output = guided_output(model, x, t_batch, labels, guidance)
+        x0 = process.x0_from_output(output, x, t_batch)
         if clip:
             x0 = x0.clamp(-1.0, 1.0)
             eps = process.eps_from_x0(x, t_batch, x0)
+        else:
+            eps = process.eps_from_output(output, x, t_batch)
         # Song et al. eq. 16: sigma_t(eta) = eta sqrt((1 - a_prev) / (1 - a)) sqrt(1 - a / a_prev).
         sigma = eta * math.sqrt((1.0 - a_prev) / (1.0 - a) * (1.0 - a / a_prev))
         # Song et al. eq. 12: x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z.

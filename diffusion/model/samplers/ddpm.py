@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from diffusion.model.process import Denoiser, GaussianDiffusion
-from diffusion.model.samplers.guidance import guided_eps
+from diffusion.model.samplers.guidance import guided_output
 
 
 @torch.no_grad()
@@ -28,7 +28,7 @@ def ddpm_sample(
     x = x_T
     for t in reversed(range(process.num_timesteps)):
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        x0 = process.x0_from_eps(x, t_batch, guided_eps(model, process, x, t, labels, guidance))
+        x0 = process.x0_from_output(guided_output(model, x, t_batch, labels, guidance), x, t_batch)
         if clip:
             x0 = x0.clamp(-1.0, 1.0)
         mean, variance = process.q_posterior(x0, x, t_batch)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from diffusion.model.process import Denoiser, GaussianDiffusion
-from diffusion.model.samplers.guidance import guided_eps
+from diffusion.model.samplers.guidance import guided_output
 from diffusion.model.samplers.spacing import trailing_timesteps
 
 
@@ -50,7 +50,7 @@ def dpm_solver_sample(
     h_prev = 0.0
     for i, s in enumerate(timesteps):
         s_batch = torch.full((x.shape[0],), s, dtype=torch.long, device=x.device)
-        x0 = process.x0_from_eps(x, s_batch, guided_eps(model, process, x, s, labels, guidance))
+        x0 = process.x0_from_output(guided_output(model, x, s_batch, labels, guidance), x, s_batch)
         if clip:
             x0 = x0.clamp(-1.0, 1.0)
         if i + 1 == len(timesteps):
