@@ -2,7 +2,7 @@
 
 Trains the classifier judge and the full-size U-Net (the GPU setting documented in the README) on
 the prepared splits, then judges 1,000 guided samples with each sampler and times it. Writes
-`results.json`, the loss curve and a sample grid into --out.
+`results.json` and the loss curve into --out.
 
     python benchmarks/gpu_full_size.py --prepared data/prepared --out benchmarks/out --device cuda
 """
@@ -17,12 +17,11 @@ from pathlib import Path
 
 import torch
 
-from diffusion.config import SamplerConfig, load_params
-from diffusion.data.datasets import DigitsDataset, to_uint8
-from diffusion.data.images import save_grid
+from benchmarks.samplers import sweep
+from diffusion.config import load_params
+from diffusion.data.datasets import DigitsDataset
 from diffusion.judges.classifier import load_classifier, train_classifier
 from diffusion.model.train import load_diffusion, train_diffusion
-from diffusion.quality.samples import judge_guided_samples
 
 # The full-size setting: the same keys as `dvc exp run -S diffusion.unet.base_channels=64 ...` in the README.
 GPU_UNET = {"base_channels": 64, "channel_mults": (1, 2, 2), "num_res_blocks": 2}
@@ -33,18 +32,12 @@ GPU_TRAIN = {
     "ema_decay": 0.9995,
     "checkpoint_every": 2000,
 }
-SAMPLERS = [
-    SamplerConfig(name="ddpm", steps=1000, guidance=3.0),
-    SamplerConfig(name="ddim", steps=50, guidance=3.0),
-    SamplerConfig(name="dpm-solver++", steps=20, guidance=3.0),
-    SamplerConfig(name="dpm-solver++", steps=20, guidance=1.0),
-]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prepared", type=Path, default=Path("data/prepared"))
-    ap.add_argument("--out", type=Path, required=True, help="results.json, loss.csv, samples.png")
+    ap.add_argument("--out", type=Path, required=True, help="results.json, loss.csv")
     ap.add_argument("--work", type=Path, default=Path("/tmp/gpu-full-size"), help="checkpoints")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--train-seconds", type=float, default=300.0, help="budget that sets the step count")
@@ -96,21 +89,8 @@ def main() -> None:
 
     model, process, _ = load_diffusion(args.work / "diffusion", device)
     judge = load_classifier(args.work / "classifier", device)
-    results["samplers"] = []
-    for sampler in SAMPLERS:
-        judged = judge_guided_samples(model, process, judge, sampler, 1000, 1234, device, batch_size=1000)
-        row = {
-            **sampler.model_dump(),
-            "sample_judge_accuracy": judged.accuracy,
-            "seconds": judged.seconds,
-            "images_per_second": 1000 / judged.seconds,
-        }
-        results["samplers"].append(row)
-        print(row, flush=True)
-        save()
-        if sampler.name == "dpm-solver++" and sampler.guidance == 3.0:
-            grid = torch.cat([judged.images[judged.labels == c][:10] for c in range(10)])
-            save_grid(to_uint8(grid), args.out / "samples.png", ncols=10)
+    results["samplers"] = sweep(model, process, judge, device, n=1000, ddpm_n=1000, batch_size=1000)
+    save()
 
 
 if __name__ == "__main__":
