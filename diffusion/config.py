@@ -172,7 +172,9 @@ class ClipConfig(Section):
     @model_validator(mode="after")
     def _patches_tile(self) -> ClipConfig:
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})")
+            raise ValueError(
+                f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})"
+            )
         return self
 
 

@@ -37,7 +37,7 @@ def test_dvc_repro_prepare(tmp_path: Path, npm_cache: Path) -> None:
     assert pq.read_metadata(repo / "data/prepared/train.parquet").num_rows == 8000
     metrics = json.loads((repo / "metrics/data.json").read_text())
     assert metrics["splits"]["test"]["count"] == 1001
-    assert "up to date" in _dvc(repo, "status")
+    assert "up to date" in _dvc(repo, "status", "prepare")
     assert "didn't change, skipping" in _dvc(repo, "repro", "prepare")
     # A changed seed makes the stage out of date; the output is identical for the same seed.
     first = (repo / "data/prepared/train.parquet").read_bytes()
