@@ -4,7 +4,7 @@ Trains the classifier judge and the full-size U-Net (the GPU setting documented 
 the prepared splits, then judges 1,000 guided samples with each sampler and times it. Writes
 `results.json` and the loss curve into --out.
 
-    python benchmarks/gpu_full_size.py --prepared data/prepared --out benchmarks/out --device cuda
+    python -m benchmarks.gpu_full_size --prepared data/prepared --out benchmarks/out --device cuda
 """
 
 from __future__ import annotations
