@@ -87,7 +87,7 @@ def main() -> None:
     print("diffusion", results["diffusion"], flush=True)
     save()
 
-    model, process, _ = load_diffusion(args.work / "diffusion", device)
+    model, process = load_diffusion(args.work / "diffusion", device)
     judge = load_classifier(args.work / "classifier", device)
     results["samplers"] = sweep(model, process, judge, device, n=1000, ddpm_n=1000, batch_size=1000)
     save()

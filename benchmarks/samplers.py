@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=250)
     args = ap.parse_args()
     device = torch.device(args.device)
-    model, process, _ = load_diffusion(args.model, device)
+    model, process = load_diffusion(args.model, device)
     judge = load_classifier(args.classifier, device)
     rows = sweep(model, process, judge, device, args.n, args.ddpm_n, args.batch_size)
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()

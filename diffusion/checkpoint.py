@@ -12,6 +12,8 @@ It imports only `diffusion.errors`.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -70,6 +72,15 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def write_csv_atomic(path: str | Path, rows: list[dict]) -> None:
+    """Write rows (dicts with the same keys) as CSV, atomically: the format of DVC plots."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes_atomic(path, buf.getvalue().encode())
+
+
 def save_checkpoint(
     directory: str | Path,
     kind: str,
@@ -82,9 +93,9 @@ def save_checkpoint(
     Args:
         directory: the checkpoint folder to create or replace.
         kind: what the weights are ("unet", "classifier", ...), checked on load.
-        config: everything needed to rebuild the network (a config model's `model_dump()`).
+        config: what rebuilds the network and nothing more (architecture fields).
         weights: weight-file name -> state dict, e.g. {"model": ..., "ema": ...}.
-        meta: free JSON (step, metrics) stored in config.json.
+        meta: everything else worth keeping (training settings, metrics), stored in config.json.
     """
     with atomic_path(directory) as tmp:
         tmp.mkdir()
@@ -104,8 +115,12 @@ def read_checkpoint_config(directory: str | Path, kind: str) -> dict[str, Any]:
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: not valid JSON ({err.msg})") from None
-    if doc.get("kind") != kind:
-        raise CheckpointError(f"{path}: expected a '{kind}' checkpoint, found '{doc.get('kind')}'")
+    if not isinstance(doc, dict) or doc.get("kind") != kind:
+        found = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
+        raise CheckpointError(f"{path}: expected a '{kind}' checkpoint, found '{found}'")
+    if not isinstance(doc.get("config"), dict):
+        raise CheckpointError(f"{path}: no 'config' mapping (a checkpoint holds kind, config and meta)")
+    doc.setdefault("meta", {})
     return doc
 
 

@@ -8,26 +8,15 @@ passes them, calls one library function and writes its outputs atomically. Any `
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from diffusion.checkpoint import write_bytes_atomic, write_json_atomic
+from diffusion.checkpoint import write_csv_atomic, write_json_atomic
 from diffusion.config import Params, load_params
 from diffusion.errors import DigitsError
-
-
-def write_csv_atomic(path: str | Path, rows: list[dict]) -> None:
-    """Write rows (dicts with the same keys) as CSV, atomically: the format of DVC plots."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [])
-    writer.writeheader()
-    writer.writerows(rows)
-    write_bytes_atomic(path, buf.getvalue().encode())
 
 
 # --------------------------------------------------------------------------- stages
@@ -81,75 +70,102 @@ def cmd_train_diffusion(params: Params, args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate_diffusion(params: Params, args: argparse.Namespace) -> None:
-    import torch
+    from diffusion.quality.samples import evaluate_diffusion
 
-    from diffusion.checkpoint import read_checkpoint_config
-    from diffusion.data.datasets import DigitsDataset, to_uint8
-    from diffusion.data.images import save_grid
-    from diffusion.judges.classifier import load_classifier
-    from diffusion.model.forward import forward_strip
-    from diffusion.model.train import load_diffusion
-    from diffusion.quality.samples import judge_guided_samples
-
-    cfg = params.diffusion
-    device = torch.device(cfg.train.device)
-    model, process, _ = load_diffusion(args.model, device)
-    judged = judge_guided_samples(
-        model,
-        process,
-        load_classifier(args.classifier, device),
-        cfg.sampler,
-        n=cfg.eval.n_samples,
-        seed=cfg.eval.seed,
-        device=device,
-        batch_size=cfg.eval.batch_size,
-    )
-    # Rows of the grid are the requested digits 0-9, `grid_per_class` samples each.
-    rows = [judged.images[judged.labels == c][: cfg.eval.grid_per_class] for c in range(10)]
-    save_grid(to_uint8(torch.cat(rows)), args.grid, ncols=cfg.eval.grid_per_class)
-
-    val = DigitsDataset(args.val)
-    firsts = torch.stack([val.images[val.labels == c][0] for c in range(cfg.eval.strip_digits)])
-    strip = forward_strip(
-        process, firsts, cfg.eval.strip_columns, torch.Generator().manual_seed(cfg.eval.seed)
-    )
-    save_grid(strip, args.strip, ncols=cfg.eval.strip_columns)
-
-    metrics = dict(read_checkpoint_config(args.model, "diffusion")["meta"])  # the training metrics
-    metrics.update(
-        sample_judge_accuracy=judged.accuracy,
-        sample_judge_per_class=judged.per_class_accuracy,
-        sampler=cfg.sampler.model_dump(),
-        sampled_images=int(judged.labels.numel()),
-        sampling_images_per_second=judged.labels.numel() / max(judged.seconds, 1e-9),
+    metrics = evaluate_diffusion(
+        params.diffusion, args.model, args.classifier, args.val, args.grid, args.strip
     )
     write_json_atomic(args.metrics, metrics)
-    print(f"sample judge accuracy {judged.accuracy:.4f} ({cfg.sampler.name}, w={cfg.sampler.guidance})")
+    sampler = params.diffusion.sampler
+    print(
+        f"sample judge accuracy {metrics['sample_judge_accuracy']:.4f} ({sampler.name}, w={sampler.guidance})"
+    )
+
+
+def cmd_generate(params: Params, args: argparse.Namespace) -> None:
+    from diffusion.generate.pinned import fetch_pinned
+    from flows.generate import generate_dataset, task_runner
+
+    cfg = params.generate
+    if args.output_root:
+        cfg = cfg.model_copy(update={"output_root": args.output_root})
+    model, revision = args.model, None
+    if args.rev:
+        folder, revision = fetch_pinned(args.rev, args.model, cache=Path(params.data.cache_dir) / "pinned")
+        model = str(folder)
+    runnable = generate_dataset.with_options(task_runner=task_runner(cfg.task_runner))
+    result = runnable(
+        cfg=cfg,
+        model=model,
+        classifier=args.classifier,
+        train_data=args.train,
+        quality=params.quality,
+        model_revision=revision,
+        progress=True,
+    )
+    if args.metrics:
+        write_json_atomic(args.metrics, {k: v for k, v in result.metrics.items() if not isinstance(v, dict)})
+    if args.classes:
+        write_csv_atomic(args.classes, result.classes)
+    m = result.metrics
+    print(
+        f"{'already published' if result.version.reused else 'published'} {result.version.path}: "
+        f"{m['accepted']} digits, acceptance rate {m['acceptance_rate']:.3f}, {m['images_per_second']:.1f} digits/s"
+    )
+
+
+def cmd_serve(params: Params, args: argparse.Namespace) -> None:
+    from flows.deploy import serve_generation
+
+    serve_generation(params, args.model, args.classifier, args.train)
 
 
 # --------------------------------------------------------------------------- wiring
-STAGES: dict[str, tuple[Callable[[Params, argparse.Namespace], None], list[str], str]] = {
-    "prepare": (cmd_prepare, ["out", "metrics", "grid"], "split a real source into Parquet files"),
+MODELS = {"model": "data/models/diffusion", "classifier": "data/models/classifier"}
+TRAIN = {"train": "data/prepared/train.parquet"}
+# stage -> (function, path flags (None: required), help)
+STAGES: dict[str, tuple[Callable[[Params, argparse.Namespace], None], dict[str, str | None], str]] = {
+    "prepare": (
+        cmd_prepare,
+        dict.fromkeys(["out", "metrics", "grid"]),
+        "split a real source into Parquet files",
+    ),
     "train-classifier": (
         cmd_train_classifier,
-        ["train", "val", "test", "out", "metrics", "confusion"],
+        dict.fromkeys(["train", "val", "test", "out", "metrics", "confusion"]),
         "train the downstream MNIST classifier judge",
     ),
     "train-clip": (
         cmd_train_clip,
-        ["train", "val", "test", "out", "metrics"],
+        dict.fromkeys(["train", "val", "test", "out", "metrics"]),
         "train the domain CLIP judge through open_clip",
     ),
     "train-diffusion": (
         cmd_train_diffusion,
-        ["train", "val", "out", "resume_dir", "loss_plot"],
+        dict.fromkeys(["train", "val", "out", "resume_dir", "loss_plot"]),
         "train (or resume) the class-conditional diffusion model",
     ),
     "evaluate-diffusion": (
         cmd_evaluate_diffusion,
-        ["model", "classifier", "val", "metrics", "grid", "strip"],
+        dict.fromkeys(["model", "classifier", "val", "metrics", "grid", "strip"]),
         "judge guided samples; sample grid and forward-diffusion strip",
     ),
+    "generate": (
+        cmd_generate,
+        {**MODELS, **TRAIN, "output_root": "", "metrics": "", "classes": "", "rev": ""},
+        "run the generation flow: generate, filter, gate and publish a dataset version",
+    ),
+    "serve": (
+        cmd_serve,
+        {**MODELS, **TRAIN},
+        "serve the generation flow's deployment on generate.schedule (needs a Prefect server)",
+    ),
+}
+
+HELP = {
+    "rev": "a git revision: generate from the diffusion checkpoint its dvc.lock pins",
+    "output_root": "publish here instead of generate.output_root",
+    "classes": "per-class CSV (DVC plot)",
 }
 
 
@@ -159,8 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, paths, help_text) in STAGES.items():
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
-        for path in paths:
-            p.add_argument(f"--{path.replace('_', '-')}", dest=path, required=True)
+        for path, default in paths.items():
+            flag = f"--{path.replace('_', '-')}"
+            if default is None:
+                p.add_argument(flag, dest=path, required=True)
+            else:
+                shown = f" (default: {default})" if default else ""
+                p.add_argument(flag, dest=path, default=default or None, help=HELP.get(path, "") + shown)
     return parser
 
 

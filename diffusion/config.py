@@ -7,8 +7,10 @@ It imports only `diffusion.errors`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -178,11 +180,129 @@ class ClipConfig(Section):
         return self
 
 
+# --------------------------------------------------------------------------- generate
+class FilterConfig(Section):
+    """What a generated digit must score to be kept (None: that check is off)."""
+
+    min_clip_score: float | None = Field(None, ge=-100.0, le=100.0)  # 100 x cosine with the intended prompt
+    min_clip_margin: float | None = Field(None, ge=-200.0, le=200.0)  # intended minus the best other digit
+    min_classifier_prob: float | None = Field(None, ge=0.0, le=1.0)  # the classifier judge's probability
+    require_pred_match: bool = True  # the classifier judge's argmax must be the intended label
+
+
+class ClipChoice(Section):
+    """Which CLIP scores: our domain CLIP folder, or any open_clip name with a pretrained tag or file."""
+
+    model: str = "digit-clip"
+    pretrained: str | None = "data/models/clip"
+
+
+class TaskRunnerConfig(Section):
+    kind: Literal["threads", "dask"] = "threads"
+    workers: int = Field(1, ge=1)  # threads, or the workers of a local Dask cluster
+    address: str | None = None  # an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (dask only)
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> TaskRunnerConfig:
+        if self.address and self.kind != "dask":
+            raise ValueError("address is only used with kind: dask")
+        return self
+
+
+class ScheduleConfig(Section):
+    cron: str = "0 3 * * *"  # five-field cron: every scheduled run publishes a new version
+    timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _valid(self) -> ScheduleConfig:
+        fields = self.cron.split()
+        if len(fields) != 5 or not all(re.fullmatch(r"[0-9A-Za-z*/,?#-]+", f) for f in fields):
+            raise ValueError(f"cron must be a five-field cron expression, got {self.cron!r}")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"timezone must be an IANA name such as Europe/Berlin, got {self.timezone!r}"
+            ) from None
+        return self
+
+
+class GenerateConfig(Section):
+    """One generation run: what to make, how to sample, score and filter it, and where to publish it."""
+
+    name: str = Field("synthetic-digits", pattern=r"^[a-z0-9][a-z0-9._-]*$")  # the dataset's folder name
+    per_class: int | dict[int, int] = 200  # accepted images of every class, or class -> count
+    sampler: SamplerConfig = SamplerConfig()  # omitted in params.yaml: the diffusion.sampler section
+    batch_size: int = Field(100, ge=1)  # images per task (one class, one seed)
+    best_of_n: int = Field(1, ge=1)  # candidates per image; the one with the best CLIP score is kept
+    filter: FilterConfig = FilterConfig()
+    clip: ClipChoice = ClipChoice()
+    seed: int = Field(0, ge=0)
+    shard_rows: int = Field(1000, ge=1)  # rows per published Parquet file
+    output_root: str = "data/published"  # a local folder or an fsspec URL; versions go to <root>/<name>/
+    staging_dir: str = "data/cache/generate"  # local; staged shards of unfinished runs (resume)
+    max_attempts: float = Field(5.0, ge=1.0)  # per class, at most this many x its count are sampled
+    task_runner: TaskRunnerConfig = TaskRunnerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _counts(self) -> GenerateConfig:
+        if isinstance(self.per_class, int):
+            if self.per_class < 1:
+                raise ValueError(f"per_class must be >= 1, got {self.per_class}")
+            return self
+        for c, n in self.per_class.items():
+            if not 0 <= c <= 9:
+                raise ValueError(f"per_class: class {c} is outside 0-9")
+            if n < 0:
+                raise ValueError(f"per_class: class {c} has a negative count ({n})")
+        if not any(self.per_class.values()):
+            raise ValueError("per_class: at least one class needs a count above 0")
+        return self
+
+    def counts(self) -> dict[int, int]:
+        """Requested accepted images per class, every class 0-9 with a count above 0."""
+        if isinstance(self.per_class, int):
+            return dict.fromkeys(range(10), self.per_class)
+        return {c: n for c, n in sorted(self.per_class.items()) if n > 0}
+
+
+# --------------------------------------------------------------------------- quality
+class QualityConfig(Section):
+    """The publish gate's limits beyond the generation filter (diffusion/quality/expectations.py)."""
+
+    # RMS pixel distance (pixels in [0, 1]) under which an image copies a training digit: 0.05% of real
+    # held-out digits lie this close to a training digit (0.4% of the ones), exact or lightly noised copies all do
+    copy_distance: float = Field(0.04, gt=0.0)
+    max_memorization: float = Field(0.01, ge=0.0, le=1.0)  # the share of near-copies a version may hold
+
+
 class Params(Section):
     data: DataConfig = DataConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
     classifier: ClassifierConfig = ClassifierConfig()
     clip: ClipConfig = ClipConfig()
+    generate: GenerateConfig = GenerateConfig()
+    quality: QualityConfig = QualityConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _generate_sampler_defaults_to_diffusion(cls, raw: object) -> object:
+        """`generate.sampler` left out of params.yaml means the `diffusion.sampler` section."""
+        if (
+            isinstance(raw, dict)
+            and isinstance(raw.get("generate"), dict)
+            and "sampler" not in raw["generate"]
+        ):
+            sampler = (
+                (raw.get("diffusion") or {}).get("sampler")
+                if isinstance(raw.get("diffusion"), dict)
+                else None
+            )
+            if sampler is not None:
+                raw = {**raw, "generate": {**raw["generate"], "sampler": sampler}}
+        return raw
 
 
 def _one_line(err: ValidationError, where: str) -> str:

@@ -30,7 +30,7 @@ def _random_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def test_schema_round_trip(tmp_path: Path) -> None:
     images, labels = _random_digits(12)
     ids = [f"x-{i}" for i in range(12)]
-    table = digits_table(ids, images, labels, "test", extra={"guidance": [2.0] * 12})
+    table = digits_table(ids, images, labels, "test", guidance=[2.0] * 12)
     pq.write_table(table, tmp_path / "a.parquet")
     back = pq.read_table(tmp_path / "a.parquet")
     assert back.schema.equals(DIGITS_SCHEMA, check_metadata=True)
@@ -46,8 +46,8 @@ def test_schema_rejects_bad_rows() -> None:
     images, labels = _random_digits(3)
     with pytest.raises(ValueError, match="labels must lie in 0-9"):
         digits_table(["a", "b", "c"], images, labels + 10, "test")
-    with pytest.raises(ValueError, match="unknown extra columns"):
-        digits_table(["a", "b", "c"], images, labels, "test", extra={"colour": [1, 2, 3]})
+    with pytest.raises(ValueError, match="unknown columns"):
+        digits_table(["a", "b", "c"], images, labels, "test", colour=[1, 2, 3])
 
 
 def test_split_is_deterministic_disjoint_and_stratified() -> None:

@@ -122,8 +122,8 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path: Path):
     save_diffusion(tmp_path / "ckpt", cfg, model.state_dict(), ema_model.state_dict(), {"val_loss": 0.5})
     x, t, y = torch.randn(4, 1, 16, 16), torch.tensor([0, 5, 500, 999]), torch.tensor([0, 1, 3, 4])
     for name, original in [("ema", ema_model), ("model", model)]:
-        loaded, process, loaded_cfg = load_diffusion(tmp_path / "ckpt", "cpu", weights=name)
-        assert loaded_cfg == cfg and process.num_timesteps == 1000 and not loaded.training
+        loaded, process = load_diffusion(tmp_path / "ckpt", "cpu", weights=name)
+        assert loaded.cfg == cfg.unet and process.num_timesteps == 1000 and not loaded.training
         with torch.no_grad():
             assert torch.equal(loaded(x, t, y), original.eval()(x, t, y))
     with pytest.raises(CheckpointError, match="weights file not found"):
@@ -139,7 +139,7 @@ def test_training_writes_a_loadable_checkpoint_and_is_seeded(tmp_path: Path):
     assert first.history == second.history and first.metrics["val_loss"] == second.metrics["val_loss"]
     ema_a, ema_b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
-    model, _, _ = load_diffusion(tmp_path / "a")
+    model, _ = load_diffusion(tmp_path / "a")
     assert sum(p.numel() for p in model.parameters()) == first.metrics["parameters"]
 
 

@@ -1,60 +1,68 @@
 """The one Parquet schema shared by the prepared real splits and the published synthetic shards.
 
-Columns (named, never positional):
+Columns (named, never positional; every generation and quality column is null for real digits):
     id               string   stable across runs, unique within a dataset
     image            struct<bytes: binary, path: string>   PNG bytes (Hugging Face `Image` convention)
     label            int64    0-9 (a `ClassLabel` for Hugging Face `datasets`)
     source           string   where the digit came from: "mnist", "fashion-mnist", "synthetic", ...
-    sampler          string   synthetic only: sampler name (null for real digits)
-    guidance         float32  synthetic only: classifier-free guidance scale w
-    seed             int64    synthetic only: the generator seed of the image
-    clip_score       float32  synthetic only: 100 x cosine(image, intended prompt)
-    classifier_prob  float32  synthetic only: judge probability of the intended label
+    sampler          string   sampler name
+    steps            int64    sampler steps (network calls per image, x2 with guidance)
+    guidance         float32  classifier-free guidance scale w
+    seed             int64    the seed of the generator that drew the image's batch
+    model_sha256     string   checksum of the diffusion weights that drew it
+    run_id           string   the generation run (a hash of its params and model)
+    created_at       timestamp[ms, UTC]  the run's logical date
+    clip_score       float32  100 x cosine(image, intended prompt)
+    clip_margin      float32  clip_score minus the best other digit's clip_score
+    classifier_prob  float32  the filtering classifier's probability of the intended label
+    classifier_pred  int64    the filtering classifier's predicted label
+    accepted         bool     passed the generation filter (published rows always do)
 
 Every field is nullable on the Arrow level because `datasets` only honours its metadata for
 fields equal to its own (always nullable) ones; `digits_table` and the data checks enforce that
 id, image, label and source are present. The schema metadata carries the `huggingface` key so
-`datasets.load_dataset("parquet", ...)` decodes `image` as a PIL image and `label` as a ClassLabel. This module imports nothing of ours.
+`datasets.load_dataset("parquet", ...)` decodes `image` as a PIL image and `label` as a ClassLabel.
+This module imports nothing of ours.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image
 
 CLASS_NAMES = [str(i) for i in range(10)]
-
-_HF_FEATURES = {
-    "id": {"dtype": "string", "_type": "Value"},
-    "image": {"_type": "Image"},
-    "label": {"names": CLASS_NAMES, "_type": "ClassLabel"},
-    "source": {"dtype": "string", "_type": "Value"},
-    "sampler": {"dtype": "string", "_type": "Value"},
-    "guidance": {"dtype": "float32", "_type": "Value"},
-    "seed": {"dtype": "int64", "_type": "Value"},
-    "clip_score": {"dtype": "float32", "_type": "Value"},
-    "classifier_prob": {"dtype": "float32", "_type": "Value"},
-}
-
 IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+REQUIRED = ("id", "image", "label", "source")  # never null, in real and synthetic rows alike
+
+# name -> (Arrow type, Hugging Face feature); the one place a column is declared.
+_COLUMNS: dict[str, tuple[pa.DataType, dict]] = {
+    "id": (pa.string(), {"dtype": "string", "_type": "Value"}),
+    "image": (IMAGE_TYPE, {"_type": "Image"}),
+    "label": (pa.int64(), {"names": CLASS_NAMES, "_type": "ClassLabel"}),
+    "source": (pa.string(), {"dtype": "string", "_type": "Value"}),
+    "sampler": (pa.string(), {"dtype": "string", "_type": "Value"}),
+    "steps": (pa.int64(), {"dtype": "int64", "_type": "Value"}),
+    "guidance": (pa.float32(), {"dtype": "float32", "_type": "Value"}),
+    "seed": (pa.int64(), {"dtype": "int64", "_type": "Value"}),
+    "model_sha256": (pa.string(), {"dtype": "string", "_type": "Value"}),
+    "run_id": (pa.string(), {"dtype": "string", "_type": "Value"}),
+    "created_at": (pa.timestamp("ms", tz="UTC"), {"dtype": "timestamp[ms, tz=UTC]", "_type": "Value"}),
+    "clip_score": (pa.float32(), {"dtype": "float32", "_type": "Value"}),
+    "clip_margin": (pa.float32(), {"dtype": "float32", "_type": "Value"}),
+    "classifier_prob": (pa.float32(), {"dtype": "float32", "_type": "Value"}),
+    "classifier_pred": (pa.int64(), {"dtype": "int64", "_type": "Value"}),
+    "accepted": (pa.bool_(), {"dtype": "bool", "_type": "Value"}),
+}
+HF_FEATURES = {name: feature for name, (_, feature) in _COLUMNS.items()}
 
 DIGITS_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string()),
-        pa.field("image", IMAGE_TYPE),
-        pa.field("label", pa.int64()),
-        pa.field("source", pa.string()),
-        pa.field("sampler", pa.string()),
-        pa.field("guidance", pa.float32()),
-        pa.field("seed", pa.int64()),
-        pa.field("clip_score", pa.float32()),
-        pa.field("classifier_prob", pa.float32()),
-    ],
-    metadata={"huggingface": json.dumps({"info": {"features": _HF_FEATURES}})},
+    [pa.field(name, dtype) for name, (dtype, _) in _COLUMNS.items()],
+    metadata={"huggingface": json.dumps({"info": {"features": HF_FEATURES}})},
 )
 
 
@@ -74,39 +82,44 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 def digits_table(
-    ids: list[str],
+    ids: Sequence[str],
     images: np.ndarray,
     labels: np.ndarray,
-    source: str | list[str],
-    extra: dict[str, list] | None = None,
+    source: str,
+    **columns: Sequence | np.ndarray,
 ) -> pa.Table:
-    """Build a table in DIGITS_SCHEMA.
+    """Build a table in DIGITS_SCHEMA, every column by name.
 
     Args:
         ids: one unique string id per image.
-        images: uint8 array of shape (N, H, W).
+        images: uint8 array of shape (N, H, W), stored as PNG.
         labels: int array of shape (N,) with values 0-9.
-        source: one source string for all rows, or one per row.
-        extra: optional columns among sampler/guidance/seed/clip_score/classifier_prob; others stay null.
+        source: the source of every row.
+        columns: further schema columns by name (N values each, or one scalar for every row);
+            the columns not given stay null.
     """
     n = len(ids)
     if images.shape[0] != n or labels.shape[0] != n:
         raise ValueError(f"ids ({n}), images ({images.shape[0]}) and labels ({labels.shape[0]}) differ")
     if n and (labels.min() < 0 or labels.max() > 9):
         raise ValueError("labels must lie in 0-9")
-    extra = extra or {}
-    unknown = set(extra) - set(DIGITS_SCHEMA.names[4:])
+    unknown = set(columns) - set(DIGITS_SCHEMA.names)
     if unknown:
-        raise ValueError(f"unknown extra columns {sorted(unknown)}")
-    columns = {
-        "id": ids,
+        raise ValueError(f"unknown columns {sorted(unknown)}; the schema has {DIGITS_SCHEMA.names}")
+    given = {
+        "id": list(ids),
         "image": [{"bytes": encode_png(img), "path": None} for img in images],
-        "label": labels.astype(np.int64),
-        "source": [source] * n if isinstance(source, str) else source,
+        "label": np.asarray(labels, dtype=np.int64),
+        "source": [source] * n,
     }
-    for name in DIGITS_SCHEMA.names[4:]:
-        columns[name] = extra.get(name, [None] * n)
-    return pa.Table.from_pydict(columns, schema=DIGITS_SCHEMA)
+    for name, values in columns.items():
+        scalar = isinstance(values, (str, int, float, bool)) or values is None or np.ndim(values) == 0
+        given[name] = [values] * n if scalar else values
+    arrays = [
+        pa.array(given[name], type=field.type) if name in given else pa.nulls(n, field.type)
+        for name, field in zip(DIGITS_SCHEMA.names, DIGITS_SCHEMA, strict=True)
+    ]
+    return pa.Table.from_arrays(arrays, schema=DIGITS_SCHEMA)
 
 
 def table_arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:

@@ -2,7 +2,8 @@
 
 Checkpoint (a `diffusion.checkpoint` folder, kind "classifier"):
 
-    <dir>/config.json        {"kind": "classifier", "config": ClassifierConfig, "meta": {metrics}}
+    <dir>/config.json        {"kind": "classifier", "config": {channels, hidden, dropout},
+                              "meta": {metrics..., "train": the rest of ClassifierConfig}}
     <dir>/model.safetensors  the best-val weights
 """
 
@@ -24,6 +25,7 @@ from diffusion.judges.training import fit
 
 NUM_CLASSES = 10
 KIND = "classifier"
+ARCHITECTURE = ("channels", "hidden", "dropout")  # the ClassifierConfig fields that rebuild the network
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -114,7 +116,22 @@ def train_classifier(
     """Train on `train`, keep the best-val-accuracy epoch, score it once on `test`, save it to `out_dir`."""
     device = torch.device(cfg.device)
     generator = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)  # weight init and dropout
+    # Weight init and dropout draw from the global RNG: seeded inside fork_rng, the caller's is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return _train(cfg, train, val, test, out_dir, progress, generator, device)
+
+
+def _train(
+    cfg: ClassifierConfig,
+    train: DigitsDataset,
+    val: DigitsDataset,
+    test: DigitsDataset,
+    out_dir: Path,
+    progress: bool,
+    generator: torch.Generator,
+    device: torch.device,
+) -> ClassifierResult:
     model = DigitClassifier.from_config(cfg).to(device)
     x_val, y_val = val.images.to(device), val.labels.to(device)
 
@@ -154,22 +171,28 @@ def train_classifier(
         "best_epoch": run.best_epoch,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
+    settings = cfg.model_dump(mode="json")
     save_checkpoint(
         out_dir,
         kind=KIND,
-        config=cfg.model_dump(mode="json"),
+        config={k: settings.pop(k) for k in ARCHITECTURE},
         weights={"model": run.best_state},
-        meta=metrics,
+        meta={**metrics, "train": settings},
     )
     return ClassifierResult(metrics=metrics, confusion=confusion_rows(actual, predicted), history=run.history)
 
 
 def load_classifier(directory: str | Path, device: torch.device | str = "cpu") -> DigitClassifier:
-    """Rebuild the judge from a checkpoint folder, in eval mode on `device`. Raises CheckpointError."""
+    """Rebuild the judge from a checkpoint folder, in eval mode on `device`. Raises CheckpointError.
+
+    Only the architecture fields of `config` are read (folders of earlier versions also held the training
+    settings there).
+    """
     doc = read_checkpoint_config(directory, KIND)
     weights = Path(directory) / "model.safetensors"
     try:
-        model = DigitClassifier.from_config(ClassifierConfig.model_validate(doc["config"]))
+        arch = {k: doc["config"][k] for k in ARCHITECTURE if k in doc["config"]}
+        model = DigitClassifier.from_config(ClassifierConfig.model_validate(arch))
         model.load_state_dict(load_weights(weights))
     except (ValidationError, RuntimeError) as err:  # config or tensors that don't fit this code
         first = str(err).strip().splitlines()[0]

@@ -135,69 +135,53 @@ def _one_line(err: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
-def _resolve_file(model: str, pretrained: str) -> tuple[str, dict[str, Any]]:
-    """A weights file (or a folder holding WEIGHTS_FILE) -> (file, preprocess overrides).
-
-    A `<model>.json` beside the file is registered with open_clip, so our domain CLIP needs no flags.
-    """
+def _saved_folder(pretrained: str) -> Path | None:
+    """The `save_clip` folder that `pretrained` names (the folder itself or its weights file), else None."""
     path = Path(pretrained)
-    if path.is_dir():
-        path = path / WEIGHTS_FILE
-    if not path.is_file():
-        if model not in open_clip.list_models():
-            raise JudgeError(f"unknown open_clip model '{model}', and '{pretrained}' is no weights file")
-        tags = open_clip.list_pretrained_tags_by_model(model)
-        shown = ", ".join(tags[:6]) + (", ..." if len(tags) > 6 else "")
-        raise JudgeError(
-            f"{pretrained}: no such weights file, nor a pretrained tag of '{model}' (tags: {shown or 'none'})"
-        )
-    if (path.parent / f"{model}.json").is_file():
-        open_clip.add_model_config(path.parent / f"{model}.json")
-    overrides: dict[str, Any] = {}
-    if (path.parent / OPEN_CLIP_CONFIG).is_file():
-        pp = json.loads((path.parent / OPEN_CLIP_CONFIG).read_text()).get("preprocess_cfg", {})
-        overrides = {
-            k: pp.get(v)
-            for k, v in [
-                ("image_mean", "mean"),
-                ("image_std", "std"),
-                ("image_interpolation", "interpolation"),
-            ]
-        }
-    return str(path), overrides
+    folder = path if path.is_dir() else path.parent
+    if (folder / OPEN_CLIP_CONFIG).is_file() and (path.is_dir() or path.name == WEIGHTS_FILE):
+        return folder
+    return None
 
 
 def load_clip(model: str, pretrained: str | None, device: torch.device | str = "cpu") -> ClipJudge:
-    """Build a CLIP judge with its weights.
+    """Build a CLIP judge with its weights, leaving open_clip's model registry as it was (thread-safe).
 
     Args:
         model: an open_clip model name ("ViT-B-32", our "digit-clip"), or "hf-hub:org/repo" / "local-dir:path",
             which carry their own weights.
-        pretrained: a pretrained tag of `model` (downloaded unless cached), or a weights file (.safetensors
-            preferred; .pt/.bin load with torch.load(weights_only=True)), or a folder written by `save_clip`.
-            None only for the schema names above: a judge never runs on random weights.
+        pretrained: a pretrained tag of `model` (downloaded unless cached), a weights file of a built-in
+            model (.safetensors preferred; .pt/.bin load with torch.load(weights_only=True)), or a folder
+            written by `save_clip` (or its weights file), which loads as `local-dir:<folder>` with its own
+            model config and preprocessing. None only for the schema names above: a judge never runs on
+            random weights.
         device: where the model and every tensor it returns live.
 
     Raises:
         JudgeError: unknown model, missing/corrupt weights file, or a tag that cannot be downloaded.
     """
-    has_schema = model.startswith(("hf-hub:", "local-dir:"))
-    overrides: dict[str, Any] = {}
-    if has_schema:
-        pretrained = None
+    name, weights = model, pretrained
+    if model.startswith(("hf-hub:", "local-dir:")):
+        weights = None
     elif pretrained is None:
         raise JudgeError(f"open_clip model '{model}': no weights given (pass a pretrained tag or file)")
-    elif not open_clip.is_pretrained_cfg(model, pretrained):
-        pretrained, overrides = _resolve_file(model, pretrained)
-    if not has_schema and model not in open_clip.list_models():
+    elif (folder := _saved_folder(pretrained)) is not None:
+        name, weights = f"local-dir:{folder}", None
+    elif model not in open_clip.list_models():
         raise JudgeError(
-            f"unknown open_clip model '{model}' (not built in, no {model}.json beside the weights)"
+            f"unknown open_clip model '{model}' (not built in, and '{pretrained}' is no saved folder)"
+        )
+    elif not (open_clip.is_pretrained_cfg(model, pretrained) or Path(pretrained).is_file()):
+        tags = open_clip.list_pretrained_tags_by_model(model)
+        shown = ", ".join(tags[:6]) + (", ..." if len(tags) > 6 else "")
+        raise JudgeError(
+            f"{pretrained}: no such weights file, nor a pretrained tag of '{model}' (tags: {shown or 'none'})"
         )
     try:
         net, _, _ = open_clip.create_model_and_transforms(
-            model, pretrained=pretrained, device=device, require_pretrained=True, **overrides
+            name, pretrained=weights, device=device, require_pretrained=True
         )
-        tokenizer = open_clip.get_tokenizer(model)
+        tokenizer = open_clip.get_tokenizer(name)
     except Exception as err:  # open_clip raises RuntimeError, OSError, SafetensorError, ...: make it one line
         raise JudgeError(f"open_clip model '{model}' with weights '{pretrained}': {_one_line(err)}") from None
     return ClipJudge(net, tokenizer, device)
@@ -259,8 +243,22 @@ def train_clip(
     """Train the domain CLIP with open_clip's ClipLoss on (digit, random caption) pairs; keep the best
     val zero-shot epoch, score it once on test, save it with `save_clip`."""
     device = torch.device(cfg.device)
+    # Weight init draws from the global RNG: seeded inside fork_rng, the caller's is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return _train(cfg, train, val, test, out_dir, progress, device)
+
+
+def _train(
+    cfg: ClipConfig,
+    train: DigitsDataset,
+    val: DigitsDataset,
+    test: DigitsDataset,
+    out_dir: Path,
+    progress: bool,
+    device: torch.device,
+) -> ClipResult:
     generator = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)  # weight init
     judge = _create_domain_model(cfg, device)
     net, n_templates = judge.model, len(CAPTION_TEMPLATES)
     # The 49,408-row token table is most of the parameters, and our captions use a few dozen rows:

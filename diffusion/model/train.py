@@ -1,7 +1,7 @@
 """Train the class-conditional diffusion model: seeded, resumable, EMA weights, warm-up + cosine LR.
 
     result = train_diffusion(cfg, train, val, out_dir, resume_dir)
-    model, process, cfg = load_diffusion(out_dir, device="cpu")
+    model, process = load_diffusion(out_dir, device="cpu")
 
 All randomness (batches, timesteps, noise, label masks) comes from one CPU torch.Generator seeded with
 cfg.train.seed, and the model is initialised from the same seed, so a run is reproducible on CPU and a
@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from diffusion.checkpoint import CheckpointError, load_weights, read_checkpoint_config, save_checkpoint
-from diffusion.config import DiffusionConfig, DiffusionTrainConfig
+from diffusion.config import DiffusionConfig, DiffusionTrainConfig, ProcessConfig, UNetConfig
 from diffusion.model.ema import EMA
 from diffusion.model.process import GaussianDiffusion
 from diffusion.model.resume import TrainState, load_state, save_state
@@ -173,29 +173,40 @@ def save_diffusion(
     ema: dict[str, Tensor],
     metrics: dict[str, Any],
 ) -> None:
-    """The final checkpoint folder: config.json (kind "diffusion", full config, metrics), ema and model weights."""
+    """The final checkpoint folder: ema and model weights beside config.json.
+
+    config.json holds kind "diffusion", `config` {unet, process} (what rebuilds the network and its
+    process) and `meta` (the metrics and the training settings, never read back by loading).
+    """
     save_checkpoint(
         directory,
         kind=KIND,
-        config=cfg.model_dump(mode="json"),
+        config={"unet": cfg.unet.model_dump(mode="json"), "process": cfg.process.model_dump(mode="json")},
         weights={"ema": ema, "model": model},
-        meta=metrics,
+        meta={**metrics, "train": cfg.train.model_dump(mode="json")},
     )
 
 
 def load_diffusion(
     directory: str | Path, device: torch.device | str = "cpu", weights: Literal["ema", "model"] = "ema"
-) -> tuple[UNet, GaussianDiffusion, DiffusionConfig]:
-    """Rebuild (U-Net in eval mode on `device`, process, config) from a `save_diffusion` folder; no flags needed."""
+) -> tuple[UNet, GaussianDiffusion]:
+    """Rebuild (U-Net in eval mode on `device`, process) from a `save_diffusion` folder; no flags needed.
+
+    Only `config.unet` and `config.process` are read, so folders of earlier versions, whose config also
+    held the train, sampler and eval sections, load too.
+    """
     directory = Path(directory)
     doc = read_checkpoint_config(directory, KIND)
     try:
-        cfg = DiffusionConfig.model_validate(doc["config"])
+        unet = UNetConfig.model_validate(doc["config"].get("unet"))
+        process = ProcessConfig.model_validate(doc["config"].get("process"))
     except ValidationError as err:
+        first = err.errors()[0]
         raise CheckpointError(
-            f"{directory / 'config.json'}: invalid diffusion config ({err.errors()[0]['msg']})"
+            f"{directory / 'config.json'}: invalid diffusion config "
+            f"({'.'.join(map(str, first['loc'])) or 'unet/process'}: {first['msg']})"
         ) from None
-    model = UNet(cfg.unet)
+    model = UNet(unet)
     try:
         model.load_state_dict(load_weights(directory / f"{weights}.safetensors"))
     except RuntimeError as err:
@@ -203,4 +214,4 @@ def load_diffusion(
         raise CheckpointError(
             f"{directory / weights}.safetensors: weights do not fit the config ({first})"
         ) from None
-    return model.to(device).eval(), GaussianDiffusion(cfg.process), cfg
+    return model.to(device).eval(), GaussianDiffusion(process)

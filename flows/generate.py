@@ -1,0 +1,173 @@
+"""The generation flow: rounds of (class, batch) tasks, then the gate and an atomic publish.
+
+    generate_dataset(cfg, model="data/models/diffusion", classifier="data/models/classifier")
+
+Each task makes one batch of one digit (`diffusion.generate.batch.make_batch`, the same function any other
+caller uses) and stages it as a shard; after each round the flow counts accepted digits per class and
+plans batches only for classes still short. A rerun with the same params reuses every staged shard, so a
+crash costs at most the batches in flight. Tasks run on threads or on a Dask cluster (`generate.task_runner`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from tqdm.auto import tqdm
+
+from diffusion.config import GenerateConfig, QualityConfig, TaskRunnerConfig
+from diffusion.data.shards import PublishedVersion
+from diffusion.errors import DigitsError
+from diffusion.generate.batch import BatchJob, BatchOutcome, make_batch
+from diffusion.generate.plan import GenerationError, plan_round
+from diffusion.generate.run import RunSpec, class_rows, prepare_run, publish_run, run_metrics, tally
+
+
+def task_runner(cfg: TaskRunnerConfig) -> TaskRunner:
+    """Threads, a temporary local Dask cluster of `workers` processes, or an existing one at `address`."""
+    if cfg.kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=cfg.workers)
+    from prefect_dask import DaskTaskRunner
+
+    if cfg.address:
+        return DaskTaskRunner(address=cfg.address)
+    return DaskTaskRunner(
+        cluster_kwargs={"n_workers": cfg.workers, "threads_per_worker": 1, "processes": True}
+    )
+
+
+def _not_bad_input(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry I/O failures, never bad input (a failed gate, an existing version): those fail the same way."""
+    return not isinstance(state.result(raise_on_failure=False), DigitsError)
+
+
+@task(name="generate-batch", task_run_name="batch-{job.key.name}", cache_policy=NO_CACHE)
+def generate_batch(job: BatchJob) -> BatchOutcome:
+    """Sample, score, filter and stage one batch (compute: no retries; a rerun reuses staged shards)."""
+    return make_batch(job)
+
+
+@task(
+    name="publish", retries=2, retry_delay_seconds=2, retry_condition_fn=_not_bad_input, cache_policy=NO_CACHE
+)
+def publish(
+    spec: RunSpec,
+    outcomes: list[BatchOutcome],
+    logical_date: datetime,
+    quality: QualityConfig,
+    train_data: str,
+    model_revision: str | None,
+) -> PublishedVersion:
+    """Trim to exact counts, run the Great Expectations gate, publish the version atomically."""
+    return publish_run(spec, outcomes, logical_date, quality, train_data, model_revision)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """The published version and the run's metrics (`metrics/generate.json`) and per-class table."""
+
+    version: PublishedVersion
+    metrics: dict[str, Any]
+    classes: list[dict[str, Any]]
+
+
+def _key(name: str, what: str) -> str:
+    """An artifact key: lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"{name}-{what}".lower())
+
+
+@flow(name="generate-dataset")
+def generate_dataset(
+    cfg: GenerateConfig,
+    model: str = "data/models/diffusion",
+    classifier: str = "data/models/classifier",
+    train_data: str = "data/prepared/train.parquet",
+    quality: QualityConfig = QualityConfig(),  # noqa: B008  (frozen, immutable)
+    logical_date: datetime | None = None,
+    seed_from_date: bool = False,
+    model_revision: str | None = None,
+    progress: bool = False,
+) -> GenerationResult:
+    """Generate, filter, gate and publish `cfg.counts()` digits per class as a new dataset version.
+
+    Args:
+        cfg: the `generate` section of params.yaml.
+        model, classifier: checkpoint folders of the diffusion model and of the filtering classifier.
+        train_data: the real training split, for the gate's memorisation check.
+        quality: the gate's limits (the `quality` section).
+        logical_date: the run's date, written to every row and the version name; default: the flow
+            run's scheduled start time (now for a run started by hand).
+        seed_from_date: add the logical date (seconds since 1970) to cfg.seed, so every scheduled run
+            draws new digits while a retried run of the same slot resumes its own.
+        model_revision: the git revision whose dvc.lock pinned `model`, for the manifest.
+        progress: show a progress bar (accepted digits, rate, ETA) on stderr.
+    """
+    start = time.perf_counter()
+    logical = (logical_date or flow_run.scheduled_start_time).astimezone(UTC).replace(microsecond=0)
+    if seed_from_date:
+        cfg = cfg.model_copy(update={"seed": cfg.seed + int(logical.timestamp())})
+    spec = prepare_run(cfg, model, classifier)
+    requested = sum(cfg.counts().values())
+    progress_id = create_progress_artifact(
+        0.0, key=_key(cfg.name, "progress"), description="accepted / requested"
+    )
+    outcomes: list[BatchOutcome] = []
+    with tqdm(total=requested, disable=not progress, desc=f"generate {cfg.name}", unit="digit") as bar:
+        while keys := _plan(spec, outcomes):
+            outcomes += _run_round(spec, keys, bar)
+            done = sum(row["accepted"] for row in class_rows(spec, outcomes))
+            update_progress_artifact(progress_id, 100.0 * done / requested)
+
+    version = publish(spec, outcomes, logical, quality, train_data, model_revision)
+    metrics = run_metrics(spec, outcomes, time.perf_counter() - start)
+    classes = class_rows(spec, outcomes)
+    create_table_artifact(classes, key=_key(cfg.name, "classes"), description="accepted digits per class")
+    create_markdown_artifact(
+        f"## {cfg.name} {version.version}\n\n"
+        f"{'Already published' if version.reused else 'Published'} at `{version.path}`: {metrics['accepted']} digits, "
+        f"acceptance rate {metrics['acceptance_rate']:.1%}, {metrics['images_per_second']:.1f} digits/s.\n\n"
+        f"Dataset card: `{version.path}/README.md`; Data Docs: `{version.path}/data_docs/index.html`.",
+        key=_key(cfg.name, "summary"),
+    )
+    return GenerationResult(version, metrics, classes)
+
+
+def _plan(spec: RunSpec, outcomes: list[BatchOutcome]) -> list:
+    """The next round's keys; on a class that cannot finish, record the per-class table, then fail."""
+    try:
+        return plan_round(tally(spec, outcomes), spec.cfg.batch_size, spec.cfg.max_attempts)
+    except GenerationError:
+        create_table_artifact(class_rows(spec, outcomes), key=_key(spec.cfg.name, "classes"))
+        raise
+
+
+def _run_round(spec: RunSpec, keys: list, bar: tqdm) -> list[BatchOutcome]:
+    """Submit one task per key; wait for every one (failed or not) before returning or raising."""
+    futures = [generate_batch.submit(spec.job(k)) for k in keys]
+    outcomes: list[BatchOutcome] = []
+    error: Exception | None = None
+    for future in as_completed(futures):
+        try:
+            outcome = future.result()
+        except Exception as err:  # noqa: BLE001  (kept, and raised once every future is resolved)
+            error = error or err
+            continue
+        outcomes.append(outcome)
+        bar.update(min(outcome.accepted, bar.total - bar.n))
+    if error is not None:
+        raise error
+    return outcomes

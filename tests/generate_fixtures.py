@@ -1,0 +1,76 @@
+"""Tiny real models and data for the generation tests: a random-weight U-Net, classifier and domain CLIP.
+
+The weights are random but every component is the real one (the same checkpoint folders, loaders,
+samplers, judges and Parquet schema as a full run), so the flow's mechanics are tested in seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from diffusion.checkpoint import save_checkpoint
+from diffusion.config import ClassifierConfig, ClipConfig, DiffusionConfig, GenerateConfig
+from diffusion.data.schema import digits_table
+from diffusion.judges.classifier import ARCHITECTURE, DigitClassifier
+from diffusion.judges.clip import _create_domain_model, save_clip
+from diffusion.model.train import new_model, save_diffusion
+from tests.judges_fixtures import render_digits
+
+TINY_DIFFUSION = DiffusionConfig.model_validate(
+    {"unet": {"base_channels": 8, "channel_mults": [1, 2], "attention": False}, "sampler": {"steps": 2}}
+)
+TINY_CLIP = ClipConfig(model="gen-test-clip", width=32, layers=1, text_width=32, text_layers=1, embed_dim=16)
+TINY_CLASSIFIER = ClassifierConfig(channels=(8, 16), hidden=32)
+
+
+def write_tiny_models(root: Path) -> dict[str, str]:
+    """Write the three checkpoint folders and a small real-looking train split; return their paths."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = new_model(TINY_DIFFUSION, torch.device("cpu"))
+        save_diffusion(root / "diffusion", TINY_DIFFUSION, unet.state_dict(), unet.state_dict(), {"steps": 0})
+        classifier = DigitClassifier.from_config(TINY_CLASSIFIER)
+        arch = TINY_CLASSIFIER.model_dump(mode="json")
+        save_checkpoint(
+            root / "classifier",
+            "classifier",
+            {k: arch[k] for k in ARCHITECTURE},
+            {"model": classifier.state_dict()},
+        )
+        save_clip(root / "clip", TINY_CLIP, _create_domain_model(TINY_CLIP, torch.device("cpu")).model)
+    images, labels = render_digits(60, seed=0)
+    pq.write_table(
+        digits_table([f"train-{i}" for i in range(60)], images, labels, "rendered"), root / "train.parquet"
+    )
+    return {
+        "model": str(root / "diffusion"),
+        "classifier": str(root / "classifier"),
+        "clip": str(root / "clip"),
+        "train": str(root / "train.parquet"),
+    }
+
+
+def tiny_generate(paths: dict[str, str], root: Path, **over: object) -> GenerateConfig:
+    """A generation config for the tiny models: a few small batches, publishing under `root`."""
+    raw = {
+        "name": "tiny-digits",
+        "per_class": 3,
+        "sampler": {"name": "dpm-solver++", "steps": 2, "guidance": 1.0},
+        "batch_size": 4,
+        "filter": {"require_pred_match": False, "min_classifier_prob": 0.05},
+        "clip": {"model": TINY_CLIP.model, "pretrained": paths["clip"]},
+        "shard_rows": 7,
+        "output_root": str(root / "published"),
+        "staging_dir": str(root / "staging"),
+        "max_attempts": 20,
+    }
+    return GenerateConfig.model_validate({**raw, **over})
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return write_tiny_models(tmp_path_factory.mktemp("tiny-models"))

@@ -1,0 +1,243 @@
+"""The generation flow for real: Prefect (a temporary server), Great Expectations, open_clip, Dask.
+
+Tiny random-weight models (tests/generate_fixtures.py) keep each run to seconds; everything else is the
+production path: rounds of (class, batch) tasks, staged shards, the gate, an atomic publish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from diffusion.config import GenerateConfig, QualityConfig
+from diffusion.data.shards import list_versions, version_files
+from diffusion.errors import DigitsError
+from diffusion.generate.plan import GenerationError
+from flows.generate import GenerationResult, generate_dataset, task_runner
+from tests.generate_fixtures import tiny_generate, tiny_models  # noqa: F401  (fixture)
+
+DATE = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)
+LOOSE = QualityConfig(copy_distance=0.01, max_memorization=1.0)  # random weights draw noise, never copies
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server (SQLite) for the whole session; yields its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+def _run(cfg: GenerateConfig, models: dict[str, str], **kw) -> GenerationResult:
+    runnable = generate_dataset.with_options(task_runner=task_runner(cfg.task_runner))
+    return runnable(
+        cfg=cfg,
+        model=models["model"],
+        classifier=models["classifier"],
+        train_data=models["train"],
+        quality=LOOSE,
+        logical_date=kw.pop("logical_date", DATE),
+        **kw,
+    )
+
+
+def _train_rows(result: GenerationResult) -> pd.DataFrame:
+    return pd.concat([pd.read_parquet(f) for f in version_files(result.version)], ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def threads_run(prefect_server, tiny_models, tmp_path_factory) -> GenerationResult:  # noqa: F811
+    root = tmp_path_factory.mktemp("threads")
+    cfg = tiny_generate(
+        tiny_models,
+        root,
+        per_class={0: 3, 4: 5, 7: 2},
+        filter={"min_clip_score": -9.4, "require_pred_match": False},
+    )
+    return _run(cfg, tiny_models)
+
+
+@pytest.mark.slow
+def test_publishes_exact_counts_of_rows_meeting_the_thresholds(threads_run: GenerationResult) -> None:
+    rows = _train_rows(threads_run)
+    assert rows["label"].value_counts().to_dict() == {0: 3, 4: 5, 7: 2}
+    assert rows["id"].is_unique and (rows["clip_score"] >= -9.4).all() and rows["accepted"].all()
+    assert set(rows["created_at"].astype(str)) == {"2026-11-26 03:00:00+00:00"}
+    unfiltered = pd.concat([pd.read_parquet(f) for f in version_files(threads_run.version, "unfiltered")])
+    assert (~unfiltered["accepted"]).any(), "the threshold should reject some digits of random weights"
+    assert (unfiltered.loc[unfiltered["accepted"], "clip_score"] >= -9.4).all()
+    m = threads_run.metrics
+    assert m["requested"] == m["accepted"] == 10 and m["sampled"] == len(unfiltered)
+    assert {row["class"] for row in threads_run.classes} == {0, 4, 7}
+
+
+@pytest.mark.slow
+def test_published_version_loads_everywhere_and_matches_its_manifest(threads_run: GenerationResult) -> None:
+    import datasets
+
+    folder = Path(threads_run.version.path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        data = (folder / entry["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        assert pq.read_metadata(folder / entry["path"]).num_rows == entry["rows"]
+    assert manifest["counts"]["4"]["requested"] == 5 and manifest["model"]["sha256"]
+    assert {"torch", "prefect", "pyarrow"} <= set(manifest["packages"])
+    ds = datasets.load_dataset(str(folder))
+    assert ds["train"].num_rows == 10 and ds["train"].features["label"].names == [str(i) for i in range(10)]
+    assert ds["train"][0]["image"].size == (28, 28)
+    assert (folder / "data_docs" / "index.html").is_file()
+    assert "dataset_info" in (folder / "README.md").read_text()
+    assert [v.version for v in list_versions(str(folder.parents[1]), "tiny-digits")] == [folder.name]
+
+
+@pytest.mark.slow
+def test_same_params_give_byte_identical_shards_and_dask_matches_threads(
+    threads_run: GenerationResult,
+    tiny_models,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    for runner in ({"kind": "threads", "workers": 2}, {"kind": "dask", "workers": 2}):
+        cfg = tiny_generate(
+            tiny_models,
+            tmp_path / runner["kind"],
+            per_class={0: 3, 4: 5, 7: 2},
+            filter={"min_clip_score": -9.4, "require_pred_match": False},
+            task_runner=runner,
+        )
+        again = _run(cfg, tiny_models)
+        assert again.version.version == threads_run.version.version
+        first = [f["sha256"] for f in threads_run.version.manifest["files"] if f["path"].startswith("data/")]
+        assert [
+            f["sha256"] for f in again.version.manifest["files"] if f["path"].startswith("data/")
+        ] == first
+
+
+@pytest.mark.slow
+def test_a_failed_task_then_a_rerun_reuses_staged_shards(prefect_server, tiny_models, tmp_path: Path) -> None:  # noqa: F811
+    cfg = tiny_generate(tiny_models, tmp_path, per_class=4)
+    from diffusion.generate.run import prepare_run
+
+    staging = prepare_run(cfg, tiny_models["model"], tiny_models["classifier"]).staging
+    (staging / "c6-b00000.parquet").mkdir()  # a directory where the shard goes: its write fails
+    with pytest.raises(OSError):
+        _run(cfg, tiny_models)
+    staged = sorted(p.name for p in staging.glob("c*.parquet") if p.is_file())
+    assert len(staged) == 9 and not list_versions(cfg.output_root, cfg.name), staged
+    (staging / "c6-b00000.parquet").rmdir()
+    result = _run(cfg, tiny_models)
+    assert result.metrics["reused_batches"] == 9 and result.metrics["batches"] >= 10
+    rows = _train_rows(result)
+    assert rows["label"].value_counts().to_dict() == dict.fromkeys(range(10), 4) and rows["id"].is_unique
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_a_rerun_finishes_exactly(prefect_server, tiny_models, tmp_path: Path) -> None:  # noqa: F811
+    cfg = tiny_generate(tiny_models, tmp_path, per_class=12, batch_size=2)
+    params = {"generate": cfg.model_dump(mode="json"), "quality": LOOSE.model_dump(mode="json")}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    command = [
+        *(sys.executable, "-m", "diffusion.cli", "generate", "--params", str(tmp_path / "params.yaml")),
+        *(
+            "--model",
+            tiny_models["model"],
+            "--classifier",
+            tiny_models["classifier"],
+            "--train",
+            tiny_models["train"],
+        ),
+        *("--metrics", str(tmp_path / "generate.json")),
+    ]
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staging = Path(cfg.staging_dir)
+    deadline = time.monotonic() + 120
+    while len(list(staging.glob("*/c*.parquet"))) < 5 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    staged = len(list(staging.glob("*/c*.parquet")))
+    assert 5 <= staged < 60, "the run should have been killed midway"
+    assert not list_versions(cfg.output_root, cfg.name)
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "generate.json").read_text())
+    assert (
+        metrics["reused_batches"] >= staged - 1 and metrics["accepted"] == 120
+    )  # one may have been mid-write
+    (version,) = list_versions(cfg.output_root, cfg.name)
+    rows = pd.concat([pd.read_parquet(f) for f in version_files(version)])
+    assert rows["label"].value_counts().to_dict() == dict.fromkeys(range(10), 12) and rows["id"].is_unique
+    leftovers = [p for p in Path(cfg.output_root).rglob("*") if p.name.startswith(".")]
+    assert not leftovers
+
+
+@pytest.mark.slow
+def test_an_impossible_threshold_names_the_class_and_publishes_nothing(
+    prefect_server,
+    tiny_models,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    cfg = tiny_generate(
+        tiny_models,
+        tmp_path,
+        per_class={2: 3},
+        filter={"min_clip_score": 99.0, "require_pred_match": False},
+        max_attempts=2,
+    )
+    with pytest.raises(GenerationError, match=r"class 2: 0 of 3 accepted .*acceptance rate 0\.0%") as err:
+        _run(cfg, tiny_models)
+    assert "\n" not in str(err.value)
+    assert not list_versions(cfg.output_root, cfg.name)
+
+
+@pytest.mark.slow
+def test_bad_inputs_fail_before_any_work_with_one_line(prefect_server, tiny_models, tmp_path: Path) -> None:  # noqa: F811
+    cfg = tiny_generate(tiny_models, tmp_path)
+    cases = [
+        ({"model": str(tmp_path / "nowhere")}, "checkpoint config not found"),
+        ({"model": tiny_models["classifier"]}, "expected a 'diffusion' checkpoint, found 'classifier'"),
+        (
+            {"cfg": tiny_generate(tiny_models, tmp_path, clip={"model": "no-such-clip", "pretrained": "x"})},
+            "no-such-clip",
+        ),
+        (
+            {"cfg": tiny_generate(tiny_models, tmp_path, output_root=str(tmp_path / "a-file" / "x"))},
+            "cannot write",
+        ),
+    ]
+    (tmp_path / "a-file").write_text("")  # an output root under a file cannot be written, even by root
+    for override, message in cases:
+        run_cfg = override.pop("cfg", cfg)
+        models = {**tiny_models, **override}
+        with pytest.raises(DigitsError, match=message) as err:
+            _run(run_cfg, models)
+        assert "\n" not in str(err.value)
+    assert not list(Path(cfg.staging_dir).glob("*/c*.parquet"))
+
+
+def test_the_deployment_carries_the_cron_schedule_from_params() -> None:
+    from diffusion.config import parse_params
+    from flows.deploy import build_deployment
+
+    params = parse_params({"generate": {"schedule": {"cron": "30 2 * * 1", "timezone": "Europe/Berlin"}}})
+    deployment = build_deployment(params, "m", "c", "t")
+    (schedule,) = deployment.schedules
+    assert schedule.schedule.cron == "30 2 * * 1" and schedule.schedule.timezone == "Europe/Berlin"
+    assert deployment.parameters["seed_from_date"] is True
+    assert deployment.parameters["cfg"]["name"] == params.generate.name
