@@ -84,6 +84,7 @@ def cmd_evaluate_diffusion(params: Params, args: argparse.Namespace) -> None:
 
 def cmd_generate(params: Params, args: argparse.Namespace) -> None:
     from diffusion.generate.pinned import fetch_pinned
+    from diffusion.generate.run import prepare_run
     from flows.generate import generate_dataset, task_runner
 
     cfg = params.generate
@@ -93,6 +94,7 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
     if args.rev:
         folder, revision = fetch_pinned(args.rev, args.model, cache=Path(params.data.cache_dir) / "pinned")
         model = str(folder)
+    prepare_run(cfg, model, args.classifier)  # bad input fails here in one line, before Prefect starts
     runnable = generate_dataset.with_options(task_runner=task_runner(cfg.task_runner))
     result = runnable(
         cfg=cfg,

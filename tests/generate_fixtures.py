@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 import torch
 
 from diffusion.checkpoint import save_checkpoint
@@ -69,8 +68,3 @@ def tiny_generate(paths: dict[str, str], root: Path, **over: object) -> Generate
         "max_attempts": 20,
     }
     return GenerateConfig.model_validate({**raw, **over})
-
-
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return write_tiny_models(tmp_path_factory.mktemp("tiny-models"))

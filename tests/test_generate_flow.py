@@ -26,20 +26,10 @@ from diffusion.data.shards import list_versions, version_files
 from diffusion.errors import DigitsError
 from diffusion.generate.plan import GenerationError
 from flows.generate import GenerationResult, generate_dataset, task_runner
-from tests.generate_fixtures import tiny_generate, tiny_models  # noqa: F401  (fixture)
+from tests.generate_fixtures import tiny_generate
 
 DATE = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)
 LOOSE = QualityConfig(copy_distance=0.01, max_memorization=1.0)  # random weights draw noise, never copies
-
-
-@pytest.fixture(scope="session")
-def prefect_server():
-    """One temporary Prefect server (SQLite) for the whole session; yields its API URL."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield PREFECT_API_URL.value()
 
 
 def _run(cfg: GenerateConfig, models: dict[str, str], **kw) -> GenerationResult:
@@ -60,7 +50,7 @@ def _train_rows(result: GenerationResult) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def threads_run(prefect_server, tiny_models, tmp_path_factory) -> GenerationResult:  # noqa: F811
+def threads_run(prefect_server, tiny_models, tmp_path_factory) -> GenerationResult:
     root = tmp_path_factory.mktemp("threads")
     cfg = tiny_generate(
         tiny_models,
@@ -108,7 +98,7 @@ def test_published_version_loads_everywhere_and_matches_its_manifest(threads_run
 @pytest.mark.slow
 def test_same_params_give_byte_identical_shards_and_dask_matches_threads(
     threads_run: GenerationResult,
-    tiny_models,  # noqa: F811
+    tiny_models,
     tmp_path: Path,
 ) -> None:
     for runner in ({"kind": "threads", "workers": 2}, {"kind": "dask", "workers": 2}):
@@ -128,7 +118,7 @@ def test_same_params_give_byte_identical_shards_and_dask_matches_threads(
 
 
 @pytest.mark.slow
-def test_a_failed_task_then_a_rerun_reuses_staged_shards(prefect_server, tiny_models, tmp_path: Path) -> None:  # noqa: F811
+def test_a_failed_task_then_a_rerun_reuses_staged_shards(prefect_server, tiny_models, tmp_path: Path) -> None:
     cfg = tiny_generate(tiny_models, tmp_path, per_class=4)
     from diffusion.generate.run import prepare_run
 
@@ -146,7 +136,7 @@ def test_a_failed_task_then_a_rerun_reuses_staged_shards(prefect_server, tiny_mo
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_a_rerun_finishes_exactly(prefect_server, tiny_models, tmp_path: Path) -> None:  # noqa: F811
+def test_sigkill_mid_run_then_a_rerun_finishes_exactly(prefect_server, tiny_models, tmp_path: Path) -> None:
     cfg = tiny_generate(tiny_models, tmp_path, per_class=12, batch_size=2)
     params = {"generate": cfg.model_dump(mode="json"), "quality": LOOSE.model_dump(mode="json")}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -190,7 +180,7 @@ def test_sigkill_mid_run_then_a_rerun_finishes_exactly(prefect_server, tiny_mode
 @pytest.mark.slow
 def test_an_impossible_threshold_names_the_class_and_publishes_nothing(
     prefect_server,
-    tiny_models,  # noqa: F811
+    tiny_models,
     tmp_path: Path,
 ) -> None:
     cfg = tiny_generate(
@@ -207,7 +197,7 @@ def test_an_impossible_threshold_names_the_class_and_publishes_nothing(
 
 
 @pytest.mark.slow
-def test_bad_inputs_fail_before_any_work_with_one_line(prefect_server, tiny_models, tmp_path: Path) -> None:  # noqa: F811
+def test_bad_inputs_fail_before_any_work_with_one_line(prefect_server, tiny_models, tmp_path: Path) -> None:
     cfg = tiny_generate(tiny_models, tmp_path)
     cases = [
         ({"model": str(tmp_path / "nowhere")}, "checkpoint config not found"),

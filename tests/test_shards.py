@@ -1,0 +1,57 @@
+"""Publishing versions: all or nothing, never overwritten, local folders and fsspec URLs alike."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from diffusion.data.schema import digits_table
+from diffusion.data.shards import check_writable, list_versions, publish_version, version_files
+from diffusion.errors import DataError
+
+
+def _rows(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    return digits_table(
+        [f"r{seed}-{i}" for i in range(n)], images, np.arange(n) % 10, "synthetic", accepted=True
+    )
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_publish_lists_reads_and_never_overwrites(where: str, tmp_path: Path) -> None:
+    root = str(tmp_path / "out") if where == "local" else f"memory://bucket-{tmp_path.name}"
+    manifest = {"created_at": "2026-11-26T03:00:00+00:00"}
+    first = publish_version(
+        root, "ds", "v1", {"train": _rows(25, 0)}, 10, "card", manifest, {"data_docs/index.html": b"<html>"}
+    )
+    assert not first.reused and [f["rows"] for f in first.manifest["files"]] == [10, 10, 5]
+    assert [Path(f).name for f in version_files(first)] == [
+        f"train-0000{i}-of-00003.parquet" for i in range(3)
+    ]
+    fs, _ = fsspec.core.url_to_fs(root)
+    with fsspec.open(version_files(first)[2], "rb") as f:
+        assert pq.read_table(f).num_rows == 5
+    again = publish_version(root, "ds", "v1", {"train": _rows(25, 0)}, 10, "card", manifest)
+    assert again.reused and again.manifest["content_sha256"] == first.manifest["content_sha256"]
+    with pytest.raises(DataError, match="version exists with other content"):
+        publish_version(root, "ds", "v1", {"train": _rows(25, 1)}, 10, "card", manifest)
+    assert [v.version for v in list_versions(root, "ds")] == ["v1"]
+    if where == "local":
+        assert not [p for p in (tmp_path / "out").rglob(".*")]
+
+
+def test_a_folder_without_a_manifest_is_no_version(tmp_path: Path) -> None:
+    (tmp_path / "ds" / "half-written" / "data").mkdir(parents=True)
+    assert list_versions(str(tmp_path), "ds") == []
+
+
+def test_an_unwritable_output_root_fails_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(DataError, match="generate.output_root: cannot write") as err:
+        check_writable(str(tmp_path / "a-file" / "below"), "ds")
+    assert "\n" not in str(err.value)
