@@ -25,7 +25,9 @@ def cmd_prepare(params: Params, args: argparse.Namespace) -> None:
     from diffusion.data.images import save_grid
     from diffusion.data.prepare import prepare
 
-    metrics = prepare(params.data, Path(args.out))
+    summary = prepare(params.data, Path(args.out))
+    metrics = summary.metrics
+    write_csv_atomic(args.classes, summary.class_rows)
     images, labels = load_arrays(Path(args.out) / "train.parquet")
     per_class = [images[labels == c][:10] for c in range(10)]
     save_grid(np.concatenate(per_class), args.grid, ncols=10)
@@ -129,7 +131,7 @@ TRAIN = {"train": "data/prepared/train.parquet"}
 STAGES: dict[str, tuple[Callable[[Params, argparse.Namespace], None], dict[str, str | None], str]] = {
     "prepare": (
         cmd_prepare,
-        dict.fromkeys(["out", "metrics", "grid"]),
+        dict.fromkeys(["out", "metrics", "grid", "classes"]),
         "split a real source into Parquet files",
     ),
     "train-classifier": (

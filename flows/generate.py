@@ -128,7 +128,7 @@ def generate_dataset(
     outcomes: list[BatchOutcome] = []
     with tqdm(total=requested, disable=not progress, desc=f"generate {cfg.name}", unit="digit") as bar:
         while keys := _plan(spec, outcomes):
-            outcomes += _run_round(spec, keys, bar)
+            _run_round(spec, keys, outcomes, bar)
             done = sum(row["accepted"] for row in class_rows(spec, outcomes))
             update_progress_artifact(progress_id, 100.0 * done / requested)
 
@@ -155,10 +155,10 @@ def _plan(spec: RunSpec, outcomes: list[BatchOutcome]) -> list:
         raise
 
 
-def _run_round(spec: RunSpec, keys: list, bar: tqdm) -> list[BatchOutcome]:
-    """Submit one task per key; wait for every one (failed or not) before returning or raising."""
+def _run_round(spec: RunSpec, keys: list, outcomes: list[BatchOutcome], bar: tqdm) -> None:
+    """Submit one task per key and append each outcome to `outcomes` as it lands (the bar counts accepted
+    digits up to each class's request); wait for every task, failed or not, before returning or raising."""
     futures = [generate_batch.submit(spec.job(k)) for k in keys]
-    outcomes: list[BatchOutcome] = []
     error: Exception | None = None
     for future in as_completed(futures):
         try:
@@ -167,7 +167,7 @@ def _run_round(spec: RunSpec, keys: list, bar: tqdm) -> list[BatchOutcome]:
             error = error or err
             continue
         outcomes.append(outcome)
-        bar.update(min(outcome.accepted, bar.total - bar.n))
+        bar.n = sum(row["accepted"] for row in class_rows(spec, outcomes))
+        bar.refresh()
     if error is not None:
         raise error
-    return outcomes

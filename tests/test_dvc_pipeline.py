@@ -36,7 +36,9 @@ def test_dvc_repro_prepare(tmp_path: Path, npm_cache: Path) -> None:
     assert lock["stages"]["prepare"]["params"]["params.yaml"]["data"]["seed"] == 0
     assert pq.read_metadata(repo / "data/prepared/train.parquet").num_rows == 8000
     metrics = json.loads((repo / "metrics/data.json").read_text())
-    assert metrics["splits"]["test"]["count"] == 1001
+    assert metrics["test_count"] == 1001 and not any(isinstance(v, dict) for v in metrics.values())
+    rows = (repo / "plots/data_classes.csv").read_text().splitlines()
+    assert rows[0] == "class,train,val,test" and len(rows) == 11
     assert "up to date" in _dvc(repo, "status", "prepare")
     assert "didn't change, skipping" in _dvc(repo, "repro", "prepare")
     # A changed seed makes the stage out of date; the output is identical for the same seed.

@@ -6,6 +6,7 @@ the pipeline trains on it. The folder is written whole and atomically (nothing h
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,23 +40,31 @@ def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int)
     return {name: np.sort(np.concatenate(parts)).astype(np.int64) for name, parts in out.items()}
 
 
-def split_counts(labels: np.ndarray) -> dict[str, int]:
-    return {str(c): int((labels == c).sum()) for c in range(10)}
+@dataclass(frozen=True)
+class SplitSummary:
+    """metrics: the headline numbers (source, total, <split>_count); class_rows: one row per class with
+    its count in each split (a DVC plot, kept out of the metrics so `dvc metrics show` stays short)."""
+
+    metrics: dict[str, int | str]
+    class_rows: list[dict[str, int]]
 
 
-def write_splits(raw: RawDigits, cfg: DataConfig, out_dir: Path) -> dict:
-    """Write the three split files into `out_dir` atomically and return the data metrics."""
+def write_splits(raw: RawDigits, cfg: DataConfig, out_dir: Path) -> SplitSummary:
+    """Write the three split files into `out_dir` atomically and summarise them."""
     parts = stratified_split(raw.labels, cfg.split.model_dump(), cfg.seed)
-    metrics: dict = {"source": raw.source, "total": int(len(raw.labels)), "splits": {}}
+    metrics: dict[str, int | str] = {"source": raw.source, "total": int(len(raw.labels))}
+    rows = [{"class": c} for c in range(10)]
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         for name, idx in parts.items():
             table = digits_table([raw.ids[i] for i in idx], raw.images[idx], raw.labels[idx], raw.source)
             pq.write_table(table, tmp / f"{name}.parquet", compression="zstd")
-            metrics["splits"][name] = {"count": int(len(idx)), "per_class": split_counts(raw.labels[idx])}
-    return metrics
+            metrics[f"{name}_count"] = int(len(idx))
+            for row in rows:
+                row[name] = int((raw.labels[idx] == row["class"]).sum())
+    return SplitSummary(metrics, rows)
 
 
-def prepare(cfg: DataConfig, out_dir: Path) -> dict:
-    """Load the configured source, split it and write the Parquet files. Returns the data metrics."""
+def prepare(cfg: DataConfig, out_dir: Path) -> SplitSummary:
+    """Load the configured source, split it and write the Parquet files."""
     return write_splits(load_source(cfg), cfg, Path(out_dir))
