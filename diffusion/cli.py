@@ -118,6 +118,16 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
     )
 
 
+def cmd_report(params: Params, args: argparse.Namespace) -> None:
+    import json
+
+    from diffusion.quality.report import build_reports
+
+    evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
+    index = build_reports(args.versions, params.generate.name, evaluation, Path(args.out))
+    print(f"report index: {index}")
+
+
 def cmd_serve(params: Params, args: argparse.Namespace) -> None:
     from flows.deploy import serve_generation
 
@@ -159,6 +169,11 @@ STAGES: dict[str, tuple[Callable[[Params, argparse.Namespace], None], dict[str, 
         {**MODELS, **TRAIN, "output_root": "", "metrics": "", "classes": "", "rev": ""},
         "run the generation flow: generate, filter, gate and publish a dataset version",
     ),
+    "report": (
+        cmd_report,
+        {"versions": None, "evaluation": "", "out": "reports"},
+        "write the data-quality report page of every published version, and their index",
+    ),
     "serve": (
         cmd_serve,
         {**MODELS, **TRAIN},
@@ -170,6 +185,8 @@ HELP = {
     "rev": "a git revision: generate from the diffusion checkpoint its dvc.lock pins",
     "output_root": "publish here instead of generate.output_root",
     "classes": "per-class CSV (DVC plot)",
+    "versions": "the output root holding <name>/<version> folders",
+    "evaluation": "the evaluation's headline metrics (JSON) of one version",
 }
 
 
