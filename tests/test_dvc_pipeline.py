@@ -57,6 +57,13 @@ TINY = {
         "sampler": {"steps": 3},
         "eval": {"n_samples": 20, "batch_size": 20, "grid_per_class": 2},
     },
+    "generate": {
+        "per_class": 2,
+        "batch_size": 4,
+        "sampler": {"steps": 2, "guidance": 1.0},
+        "filter": {"require_pred_match": False},
+        "shard_rows": 8,
+    },
 }
 
 
@@ -87,6 +94,12 @@ def test_dvc_repro_whole_pipeline_on_a_tiny_config(tmp_path: Path, npm_cache: Pa
     diffusion = json.loads((repo / "metrics/diffusion.json").read_text())
     assert {"train_loss", "val_loss", "steps", "images_per_second", "sample_judge_accuracy"} <= set(diffusion)
     assert diffusion["steps"] == 12 and 0.0 <= diffusion["sample_judge_accuracy"] <= 1.0
+    generated = json.loads((repo / "metrics/generate.json").read_text())
+    assert generated["requested"] == generated["accepted"] == 20
+    (version,) = (repo / "data/generated/synthetic-digits").iterdir()
+    assert (version / "manifest.json").is_file() and (version / "data_docs/index.html").is_file()
+    (out,) = [o for o in lock["generate"]["outs"] if o["path"] == "data/generated"]
+    assert out["md5"].endswith(".dir")
     shown = _dvc(repo, "metrics", "show", "--json")
     assert "sample_judge_accuracy" in shown and "zero_shot_accuracy" in shown and "test_accuracy" in shown
     for picture in ["diffusion_samples.png", "forward_diffusion.png", "data_samples.png"]:
@@ -95,4 +108,4 @@ def test_dvc_repro_whole_pipeline_on_a_tiny_config(tmp_path: Path, npm_cache: Pa
     params["diffusion"]["sampler"]["guidance"] = 2.0
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     status = _dvc(repo, "status", "--json")
-    assert set(json.loads(status)) == {"evaluate_diffusion"}
+    assert set(json.loads(status)) == {"evaluate_diffusion"}  # generate has its own sampler section
