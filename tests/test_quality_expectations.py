@@ -254,7 +254,7 @@ def test_docs_written_only_to_docs_dir_and_rerun_is_idempotent(
     monkeypatch.chdir(tmp_path)
     docs = tmp_path / "report" / "docs"
     bad = set_values(good_table, "id", 7, "synthetic-0001")
-    first = validate_rows(bad, SPEC, train_images, docs)
+    first = validate_rows(bad, SPEC, train_images, Path("report/docs"))  # a relative folder works too
     second = validate_rows(bad, SPEC, train_images, docs)
     assert first.failed == second.failed == ["expect_column_values_to_be_unique(id)"]
     assert second.docs_index == docs / "index.html" and second.docs_index.is_file()
