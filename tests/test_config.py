@@ -46,7 +46,19 @@ def test_cli_reports_bad_params_in_one_line(tmp_path: Path, capsys: pytest.Captu
     bad.write_text(yaml.safe_dump({"data": {"split": {"train": 0.5, "val": 0.1, "test": 0.1}}}))
     out = tmp_path / "prepared"
     code = main(
-        ["prepare", "--params", str(bad), "--out", str(out), "--metrics", "m.json", "--grid", "g.png"]
+        [
+            "prepare",
+            "--params",
+            str(bad),
+            "--out",
+            str(out),
+            "--metrics",
+            "m.json",
+            "--grid",
+            "g.png",
+            "--classes",
+            "c.csv",
+        ]
     )
     err = capsys.readouterr().err
     assert code == 2
