@@ -20,7 +20,7 @@ import torch
 from benchmarks.samplers import sweep
 from diffusion.config import load_params
 from diffusion.data.datasets import DigitsDataset
-from diffusion.judges.classifier import load_classifier, train_classifier
+from diffusion.judges.classifier import load_classifier, save_classifier, train_classifier
 from diffusion.model.train import load_diffusion, train_diffusion
 
 # The full-size setting: the same keys as `dvc exp run -S diffusion.unet.base_channels=64 ...` in the README.
@@ -58,8 +58,11 @@ def main() -> None:
         (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     start = time.perf_counter()
-    ccfg = params.classifier.model_copy(update={"device": args.device})
-    clf = train_classifier(ccfg, train, val, test, out_dir=args.work / "classifier", progress=False)
+    ccfg = params.classifier.model_copy(
+        update={"train": params.classifier.train.model_copy(update={"device": args.device})}
+    )
+    clf = train_classifier(ccfg, train, val, test, progress=False)
+    save_classifier(args.work / "classifier", ccfg, clf.model, clf.metrics)
     results["classifier"] = {**clf.metrics, "seconds": time.perf_counter() - start}
     print("classifier", results["classifier"]["test_accuracy"], flush=True)
     save()

@@ -35,15 +35,33 @@ def cmd_prepare(params: Params, args: argparse.Namespace) -> None:
     print(f"prepared {metrics['total']} digits from {metrics['source']} into {args.out}")
 
 
+def headline(metrics: dict) -> dict:
+    """The numbers a DVC metrics file shows: per-class breakdowns (nested mappings) go to plots instead."""
+    return {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+
+
 def cmd_train_classifier(params: Params, args: argparse.Namespace) -> None:
     from diffusion.data.datasets import DigitsDataset
-    from diffusion.judges.classifier import train_classifier
+    from diffusion.judges.classifier import save_classifier, train_classifier
 
     splits = [DigitsDataset(getattr(args, name)) for name in ("train", "val", "test")]
-    result = train_classifier(params.classifier, *splits, out_dir=Path(args.out))
+    result = train_classifier(params.classifier, *splits)
+    save_classifier(args.out, params.classifier, result.model, result.metrics)
     write_csv_atomic(args.confusion, result.confusion)
-    write_json_atomic(args.metrics, result.metrics)
+    write_json_atomic(args.metrics, headline(result.metrics))
     print(f"classifier test accuracy {result.metrics['test_accuracy']:.4f}")
+
+
+def cmd_train_evaluator(params: Params, args: argparse.Namespace) -> None:
+    from diffusion.data.datasets import DigitsDataset
+    from diffusion.judges.evaluator import save_evaluator, train_evaluator
+
+    splits = [DigitsDataset(getattr(args, name)) for name in ("train", "val", "test")]
+    result = train_evaluator(params.evaluator, *splits)
+    save_evaluator(args.out, params.evaluator, result.model, result.metrics)
+    write_csv_atomic(args.confusion, result.confusion)
+    write_json_atomic(args.metrics, headline(result.metrics))
+    print(f"evaluator test accuracy {result.metrics['test_accuracy']:.4f}")
 
 
 def cmd_train_clip(params: Params, args: argparse.Namespace) -> None:
@@ -52,7 +70,7 @@ def cmd_train_clip(params: Params, args: argparse.Namespace) -> None:
 
     splits = [DigitsDataset(getattr(args, name)) for name in ("train", "val", "test")]
     result = train_clip(params.clip, *splits, out_dir=Path(args.out))
-    write_json_atomic(args.metrics, result.metrics)
+    write_json_atomic(args.metrics, headline(result.metrics))
     print(f"clip zero-shot accuracy {result.metrics['zero_shot_accuracy']:.4f}")
 
 
@@ -118,6 +136,60 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
     )
 
 
+def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
+    from diffusion.data.datasets import DigitsDataset, published_files
+    from diffusion.data.shards import list_versions
+    from diffusion.errors import DataError
+    from diffusion.judges.classifier import load_classifier
+    from diffusion.judges.evaluator import load_evaluator
+    from diffusion.quality.evaluate import evaluate_version
+
+    versions = list_versions(args.versions, params.generate.name)
+    if not versions:
+        raise DataError(f"{args.versions}: no published version of '{params.generate.name}'")
+    version = versions[-1]  # the newest
+    device = params.evaluate.device
+    result = evaluate_version(
+        published_files(version.path),
+        published_files(version.path, "unfiltered"),
+        DigitsDataset(args.train),
+        DigitsDataset(args.test),
+        load_evaluator(args.evaluator, device),
+        load_classifier(args.classifier, device),
+        params.evaluate,
+        params.quality.copy_distance,
+        params.classifier,
+    )
+    write_json_atomic(args.metrics, {"version": version.version, **result.metrics})
+    write_csv_atomic(args.classes, result.per_class)
+    write_csv_atomic(args.confusion, result.confusion)
+    m = result.metrics
+    print(
+        f"{version.version}: evaluator accuracy {m['conditional_accuracy_published']:.4f}, "
+        f"CAS ratio {m['cas_ratio']:.4f}, Frechet distance {m['frechet_distance']:.3f}"
+    )
+
+
+def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
+    from diffusion.data.datasets import DigitsDataset, MixedDigits, published_dataset
+    from diffusion.quality.evaluate import test_accuracy, train_on
+
+    data = published_dataset(args.data.split(","))
+    if args.real:
+        data = MixedDigits(data, DigitsDataset(args.real), float(args.real_fraction), seed=0)
+    test = DigitsDataset(args.test)
+    scores = [
+        test_accuracy(
+            train_on(data.images, data.labels, params.classifier, params.evaluate.cas_steps, s), test
+        )
+        for s in params.evaluate.cas_seeds
+    ]
+    result = {"test_accuracy": sum(scores) / len(scores), "per_seed": scores, "train_images": len(data)}
+    if args.metrics:
+        write_json_atomic(args.metrics, result)
+    print(f"trained on {len(data)} digits, real test accuracy {result['test_accuracy']:.4f} (seeds {scores})")
+
+
 def cmd_report(params: Params, args: argparse.Namespace) -> None:
     import json
 
@@ -149,6 +221,11 @@ STAGES: dict[str, tuple[Callable[[Params, argparse.Namespace], None], dict[str, 
         dict.fromkeys(["train", "val", "test", "out", "metrics", "confusion"]),
         "train the downstream MNIST classifier judge",
     ),
+    "train-evaluator": (
+        cmd_train_evaluator,
+        dict.fromkeys(["train", "val", "test", "out", "metrics", "confusion"]),
+        "train the independent evaluator (never used for filtering)",
+    ),
     "train-clip": (
         cmd_train_clip,
         dict.fromkeys(["train", "val", "test", "out", "metrics"]),
@@ -169,6 +246,29 @@ STAGES: dict[str, tuple[Callable[[Params, argparse.Namespace], None], dict[str, 
         {**MODELS, **TRAIN, "output_root": "", "metrics": "", "classes": "", "rev": ""},
         "run the generation flow: generate, filter, gate and publish a dataset version",
     ),
+    "evaluate": (
+        cmd_evaluate,
+        {
+            "versions": None,
+            "classifier": MODELS["classifier"],
+            "evaluator": "data/models/evaluator",
+            **TRAIN,
+            "test": "data/prepared/test.parquet",
+        }
+        | dict.fromkeys(["metrics", "classes", "confusion"]),
+        "evaluate the newest published version: evaluator accuracy, CAS, Frechet distance, memorisation",
+    ),
+    "train-on": (
+        cmd_train_on,
+        {
+            "data": None,
+            "test": "data/prepared/test.parquet",
+            "real": "",
+            "real_fraction": "0.5",
+            "metrics": "",
+        },
+        "train the classifier architecture on published version(s), test it on real test digits",
+    ),
     "report": (
         cmd_report,
         {"versions": None, "evaluation": "", "out": "reports"},
@@ -186,6 +286,9 @@ HELP = {
     "output_root": "publish here instead of generate.output_root",
     "classes": "per-class CSV (DVC plot)",
     "versions": "the output root holding <name>/<version> folders",
+    "data": "published version folders or URLs, comma-separated",
+    "real": "real digits (Parquet) to mix in",
+    "real_fraction": "share of real digits in the mix",
     "evaluation": "the evaluation's headline metrics (JSON) of one version",
 }
 
@@ -199,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         for path, default in paths.items():
             flag = f"--{path.replace('_', '-')}"
             if default is None:
-                p.add_argument(flag, dest=path, required=True)
+                p.add_argument(flag, dest=path, required=True, help=HELP.get(path))
             else:
                 shown = f" (default: {default})" if default else ""
                 p.add_argument(flag, dest=path, default=default or None, help=HELP.get(path, "") + shown)

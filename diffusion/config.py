@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -136,21 +136,69 @@ class DiffusionConfig(Section):
 
 
 # --------------------------------------------------------------------------- judges
-class ClassifierConfig(Section):
-    channels: tuple[int, int] = (32, 64)
-    hidden: int = Field(128, ge=8)
-    epochs: int = Field(12, ge=1)
+class JudgeTraining(Section):
+    """How a judge is fitted: the settings every judge shares (the fit loop in diffusion/judges/training.py)."""
+
+    epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
-    lr: float = Field(2e-3, gt=0.0)
-    weight_decay: float = Field(1e-4, ge=0.0)
-    dropout: float = Field(0.25, ge=0.0, lt=1.0)
-    label_smoothing: float = Field(0.05, ge=0.0, lt=1.0)
+    lr: float = Field(1e-3, gt=0.0)  # the peak of the one-cycle schedule
+    weight_decay: float = Field(1e-4, ge=0.0)  # AdamW, on weight matrices and kernels only
     augment: bool = True  # random rotation, zoom, shear and shift of every training batch
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0)  # weight init, dropout, shuffling and augmentation
     device: str = "cpu"
 
 
-class ClipConfig(Section):
+class JudgeSection(Section):
+    """A judge's section: the network's fields at the top level, the shared training settings under `train`.
+
+    A `train` mapping that leaves keys out keeps this judge's defaults for them, not JudgeTraining's.
+    `ARCHITECTURE` names the fields that rebuild the network: a checkpoint's config holds exactly those.
+    """
+
+    ARCHITECTURE: ClassVar[tuple[str, ...]] = ()
+    train: JudgeTraining = JudgeTraining()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _train_keeps_the_judges_defaults(cls, raw: object) -> object:
+        if isinstance(raw, dict) and isinstance(raw.get("train"), dict):
+            defaults = cls.model_fields["train"].default.model_dump()
+            raw = {**raw, "train": {**defaults, **raw["train"]}}
+        return raw
+
+    def architecture(self) -> dict[str, Any]:
+        """The fields that rebuild the network, JSON-ready: what a checkpoint's config holds."""
+        return self.model_dump(mode="json", include=set(self.ARCHITECTURE))
+
+
+Width = Annotated[int, Field(ge=4)]
+
+
+class ClassifierConfig(JudgeSection):
+    """The filtering judge, a small CNN (diffusion/judges/classifier.py)."""
+
+    ARCHITECTURE: ClassVar[tuple[str, ...]] = ("channels", "hidden", "dropout")
+    channels: tuple[int, int] = (32, 64)
+    hidden: int = Field(128, ge=8)
+    dropout: float = Field(0.25, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(0.05, ge=0.0, lt=1.0)
+    train: JudgeTraining = JudgeTraining(epochs=12, batch_size=128, lr=2e-3, weight_decay=1e-4, seed=0)
+
+
+class EvaluatorConfig(JudgeSection):
+    """The independent evaluator, a small ResNet of another architecture and seed than the filtering judge,
+    trained on real digits only and never used for filtering (diffusion/judges/evaluator.py)."""
+
+    ARCHITECTURE: ClassVar[tuple[str, ...]] = ("widths", "blocks")
+    widths: tuple[Width, Width, Width] = (16, 32, 64)  # channels at 28, 14 and 7 px; features: widths[2]
+    blocks: int = Field(1, ge=1)  # residual blocks per stage
+    label_smoothing: float = Field(0.05, ge=0.0, lt=1.0)
+    train: JudgeTraining = JudgeTraining(epochs=10, batch_size=128, lr=3e-3, weight_decay=5e-4, seed=1)
+
+
+class ClipConfig(JudgeSection):
+    """The domain CLIP judge, built through open_clip (diffusion/judges/clip.py)."""
+
     model: str = "digit-clip"  # a name registered with open_clip, ours or a published one
     pretrained: str | None = None  # a pretrained tag or a local weights file; None = the trained domain CLIP
     # the domain CLIP's architecture (an open_clip model config; heads are 32 wide)
@@ -162,20 +210,18 @@ class ClipConfig(Section):
     text_width: int = Field(128, ge=32, multiple_of=32)
     text_layers: int = Field(2, ge=1)
     context_length: int = Field(16, ge=8)  # tokens, incl. start and end; captions are shorter
-    # training (a ViT from scratch learns per step: small batches, ~1,250 steps)
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=2)
-    lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(0.1, ge=0.0)
-    augment: bool = True  # random rotation, zoom, shear and shift of every training batch
-    seed: int = Field(0, ge=0)
-    device: str = "cpu"
+    # a ViT from scratch learns per step: small batches, ~1,250 steps
+    train: JudgeTraining = JudgeTraining(epochs=10, batch_size=64, lr=1e-3, weight_decay=0.1, seed=0)
 
     @model_validator(mode="after")
-    def _patches_tile(self) -> ClipConfig:
+    def _valid(self) -> ClipConfig:
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})"
+            )
+        if self.train.batch_size < 2:
+            raise ValueError(
+                f"train.batch_size must be >= 2 for the contrastive loss, got {self.train.batch_size}"
             )
         return self
 
@@ -278,6 +324,21 @@ class QualityConfig(Section):
     max_memorization: float = Field(0.01, ge=0.0, le=1.0)  # the share of near-copies a version may hold
 
 
+class EvaluateConfig(Section):
+    """Measuring a published version with judges it was not filtered by (diffusion/quality/evaluate.py)."""
+
+    # every classifier trained to score the data (CAS, real baseline, augmentation) takes the same budget:
+    # cas_steps optimizer steps of cas_batch_size digits; the filtering classifier's architecture, learning
+    # rate, weight decay, augmentation and label smoothing otherwise
+    cas_steps: int = Field(150, ge=1)
+    cas_batch_size: int = Field(64, ge=1)
+    # training seeds; the training metrics are their mean. Seeds average out the training noise only: one
+    # accuracy on the 1,001 test digits still carries about +-1.4 points of test-sampling noise (95%)
+    cas_seeds: tuple[int, ...] = Field((0, 1), min_length=1)
+    batch_size: int = Field(500, ge=1)  # images per forward pass for features and predictions
+    device: str = "cpu"
+
+
 class Params(Section):
     data: DataConfig = DataConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
@@ -285,6 +346,17 @@ class Params(Section):
     clip: ClipConfig = ClipConfig()
     generate: GenerateConfig = GenerateConfig()
     quality: QualityConfig = QualityConfig()
+    evaluator: EvaluatorConfig = EvaluatorConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="after")
+    def _independent_evaluator(self) -> Params:
+        if self.evaluator.train.seed == self.classifier.train.seed:
+            raise ValueError(
+                f"evaluator.train.seed must differ from classifier.train.seed ({self.classifier.train.seed}):"
+                " the evaluator is an independent judge"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -47,9 +47,17 @@ def test_a_diffusion_folder_in_the_earlier_format_loads(tmp_path: Path) -> None:
 
 
 def test_a_classifier_folder_in_the_earlier_format_loads(tmp_path: Path) -> None:
-    cfg = ClassifierConfig(channels=(8, 16), hidden=32, epochs=3)
+    cfg = ClassifierConfig(channels=(8, 16), hidden=32)
+    old = {
+        **cfg.architecture(),
+        "epochs": 3,
+        "batch_size": 128,
+        "lr": 0.002,
+        "label_smoothing": 0.05,
+        "seed": 0,
+    }
     net = DigitClassifier.from_config(cfg).eval()
-    save_checkpoint(tmp_path / "old", "classifier", cfg.model_dump(mode="json"), {"model": net.state_dict()})
+    save_checkpoint(tmp_path / "old", "classifier", old, {"model": net.state_dict()})
     x = torch.rand(3, 1, 28, 28) * 2 - 1
     assert torch.equal(load_classifier(tmp_path / "old")(x), net(x))
 

@@ -32,6 +32,15 @@ def test_repo_params_are_valid() -> None:
         ({"data": {"split": {"train": 0.7, "val": 0.1, "test": 0.1}}}, r"data\.split: .*sum to 1, got 0\.9"),
         ({"data": {"source": "idx"}}, r"data: idx_dir is required"),
         ({"surprise": {}}, r"surprise: Extra inputs are not permitted"),
+        ({"classifier": {"epochs": 3}}, r"classifier\.epochs: Extra inputs are not permitted"),
+        ({"classifier": {"train": {"lr": 0}}}, r"classifier\.train\.lr: Input should be greater than 0"),
+        ({"clip": {"train": {"batch_size": 1}}}, r"clip: train\.batch_size must be >= 2"),
+        ({"evaluator": {"widths": [16, 32]}}, r"evaluator\.widths\.2: Field required"),
+        ({"evaluate": {"cas_seeds": []}}, r"evaluate\.cas_seeds: Tuple should have at least 1 item"),
+        (
+            {"evaluator": {"train": {"seed": 0}}},
+            r"evaluator\.train\.seed must differ from classifier\.train\.seed",
+        ),
     ],
 )
 def test_bad_params_name_the_key(raw: dict, pattern: str) -> None:
@@ -76,3 +85,11 @@ def test_missing_or_malformed_params_file(tmp_path: Path) -> None:
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_params(bad)
+
+
+def test_a_judges_train_mapping_keeps_that_judges_defaults() -> None:
+    params = parse_params({"classifier": {"train": {"epochs": 3}}, "clip": {"train": {"seed": 4}}})
+    assert params.classifier.train.epochs == 3
+    assert params.classifier.train.lr == Params().classifier.train.lr == 2e-3  # not JudgeTraining's 1e-3
+    assert params.clip.train.batch_size == 64 and params.clip.train.seed == 4
+    assert params.classifier.architecture() == {"channels": [32, 64], "hidden": 128, "dropout": 0.25}

@@ -49,8 +49,17 @@ def test_dvc_repro_prepare(tmp_path: Path, npm_cache: Path) -> None:
 
 TINY = {
     "data": {"split": {"train": 0.1, "val": 0.05, "test": 0.85}},
-    "classifier": {"epochs": 1, "channels": [8, 16], "hidden": 32},
-    "clip": {"epochs": 1, "width": 32, "layers": 1, "text_width": 32, "text_layers": 1, "embed_dim": 16},
+    "classifier": {"train": {"epochs": 1}, "channels": [8, 16], "hidden": 32},
+    "clip": {
+        "train": {"epochs": 1},
+        "width": 32,
+        "layers": 1,
+        "text_width": 32,
+        "text_layers": 1,
+        "embed_dim": 16,
+    },
+    "evaluator": {"train": {"epochs": 1}, "widths": [8, 8, 16]},
+    "evaluate": {"cas_steps": 5, "cas_seeds": [0]},
     "diffusion": {
         "unet": {"base_channels": 8, "channel_mults": [1, 2], "attention": False},
         "train": {"steps": 12, "batch_size": 16, "checkpoint_every": 5, "log_every": 4, "val_batches": 1},
@@ -87,6 +96,7 @@ def test_dvc_repro_whole_pipeline_on_a_tiny_config(tmp_path: Path, npm_cache: Pa
         ("train_classifier", "data/models/classifier"),
         ("train_clip", "data/models/clip"),
         ("train_diffusion", "data/models/diffusion"),
+        ("train_evaluator", "data/models/evaluator"),
     ]:
         (out,) = [o for o in lock[stage]["outs"] if o["path"] == folder]
         assert out["md5"].endswith(".dir") and out["nfiles"] >= 2, (stage, out)
@@ -94,6 +104,12 @@ def test_dvc_repro_whole_pipeline_on_a_tiny_config(tmp_path: Path, npm_cache: Pa
     diffusion = json.loads((repo / "metrics/diffusion.json").read_text())
     assert {"train_loss", "val_loss", "steps", "images_per_second", "sample_judge_accuracy"} <= set(diffusion)
     assert diffusion["steps"] == 12 and 0.0 <= diffusion["sample_judge_accuracy"] <= 1.0
+    evaluated = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert {"cas_ratio", "conditional_accuracy_published", "frechet_distance", "memorization_rate"} <= set(
+        evaluated
+    )
+    report = repo / "reports" / "synthetic-digits" / evaluated["version"] / "index.html"
+    assert 'id="cas_ratio"' in report.read_text() and (repo / "reports/synthetic-digits/index.html").is_file()
     generated = json.loads((repo / "metrics/generate.json").read_text())
     assert generated["requested"] == generated["accepted"] == 20
     (version,) = (repo / "data/generated/synthetic-digits").iterdir()

@@ -41,10 +41,7 @@ TINY = ClipConfig(
     layers=2,
     text_width=64,
     text_layers=1,
-    epochs=8,
-    batch_size=16,
-    lr=2e-3,
-    augment=False,
+    train={"epochs": 8, "batch_size": 16, "lr": 2e-3, "augment": False},
 )
 
 
@@ -75,7 +72,8 @@ def test_training_learns_to_match_digits_and_captions(trained) -> None:
     assert m["zero_shot_accuracy"] > 0.25  # chance is 0.1
     assert m["mean_true_caption_score"] > m["mean_wrong_caption_score"] + 5
     assert m["val_zero_shot_accuracy"] == max(h["val"] for h in result.history)
-    assert m["epochs"] == TINY.epochs and m["parameters"] > 0
+    assert m["epochs"] == TINY.train.epochs and m["parameters"] > 0
+    assert set(m["per_class_zero_shot_accuracy"]) == {str(c) for c in range(10)}
     assert result.history[-1]["loss"] < result.history[0]["loss"]
 
 

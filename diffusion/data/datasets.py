@@ -1,12 +1,14 @@
 """Parquet digits (local paths or fsspec URLs, one file or many) as PyTorch datasets.
 
 The same reader serves the prepared real splits and the published synthetic shards: both
-use `diffusion.data.schema.DIGITS_SCHEMA`, and columns are read by name.
+use `diffusion.data.schema.DIGITS_SCHEMA`, and columns are read by name. Published versions
+(diffusion/data/shards.py) are found through their manifests and load in memory (`published_dataset`)
+or stream one file at a time (`ShardStream`); `MixedDigits` and `MixedStream` add real digits at a ratio.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import fsspec
@@ -14,9 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from diffusion.data.schema import table_arrays
+from diffusion.data.shards import MANIFEST, PublishedVersion, read_manifest, version_files
 from diffusion.errors import DataError
 
 _COLUMNS = ["id", "image", "label"]
@@ -74,3 +77,135 @@ class DigitsDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[i], self.labels[i]
+
+
+# --------------------------------------------------------------------------- published versions
+def open_version(path: str | Path) -> PublishedVersion:
+    """The published version at `path` (its folder: a local path or an fsspec URL), with its manifest."""
+    path = str(path).rstrip("/")
+    fs, folder = fsspec.core.url_to_fs(path)
+    manifest = read_manifest(fs, folder.rstrip("/"))
+    if manifest is None:
+        raise DataError(f"{path}: not a published version (no {MANIFEST})")
+    return PublishedVersion(path, path.rsplit("/", 1)[-1], manifest, reused=False)
+
+
+def published_files(versions: str | Path | Sequence[str | Path], split: str = "train") -> list[str]:
+    """The Parquet files of `split` ("train": the published rows, "unfiltered": every sampled row) of one or
+    more published versions, as their manifests list them, version by version."""
+    if isinstance(versions, (str, Path)):
+        versions = [versions]
+    files = [f for v in versions for f in version_files(open_version(v), split)]
+    if not files:
+        raise DataError(f"no '{split}' files in {', '.join(map(str, versions)) or 'no versions'}")
+    return files
+
+
+def published_dataset(versions: str | Path | Sequence[str | Path], split: str = "train") -> DigitsDataset:
+    """One or more published versions in memory, as a map-style DigitsDataset."""
+    return DigitsDataset(published_files(versions, split))
+
+
+def _generator(*key: int) -> torch.Generator:
+    """A CPU generator seeded from a tuple of ints (seed, epoch, ...), each tuple its own stream."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+
+
+def _draws(pool: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` indices (count,) into range(pool): a random order with no repeat until all were drawn."""
+    if count == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    if pool == 0:
+        raise DataError(f"cannot draw {count} rows from an empty dataset")
+    return torch.cat([torch.randperm(pool, generator=generator) for _ in range(-(-count // pool))])[:count]
+
+
+def _real_count(synthetic: int, real_fraction: float) -> int:
+    """Real rows to add to `synthetic` rows so that `real_fraction` of all rows are real."""
+    if not 0.0 <= real_fraction < 1.0:
+        raise DataError(f"real_fraction must lie in [0, 1), got {real_fraction}")
+    return round(synthetic * real_fraction / (1.0 - real_fraction))
+
+
+class ShardStream(IterableDataset):
+    """Digits streamed from Parquet files (local or fsspec) one file at a time, never all in memory.
+
+    Each epoch the files are put in a seeded order and dealt round-robin to the DataLoader's workers, and each
+    file's rows are shuffled, so every row comes exactly once per epoch across the workers (a worker without a
+    file yields nothing). Workers get a copy of the dataset when an epoch starts: call `set_epoch(e)` before
+    iterating to draw epoch e's order. Item: (image float32 (1, 28, 28) in [-1, 1], label int64 scalar).
+    """
+
+    def __init__(self, files: Sequence[str | Path], seed: int = 0, shuffle: bool = True):
+        if not files:
+            raise DataError("no Parquet files given")
+        self.files, self.seed, self.shuffle, self.epoch = [str(f) for f in files], seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        n = len(self.files)
+        order = (
+            torch.randperm(n, generator=_generator(self.seed, self.epoch)).tolist()
+            if self.shuffle
+            else range(n)
+        )
+        for index in order[worker::workers]:
+            images, labels = load_arrays(self.files[index])
+            x, y = to_model_range(images), torch.from_numpy(labels)
+            rows = torch.randperm(len(y), generator=_generator(self.seed, self.epoch, index)).tolist()
+            for r in rows if self.shuffle else range(len(y)):
+                yield x[r], y[r]
+
+
+class MixedDigits(Dataset):
+    """Synthetic digits with real ones added so that `real_fraction` of the items are real.
+
+    Every synthetic digit is kept; round(n * f / (1 - f)) real digits are drawn by `seed`, without repeats
+    while the real set lasts. Items 0..n-1 are the synthetic ones, the real ones follow. Item: (image float32
+    (1, H, W) in [-1, 1], label int64 scalar); `.images` (N, 1, H, W) and `.labels` (N,) hold them all.
+    """
+
+    def __init__(self, synthetic: DigitsDataset, real: DigitsDataset, real_fraction: float, seed: int):
+        pick = _draws(len(real), _real_count(len(synthetic), real_fraction), _generator(seed))
+        self.images = torch.cat([synthetic.images, real.images[pick]])
+        self.labels = torch.cat([synthetic.labels, real.labels[pick]])
+        self.is_real = torch.arange(len(self.labels)) >= len(synthetic)  # (N,) bool
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i], self.labels[i]
+
+
+class MixedStream(IterableDataset):
+    """A ShardStream with real digits interleaved so that `real_fraction` of each worker's items are real.
+
+    After each streamed digit, real digits (drawn by (seed, epoch, worker), without repeats while the real set
+    lasts) follow until round(s * f / (1 - f)) of them have come for the s streamed so far. Item: (image
+    float32 (1, H, W) in [-1, 1], label int64 scalar). `set_epoch` sets the stream's epoch too.
+    """
+
+    def __init__(self, stream: ShardStream, real: DigitsDataset, real_fraction: float, seed: int):
+        if _real_count(1, real_fraction) and not len(real):  # also validates the fraction
+            raise DataError("no real digits to mix in")
+        self.stream, self.real, self.real_fraction, self.seed = stream, real, real_fraction, seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.stream.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        generator = _generator(self.seed, self.stream.epoch, info.id if info is not None else 0)
+        order, drawn = torch.zeros(0, dtype=torch.int64), 0
+        for streamed, item in enumerate(self.stream, start=1):
+            yield item
+            while drawn < _real_count(streamed, self.real_fraction):
+                if drawn % len(self.real) == 0:  # the next pass over the real set, in a new order
+                    order = torch.randperm(len(self.real), generator=generator)
+                yield self.real[int(order[drawn % len(self.real)])]
+                drawn += 1

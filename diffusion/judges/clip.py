@@ -31,7 +31,7 @@ from diffusion.config import ClipConfig
 from diffusion.data.datasets import DigitsDataset
 from diffusion.data.schema import CLASS_NAMES
 from diffusion.errors import DigitsError
-from diffusion.judges.training import fit
+from diffusion.judges.training import accuracy_report, fit
 
 PROMPT = 'a photo of the number: "{c}".'  # the zero-shot prompt of every judge (the open_clip MNIST one)
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -210,8 +210,9 @@ def captions() -> list[str]:
 
 @dataclass
 class ClipResult:
-    """metrics: zero_shot_accuracy (test), mean_true_caption_score, mean_wrong_caption_score (100 x cosine,
-    test), val_zero_shot_accuracy, parameters, epochs, best_epoch. weights: the file for `pretrained=`."""
+    """metrics: zero_shot_accuracy and per_class_zero_shot_accuracy (test), mean_true_caption_score and
+    mean_wrong_caption_score (100 x cosine, test), val_zero_shot_accuracy, parameters, epochs, best_epoch.
+    weights: the file for `pretrained=`."""
 
     metrics: dict[str, Any]
     weights: Path
@@ -242,10 +243,10 @@ def train_clip(
 ) -> ClipResult:
     """Train the domain CLIP with open_clip's ClipLoss on (digit, random caption) pairs; keep the best
     val zero-shot epoch, score it once on test, save it with `save_clip`."""
-    device = torch.device(cfg.device)
+    device = torch.device(cfg.train.device)
     # Weight init draws from the global RNG: seeded inside fork_rng, the caller's is left as it was.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.train.seed)
         return _train(cfg, train, val, test, out_dir, progress, device)
 
 
@@ -258,7 +259,7 @@ def _train(
     progress: bool,
     device: torch.device,
 ) -> ClipResult:
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
     judge = _create_domain_model(cfg, device)
     net, n_templates = judge.model, len(CAPTION_TEMPLATES)
     # The 49,408-row token table is most of the parameters, and our captions use a few dozen rows:
@@ -280,20 +281,16 @@ def _train(
         return judge.class_scores(data.images)
 
     def val_accuracy() -> float:
-        return (zero_shot(val).argmax(1).cpu() == val.labels).float().mean().item()
+        return accuracy_report(zero_shot(val).argmax(1), val.labels).accuracy
 
     run = fit(
         net,
         batch_loss,
-        val_accuracy,
         train.images.to(device),
         train.labels.to(device),
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        augment=cfg.augment,
-        generator=generator,
+        cfg.train,
+        generator,
+        evaluate=val_accuracy,
         grad_clip=1.0,
         progress=progress,
         desc="clip",
@@ -301,13 +298,15 @@ def _train(
     net.load_state_dict(run.best_state)
     scores, y = zero_shot(test).cpu(), test.labels
     true = F.one_hot(y, len(CLASS_NAMES)).bool()
+    report = accuracy_report(scores.argmax(1), y)
     metrics = {
-        "zero_shot_accuracy": (scores.argmax(1) == y).float().mean().item(),
+        "zero_shot_accuracy": report.accuracy,
+        "per_class_zero_shot_accuracy": report.per_class,
         "mean_true_caption_score": scores[true].mean().item(),
         "mean_wrong_caption_score": scores[~true].mean().item(),
         "val_zero_shot_accuracy": run.best_score,
         "parameters": sum(p.numel() for p in net.parameters()),
-        "epochs": cfg.epochs,
+        "epochs": cfg.train.epochs,
         "best_epoch": run.best_epoch,
     }
     weights = save_clip(out_dir, cfg, net)

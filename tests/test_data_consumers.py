@@ -1,0 +1,135 @@
+"""Consumers of published versions: in memory (map-style), streamed shard by shard, mixed with real digits."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from diffusion.data.datasets import (
+    DigitsDataset,
+    MixedDigits,
+    MixedStream,
+    ShardStream,
+    open_version,
+    published_dataset,
+    published_files,
+)
+from diffusion.data.schema import digits_table
+from diffusion.data.shards import publish_version
+from diffusion.errors import DataError
+
+ROWS = 23  # published rows per version, in shards of 5 (5 files)
+
+
+def tagged(n: int, start: int, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """n images whose first two pixels spell their number start..start+n-1: (uint8 (n, 28, 28), labels (n,))."""
+    images = np.zeros((n, 28, 28), np.uint8)
+    numbers = np.arange(start, start + n)
+    images[:, 0, 0], images[:, 0, 1] = numbers % 256, numbers // 256
+    return images, np.arange(n) % 10 if labels is None else labels
+
+
+def number(image: torch.Tensor) -> int:
+    """The number tagged into an image (1, 28, 28) in [-1, 1]."""
+    pixels = ((image[0, 0, :2] + 1) * 127.5).round().long()
+    return int(pixels[0] + 256 * pixels[1])
+
+
+def publish(root: str, version: str, start: int) -> str:
+    """Publish ROWS tagged digits (and 2 x ROWS unfiltered ones) as `<root>/tagged/<version>`; its path."""
+    splits = {}
+    for split, n, first in [("train", ROWS, start), ("unfiltered", 2 * ROWS, start + 1000)]:
+        images, labels = tagged(n, first)
+        splits[split] = digits_table(
+            [f"{version}-{split}-{i}" for i in range(n)], images, labels, "synthetic"
+        )
+    return publish_version(root, "tagged", version, splits, 5, "card", {"created_at": version}).path
+
+
+@pytest.fixture(params=["local", "memory"])
+def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A local folder or a fresh in-memory fsspec root."""
+    if request.param == "local":
+        yield str(tmp_path / "published")
+        return
+    path = f"memory://consumers-{uuid.uuid4().hex}"
+    yield path
+    fsspec.filesystem("memory").rm(path.removeprefix("memory://"), recursive=True)
+
+
+def test_versions_load_in_memory_from_their_manifests(root: str) -> None:
+    first, second = publish(root, "v1", 0), publish(root, "v2", 100)
+    assert open_version(first).manifest["created_at"] == "v1"
+    files = published_files(first)
+    assert len(files) == 5 and all(f.startswith(first) and "/data/train-" in f for f in files)
+    one = published_dataset(first)
+    assert [number(x) for x, _ in one] == list(range(ROWS))
+    assert one.images.shape == (ROWS, 1, 28, 28) and torch.equal(one.labels, torch.arange(ROWS) % 10)
+    both = published_dataset([first, second])
+    assert [number(x) for x in both.images] == [*range(ROWS), *range(100, 100 + ROWS)]
+    assert len(published_dataset(first, split="unfiltered")) == 2 * ROWS
+
+
+def test_a_folder_without_a_manifest_is_no_version(root: str) -> None:
+    publish(root, "v1", 0)
+    with pytest.raises(DataError, match="not a published version"):
+        open_version(f"{root}/tagged/missing")
+    with pytest.raises(DataError, match="no 'validation' files"):
+        published_files(f"{root}/tagged/v1", split="validation")
+
+
+def epoch_numbers(stream: ShardStream | MixedStream, workers: int, epoch: int) -> list[int]:
+    stream.set_epoch(epoch)
+    loader = DataLoader(stream, batch_size=None, num_workers=workers)
+    return [number(image) for image, _ in loader]
+
+
+def test_the_stream_yields_every_row_once_per_epoch_across_workers(tmp_path: Path) -> None:
+    files = published_files(publish(str(tmp_path), "v1", 0))
+    stream = ShardStream(files, seed=3)
+    first, second = epoch_numbers(stream, 2, 0), epoch_numbers(stream, 2, 1)
+    assert sorted(first) == sorted(second) == list(range(ROWS))
+    assert first != second  # a new order each epoch
+    assert epoch_numbers(stream, 0, 1) != list(range(ROWS))  # shuffled within files too
+    assert sorted(epoch_numbers(stream, 0, 1)) == list(range(ROWS))
+    assert epoch_numbers(stream, 0, 1) == epoch_numbers(ShardStream(files, seed=3), 0, 1)  # seeded
+    assert epoch_numbers(ShardStream(files, shuffle=False), 0, 0) == list(range(ROWS))
+
+
+def real_digits(tmp_path: Path, n: int) -> DigitsDataset:
+    """n real-looking digits tagged 10,000 and up."""
+    images, labels = tagged(n, 10_000)
+    path = tmp_path / f"real-{n}.parquet"
+    pq.write_table(digits_table([f"real-{i}" for i in range(n)], images, labels, "mnist"), path)
+    return DigitsDataset(path)
+
+
+def test_mixed_digits_hold_the_real_fraction(tmp_path: Path) -> None:
+    synthetic, real = published_dataset(publish(str(tmp_path), "v1", 0)), real_digits(tmp_path, 40)
+    mixed = MixedDigits(synthetic, real, real_fraction=0.25, seed=0)
+    numbers = [number(x) for x, _ in mixed]
+    assert len(mixed) == ROWS + 8 and int(mixed.is_real.sum()) == 8  # round(23 / 3)
+    assert numbers[:ROWS] == list(range(ROWS)) and all(k >= 10_000 for k in numbers[ROWS:])
+    assert len(set(numbers)) == len(numbers)  # no real digit twice while the real set lasts
+    again = MixedDigits(synthetic, real, real_fraction=0.25, seed=0)
+    assert torch.equal(again.images, mixed.images)
+    assert not torch.equal(MixedDigits(synthetic, real, 0.25, seed=1).images, mixed.images)
+    assert len(MixedDigits(synthetic, real_digits(tmp_path, 3), real_fraction=0.5, seed=0)) == 2 * ROWS
+    with pytest.raises(DataError, match="real_fraction"):
+        MixedDigits(synthetic, real, real_fraction=1.0, seed=0)
+
+
+def test_the_mixed_stream_holds_the_real_fraction_across_workers(tmp_path: Path) -> None:
+    files = published_files(publish(str(tmp_path), "v1", 0))
+    mixed = MixedStream(ShardStream(files, seed=0), real_digits(tmp_path, 50), real_fraction=0.5, seed=0)
+    numbers = epoch_numbers(mixed, 2, 0)
+    synthetic = sorted(k for k in numbers if k < 10_000)
+    real = [k for k in numbers if k >= 10_000]
+    assert synthetic == list(range(ROWS)) and len(real) == ROWS  # every worker mixes half and half

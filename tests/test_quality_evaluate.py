@@ -1,0 +1,187 @@
+"""Evaluating a published version: Frechet distance, diversity, CAS, copies, and the whole report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion.config import ClassifierConfig, EvaluateConfig, EvaluatorConfig
+from diffusion.data.datasets import DigitsDataset, published_files, to_model_range
+from diffusion.data.schema import digits_table
+from diffusion.data.shards import publish_version
+from diffusion.judges.evaluator import train_evaluator
+from diffusion.quality.evaluate import (
+    HEADLINE,
+    Digits,
+    balanced_subset,
+    cas,
+    conditional_accuracy,
+    diversity,
+    duplicate_rate,
+    evaluate_version,
+    frechet_distance,
+    frechet_per_class,
+    memorization_rate,
+    train_on,
+)
+from tests.judges_fixtures import digits_split, one_thread, render_digits  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = ClassifierConfig(channels=(8, 16), hidden=32, train={"batch_size": 32, "lr": 3e-3})
+STEPS = 150
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> dict[str, DigitsDataset]:
+    """Rendered digits standing in for the real splits."""
+    tmp = tmp_path_factory.mktemp("real")
+    return {
+        name: digits_split(tmp, name, n, seed)
+        for name, n, seed in [("train", 400, 0), ("val", 100, 1), ("test", 200, 2)]
+    }
+
+
+def gaussian(n: int, dim: int, seed: int) -> torch.Tensor:
+    """(n, dim) correlated Gaussian features."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, dim, generator=g, dtype=torch.float64) @ torch.randn(
+        dim, dim, generator=g, dtype=torch.float64
+    )
+
+
+# --------------------------------------------------------------------------- feature statistics
+def test_frechet_distance_is_zero_for_identical_features_and_grows_with_a_shift() -> None:
+    a = gaussian(300, 8, 0)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    shifts = [frechet_distance(a, a + t) for t in (0.5, 1.0, 2.0)]
+    assert shifts == pytest.approx([8 * 0.25, 8 * 1.0, 8 * 4.0])  # ||t||^2: the covariances are equal
+    assert frechet_distance(a, a.float()) == pytest.approx(0.0, abs=1e-4)  # any float type, tensors or arrays
+    assert frechet_distance(a.numpy(), a.numpy() + 1.0) == pytest.approx(8.0)
+
+
+def test_frechet_distance_matches_the_closed_form_of_gaussians() -> None:
+    """b = s a + t has mean s mu + t and covariance s^2 S, so the distance is ||(s-1) mu + t||^2 + (1-s)^2 tr S."""
+    a, s, t = gaussian(200, 6, 1), 1.7, torch.linspace(-1, 1, 6, dtype=torch.float64)
+    b = s * a + t
+    mu, cov = a.mean(0), torch.cov(a.T)
+    expected = ((s - 1) * mu + t).square().sum() + (1 - s) ** 2 * torch.trace(cov)
+    assert frechet_distance(a, b) == pytest.approx(expected.item(), rel=1e-9)
+    # two unrelated Gaussians: the same as the formula with scipy's general matrix square root
+    linalg = pytest.importorskip("scipy.linalg")
+    c = gaussian(150, 6, 2) + 0.3
+    ca, cc = np.cov(a.numpy(), rowvar=False), np.cov(c.numpy(), rowvar=False)
+    diff = a.numpy().mean(0) - c.numpy().mean(0)
+    reference = diff @ diff + np.trace(ca + cc) - 2 * np.trace(linalg.sqrtm(ca @ cc).real)
+    assert frechet_distance(a, c) == pytest.approx(reference, rel=1e-6)
+
+
+def test_frechet_per_class_and_diversity() -> None:
+    feats = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0], [1.0, 1.0], [7.0, 7.0]])
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    assert diversity(feats, labels) == {"0": pytest.approx(5.0), "1": 0.0}  # class 2 has one digit
+    a, b = gaussian(100, 3, 3), gaussian(100, 3, 4)
+    la, lb = torch.arange(100) % 2, torch.arange(100) % 2
+    per_class = frechet_per_class(a, la, b + 2.0 * lb[:, None], lb)
+    assert set(per_class) == {"0", "1"} and per_class["1"] > per_class["0"] + 10
+
+
+# --------------------------------------------------------------------------- copies
+def test_memorisation_flags_copied_training_digits_and_duplicates_count() -> None:
+    train, _ = render_digits(200, seed=0)
+    fresh, _ = render_digits(20, seed=9)
+    noisy = np.clip(train[:5].astype(int) + np.random.default_rng(0).integers(-3, 4, train[:5].shape), 0, 255)
+    synthetic = np.concatenate([fresh, train[5:10], noisy.astype(np.uint8)])
+    assert memorization_rate(synthetic, train, copy_distance=0.04) == pytest.approx(10 / 30)
+    assert memorization_rate(fresh, train, copy_distance=0.04) == 0.0
+    assert duplicate_rate(np.stack([fresh[0], fresh[1], fresh[0], fresh[0]])) == pytest.approx(0.5)
+    assert duplicate_rate(fresh) == 0.0 and duplicate_rate(fresh[:0]) == 0.0
+
+
+# --------------------------------------------------------------------------- training on the data
+def test_balanced_subset_shares_out_what_a_short_class_leaves() -> None:
+    labels = torch.cat([torch.full((3,), 1), torch.arange(500) % 10])
+    labels = labels[labels != 1][:450].tolist() + [1, 1, 1]
+    data = Digits(torch.zeros(len(labels), 1, 28, 28), torch.tensor(labels))
+    pick = balanced_subset(data, 100, torch.Generator().manual_seed(0))
+    counts = torch.bincount(pick.labels, minlength=10)
+    others = counts[torch.arange(10) != 1]
+    assert counts.sum() == 100 and counts[1] == 3 and others.max() - others.min() <= 1
+    assert len(balanced_subset(data, 10_000, torch.Generator().manual_seed(0))) == len(labels)
+
+
+def test_cas_ranks_real_digits_above_noise(real, tmp_path: Path) -> None:
+    good = digits_split(tmp_path, "good", 200, 5)
+    noise = Digits(
+        torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1, good.labels
+    )
+    scores = {
+        name: cas(d, real["train"], real["test"], TINY, STEPS, seed=0)
+        for name, d in [("good", good), ("noise", noise)]
+    }
+    assert scores["good"]["cas_accuracy"] > scores["noise"]["cas_accuracy"] + 0.3
+    assert scores["noise"]["cas_accuracy"] < 0.3  # about chance
+    assert scores["good"]["real_baseline_accuracy"] == scores["noise"]["real_baseline_accuracy"]
+    assert scores["good"]["cas_ratio"] == pytest.approx(
+        scores["good"]["cas_accuracy"] / scores["good"]["real_baseline_accuracy"]
+    )
+
+
+def test_train_on_is_seeded_and_takes_the_step_budget(real) -> None:
+    data = real["val"]
+    a, b = (train_on(data.images, data.labels, TINY, steps=3, seed=7) for _ in range(2))
+    c = train_on(data.images, data.labels, TINY, steps=3, seed=8)
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+    assert not torch.equal(a.state_dict()["head.1.weight"], c.state_dict()["head.1.weight"])
+    assert not a.training
+
+
+# --------------------------------------------------------------------------- one version
+def test_evaluate_version_reports_every_headline_metric(real, tmp_path: Path) -> None:
+    fresh, fresh_labels = render_digits(60, seed=7)
+    train_images = ((real["train"].images[:10, 0] + 1) * 127.5).round().to(torch.uint8).numpy()
+    images = np.concatenate([fresh, train_images, fresh[:1]])  # 10 copies of training digits, 1 duplicate
+    labels = np.concatenate([fresh_labels, real["train"].labels[:10].numpy(), fresh_labels[:1]])
+    noise = np.random.default_rng(0).integers(0, 256, (30, 28, 28), dtype=np.uint8)
+    raw_images, raw_labels = np.concatenate([images, noise]), np.concatenate([labels, np.arange(30) % 10])
+    splits = {
+        "train": digits_table([f"p{i}" for i in range(71)], images, labels, "synthetic"),
+        "unfiltered": digits_table([f"u{i}" for i in range(101)], raw_images, raw_labels, "synthetic"),
+    }
+    version = publish_version(str(tmp_path), "tiny", "v1", splits, 25, "card", {})
+    evaluator_cfg = EvaluatorConfig(widths=(8, 16, 32), train={"epochs": 4, "batch_size": 32, "lr": 5e-3})
+    evaluator = train_evaluator(evaluator_cfg, real["train"], real["val"], real["test"], progress=False).model
+    judge = train_on(real["train"].images, real["train"].labels, TINY, STEPS, seed=0)
+    cfg = EvaluateConfig(cas_steps=60, cas_seeds=(0, 1), batch_size=64)
+    result = evaluate_version(
+        published_files(version.path),
+        published_files(version.path, "unfiltered"),
+        real["train"],
+        real["test"],
+        evaluator,
+        judge,
+        cfg,
+        copy_distance=0.04,
+        classifier_cfg=TINY,
+    )
+    m = result.metrics
+    assert tuple(m) == HEADLINE and all(isinstance(v, float) and np.isfinite(v) for v in m.values())
+    published = Digits(to_model_range(images), torch.from_numpy(labels))
+    assert m["conditional_accuracy_published"] == conditional_accuracy(
+        evaluator, published.images, published.labels
+    )
+    assert m["conditional_accuracy_raw"] < m["conditional_accuracy_published"]  # noise was sampled too
+    assert m["judge_accuracy_raw"] < m["judge_accuracy_published"]
+    all_train = ((real["train"].images[:, 0] + 1) * 127.5).round().to(torch.uint8).numpy()
+    assert (
+        m["memorization_rate"] == memorization_rate(images, all_train, 0.04) >= 10 / 71
+    )  # renders look alike
+    assert m["duplicate_rate"] == pytest.approx(1 / 71)
+    assert m["cas_ratio"] == pytest.approx(np.mean([r["cas_ratio"] for r in result.cas_runs]))
+    assert [r["seed"] for r in result.cas_runs] == [0, 1]
+    assert min(m["frechet_distance_real"], m["diversity_synthetic"], m["diversity_real"]) > 0
+    assert [row["class"] for row in result.per_class] == list(range(10))
+    assert len(result.confusion) == 100 and sum(r["count"] for r in result.confusion) == 71
