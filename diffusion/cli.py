@@ -41,27 +41,26 @@ def headline(metrics: dict) -> dict:
 
 
 def cmd_train_classifier(params: Params, args: argparse.Namespace) -> None:
-    from diffusion.data.datasets import DigitsDataset
     from diffusion.judges.classifier import save_classifier, train_classifier
 
-    splits = [DigitsDataset(getattr(args, name)) for name in ("train", "val", "test")]
-    result = train_classifier(params.classifier, *splits)
-    save_classifier(args.out, params.classifier, result.model, result.metrics)
-    write_csv_atomic(args.confusion, result.confusion)
-    write_json_atomic(args.metrics, headline(result.metrics))
-    print(f"classifier test accuracy {result.metrics['test_accuracy']:.4f}")
+    _train_judge("classifier", train_classifier, save_classifier, params.classifier, args)
 
 
 def cmd_train_evaluator(params: Params, args: argparse.Namespace) -> None:
-    from diffusion.data.datasets import DigitsDataset
     from diffusion.judges.evaluator import save_evaluator, train_evaluator
 
-    splits = [DigitsDataset(getattr(args, name)) for name in ("train", "val", "test")]
-    result = train_evaluator(params.evaluator, *splits)
-    save_evaluator(args.out, params.evaluator, result.model, result.metrics)
+    _train_judge("evaluator", train_evaluator, save_evaluator, params.evaluator, args)
+
+
+def _train_judge(name: str, train: Callable, save: Callable, cfg: object, args: argparse.Namespace) -> None:
+    """Fit a cross-entropy judge on the three splits, then save it, its confusion plot and its metrics."""
+    from diffusion.data.datasets import DigitsDataset
+
+    result = train(cfg, *(DigitsDataset(getattr(args, split)) for split in ("train", "val", "test")))
+    save(args.out, cfg, result.model, result.metrics)
     write_csv_atomic(args.confusion, result.confusion)
     write_json_atomic(args.metrics, headline(result.metrics))
-    print(f"evaluator test accuracy {result.metrics['test_accuracy']:.4f}")
+    print(f"{name} test accuracy {result.metrics['test_accuracy']:.4f}")
 
 
 def cmd_train_clip(params: Params, args: argparse.Namespace) -> None:

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from diffusion.config import ClassifierConfig
 from diffusion.judges.training import (
     NUM_CLASSES,
     JudgeFit,
+    JudgeNet,
     Labelled,
     confusion_rows,
     load_judge,
@@ -57,7 +57,7 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
-class DigitClassifier(nn.Module):
+class DigitClassifier(JudgeNet):
     """28x28 digits -> 10 logits. Inputs are (N, 1, 28, 28) in [-1, 1], the project's model range."""
 
     def __init__(self, channels: tuple[int, int] = (32, 64), hidden: int = 128, dropout: float = 0.25):
@@ -77,20 +77,6 @@ class DigitClassifier(nn.Module):
     @classmethod
     def from_config(cls, cfg: ClassifierConfig) -> DigitClassifier:
         return cls(channels=cfg.channels, hidden=cfg.hidden, dropout=cfg.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 1, 28, 28) -> logits (N, 10)."""
-        return self.head(self.body(x))
-
-    @torch.no_grad()
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 1, 28, 28) -> penultimate activations (N, hidden), e.g. for a Frechet distance."""
-        return self.body(x)
-
-    @torch.no_grad()
-    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 1, 28, 28) -> class probabilities (N, 10)."""
-        return F.softmax(self(x), dim=1)
 
 
 def train_classifier(

@@ -21,7 +21,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion.config import EvaluatorConfig
-from diffusion.judges.training import NUM_CLASSES, JudgeFit, Labelled, load_judge, save_judge, train_judge
+from diffusion.judges.training import (
+    NUM_CLASSES,
+    JudgeFit,
+    JudgeNet,
+    Labelled,
+    load_judge,
+    save_judge,
+    train_judge,
+)
 
 KIND = "evaluator"
 
@@ -52,7 +60,7 @@ class ResidualBlock(nn.Module):
         return F.relu(self.branch(x) + self.shortcut(x))
 
 
-class DigitEvaluator(nn.Module):
+class DigitEvaluator(JudgeNet):
     """28x28 digits -> 10 logits through a stem and three residual stages at 28, 14 and 7 px.
 
     Inputs are (N, 1, 28, 28) in [-1, 1]; the features are the globally average-pooled last stage.
@@ -72,20 +80,6 @@ class DigitEvaluator(nn.Module):
     @classmethod
     def from_config(cls, cfg: EvaluatorConfig) -> DigitEvaluator:
         return cls(widths=cfg.widths, blocks=cfg.blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 1, 28, 28) -> logits (N, 10)."""
-        return self.head(self.body(x))
-
-    @torch.no_grad()
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 1, 28, 28) -> penultimate activations (N, widths[-1]), for the Frechet distance."""
-        return self.body(x)
-
-    @torch.no_grad()
-    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 1, 28, 28) -> class probabilities (N, 10)."""
-        return F.softmax(self(x), dim=1)
 
 
 def train_evaluator(

@@ -35,6 +35,28 @@ class Labelled(Protocol):
     labels: torch.Tensor
 
 
+class JudgeNet(nn.Module):
+    """A judge network: `body` maps (N, 1, 28, 28) digits in [-1, 1] to penultimate features (N, F),
+    `head` maps those to 10 logits. Subclasses build the two in __init__."""
+
+    body: nn.Module
+    head: nn.Module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, 28, 28) -> logits (N, 10)."""
+        return self.head(self.body(x))
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, 28, 28) -> penultimate activations (N, F), e.g. for a Frechet distance."""
+        return self.body(x)
+
+    @torch.no_grad()
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, 28, 28) -> class probabilities (N, 10)."""
+        return F.softmax(self(x), dim=1)
+
+
 class CrossEntropyJudge(Protocol):
     """A cross-entropy judge's section: ClassifierConfig, EvaluatorConfig."""
 

@@ -1,0 +1,137 @@
+"""Choose the shipped guidance and filter by CAS, not by judged accuracy.
+
+For each guidance w, sample `--sample` digits per class (DPM-Solver++, the default model), score them with
+both judges, and build one dataset per filter: the first `--keep` accepted digits of each class (fewer when
+a class runs short). Each dataset is graded by the independent evaluator (never the filtering judge) and by
+CAS: the filtering classifier's architecture trained only on it for `evaluate.cas_steps` steps, tested on
+the real test split, against the same classifier trained on as many real training digits (mean and 95%
+interval over `--seeds`). A "mix" row takes half of each class from w = 1 and half from w = 2.
+
+    python benchmarks/guidance_sweep.py --models data/models --out benchmarks/results/guidance-sweep.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from diffusion.config import SamplerConfig, load_params
+from diffusion.data.datasets import DigitsDataset
+from diffusion.judges.classifier import load_classifier
+from diffusion.judges.clip import load_clip
+from diffusion.judges.evaluator import load_evaluator
+from diffusion.judges.scoring import Scorer, keep_mask
+from diffusion.model.samplers import sample
+from diffusion.model.train import load_diffusion
+from diffusion.quality.evaluate import Digits, cas, conditional_accuracy
+
+FILTERS = {
+    "none": {},
+    "pred-match": {"require_classifier_agrees": True},
+    "pred-match+clip-margin": {"require_classifier_agrees": True, "min_clip_margin": 0.0},
+    "prob>=0.9": {"require_classifier_agrees": True, "min_classifier_prob": 0.9},
+}
+
+
+def first_kept(images: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, keep: int) -> Digits:
+    """The first `keep` accepted digits of each class, in sampling order."""
+    picked = torch.cat([torch.nonzero(mask & (labels == c)).flatten()[:keep] for c in range(10)])
+    return Digits(images[picked], labels[picked])
+
+
+def interval(values: list[float]) -> list[float]:
+    """mean and the half-width of a normal 95% interval over seeds."""
+    mean = statistics.fmean(values)
+    half = 1.96 * statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+    return [mean, half]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, default=Path("data/models"))
+    parser.add_argument("--prepared", type=Path, default=Path("data/prepared"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
+    parser.add_argument("--sample", type=int, default=150, help="digits sampled per class and guidance")
+    parser.add_argument("--keep", type=int, default=100, help="digits kept per class")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+    params = load_params()
+    device = torch.device("cpu")
+    model, process = load_diffusion(args.models / "diffusion", device)
+    judge = load_classifier(args.models / "classifier", device)
+    scorer = Scorer(load_clip("digit-clip", str(args.models / "clip"), device), judge)
+    evaluator = load_evaluator(args.models / "evaluator", device)
+    train, test = (
+        DigitsDataset(args.prepared / "train.parquet"),
+        DigitsDataset(args.prepared / "test.parquet"),
+    )
+    cls = params.classifier.model_copy(
+        update={
+            "train": params.classifier.train.model_copy(update={"batch_size": params.evaluate.cas_batch_size})
+        }
+    )
+    labels = torch.arange(10).repeat_interleave(args.sample)
+    sampled: dict[float, tuple[torch.Tensor, object]] = {}
+    rows = []
+    for w in args.guidance:
+        start = time.perf_counter()
+        cfg = SamplerConfig(name="dpm-solver++", steps=20, guidance=w)
+        images = sample(
+            model, process, labels, cfg, torch.Generator().manual_seed(1234), device, batch_size=250
+        )
+        sampled[w] = (images, scorer(images, labels))
+        print(f"w={w}: sampled {len(labels)} in {time.perf_counter() - start:.0f} s", flush=True)
+    sets: dict[str, Digits] = {}
+    acceptance: dict[str, float] = {}
+    for w, (images, scores) in sampled.items():
+        for name, rule in FILTERS.items():
+            mask = keep_mask(scores, labels, **{"require_classifier_agrees": False, **rule})
+            sets[f"w={w:g} {name}"] = first_kept(images, labels, mask, args.keep)
+            acceptance[f"w={w:g} {name}"] = mask.float().mean().item()
+    if 1.0 in sampled and 2.0 in sampled:
+        half = args.keep // 2
+        parts = [
+            first_kept(sampled[w][0], labels, torch.ones_like(labels, dtype=torch.bool), half)
+            for w in (1.0, 2.0)
+        ]
+        sets["mix w=1+2 none"] = Digits(
+            torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts])
+        )
+        acceptance["mix w=1+2 none"] = 1.0
+    for name, data in sets.items():
+        runs = [cas(data, train, test, cls, params.evaluate.cas_steps, s) for s in args.seeds]
+        row = {
+            "setting": name,
+            "kept": len(data.labels),
+            "acceptance": acceptance[name],
+            "evaluator_accuracy": conditional_accuracy(evaluator, data.images, data.labels),
+            "judge_accuracy": conditional_accuracy(judge, data.images, data.labels),
+            "cas_accuracy": interval([r["cas_accuracy"] for r in runs]),
+            "real_baseline_accuracy": interval([r["real_baseline_accuracy"] for r in runs]),
+            "cas_ratio": interval([r["cas_ratio"] for r in runs]),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "date": datetime.now(UTC).isoformat(),
+                "args": vars(args)
+                | {"models": str(args.models), "prepared": str(args.prepared), "out": str(args.out)},
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
