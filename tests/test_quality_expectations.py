@@ -284,8 +284,8 @@ def test_concurrent_calls_share_nothing(good_table: pa.Table, train_images: np.n
 
 def test_spec_from_config_and_gate_error() -> None:
     spec = GateSpec.from_config({3: 5}, FilterConfig(), QualityConfig())
-    assert spec.counts == {3: 5} and spec.min_clip_score is None and spec.require_pred_match
-    assert spec.copy_distance == QualityConfig().copy_distance
+    assert spec.counts == {3: 5} and spec.filter.min_clip_score is None and spec.filter.require_pred_match
+    assert spec.quality.copy_distance == QualityConfig().copy_distance
     with pytest.raises(ValueError, match="classes 0-9"):
         GateSpec.from_config({10: 1}, FilterConfig(), QualityConfig())
     assert issubclass(GateError, ValueError)

@@ -79,12 +79,8 @@ class GateSpec:
     """What the published rows must satisfy: the request, the filter thresholds, the copy limits."""
 
     counts: dict[int, int]  # accepted images per class; a class left out must have no rows
-    min_clip_score: float | None
-    min_clip_margin: float | None
-    min_classifier_prob: float | None
-    require_pred_match: bool
-    copy_distance: float  # RMS pixel distance (pixels in [0, 1]) under which a row copies a training digit
-    max_memorization: float  # the largest share of rows that may be copies
+    filter: FilterConfig  # the thresholds every row was generated under
+    quality: QualityConfig  # copy_distance and max_memorization
 
     def __post_init__(self) -> None:
         bad = {c: n for c, n in self.counts.items() if not 0 <= c <= 9 or n < 0}
@@ -94,15 +90,7 @@ class GateSpec:
     @classmethod
     def from_config(cls, counts: Mapping[int, int], filter: FilterConfig, quality: QualityConfig) -> GateSpec:
         """The gate for a run that requested `counts` images per class under these params sections."""
-        return cls(
-            counts={int(c): int(n) for c, n in counts.items()},
-            min_clip_score=filter.min_clip_score,
-            min_clip_margin=filter.min_clip_margin,
-            min_classifier_prob=filter.min_classifier_prob,
-            require_pred_match=filter.require_pred_match,
-            copy_distance=quality.copy_distance,
-            max_memorization=quality.max_memorization,
-        )
+        return cls({int(c): int(n) for c, n in counts.items()}, filter, quality)
 
 
 @dataclass(frozen=True)
@@ -205,7 +193,7 @@ def gate_frame(table: pa.Table, spec: GateSpec, train_images: np.ndarray) -> pd.
     frame["image_width"] = np.array([h[2] for h in headers], dtype=np.int64)
     frame["pixel_sha256"] = pd.Series(hashes, dtype=object)
     frame["nearest_train_rms"] = nearest
-    frame["is_copy"] = (nearest < spec.copy_distance).astype(np.int64)  # NaN compares False
+    frame["is_copy"] = (nearest < spec.quality.copy_distance).astype(np.int64)  # NaN compares False
     frame["label_count"] = label_series.map(label_series.value_counts()).to_numpy(dtype=float)
     frame["label_requested"] = [np.nan if math.isnan(x) else spec.counts.get(int(x), 0) for x in labels]
     return frame
@@ -248,19 +236,17 @@ def build_expectations(spec: GateSpec) -> list[tuple[str, gxe.Expectation]]:
     ]
     names = [_default_name(exp) for exp, _ in gate]
     for key in ("min_clip_score", "min_clip_margin", "min_classifier_prob"):
-        if (bound := getattr(spec, key)) is not None:
+        if (bound := getattr(spec.filter, key)) is not None:
             column = key.removeprefix("min_")
             gate.append((between(column=column, min_value=bound), f"{column} >= {bound:g}"))
             names.append(f"expect_column_values_to_be_between({column}, {key}={bound:g})")
     pairs = {"ignore_row_if": "either_value_is_missing"}  # nulls fail their own expectations
-    if spec.require_pred_match:
+    if spec.filter.require_pred_match:
         match = gxe.ExpectColumnPairValuesToBeEqual(column_A="classifier_pred", column_B="label", **pairs)
         gate.append((match, "the classifier predicts the intended label"))
         names.append(_default_name(match))
     requested, total = sorted(c for c, k in spec.counts.items() if k > 0), sum(spec.counts.values())
-    copies = (
-        f"at most {spec.max_memorization:.1%} of rows within RMS {spec.copy_distance:g} of a training digit"
-    )
+    copies = f"at most {spec.quality.max_memorization:.1%} of rows within RMS {spec.quality.copy_distance:g} of a training digit"
     classes = gxe.ExpectColumnDistinctValuesToEqualSet(column="label", value_set=requested)
     per_class = gxe.ExpectColumnPairValuesToBeEqual(
         column_A="label_count", column_B="label_requested", **pairs
@@ -271,7 +257,7 @@ def build_expectations(spec: GateSpec) -> list[tuple[str, gxe.Expectation]]:
         (classes, f"rows of exactly the classes {requested}"),
         (per_class, "every class has the requested number of rows"),
         (gxe.ExpectColumnValuesToBeUnique(column="pixel_sha256"), "no two images have the same pixels"),
-        (gxe.ExpectColumnMeanToBeBetween(column="is_copy", max_value=spec.max_memorization), copies),
+        (gxe.ExpectColumnMeanToBeBetween(column="is_copy", max_value=spec.quality.max_memorization), copies),
     ]
     gate += tail
     names += [_default_name(exp) for exp, _ in tail]
