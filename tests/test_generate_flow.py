@@ -25,6 +25,7 @@ from diffusion.config import GenerateConfig, QualityConfig
 from diffusion.data.shards import list_versions, version_files
 from diffusion.errors import DigitsError
 from diffusion.generate.plan import GenerationError
+from diffusion.quality.expectations import GateError
 from flows.generate import GenerationResult, generate_dataset, task_runner
 from tests.generate_fixtures import tiny_generate
 
@@ -194,6 +195,26 @@ def test_an_impossible_threshold_names_the_class_and_publishes_nothing(
         _run(cfg, tiny_models)
     assert "\n" not in str(err.value)
     assert not list_versions(cfg.output_root, cfg.name)
+
+
+@pytest.mark.slow
+def test_a_failed_gate_publishes_nothing_and_names_the_expectation(
+    prefect_server, tiny_models, tmp_path: Path
+) -> None:
+    cfg = tiny_generate(tiny_models, tmp_path, per_class={1: 2})
+    everything_copies = QualityConfig(copy_distance=10.0, max_memorization=0.0)  # RMS distances are <= 1
+    with pytest.raises(GateError, match=r"expect_column_mean_to_be_between\(is_copy") as err:
+        generate_dataset(
+            cfg=cfg,
+            model=tiny_models["model"],
+            classifier=tiny_models["classifier"],
+            train_data=tiny_models["train"],
+            quality=everything_copies,
+            logical_date=DATE,
+        )
+    assert "\n" not in str(err.value) and "Data Docs" in str(err.value)
+    assert not list_versions(cfg.output_root, cfg.name)
+    assert not [p for p in Path(cfg.output_root).rglob("*") if p.is_file()]
 
 
 @pytest.mark.slow
