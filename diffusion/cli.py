@@ -125,7 +125,7 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
         progress=True,
     )
     if args.metrics:
-        write_json_atomic(args.metrics, {k: v for k, v in result.metrics.items() if not isinstance(v, dict)})
+        write_json_atomic(args.metrics, headline(result.metrics))
     if args.classes:
         write_csv_atomic(args.classes, result.classes)
     m = result.metrics

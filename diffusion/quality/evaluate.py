@@ -131,6 +131,13 @@ def balanced_subset(data: Labelled, n: int, generator: torch.Generator) -> Digit
     return Digits(data.images[pick], data.labels[pick])
 
 
+def _accuracies(
+    sets: tuple[Labelled, ...], real_test: Labelled, cfg: ClassifierConfig, steps: int, seed: int, device: str
+) -> list[float]:
+    """Real-test accuracy of the classifier trained on each of `sets`, with the same budget and seed."""
+    return [test_accuracy(train_on(d.images, d.labels, cfg, steps, seed, device), real_test) for d in sets]
+
+
 def cas(
     synthetic: Labelled,
     real_train: Labelled,
@@ -146,10 +153,7 @@ def cas(
     draw of as many real training digits, capped at all of them) and cas_ratio, both tested on `real_test`.
     """
     real = balanced_subset(real_train, len(synthetic.labels), torch.Generator().manual_seed(seed))
-    scores = [
-        test_accuracy(train_on(d.images, d.labels, cfg, steps, seed, device), real_test)
-        for d in (synthetic, real)
-    ]
+    scores = _accuracies((synthetic, real), real_test, cfg, steps, seed, device)
     return {
         "cas_accuracy": scores[0],
         "real_baseline_accuracy": scores[1],
@@ -171,10 +175,7 @@ def augmentation_gain(
     both = Digits(
         torch.cat([real_train.images, synthetic.images]), torch.cat([real_train.labels, synthetic.labels])
     )
-    scores = [
-        test_accuracy(train_on(d.images, d.labels, cfg, steps, seed, device), real_test)
-        for d in (both, real_train)
-    ]
+    scores = _accuracies((both, real_train), real_test, cfg, steps, seed, device)
     return 100.0 * (scores[0] - scores[1])
 
 
