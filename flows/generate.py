@@ -33,7 +33,7 @@ from diffusion.config import GenerateConfig, QualityConfig, TaskRunnerConfig
 from diffusion.data.shards import PublishedVersion
 from diffusion.errors import DigitsError
 from diffusion.generate.batch import BatchJob, BatchOutcome, make_batch
-from diffusion.generate.plan import GenerationError, plan_round
+from diffusion.generate.plan import GenerationError, WorkKey, plan_round
 from diffusion.generate.run import RunSpec, class_rows, prepare_run, publish_run, run_metrics, tally
 
 
@@ -146,7 +146,7 @@ def generate_dataset(
     return GenerationResult(version, metrics, classes)
 
 
-def _plan(spec: RunSpec, outcomes: list[BatchOutcome]) -> list:
+def _plan(spec: RunSpec, outcomes: list[BatchOutcome]) -> list[WorkKey]:
     """The next round's keys; on a class that cannot finish, record the per-class table, then fail."""
     try:
         return plan_round(tally(spec, outcomes), spec.cfg.batch_size, spec.cfg.max_attempts)
@@ -155,7 +155,7 @@ def _plan(spec: RunSpec, outcomes: list[BatchOutcome]) -> list:
         raise
 
 
-def _run_round(spec: RunSpec, keys: list, outcomes: list[BatchOutcome], bar: tqdm) -> None:
+def _run_round(spec: RunSpec, keys: list[WorkKey], outcomes: list[BatchOutcome], bar: tqdm) -> None:
     """Submit one task per key and append each outcome to `outcomes` as it lands (the bar counts accepted
     digits up to each class's request); wait for every task, failed or not, before returning or raising."""
     futures = [generate_batch.submit(spec.job(k)) for k in keys]
