@@ -70,7 +70,7 @@ TINY = {
         "per_class": 2,
         "batch_size": 4,
         "sampler": {"steps": 2, "guidance": 1.0},
-        "filter": {"require_pred_match": False},
+        "filter": {"require_pred_match": False, "min_clip_margin": None, "min_classifier_prob": None},
         "shard_rows": 8,
     },
 }
