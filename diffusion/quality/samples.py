@@ -20,6 +20,7 @@ from diffusion.config import DiffusionConfig, SamplerConfig
 from diffusion.data.datasets import DigitsDataset, to_uint8
 from diffusion.data.images import save_grid
 from diffusion.judges.classifier import DigitClassifier, load_classifier, predict
+from diffusion.judges.training import accuracy_report
 from diffusion.model.forward import forward_strip
 from diffusion.model.process import Denoiser, GaussianDiffusion
 from diffusion.model.samplers import sample
@@ -61,9 +62,8 @@ def judge_guided_samples(
     images = sample(model, process, labels, sampler, generator, device, batch_size=batch_size)
     seconds = time.perf_counter() - start
     predictions = predict(classifier, images)
-    correct = (predictions == labels).float()
-    per_class = {str(c): correct[labels == c].mean().item() for c in range(10) if (labels == c).any()}
-    return SampleJudgement(images, labels, predictions, correct.mean().item(), per_class, seconds)
+    report = accuracy_report(predictions, labels)
+    return SampleJudgement(images, labels, predictions, report.accuracy, report.per_class, seconds)
 
 
 def evaluate_diffusion(
