@@ -61,6 +61,9 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=150, help="digits sampled per class and guidance")
     parser.add_argument("--keep", type=int, default=100, help="digits kept per class")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="bf16", help="of the sampler's network"
+    )
     args = parser.parse_args()
     params = load_params()
     device = torch.device("cpu")
@@ -82,7 +85,7 @@ def main() -> None:
     rows = []
     for w in args.guidance:
         start = time.perf_counter()
-        cfg = SamplerConfig(name="dpm-solver++", steps=20, guidance=w)
+        cfg = SamplerConfig(name="dpm-solver++", steps=20, guidance=w, precision=args.precision)
         images = sample(
             model, process, labels, cfg, torch.Generator().manual_seed(1234), device, batch_size=250
         )

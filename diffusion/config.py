@@ -2,7 +2,7 @@
 
 Each section of `params.yaml` has exactly one model here. Unknown keys, wrong types and
 out-of-range values raise `ConfigError` with one line naming the key and what was expected.
-It imports only `diffusion.errors`.
+It imports only `diffusion.errors` and `diffusion.precision`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from diffusion.errors import DigitsError
+from diffusion.precision import Precision
 
 
 class ConfigError(DigitsError):
@@ -92,6 +93,7 @@ class SamplerConfig(Section):
     steps: int = Field(20, ge=1)  # network calls (x2 with guidance); ignored by ddpm, which walks all T steps
     guidance: float = Field(3.0, ge=0.0)  # eps = eps_uncond + w * (eps_cond - eps_uncond)
     eta: float = Field(0.0, ge=0.0, le=1.0)  # ddim only: 0 deterministic, 1 ancestral
+    precision: Precision = "fp32"  # of the network's forward passes (diffusion/precision.py)
 
 
 class DiffusionTrainConfig(Section):
@@ -108,6 +110,7 @@ class DiffusionTrainConfig(Section):
     log_every: int = Field(25, ge=1)
     val_batches: int = Field(8, ge=1)
     device: str = "cpu"  # "cpu", "cuda", "cuda:0", "mps"
+    precision: Precision = "fp32"  # bf16: autocast forward and backward, float32 weights and loss
 
 
 class DiffusionEvalConfig(Section):
@@ -146,6 +149,7 @@ class JudgeTraining(Section):
     augment: bool = True  # random rotation, zoom, shear and shift of every training batch
     seed: int = Field(0, ge=0)  # weight init, dropout, shuffling and augmentation
     device: str = "cpu"
+    precision: Precision = "fp32"  # bf16: autocast forward and backward, float32 weights and loss
 
 
 class JudgeSection(Section):
@@ -201,24 +205,38 @@ class ClipConfig(JudgeSection):
 
     model: str = "digit-clip"  # a name registered with open_clip, ours or a published one
     pretrained: str | None = None  # a pretrained tag or a local weights file; None = the trained domain CLIP
-    # the domain CLIP's architecture (an open_clip model config; heads are 32 wide)
+    # the domain CLIP's architecture (an open_clip model config; attention heads are 32 wide)
     embed_dim: int = Field(128, ge=8)
-    image_size: int = Field(28, ge=8)  # digits are resized from 28 px if this differs
-    patch_size: int = Field(4, ge=1)
-    width: int = Field(128, ge=32, multiple_of=32)
-    layers: int = Field(6, ge=1)
+    vision: Literal["resnet", "vit"] = "resnet"  # open_clip's ModifiedResNet (CLIP's RN towers) or its ViT
+    image_size: int = Field(32, ge=8)  # digits are resized from 28 px; resnet: a multiple of 32
+    width: int = Field(
+        16, ge=4
+    )  # resnet: stem width (stage i has 4 * width * 2^i channels); vit: a multiple of 32
+    layers: int | tuple[int, int, int, int] = (1, 1, 1, 1)  # resnet: blocks in each of 4 stages; vit: blocks
+    patch_size: int = Field(4, ge=1)  # vit only
     text_width: int = Field(128, ge=32, multiple_of=32)
     text_layers: int = Field(2, ge=1)
     context_length: int = Field(16, ge=8)  # tokens, incl. start and end; captions are shorter
-    # a ViT from scratch learns per step: small batches, ~1,250 steps
-    train: JudgeTraining = JudgeTraining(epochs=10, batch_size=64, lr=1e-3, weight_decay=0.1, seed=0)
+    train: JudgeTraining = JudgeTraining(epochs=8, batch_size=64, lr=1e-3, weight_decay=0.1, seed=0)
 
     @model_validator(mode="after")
     def _valid(self) -> ClipConfig:
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})"
-            )
+        if self.vision == "resnet":
+            if not isinstance(self.layers, tuple) or min(self.layers) < 1:
+                raise ValueError(f"layers must be 4 block counts >= 1 for vision 'resnet', got {self.layers}")
+            if self.image_size % 32:
+                raise ValueError(
+                    f"image_size ({self.image_size}) must be a multiple of 32 for vision 'resnet'"
+                )
+        else:
+            if not isinstance(self.layers, int) or self.layers < 1:
+                raise ValueError(f"layers must be one block count >= 1 for vision 'vit', got {self.layers}")
+            if self.width % 32:
+                raise ValueError(f"width ({self.width}) must be a multiple of 32 for vision 'vit'")
+            if self.image_size % self.patch_size:
+                raise ValueError(
+                    f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})"
+                )
         if self.train.batch_size < 2:
             raise ValueError(
                 f"train.batch_size must be >= 2 for the contrastive loss, got {self.train.batch_size}"

@@ -22,7 +22,17 @@ from tests.judges_fixtures import render_digits
 TINY_DIFFUSION = DiffusionConfig.model_validate(
     {"unet": {"base_channels": 8, "channel_mults": [1, 2], "attention": False}, "sampler": {"steps": 2}}
 )
-TINY_CLIP = ClipConfig(model="gen-test-clip", width=32, layers=1, text_width=32, text_layers=1, embed_dim=16)
+# A random-weight ViT CLIP: the flow tests' thresholds (min_clip_score -9.4) are set on its scores.
+TINY_CLIP = ClipConfig(
+    model="gen-test-clip",
+    vision="vit",
+    image_size=28,
+    width=32,
+    layers=1,
+    text_width=32,
+    text_layers=1,
+    embed_dim=16,
+)
 TINY_CLASSIFIER = ClassifierConfig(channels=(8, 16), hidden=32)
 
 

@@ -35,6 +35,21 @@ def test_repo_params_are_valid() -> None:
         ({"classifier": {"epochs": 3}}, r"classifier\.epochs: Extra inputs are not permitted"),
         ({"classifier": {"train": {"lr": 0}}}, r"classifier\.train\.lr: Input should be greater than 0"),
         ({"clip": {"train": {"batch_size": 1}}}, r"clip: train\.batch_size must be >= 2"),
+        ({"clip": {"layers": 4}}, r"clip: layers must be 4 block counts >= 1 for vision 'resnet', got 4"),
+        (
+            {"clip": {"image_size": 28}},
+            r"clip: image_size \(28\) must be a multiple of 32 for vision 'resnet'",
+        ),
+        ({"clip": {"vision": "vit", "layers": [1, 1, 1, 1]}}, r"clip: layers must be one block count >= 1"),
+        (
+            {"clip": {"vision": "vit", "layers": 2, "width": 48}},
+            r"clip: width \(48\) must be a multiple of 32",
+        ),
+        ({"clip": {"vision": "cnn"}}, r"clip\.vision: Input should be 'resnet' or 'vit'"),
+        (
+            {"diffusion": {"train": {"precision": "fp16"}}},
+            r"diffusion\.train\.precision: Input should be 'fp32' or 'bf16'",
+        ),
         ({"evaluator": {"widths": [16, 32]}}, r"evaluator\.widths\.2: Field required"),
         ({"evaluate": {"cas_seeds": []}}, r"evaluate\.cas_seeds: Tuple should have at least 1 item"),
         (

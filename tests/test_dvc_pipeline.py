@@ -52,8 +52,7 @@ TINY = {
     "classifier": {"train": {"epochs": 1}, "channels": [8, 16], "hidden": 32},
     "clip": {
         "train": {"epochs": 1},
-        "width": 32,
-        "layers": 1,
+        "width": 4,
         "text_width": 32,
         "text_layers": 1,
         "embed_dim": 16,

@@ -33,9 +33,19 @@ from tests.judges_fixtures import digits_split, one_thread  # noqa: F401
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 NAME = "tiny-digit-clip"
-TINY = ClipConfig(
+TINY = ClipConfig(  # the shipped ResNet tower, narrower
     model=NAME,
     embed_dim=64,
+    width=8,
+    text_width=64,
+    text_layers=1,
+    train={"epochs": 8, "batch_size": 16, "lr": 2e-3, "augment": False},
+)
+TINY_VIT = ClipConfig(
+    model="tiny-digit-clip-vit",
+    embed_dim=64,
+    vision="vit",
+    image_size=28,
     patch_size=4,
     width=64,
     layers=2,
@@ -92,10 +102,11 @@ def test_saved_folder_loads_through_open_clip(trained) -> None:
         same = model.eval().encode_image(x, normalize=True)
     assert torch.allclose(same, judge.encode_images(test.images[:8]), atol=1e-5)
 
-    # ... and local-dir: carries the normalisation, so its PIL preprocessing matches ours.
+    # ... and local-dir: carries the normalisation, so its PIL preprocessing matches ours (PIL resizes
+    # 28 -> 32 px in uint8: within one grey level, scaled by the normalisation's std).
     _, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{directory}")
     pil = torch.stack([preprocess(Image.fromarray(img, mode="L")) for img in to_uint8(test.images[:8])])
-    assert torch.allclose(pil, x, atol=1e-5)
+    assert torch.allclose(pil, x, atol=1.01 / 255 / judge.std.min().item())
 
 
 def test_a_fresh_process_loads_by_name_and_file(trained) -> None:
@@ -114,12 +125,15 @@ def test_a_fresh_process_loads_by_name_and_file(trained) -> None:
     assert out.stdout.strip() == f"torch.Size([10, {TINY.embed_dim}])"
 
 
-def test_preprocess_resizes_to_the_model_input(tmp_path: Path) -> None:
-    cfg = TINY.model_copy(update={"image_size": 32, "model": "tiny-digit-clip-32"})
+@pytest.mark.parametrize("cfg", [TINY, TINY_VIT.model_copy(update={"image_size": 32})], ids=["resnet", "vit"])
+def test_preprocess_resizes_to_the_model_input(cfg: ClipConfig, tmp_path: Path) -> None:
+    cfg = cfg.model_copy(update={"model": f"{cfg.model}-32"})
     path = tmp_path / f"{cfg.model}.json"
     path.write_text(json.dumps(domain_model_config(cfg)))
     open_clip.add_model_config(path)
     model = open_clip.create_model(cfg.model)
+    tower = type(model.visual).__name__
+    assert tower == {"resnet": "ModifiedResNet", "vit": "VisionTransformer"}[cfg.vision]
     judge = ClipJudge(model, open_clip.get_tokenizer(cfg.model), "cpu")
     x = judge.preprocess(torch.rand(5, 1, 28, 28) * 2 - 1)
     raw = x * judge.std + judge.mean  # undo the model's own normalisation

@@ -17,7 +17,15 @@ from tests.judges_fixtures import one_thread  # noqa: F401
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CLIP = ClipConfig(
-    model="scoring-test-clip", embed_dim=32, patch_size=7, width=32, layers=1, text_width=32, text_layers=1
+    model="scoring-test-clip",
+    embed_dim=32,
+    vision="vit",
+    image_size=28,
+    patch_size=7,
+    width=32,
+    layers=1,
+    text_width=32,
+    text_layers=1,
 )
 
 

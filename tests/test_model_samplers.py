@@ -191,6 +191,23 @@ def test_sample_is_deterministic_under_a_generator(model: UNet, cfg: SamplerConf
         torch.testing.assert_close(draw(0, batch_size=4), first)
 
 
+@pytest.mark.parametrize("name", ["ddim", "dpm-solver++"])
+def test_bf16_sampling_returns_float32_close_to_fp32(model: UNet, name: str):
+    net = UNet(model.cfg)
+    net.load_state_dict(model.state_dict())  # float32 copy
+    net.eval()
+    process = GaussianDiffusion(ProcessConfig(timesteps=40))
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+
+    def draw(precision: str) -> torch.Tensor:
+        cfg = SamplerConfig(name=name, steps=5, guidance=2.0, precision=precision)
+        return sample(net, process, labels, cfg, torch.Generator().manual_seed(0), "cpu")
+
+    full, half = draw("fp32"), draw("bf16")
+    assert half.dtype == torch.float32 and not torch.equal(full, half)  # the network really ran in bf16
+    assert (full - half).abs().max() < 0.1  # bf16 keeps ~3 significant digits of each network output
+
+
 def test_forward_strip_runs_from_clean_to_noise():
     process = GaussianDiffusion(ProcessConfig(timesteps=1000))
     x0 = torch.rand(3, 1, 12, 12, generator=torch.Generator().manual_seed(0)) * 2 - 1

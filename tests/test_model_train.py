@@ -98,9 +98,17 @@ def test_ema_follows_weights_with_warm_up():
     assert ema.current_decay() == 0.9 and ema.state_dict()["weight"].item() == pytest.approx(1.0)
 
 
-def test_tiny_model_overfits_a_handful_of_digits(tmp_path: Path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_tiny_model_overfits_a_handful_of_digits(tmp_path: Path, precision: str):
     cfg = _config(
-        steps=200, batch_size=32, lr=5e-3, warmup_steps=10, log_every=25, p_uncond=0.0, checkpoint_every=1000
+        steps=200,
+        batch_size=32,
+        lr=5e-3,
+        warmup_steps=10,
+        log_every=25,
+        p_uncond=0.0,
+        checkpoint_every=1000,
+        precision=precision,
     )
     data = _patterns(copies=8)
     process = GaussianDiffusion(cfg.process)

@@ -44,10 +44,20 @@ class JudgeError(DigitsError):
 
 
 def domain_model_config(cfg: ClipConfig) -> dict[str, Any]:
-    """The open_clip model config of our domain CLIP: a small ViT over 28 px digits and a small text tower."""
-    return {
-        "embed_dim": cfg.embed_dim,
-        "vision_cfg": {
+    """The open_clip model config of our domain CLIP: a small vision tower over digits and a small text tower.
+
+    open_clip builds its ModifiedResNet (the tower of CLIP's RN models: a 3-conv stem, 4 bottleneck stages,
+    attention pooling) when `layers` is a list, and its VisionTransformer when it is an int.
+    """
+    if cfg.vision == "resnet":
+        vision_cfg: dict[str, Any] = {
+            "image_size": cfg.image_size,
+            "layers": list(cfg.layers),
+            "width": cfg.width,
+            "head_width": 32,
+        }
+    else:
+        vision_cfg = {
             "image_size": cfg.image_size,
             "patch_size": cfg.patch_size,
             "width": cfg.width,
@@ -56,7 +66,10 @@ def domain_model_config(cfg: ClipConfig) -> dict[str, Any]:
             "mlp_ratio": 2.0,
             "pool_type": "avg",
             "pos_embed_type": "sin_cos_2d",
-        },
+        }
+    return {
+        "embed_dim": cfg.embed_dim,
+        "vision_cfg": vision_cfg,
         "text_cfg": {
             "context_length": cfg.context_length,
             "vocab_size": 49408,  # open_clip's default BPE tokenizer

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from diffusion.checkpoint import CheckpointError, load_weights, read_checkpoint_config, save_checkpoint
 from diffusion.config import JudgeSection, JudgeTraining
+from diffusion.precision import autocast
 
 NUM_CLASSES = 10
 S = TypeVar("S", bound=JudgeSection)
@@ -147,7 +148,8 @@ def fit(
         batch_loss: (images (B, 1, H, W) in [-1, 1], labels (B,)) -> scalar loss, both on the model's device.
         images: (N, 1, H, W) in [-1, 1] on the model's device.
         labels: (N,) int64 on the same device.
-        settings: epochs, batch_size, lr, weight_decay and augment are read (seed and device are the caller's).
+        settings: epochs, batch_size, lr, weight_decay, augment and precision are read (seed and device are
+            the caller's).
         generator: CPU generator for shuffling and augmentation.
         evaluate: the validation score, higher is better, called after each epoch (it may switch to eval
             mode); None keeps the last step's weights.
@@ -169,7 +171,8 @@ def fit(
         for step in range(count):
             idx = order[step * settings.batch_size : (step + 1) * settings.batch_size]
             x = random_affine(images[idx], generator) if settings.augment else images[idx]
-            loss = batch_loss(x, labels[idx])
+            with autocast(images.device, settings.precision):
+                loss = batch_loss(x, labels[idx]).float()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip is not None:

@@ -168,4 +168,4 @@ class GaussianDiffusion:
         labels = torch.where(drop, torch.full_like(labels, model.null_class), labels)
         output = model(self.q_sample(x0, t, noise), t, labels)
         target = noise if self.prediction == "eps" else self.v_target(x0, noise, t)
-        return F.mse_loss(output, target)
+        return F.mse_loss(output.float(), target)  # float32 even when the network ran under bf16 autocast

@@ -27,6 +27,7 @@ from diffusion.model.ema import EMA
 from diffusion.model.process import GaussianDiffusion
 from diffusion.model.resume import TrainState, load_state, save_state
 from diffusion.model.unet import UNet
+from diffusion.precision import autocast
 
 KIND = "diffusion"
 
@@ -68,7 +69,8 @@ def train_step(
     x0, labels = data.images[idx].to(device), data.labels[idx].to(device)
     for group in state.optimizer.param_groups:
         group["lr"] = lr_at(cfg, state.step)
-    loss = process.loss(state.model, x0, labels, state.generator, p_uncond=cfg.p_uncond)
+    with autocast(device, cfg.precision):
+        loss = process.loss(state.model, x0, labels, state.generator, p_uncond=cfg.p_uncond)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)

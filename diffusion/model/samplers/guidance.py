@@ -17,9 +17,12 @@ def guided_output(model: Denoiser, x: Tensor, t: Tensor, labels: Tensor, guidanc
     equals combining eps, and x_0 is then read off v without the ill-conditioned detour through eps.
     w = 1 is the plain conditional model and w = 0 the unconditional one; both take one pass of B images.
     Otherwise the conditional and null-label halves go through the network as one batch of 2B.
+    The output has x's dtype even when the network runs under bf16 autocast, so the samplers' updates do too.
     """
     if guidance in (0.0, 1.0):
-        return model(x, t, labels if guidance == 1.0 else torch.full_like(labels, model.null_class))
+        label = labels if guidance == 1.0 else torch.full_like(labels, model.null_class)
+        return model(x, t, label).to(x.dtype)
     null = torch.full_like(labels, model.null_class)
-    out_cond, out_uncond = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
+    both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).to(x.dtype)
+    out_cond, out_uncond = both.chunk(2)
     return out_uncond + guidance * (out_cond - out_uncond)
