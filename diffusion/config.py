@@ -209,9 +209,8 @@ class ClipConfig(JudgeSection):
     embed_dim: int = Field(128, ge=8)
     vision: Literal["resnet", "vit"] = "resnet"  # open_clip's ModifiedResNet (CLIP's RN towers) or its ViT
     image_size: int = Field(32, ge=8)  # digits are resized from 28 px; resnet: a multiple of 32
-    width: int = Field(
-        16, ge=4
-    )  # resnet: stem width (stage i has 4 * width * 2^i channels); vit: a multiple of 32
+    # resnet: the stem width (stage i has 4 * width * 2^i channels); vit: the width, a multiple of 32
+    width: int = Field(16, ge=4)
     layers: int | tuple[int, int, int, int] = (1, 1, 1, 1)  # resnet: blocks in each of 4 stages; vit: blocks
     patch_size: int = Field(4, ge=1)  # vit only
     text_width: int = Field(128, ge=32, multiple_of=32)
