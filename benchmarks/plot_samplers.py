@@ -13,10 +13,15 @@ import sys
 from html import escape
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: `benchmarks` is importable from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.plot_sweep import PAD, y_frame  # noqa: E402
+
 COLOURS = ["#888", "#1f77b4", "#2ca02c", "#d62728", "#9467bd"]  # one per guidance, in increasing w
 SHORT = {"ddpm": "DDPM", "ddim": "DDIM", "dpm-solver++": "DPM++"}
 TICKS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
-W, H, PAD = 420, 300, 50
+W, H = 420, 300
 
 
 def panel(rows: list[dict], key: str, title: str, x0: int, lo: float, hi: float) -> list[str]:
@@ -27,16 +32,7 @@ def panel(rows: list[dict], key: str, title: str, x0: int, lo: float, hi: float)
     def sx(v: float) -> float:
         return x0 + PAD + (math.log(v) - left) / (right - left) * (W - 2 * PAD)
 
-    def sy(v: float) -> float:
-        return PAD + (hi - min(max(v, lo), hi)) / (hi - lo) * (H - 2 * PAD)
-
-    out = [f'<text x="{x0 + W / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>']
-    for i in range(5):
-        v = lo + i * (hi - lo) / 4
-        out.append(f'<line x1="{x0 + PAD}" x2="{x0 + W - PAD}" y1="{sy(v)}" y2="{sy(v)}" stroke="#eee"/>')
-        out.append(
-            f'<text x="{x0 + PAD - 5}" y="{sy(v) + 4}" text-anchor="end" font-size="10">{v:.3g}</text>'
-        )
+    sy, out = y_frame(x0, title, lo, hi, W, H, fmt=".3g")
     for t in (t for t in TICKS if left <= math.log(t) <= right):
         out.append(f'<text x="{sx(t)}" y="{H - PAD + 15}" text-anchor="middle" font-size="10">{t}</text>')
     out.append(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 COLOURS = {
@@ -19,21 +20,29 @@ COLOURS = {
 W, H, PAD = 360, 260, 50
 
 
+def y_frame(
+    x0: float, title: str, lo: float, hi: float, width: int = W, height: int = H, fmt: str = ".3f"
+) -> tuple[Callable[[float], float], list[str]]:
+    """A panel's y scale (values clamped to [lo, hi]) and its SVG title and five labelled grid lines."""
+
+    def sy(v: float) -> float:
+        return PAD + (hi - min(max(v, lo), hi)) / (hi - lo) * (height - 2 * PAD)
+
+    out = [f'<text x="{x0 + width / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>']
+    for i in range(5):
+        v = lo + i * (hi - lo) / 4
+        out.append(f'<line x1="{x0 + PAD}" x2="{x0 + width - PAD}" y1="{sy(v)}" y2="{sy(v)}" stroke="#eee"/>')
+        out.append(
+            f'<text x="{x0 + PAD - 5}" y="{sy(v) + 4}" text-anchor="end" font-size="10">{v:{fmt}}</text>'
+        )
+    return sy, out
+
+
 def panel(rows: list[dict], key: str, title: str, x0: int, lo: float, hi: float) -> list[str]:
     """One chart: guidance on x (log-spaced by rank), `key` on y in [lo, hi]."""
     ws = sorted({r["w"] for r in rows})
     sx = {w: x0 + PAD + i * (W - 2 * PAD) / max(len(ws) - 1, 1) for i, w in enumerate(ws)}
-
-    def sy(v: float) -> float:
-        return PAD + (hi - min(max(v, lo), hi)) / (hi - lo) * (H - 2 * PAD)
-
-    out = [f'<text x="{x0 + W / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>']
-    for i in range(5):
-        v = lo + i * (hi - lo) / 4
-        out.append(f'<line x1="{x0 + PAD}" x2="{x0 + W - PAD}" y1="{sy(v)}" y2="{sy(v)}" stroke="#eee"/>')
-        out.append(
-            f'<text x="{x0 + PAD - 5}" y="{sy(v) + 4}" text-anchor="end" font-size="10">{v:.3f}</text>'
-        )
+    sy, out = y_frame(x0, title, lo, hi)
     for w in ws:
         out.append(f'<text x="{sx[w]}" y="{H - PAD + 15}" text-anchor="middle" font-size="10">w={w:g}</text>')
     for name, colour in COLOURS.items():

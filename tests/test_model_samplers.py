@@ -28,6 +28,18 @@ def model() -> UNet:
     return net
 
 
+@pytest.fixture(scope="module")
+def model32(model: UNet) -> UNet:
+    """A float32 copy of `model`, in eval mode: what `sample` runs in use."""
+    net = UNet(model.cfg)
+    net.load_state_dict(model.state_dict())
+    return net.eval()
+
+
+PROCESS_40 = GaussianDiffusion(ProcessConfig(timesteps=40))
+SIX_LABELS = torch.tensor([0, 1, 2, 3, 4, 5])
+
+
 def _x_T(seed: int = 1) -> torch.Tensor:
     return torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
@@ -172,15 +184,10 @@ def test_guidance_is_one_batched_call_and_equals_guidance_in_eps_space(model: UN
         SamplerConfig(name="ddpm", guidance=1.0),
     ],
 )
-def test_sample_is_deterministic_under_a_generator(model: UNet, cfg: SamplerConfig):
-    net = UNet(model.cfg)
-    net.load_state_dict(model.state_dict())  # float32 copy
-    net.eval()
-    process = GaussianDiffusion(ProcessConfig(timesteps=40))
-    labels = torch.tensor([0, 1, 2, 3, 4, 5])
-
+def test_sample_is_deterministic_under_a_generator(model32: UNet, cfg: SamplerConfig):
     def draw(seed: int, batch_size: int | None = None) -> torch.Tensor:
-        return sample(net, process, labels, cfg, torch.Generator().manual_seed(seed), "cpu", batch_size)
+        generator = torch.Generator().manual_seed(seed)
+        return sample(model32, PROCESS_40, SIX_LABELS, cfg, generator, "cpu", batch_size)
 
     first = draw(0)
     assert first.shape == (6, 1, 8, 8) and first.dtype == torch.float32
@@ -192,16 +199,10 @@ def test_sample_is_deterministic_under_a_generator(model: UNet, cfg: SamplerConf
 
 
 @pytest.mark.parametrize("name", ["ddim", "dpm-solver++"])
-def test_bf16_sampling_returns_float32_close_to_fp32(model: UNet, name: str):
-    net = UNet(model.cfg)
-    net.load_state_dict(model.state_dict())  # float32 copy
-    net.eval()
-    process = GaussianDiffusion(ProcessConfig(timesteps=40))
-    labels = torch.tensor([0, 1, 2, 3, 4, 5])
-
+def test_bf16_sampling_returns_float32_close_to_fp32(model32: UNet, name: str):
     def draw(precision: str) -> torch.Tensor:
         cfg = SamplerConfig(name=name, steps=5, guidance=2.0, precision=precision)
-        return sample(net, process, labels, cfg, torch.Generator().manual_seed(0), "cpu")
+        return sample(model32, PROCESS_40, SIX_LABELS, cfg, torch.Generator().manual_seed(0), "cpu")
 
     full, half = draw("fp32"), draw("bf16")
     assert half.dtype == torch.float32 and not torch.equal(full, half)  # the network really ran in bf16
