@@ -21,7 +21,8 @@ from benchmarks.samplers import sweep
 from diffusion.config import load_params
 from diffusion.data.datasets import DigitsDataset
 from diffusion.judges.classifier import load_classifier, save_classifier, train_classifier
-from diffusion.model.train import load_diffusion, train_diffusion
+from diffusion.model.saved import load_diffusion
+from diffusion.model.train import train_diffusion
 
 # The full-size setting: the same keys as `dvc exp run -S diffusion.unet.base_channels=64 ...` in the README.
 GPU_UNET = {"base_channels": 64, "channel_mults": (1, 2, 2), "num_res_blocks": 2}

@@ -28,7 +28,7 @@ from diffusion.judges.clip import load_clip
 from diffusion.judges.evaluator import load_evaluator
 from diffusion.judges.scoring import Scorer, keep_mask
 from diffusion.model.samplers import sample
-from diffusion.model.train import load_diffusion
+from diffusion.model.saved import load_diffusion
 from diffusion.quality.evaluate import Digits, cas, conditional_accuracy
 
 FILTERS = {

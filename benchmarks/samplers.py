@@ -42,7 +42,7 @@ from diffusion.judges.evaluator import load_evaluator  # noqa: E402
 from diffusion.judges.training import JudgeNet, Labelled, in_batches  # noqa: E402
 from diffusion.model.process import GaussianDiffusion  # noqa: E402
 from diffusion.model.samplers import sample  # noqa: E402
-from diffusion.model.train import load_diffusion  # noqa: E402
+from diffusion.model.saved import load_diffusion  # noqa: E402
 from diffusion.model.unet import UNet  # noqa: E402
 from diffusion.precision import Precision  # noqa: E402
 from diffusion.quality.evaluate import (  # noqa: E402

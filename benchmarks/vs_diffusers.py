@@ -39,7 +39,7 @@ from benchmarks.samplers import machine, synchronize  # noqa: E402
 from diffusion.config import SamplerConfig  # noqa: E402
 from diffusion.model.process import GaussianDiffusion  # noqa: E402
 from diffusion.model.samplers import sample  # noqa: E402
-from diffusion.model.train import load_diffusion  # noqa: E402
+from diffusion.model.saved import load_diffusion  # noqa: E402
 from diffusion.model.unet import UNet  # noqa: E402
 from diffusion.precision import Precision, autocast  # noqa: E402
 from diffusion.quality.samples import balanced_labels  # noqa: E402

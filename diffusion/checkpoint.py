@@ -6,7 +6,8 @@ A checkpoint is a folder:
     <dir>/<name>.safetensors   one or more named weight files (e.g. "model", "ema")
 
 Nothing is ever unpickled. Every write goes to a temporary file in the same folder and is then
-renamed over the target, so a killed process leaves either the old file or the new one.
+renamed over the target, so a killed process leaves either the old file or the new one. A checkpoint
+that cannot be read or decoded raises CheckpointError: one line naming the file and what to do.
 It imports only `diffusion.errors`.
 """
 
@@ -32,6 +33,9 @@ from diffusion.errors import DigitsError
 
 class CheckpointError(DigitsError):
     """A checkpoint folder or weights file is missing or corrupt. One-line message naming it."""
+
+
+_FIX = "restore the folder (dvc checkout) or rerun the stage that writes it"
 
 
 @contextmanager
@@ -112,15 +116,18 @@ def read_checkpoint_config(directory: str | Path, kind: str) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint config not found")
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err.msg})") from None
+        raise CheckpointError(f"{path}: not valid JSON ({err.msg}); {_FIX}") from None
+    except (UnicodeDecodeError, OSError) as err:
+        raise CheckpointError(f"{path}: cannot read the checkpoint config ({err}); {_FIX}") from None
     if not isinstance(doc, dict) or doc.get("kind") != kind:
         found = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
         raise CheckpointError(f"{path}: expected a '{kind}' checkpoint, found '{found}'")
     if not isinstance(doc.get("config"), dict):
         raise CheckpointError(f"{path}: no 'config' mapping (a checkpoint holds kind, config and meta)")
-    doc.setdefault("meta", {})
+    if not isinstance(doc.setdefault("meta", {}), dict):
+        raise CheckpointError(f"{path}: 'meta' is not a mapping; {_FIX}")
     return doc
 
 
@@ -132,4 +139,5 @@ def load_weights(path: str | Path, device: torch.device | str = "cpu") -> dict[s
     try:
         return load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a valid safetensors file ({err})") from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a valid safetensors file ({first}); {_FIX}") from None

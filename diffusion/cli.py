@@ -8,6 +8,7 @@ passes them, calls one library function and writes its outputs atomically. Any `
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from diffusion.checkpoint import write_csv_atomic, write_json_atomic
-from diffusion.config import Params, load_params
+from diffusion.config import Params, load_params, parse_params
 from diffusion.errors import DigitsError
 
 
@@ -43,20 +44,25 @@ def headline(metrics: dict) -> dict:
 def cmd_train_classifier(params: Params, args: argparse.Namespace) -> None:
     from diffusion.judges.classifier import save_classifier, train_classifier
 
-    _train_judge("classifier", train_classifier, save_classifier, params.classifier, args)
+    _train_judge(
+        "classifier", train_classifier, save_classifier, params.classifier, args, params.hardware.device
+    )
 
 
 def cmd_train_evaluator(params: Params, args: argparse.Namespace) -> None:
     from diffusion.judges.evaluator import save_evaluator, train_evaluator
 
-    _train_judge("evaluator", train_evaluator, save_evaluator, params.evaluator, args)
+    _train_judge("evaluator", train_evaluator, save_evaluator, params.evaluator, args, params.hardware.device)
 
 
-def _train_judge(name: str, train: Callable, save: Callable, cfg: object, args: argparse.Namespace) -> None:
+def _train_judge(
+    name: str, train: Callable, save: Callable, cfg: object, args: argparse.Namespace, device: str
+) -> None:
     """Fit a cross-entropy judge on the three splits, then save it, its confusion plot and its metrics."""
     from diffusion.data.datasets import DigitsDataset
 
-    result = train(cfg, *(DigitsDataset(getattr(args, split)) for split in ("train", "val", "test")))
+    splits = (DigitsDataset(getattr(args, split)) for split in ("train", "val", "test"))
+    result = train(cfg, *splits, device=device)
     save(args.out, cfg, result.model, result.metrics)
     write_csv_atomic(args.confusion, result.confusion)
     write_json_atomic(args.metrics, headline(result.metrics))
@@ -68,7 +74,7 @@ def cmd_train_clip(params: Params, args: argparse.Namespace) -> None:
     from diffusion.judges.clip import train_clip
 
     splits = [DigitsDataset(getattr(args, name)) for name in ("train", "val", "test")]
-    result = train_clip(params.clip, *splits, out_dir=Path(args.out))
+    result = train_clip(params.clip, *splits, out_dir=Path(args.out), device=params.hardware.device)
     write_json_atomic(args.metrics, headline(result.metrics))
     print(f"clip zero-shot accuracy {result.metrics['zero_shot_accuracy']:.4f}")
 
@@ -83,6 +89,8 @@ def cmd_train_diffusion(params: Params, args: argparse.Namespace) -> None:
         DigitsDataset(args.val),
         out_dir=Path(args.out),
         resume_dir=Path(args.resume_dir),
+        device=params.hardware.device,
+        precision=params.hardware.resolved_precision(),
     )
     write_csv_atomic(args.loss_plot, result.history)
     print(f"diffusion: {result.metrics['steps']} steps, val loss {result.metrics['val_loss']:.4f}")
@@ -92,7 +100,7 @@ def cmd_evaluate_diffusion(params: Params, args: argparse.Namespace) -> None:
     from diffusion.quality.samples import evaluate_diffusion
 
     metrics = evaluate_diffusion(
-        params.diffusion, args.model, args.classifier, args.val, args.grid, args.strip
+        params.diffusion, params.hardware, args.model, args.classifier, args.val, args.grid, args.strip
     )
     write_json_atomic(args.metrics, metrics)
     sampler = params.diffusion.sampler
@@ -107,27 +115,36 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
     from flows.generate import generate_dataset, task_runner
 
     cfg = params.generate
-    if args.output_root:
-        cfg = cfg.model_copy(update={"output_root": args.output_root})
+    if args.output_root:  # validated by the same rules as generate.output_root in params.yaml
+        raw = {
+            **params.model_dump(mode="json"),
+            "generate": {**cfg.model_dump(mode="json"), "output_root": args.output_root},
+        }
+        cfg = parse_params(raw, where="--output-root").generate
     model, revision = args.model, None
     if args.rev:
         folder, revision = fetch_pinned(args.rev, args.model, cache=Path(params.data.cache_dir) / "pinned")
         model = str(folder)
-    prepare_run(cfg, model, args.classifier)  # bad input fails here in one line, before Prefect starts
+    # bad input fails here in one line, before Prefect starts; the flow takes the prepared run as it is
+    spec = prepare_run(cfg, params.hardware, model, args.classifier, args.train)
     runnable = generate_dataset.with_options(task_runner=task_runner(cfg.task_runner))
     result = runnable(
         cfg=cfg,
+        hardware=params.hardware,
         model=model,
         classifier=args.classifier,
         train_data=args.train,
         quality=params.quality,
         model_revision=revision,
         progress=True,
+        prepared=spec,
     )
     if args.metrics:
         write_json_atomic(args.metrics, headline(result.metrics))
     if args.classes:
         write_csv_atomic(args.classes, result.classes)
+    if args.published:
+        write_json_atomic(args.published, {"path": result.version.path, "version": result.version.version})
     m = result.metrics
     print(
         f"{'already published' if result.version.reused else 'published'} {result.version.path}: "
@@ -136,28 +153,23 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
-    from diffusion.data.datasets import DigitsDataset, published_files
-    from diffusion.data.shards import list_versions
-    from diffusion.errors import DataError
+    from diffusion.data.datasets import DigitsDataset, open_version
     from diffusion.judges.classifier import load_classifier
     from diffusion.judges.evaluator import load_evaluator
     from diffusion.quality.evaluate import evaluate_version
 
-    versions = list_versions(args.versions, params.generate.name)
-    if not versions:
-        raise DataError(f"{args.versions}: no published version of '{params.generate.name}'")
-    version = versions[-1]  # the newest
-    device = params.evaluate.device
+    version = open_version(published_path(args.version))
+    device = params.hardware.device
     result = evaluate_version(
-        published_files(version.path),
-        published_files(version.path, "unfiltered"),
+        version,
         DigitsDataset(args.train),
         DigitsDataset(args.test),
         load_evaluator(args.evaluator, device),
         load_classifier(args.classifier, device),
         params.evaluate,
-        params.quality.copy_distance,
         params.classifier,
+        device,
+        params.hardware.network_batch,
     )
     write_json_atomic(args.metrics, {"version": version.version, **result.metrics})
     write_csv_atomic(args.classes, result.per_class)
@@ -167,6 +179,22 @@ def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
         f"{version.version}: evaluator accuracy {m['conditional_accuracy_published']:.4f}, "
         f"CAS ratio {m['cas_ratio']:.4f}, Frechet distance {m['frechet_distance']:.3f}"
     )
+
+
+def published_path(given: str) -> str:
+    """A version folder (path or URL), or the JSON file `digits generate --published` wrote naming one."""
+    from diffusion.errors import DataError
+
+    if not given.endswith(".json"):
+        return given
+    try:
+        return str(json.loads(Path(given).read_text())["path"])
+    except FileNotFoundError:
+        raise DataError(
+            f"{given}: no such file (the generate stage writes it: run `dvc repro generate`)"
+        ) from None
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"{given}: not a published-version file (JSON with a 'path')") from None
 
 
 def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
@@ -179,7 +207,15 @@ def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
     test = DigitsDataset(args.test)
     scores = [
         test_accuracy(
-            train_on(data.images, data.labels, params.classifier, params.evaluate.cas_steps, s), test
+            train_on(
+                data.images,
+                data.labels,
+                params.classifier,
+                params.evaluate.cas_steps,
+                s,
+                params.hardware.device,
+            ),
+            test,
         )
         for s in params.evaluate.cas_seeds
     ]
@@ -190,13 +226,26 @@ def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
 
 
 def cmd_report(params: Params, args: argparse.Namespace) -> None:
-    import json
-
     from diffusion.quality.report import build_reports
 
     evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
-    index = build_reports(args.versions, params.generate.name, evaluation, Path(args.out))
+    version = published_path(args.version) if args.version else None
+    index = build_reports(args.versions, params.generate.name, evaluation, Path(args.out), version)
     print(f"report index: {index}")
+
+
+def cmd_gc(params: Params, args: argparse.Namespace) -> None:
+    from diffusion.errors import DigitsError
+    from diffusion.generate.staging import collect_garbage
+
+    try:
+        days = float(args.older_than)
+    except ValueError:
+        days = -1.0
+    if days < 0:
+        raise DigitsError(f"--older-than: expected a number of days >= 0, got {args.older_than!r}")
+    removed = collect_garbage(params.generate.staging_dir, days)
+    print(f"removed {len(removed)} staging folder(s) from {params.generate.staging_dir}")
 
 
 def cmd_serve(params: Params, args: argparse.Namespace) -> None:
@@ -242,20 +291,20 @@ STAGES: dict[str, tuple[Callable[[Params, argparse.Namespace], None], dict[str, 
     ),
     "generate": (
         cmd_generate,
-        {**MODELS, **TRAIN, "output_root": "", "metrics": "", "classes": "", "rev": ""},
+        {**MODELS, **TRAIN, "output_root": "", "metrics": "", "classes": "", "rev": "", "published": ""},
         "run the generation flow: generate, filter, gate and publish a dataset version",
     ),
     "evaluate": (
         cmd_evaluate,
         {
-            "versions": None,
+            "version": None,
             "classifier": MODELS["classifier"],
             "evaluator": "data/models/evaluator",
             **TRAIN,
             "test": "data/prepared/test.parquet",
         }
         | dict.fromkeys(["metrics", "classes", "confusion"]),
-        "evaluate the newest published version: evaluator accuracy, CAS, Frechet distance, memorisation",
+        "evaluate one published version: evaluator accuracy, CAS, Frechet distance, memorisation",
     ),
     "train-on": (
         cmd_train_on,
@@ -270,8 +319,13 @@ STAGES: dict[str, tuple[Callable[[Params, argparse.Namespace], None], dict[str, 
     ),
     "report": (
         cmd_report,
-        {"versions": None, "evaluation": "", "out": "reports"},
+        {"versions": None, "evaluation": "", "version": "", "out": "reports"},
         "write the data-quality report page of every published version, and their index",
+    ),
+    "gc": (
+        cmd_gc,
+        {"older_than": None},
+        "remove abandoned staging folders (runs untouched for more than --older-than days)",
     ),
     "serve": (
         cmd_serve,
@@ -285,6 +339,9 @@ HELP = {
     "output_root": "publish here instead of generate.output_root",
     "classes": "per-class CSV (DVC plot)",
     "versions": "the output root holding <name>/<version> folders",
+    "version": "a published version folder, or the JSON file `digits generate --published` wrote",
+    "published": "write the published version's path and name here (JSON)",
+    "older_than": "days since a staging folder was last written",
     "data": "published version folders or URLs, comma-separated",
     "real": "real digits (Parquet) to mix in",
     "real_fraction": "share of real digits in the mix",

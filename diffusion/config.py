@@ -2,21 +2,22 @@
 
 Each section of `params.yaml` has exactly one model here. Unknown keys, wrong types and
 out-of-range values raise `ConfigError` with one line naming the key and what was expected.
-It imports only `diffusion.errors` and `diffusion.precision`.
+Keys a library reads later (a cron, a timezone, an fsspec URL, the CLIP context length) are checked
+by that library's own rules (`diffusion.library_rules`, which imports each library only when needed).
+It imports only `diffusion.errors`, `diffusion.library_rules` and `diffusion.precision`.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from diffusion.errors import DigitsError
-from diffusion.precision import Precision
+from diffusion.library_rules import ClipContextLength, FsspecUrl, PrefectCron, PrefectTimezone
+from diffusion.precision import Precision, PrecisionChoice, resolve_precision
 
 
 class ConfigError(DigitsError):
@@ -93,7 +94,6 @@ class SamplerConfig(Section):
     steps: int = Field(20, ge=1)  # network calls (x2 with guidance); ignored by ddpm, which walks all T steps
     guidance: float = Field(3.0, ge=0.0)  # eps = eps_uncond + w * (eps_cond - eps_uncond)
     eta: float = Field(0.0, ge=0.0, le=1.0)  # ddim only: 0 deterministic, 1 ancestral
-    precision: Precision = "fp32"  # of the network's forward passes (diffusion/precision.py)
 
 
 class DiffusionTrainConfig(Section):
@@ -109,13 +109,10 @@ class DiffusionTrainConfig(Section):
     checkpoint_every: int = Field(200, ge=1)
     log_every: int = Field(25, ge=1)
     val_batches: int = Field(8, ge=1)
-    device: str = "cpu"  # "cpu", "cuda", "cuda:0", "mps"
-    precision: Precision = "fp32"  # bf16: autocast forward and backward, float32 weights and loss
 
 
 class DiffusionEvalConfig(Section):
     n_samples: int = Field(1000, ge=10)  # guided samples judged by the classifier
-    batch_size: int = Field(250, ge=1)
     seed: int = Field(1234, ge=0)
     grid_per_class: int = Field(10, ge=1)
     strip_digits: int = Field(4, ge=1)  # rows of the forward-diffusion picture
@@ -148,7 +145,6 @@ class JudgeTraining(Section):
     weight_decay: float = Field(1e-4, ge=0.0)  # AdamW, on weight matrices and kernels only
     augment: bool = True  # random rotation, zoom, shear and shift of every training batch
     seed: int = Field(0, ge=0)  # weight init, dropout, shuffling and augmentation
-    device: str = "cpu"
     precision: Precision = "fp32"  # bf16: autocast forward and backward, float32 weights and loss
 
 
@@ -215,7 +211,7 @@ class ClipConfig(JudgeSection):
     patch_size: int = Field(4, ge=1)  # vit only
     text_width: int = Field(128, ge=32, multiple_of=32)
     text_layers: int = Field(2, ge=1)
-    context_length: int = Field(16, ge=8)  # tokens, incl. start and end; captions are shorter
+    context_length: ClipContextLength = Field(16, ge=8)  # tokens, incl. start and end: fits every caption
     train: JudgeTraining = JudgeTraining(epochs=8, batch_size=64, lr=1e-3, weight_decay=0.1, seed=0)
 
     @model_validator(mode="after")
@@ -273,21 +269,10 @@ class TaskRunnerConfig(Section):
 
 
 class ScheduleConfig(Section):
-    cron: str = "0 3 * * *"  # five-field cron: every scheduled run publishes a new version
-    timezone: str = "UTC"
+    """`digits serve`'s schedule, checked by Prefect's own rules (diffusion/library_rules.py)."""
 
-    @model_validator(mode="after")
-    def _valid(self) -> ScheduleConfig:
-        fields = self.cron.split()
-        if len(fields) != 5 or not all(re.fullmatch(r"[0-9A-Za-z*/,?#-]+", f) for f in fields):
-            raise ValueError(f"cron must be a five-field cron expression, got {self.cron!r}")
-        try:
-            ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"timezone must be an IANA name such as Europe/Berlin, got {self.timezone!r}"
-            ) from None
-        return self
+    cron: PrefectCron = "0 3 * * *"  # five-field cron: every scheduled run publishes a new version
+    timezone: PrefectTimezone = "UTC"
 
 
 class GenerateConfig(Section):
@@ -296,21 +281,26 @@ class GenerateConfig(Section):
     name: str = Field("synthetic-digits", pattern=r"^[a-z0-9][a-z0-9._-]*$")  # the dataset's folder name
     per_class: int | dict[int, int] = 200  # accepted images of every class, or class -> count
     sampler: SamplerConfig = SamplerConfig()  # omitted in params.yaml: the diffusion.sampler section
-    batch_size: int = Field(100, ge=1)  # images per task (one class, one seed)
+    # Three sizes, three meanings (the network batch, images per forward pass, is hardware.network_batch):
+    seed_block: int = Field(50, ge=1)  # images of one class from one generator: decides the images
+    task_size: int = Field(200, ge=1)  # images per Prefect task, whole seed blocks: never the images
     best_of_n: int = Field(1, ge=1)  # candidates per image; the one with the best CLIP score is kept
     filter: FilterConfig = FilterConfig()
     clip: ClipChoice = ClipChoice()
     seed: int = Field(0, ge=0)
     shard_rows: int = Field(1000, ge=1)  # rows per published Parquet file
-    output_root: str = "data/published"  # a local folder or an fsspec URL; versions go to <root>/<name>/
+    output_root: FsspecUrl = "data/published"  # a local folder or fsspec URL; versions: <root>/<name>/
     staging_dir: str = "data/cache/generate"  # local; staged shards of unfinished runs (resume)
     max_attempts: float = Field(5.0, ge=1.0)  # per class, at most this many x its count are sampled
     task_runner: TaskRunnerConfig = TaskRunnerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
-    device: str = "cpu"
 
     @model_validator(mode="after")
     def _counts(self) -> GenerateConfig:
+        if self.task_size % self.seed_block:
+            raise ValueError(
+                f"task_size ({self.task_size}) must hold whole seed blocks of seed_block = {self.seed_block}"
+            )
         if isinstance(self.per_class, int):
             if self.per_class < 1:
                 raise ValueError(f"per_class must be >= 1, got {self.per_class}")
@@ -352,8 +342,37 @@ class EvaluateConfig(Section):
     # training seeds; the training metrics are their mean. Seeds average out the training noise only: one
     # accuracy on the 1,001 test digits still carries about +-1.4 points of test-sampling noise (95%)
     cas_seeds: tuple[int, ...] = Field((0, 1), min_length=1)
-    batch_size: int = Field(500, ge=1)  # images per forward pass for features and predictions
-    device: str = "cpu"
+
+
+# --------------------------------------------------------------------------- hardware
+class HardwareConfig(Section):
+    """Where and how the networks run, for every stage that runs one (diffusion/device.py, precision.py).
+
+    `device` and `precision` may change float rounding, so they enter a generation run's key; the
+    network batch and compile never change a byte on the same device and precision.
+    """
+
+    device: str = "cpu"  # cpu | cuda | cuda:N | mps; one that torch does not see here is an error
+    precision: PrecisionChoice = (
+        "auto"  # of the diffusion network; auto = bf16 where the device has bf16 units
+    )
+    network_batch: int = Field(250, ge=1)  # images per forward pass (sampling, scoring, evaluation)
+    compile: str | None = None  # a torch.compile mode for the sampling network ("default", ...); null: eager
+
+    @model_validator(mode="after")
+    def _exists(self) -> HardwareConfig:
+        from diffusion.device import resolve_device
+
+        resolve_device(self.device, "device")
+        if self.compile is not None:
+            from diffusion.model.compile import check_compile_mode
+
+            check_compile_mode(self.compile, "compile")
+        return self
+
+    def resolved_precision(self) -> Precision:
+        """The precision the diffusion network runs in here: `auto` resolved for `device`."""
+        return resolve_precision(self.precision, self.device)
 
 
 class Params(Section):
@@ -365,6 +384,7 @@ class Params(Section):
     quality: QualityConfig = QualityConfig()
     evaluator: EvaluatorConfig = EvaluatorConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    hardware: HardwareConfig = HardwareConfig()
 
     @model_validator(mode="after")
     def _independent_evaluator(self) -> Params:
@@ -406,12 +426,40 @@ def _one_line(err: ValidationError, where: str) -> str:
     return f"{where}: {key}: {msg}{shown}{tail}"
 
 
+# Keys that moved into the `hardware` section (one knob, one place): an old params file names them.
+MOVED = {
+    ("diffusion", "train", "device"): "hardware.device",
+    ("diffusion", "train", "precision"): "hardware.precision",
+    ("diffusion", "sampler", "precision"): "hardware.precision",
+    ("diffusion", "eval", "batch_size"): "hardware.network_batch",
+    ("generate", "sampler", "precision"): "hardware.precision",
+    ("generate", "device"): "hardware.device",
+    ("generate", "batch_size"): "generate.seed_block, generate.task_size and hardware.network_batch",
+    ("evaluate", "device"): "hardware.device",
+    ("evaluate", "batch_size"): "hardware.network_batch",
+    **{(judge, "train", "device"): "hardware.device" for judge in ("classifier", "clip", "evaluator")},
+}
+
+
+def _moved_key(raw: dict) -> str | None:
+    """The first key of `raw` that now lives elsewhere, as 'old.key: moved to new.key'."""
+    for path, new in MOVED.items():
+        node: object = raw
+        for part in path:
+            node = node.get(part, MOVED) if isinstance(node, dict) else MOVED
+        if node is not MOVED:
+            return f"{'.'.join(path)}: moved to {new}"
+    return None
+
+
 def parse_params(raw: object, where: str = "params") -> Params:
     """Validate a parsed params mapping. Raises ConfigError with one line."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of sections at top level, got {type(raw).__name__}")
+    if moved := _moved_key(raw):
+        raise ConfigError(f"{where}: {moved}")
     try:
         return Params.model_validate(raw)
     except ValidationError as err:

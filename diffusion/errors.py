@@ -11,3 +11,26 @@ class DigitsError(ValueError):
 
 class DataError(DigitsError):
     """A data source or data file is missing, corrupt or not in the expected format."""
+
+
+# OSErrors that say the input is wrong, not that the disk or network hiccupped: retrying cannot help.
+_BAD_INPUT_OS_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+)
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether `err` is an I/O failure worth retrying: an OSError (other than a missing, existing or
+    forbidden path) is `err` itself or anywhere in its chain of causes, however it was wrapped (`raise ... from None` ends the chain). Bad input
+    (a DigitsError raised for its own reasons, with no such cause) never is."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and not isinstance(err, _BAD_INPUT_OS_ERRORS):
+            return True
+        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+    return False

@@ -25,6 +25,7 @@ def build_deployment(params: Params, model: str, classifier: str, train_data: st
         schedule=Cron(cfg.schedule.cron, timezone=cfg.schedule.timezone),
         parameters={
             "cfg": cfg.model_dump(mode="json"),
+            "hardware": params.hardware.model_dump(mode="json"),
             "model": model,
             "classifier": classifier,
             "train_data": train_data,

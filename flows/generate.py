@@ -1,11 +1,13 @@
-"""The generation flow: rounds of (class, batch) tasks, then the gate and an atomic publish.
+"""The generation flow: rounds of tasks of seed blocks, then the gate and an atomic publish.
 
-    generate_dataset(cfg, model="data/models/diffusion", classifier="data/models/classifier")
+    generate_dataset(cfg, hardware, model="data/models/diffusion", classifier="data/models/classifier")
 
-Each task makes one batch of one digit (`diffusion.generate.batch.make_batch`, the same function any other
-caller uses) and stages it as a shard; after each round the flow counts accepted digits per class and
-plans batches only for classes still short. A rerun with the same params reuses every staged shard, so a
-crash costs at most the batches in flight. Tasks run on threads or on a Dask cluster (`generate.task_runner`).
+Each task makes `generate.task_size` digits of one class as whole seed blocks
+(`diffusion.generate.task.make_task`, the same function any other caller uses) and stages a shard per
+block; after each round the flow counts accepted digits per class and plans blocks only for classes still
+short. A rerun with the same params reuses every staged block, so a crash costs at most the tasks in
+flight. Tasks run on threads or on a Dask cluster (`generate.task_runner`); each worker process loads the
+models once (`diffusion.generate.workers`).
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from tqdm.auto import tqdm
 
-from diffusion.config import GenerateConfig, QualityConfig, TaskRunnerConfig
+from diffusion.config import GenerateConfig, HardwareConfig, QualityConfig, TaskRunnerConfig
 from diffusion.data.shards import PublishedVersion
-from diffusion.errors import DigitsError
-from diffusion.generate.batch import BatchJob, BatchOutcome, make_batch
-from diffusion.generate.plan import GenerationError, WorkKey, plan_round
+from diffusion.errors import is_transient
+from diffusion.generate.plan import GenerationError, TaskKey, plan_round
 from diffusion.generate.run import RunSpec, class_rows, prepare_run, publish_run, run_metrics, tally
+from diffusion.generate.task import BlockOutcome, TaskJob, TaskOutcome, make_task
 
 
 def task_runner(cfg: TaskRunnerConfig) -> TaskRunner:
@@ -50,39 +52,38 @@ def task_runner(cfg: TaskRunnerConfig) -> TaskRunner:
     )
 
 
-def _not_bad_input(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry I/O failures, never bad input (a failed gate, an existing version): those fail the same way."""
-    return not isinstance(state.result(raise_on_failure=False), DigitsError)
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry I/O failures however they were wrapped, never bad input (a failed gate, an existing version):
+    those fail the same way again (`diffusion.errors.is_transient`)."""
+    return is_transient(state.result(raise_on_failure=False))
 
 
-@task(name="generate-batch", task_run_name="batch-{job.key.name}", cache_policy=NO_CACHE)
-def generate_batch(job: BatchJob) -> BatchOutcome:
-    """Sample, score, filter and stage one batch (compute: no retries; a rerun reuses staged shards)."""
-    return make_batch(job)
+@task(name="generate-task", task_run_name="task-{job.task.name}", cache_policy=NO_CACHE)
+def generate_task(job: TaskJob) -> TaskOutcome:
+    """Sample, score, filter and stage one task's seed blocks (compute: no retries; a rerun reuses them)."""
+    return make_task(job)
 
 
-@task(
-    name="publish", retries=2, retry_delay_seconds=2, retry_condition_fn=_not_bad_input, cache_policy=NO_CACHE
-)
+@task(name="publish", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, cache_policy=NO_CACHE)
 def publish(
     spec: RunSpec,
-    outcomes: list[BatchOutcome],
+    blocks: list[BlockOutcome],
     logical_date: datetime,
     quality: QualityConfig,
-    train_data: str,
     model_revision: str | None,
 ) -> PublishedVersion:
     """Trim to exact counts, run the Great Expectations gate, publish the version atomically."""
-    return publish_run(spec, outcomes, logical_date, quality, train_data, model_revision)
+    return publish_run(spec, blocks, logical_date, quality, model_revision)
 
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """The published version and the run's metrics (`metrics/generate.json`) and per-class table."""
+    """The published version, the run's metrics (`metrics/generate.json`), per-class table and tasks."""
 
     version: PublishedVersion
     metrics: dict[str, Any]
     classes: list[dict[str, Any]]
+    tasks: list[TaskOutcome]
 
 
 def _key(name: str, what: str) -> str:
@@ -93,6 +94,7 @@ def _key(name: str, what: str) -> str:
 @flow(name="generate-dataset")
 def generate_dataset(
     cfg: GenerateConfig,
+    hardware: HardwareConfig = HardwareConfig(),  # noqa: B008  (frozen, immutable)
     model: str = "data/models/diffusion",
     classifier: str = "data/models/classifier",
     train_data: str = "data/prepared/train.parquet",
@@ -101,11 +103,13 @@ def generate_dataset(
     seed_from_date: bool = False,
     model_revision: str | None = None,
     progress: bool = False,
+    prepared: RunSpec | None = None,
 ) -> GenerationResult:
     """Generate, filter, gate and publish `cfg.counts()` digits per class as a new dataset version.
 
     Args:
         cfg: the `generate` section of params.yaml.
+        hardware: the `hardware` section (device, precision, network batch, compile).
         model, classifier: checkpoint folders of the diffusion model and of the filtering classifier.
         train_data: the real training split, for the gate's memorisation check.
         quality: the gate's limits (the `quality` section).
@@ -115,50 +119,60 @@ def generate_dataset(
             draws new digits while a retried run of the same slot resumes its own.
         model_revision: the git revision whose dvc.lock pinned `model`, for the manifest.
         progress: show a progress bar (accepted digits, rate, ETA) on stderr.
+        prepared: the run as `prepare_run` already checked it (the CLI checks before Prefect starts);
+            None prepares it here. Either way it is prepared once per run.
     """
     start = time.perf_counter()
     logical = (logical_date or flow_run.scheduled_start_time).astimezone(UTC).replace(microsecond=0)
     if seed_from_date:
         cfg = cfg.model_copy(update={"seed": cfg.seed + int(logical.timestamp())})
-    spec = prepare_run(cfg, model, classifier)
-    requested = sum(cfg.counts().values())
+    spec = prepared or prepare_run(cfg, hardware, model, classifier, train_data)
+    requested = sum(spec.cfg.counts().values())
     progress_id = create_progress_artifact(
-        0.0, key=_key(cfg.name, "progress"), description="accepted / requested"
+        0.0, key=_key(spec.cfg.name, "progress"), description="accepted / requested"
     )
-    outcomes: list[BatchOutcome] = []
-    with tqdm(total=requested, disable=not progress, desc=f"generate {cfg.name}", unit="digit") as bar:
-        while keys := _plan(spec, outcomes):
-            _run_round(spec, keys, outcomes, bar)
-            done = sum(row["accepted"] for row in class_rows(spec, outcomes))
+    tasks: list[TaskOutcome] = []
+    with tqdm(total=requested, disable=not progress, desc=f"generate {spec.cfg.name}", unit="digit") as bar:
+        while keys := _plan(spec, tasks):
+            _run_round(spec, keys, tasks, bar)
+            done = sum(row["accepted"] for row in class_rows(spec, _blocks(tasks)))
             update_progress_artifact(progress_id, 100.0 * done / requested)
 
-    version = publish(spec, outcomes, logical, quality, train_data, model_revision)
-    metrics = run_metrics(spec, outcomes, time.perf_counter() - start)
-    classes = class_rows(spec, outcomes)
-    create_table_artifact(classes, key=_key(cfg.name, "classes"), description="accepted digits per class")
+    version = publish(spec, _blocks(tasks), logical, quality, model_revision)
+    metrics = run_metrics(spec, tasks, time.perf_counter() - start)
+    classes = class_rows(spec, _blocks(tasks))
+    create_table_artifact(
+        classes, key=_key(spec.cfg.name, "classes"), description="accepted digits per class"
+    )
     create_markdown_artifact(
-        f"## {cfg.name} {version.version}\n\n"
+        f"## {spec.cfg.name} {version.version}\n\n"
         f"{'Already published' if version.reused else 'Published'} at `{version.path}`: {metrics['accepted']} digits, "
         f"acceptance rate {metrics['acceptance_rate']:.1%}, {metrics['images_per_second']:.1f} digits/s.\n\n"
         f"Dataset card: `{version.path}/README.md`; Data Docs: `{version.path}/data_docs/index.html`.",
-        key=_key(cfg.name, "summary"),
+        key=_key(spec.cfg.name, "summary"),
     )
-    return GenerationResult(version, metrics, classes)
+    return GenerationResult(version, metrics, classes, tasks)
 
 
-def _plan(spec: RunSpec, outcomes: list[BatchOutcome]) -> list[WorkKey]:
-    """The next round's keys; on a class that cannot finish, record the per-class table, then fail."""
+def _blocks(tasks: list[TaskOutcome]) -> list[BlockOutcome]:
+    return [b for t in tasks for b in t.blocks]
+
+
+def _plan(spec: RunSpec, tasks: list[TaskOutcome]) -> list[TaskKey]:
+    """The next round's tasks; on a class that cannot finish, record the per-class table, then fail."""
     try:
-        return plan_round(tally(spec, outcomes), spec.cfg.batch_size, spec.cfg.max_attempts)
+        return plan_round(
+            tally(spec, _blocks(tasks)), spec.cfg.seed_block, spec.task_blocks, spec.cfg.max_attempts
+        )
     except GenerationError:
-        create_table_artifact(class_rows(spec, outcomes), key=_key(spec.cfg.name, "classes"))
+        create_table_artifact(class_rows(spec, _blocks(tasks)), key=_key(spec.cfg.name, "classes"))
         raise
 
 
-def _run_round(spec: RunSpec, keys: list[WorkKey], outcomes: list[BatchOutcome], bar: tqdm) -> None:
-    """Submit one task per key and append each outcome to `outcomes` as it lands (the bar counts accepted
+def _run_round(spec: RunSpec, keys: list[TaskKey], tasks: list[TaskOutcome], bar: tqdm) -> None:
+    """Submit one task per key and append each outcome to `tasks` as it lands (the bar counts accepted
     digits up to each class's request); wait for every task, failed or not, before returning or raising."""
-    futures = [generate_batch.submit(spec.job(k)) for k in keys]
+    futures = [generate_task.submit(spec.job(k)) for k in keys]
     error: Exception | None = None
     for future in as_completed(futures):
         try:
@@ -166,8 +180,8 @@ def _run_round(spec: RunSpec, keys: list[WorkKey], outcomes: list[BatchOutcome],
         except Exception as err:  # noqa: BLE001  (kept, and raised once every future is resolved)
             error = error or err
             continue
-        outcomes.append(outcome)
-        bar.n = sum(row["accepted"] for row in class_rows(spec, outcomes))
+        tasks.append(outcome)
+        bar.n = sum(row["accepted"] for row in class_rows(spec, _blocks(tasks)))
         bar.refresh()
     if error is not None:
         raise error

@@ -16,7 +16,7 @@ from diffusion.config import ClassifierConfig, ClipConfig, DiffusionConfig, Gene
 from diffusion.data.schema import digits_table
 from diffusion.judges.classifier import ARCHITECTURE, DigitClassifier
 from diffusion.judges.clip import _create_domain_model, save_clip
-from diffusion.model.train import new_model, save_diffusion
+from diffusion.model.saved import new_model, save_diffusion
 from tests.judges_fixtures import render_digits
 
 TINY_DIFFUSION = DiffusionConfig.model_validate(
@@ -64,12 +64,13 @@ def write_tiny_models(root: Path) -> dict[str, str]:
 
 
 def tiny_generate(paths: dict[str, str], root: Path, **over: object) -> GenerateConfig:
-    """A generation config for the tiny models: a few small batches, publishing under `root`."""
+    """A generation config for the tiny models: a few small seed blocks, publishing under `root`."""
     raw = {
         "name": "tiny-digits",
         "per_class": 3,
         "sampler": {"name": "dpm-solver++", "steps": 2, "guidance": 1.0},
-        "batch_size": 4,
+        "seed_block": 4,
+        "task_size": 8,
         "filter": {"require_pred_match": False, "min_classifier_prob": 0.05},
         "clip": {"model": TINY_CLIP.model, "pretrained": paths["clip"]},
         "shard_rows": 7,

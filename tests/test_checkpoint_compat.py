@@ -11,7 +11,7 @@ import torch
 from diffusion.checkpoint import CheckpointError, read_checkpoint_config, save_checkpoint
 from diffusion.config import ClassifierConfig, DiffusionConfig
 from diffusion.judges.classifier import DigitClassifier, load_classifier
-from diffusion.model.train import load_diffusion, new_model, save_diffusion
+from diffusion.model.saved import load_diffusion, new_model, save_diffusion
 
 SMALL = DiffusionConfig.model_validate(
     {"unet": {"base_channels": 8, "channel_mults": [1, 2], "attention": False}}

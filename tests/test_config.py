@@ -47,8 +47,23 @@ def test_repo_params_are_valid() -> None:
         ),
         ({"clip": {"vision": "cnn"}}, r"clip\.vision: Input should be 'resnet' or 'vit'"),
         (
-            {"diffusion": {"train": {"precision": "fp16"}}},
-            r"diffusion\.train\.precision: Input should be 'fp32' or 'bf16'",
+            {"hardware": {"precision": "fp16"}},
+            r"hardware\.precision: Input should be 'auto', 'fp32' or 'bf16'",
+        ),
+        (
+            {"diffusion": {"train": {"precision": "bf16"}}},
+            r"diffusion\.train\.precision: moved to hardware\.precision",
+        ),
+        (
+            {"classifier": {"train": {"device": "cpu"}}},
+            r"classifier\.train\.device: moved to hardware\.device",
+        ),
+        ({"hardware": {"device": "tpu"}}, r"hardware: device: 'tpu' is not a device torch knows"),
+        ({"hardware": {"device": "cuda"}}, r"hardware: device: 'cuda' is not available on this machine"),
+        ({"hardware": {"compile": "fastest"}}, r"hardware: compile: 'fastest' is not a torch.compile mode"),
+        (
+            {"hardware": {"network_batch": 0}},
+            r"hardware\.network_batch: Input should be greater than or equal to 1",
         ),
         ({"evaluator": {"widths": [16, 32]}}, r"evaluator\.widths\.2: Field required"),
         ({"evaluate": {"cas_seeds": []}}, r"evaluate\.cas_seeds: Tuple should have at least 1 item"),

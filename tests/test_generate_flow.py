@@ -1,7 +1,7 @@
 """The generation flow for real: Prefect (a temporary server), Great Expectations, open_clip, Dask.
 
 Tiny random-weight models (tests/generate_fixtures.py) keep each run to seconds; everything else is the
-production path: rounds of (class, batch) tasks, staged shards, the gate, an atomic publish.
+production path: rounds of tasks of seed blocks, staged shards, the gate, an atomic publish.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from diffusion.config import GenerateConfig, QualityConfig
+from diffusion.config import GenerateConfig, HardwareConfig, QualityConfig
 from diffusion.data.shards import list_versions, version_files
 from diffusion.errors import DigitsError
+from diffusion.generate import workers
 from diffusion.generate.plan import GenerationError
 from diffusion.quality.expectations import GateError
 from flows.generate import GenerationResult, generate_dataset, task_runner
@@ -37,6 +38,7 @@ def _run(cfg: GenerateConfig, models: dict[str, str], **kw) -> GenerationResult:
     runnable = generate_dataset.with_options(task_runner=task_runner(cfg.task_runner))
     return runnable(
         cfg=cfg,
+        hardware=kw.pop("hardware", HardwareConfig(precision="fp32")),
         model=models["model"],
         classifier=models["classifier"],
         train_data=models["train"],
@@ -97,48 +99,67 @@ def test_published_version_loads_everywhere_and_matches_its_manifest(threads_run
 
 
 @pytest.mark.slow
-def test_same_params_give_byte_identical_shards_and_dask_matches_threads(
+@pytest.mark.parametrize(
+    ("runner", "task_size", "network_batch"),
+    [
+        ({"kind": "threads", "workers": 2}, 4, 3),  # one block per task; blocks split across forward passes
+        ({"kind": "threads", "workers": 1}, 12, 64),  # three blocks per task; one pass holds them all
+        ({"kind": "dask", "workers": 2}, 8, 5),
+    ],
+)
+def test_task_size_network_batch_workers_and_runner_never_change_a_byte(
     threads_run: GenerationResult,
     tiny_models,
     tmp_path: Path,
+    runner: dict,
+    task_size: int,
+    network_batch: int,
 ) -> None:
-    for runner in ({"kind": "threads", "workers": 2}, {"kind": "dask", "workers": 2}):
-        cfg = tiny_generate(
-            tiny_models,
-            tmp_path / runner["kind"],
-            per_class={0: 3, 4: 5, 7: 2},
-            filter={"min_clip_score": -9.4, "require_pred_match": False},
-            task_runner=runner,
-        )
-        again = _run(cfg, tiny_models)
-        assert again.version.version == threads_run.version.version
-        first = [f["sha256"] for f in threads_run.version.manifest["files"] if f["path"].startswith("data/")]
-        assert [
-            f["sha256"] for f in again.version.manifest["files"] if f["path"].startswith("data/")
-        ] == first
+    cfg = tiny_generate(
+        tiny_models,
+        tmp_path,
+        per_class={0: 3, 4: 5, 7: 2},
+        filter={"min_clip_score": -9.4, "require_pred_match": False},
+        task_runner=runner,
+        task_size=task_size,
+    )
+    workers.clear()  # this process starts cold, as a Dask worker does
+    again = _run(cfg, tiny_models, hardware=HardwareConfig(precision="fp32", network_batch=network_batch))
+    assert again.version.version == threads_run.version.version
+    first = [f["sha256"] for f in threads_run.version.manifest["files"] if f["path"].startswith("data/")]
+    assert [f["sha256"] for f in again.version.manifest["files"] if f["path"].startswith("data/")] == first
+    # each worker process loaded the diffusion model once, whatever the number of tasks it ran
+    loads = [t.worker for t in again.tasks if "diffusion" in t.loaded]
+    assert sorted(loads) == sorted({t.worker for t in again.tasks})
+    assert len(again.tasks) > len(loads) if runner["kind"] == "threads" else len(loads) <= runner["workers"]
 
 
 @pytest.mark.slow
-def test_a_failed_task_then_a_rerun_reuses_staged_shards(prefect_server, tiny_models, tmp_path: Path) -> None:
-    cfg = tiny_generate(tiny_models, tmp_path, per_class=4)
+def test_staging_goes_after_publish_and_stays_after_a_failed_task(
+    prefect_server, tiny_models, tmp_path: Path
+) -> None:
     from diffusion.generate.run import prepare_run
 
-    staging = prepare_run(cfg, tiny_models["model"], tiny_models["classifier"]).staging
-    (staging / "c6-b00000.parquet").mkdir()  # a directory where the shard goes: its write fails
+    cfg = tiny_generate(tiny_models, tmp_path, per_class=4)
+    hardware = HardwareConfig(precision="fp32")
+    args = (cfg, hardware, tiny_models["model"], tiny_models["classifier"], tiny_models["train"])
+    staging = prepare_run(*args).staging
+    (staging / "c6-j00000.parquet").mkdir()  # a directory where the shard goes: its write fails
     with pytest.raises(OSError):
         _run(cfg, tiny_models)
     staged = sorted(p.name for p in staging.glob("c*.parquet") if p.is_file())
-    assert len(staged) == 9 and not list_versions(cfg.output_root, cfg.name), staged
-    (staging / "c6-b00000.parquet").rmdir()
+    assert len(staged) == 9 and not list_versions(cfg.output_root, cfg.name), staged  # kept for the rerun
+    (staging / "c6-j00000.parquet").rmdir()
     result = _run(cfg, tiny_models)
-    assert result.metrics["reused_batches"] == 9 and result.metrics["batches"] >= 10
+    assert result.metrics["reused_blocks"] == 9 and result.metrics["blocks"] >= 10
     rows = _train_rows(result)
     assert rows["label"].value_counts().to_dict() == dict.fromkeys(range(10), 4) and rows["id"].is_unique
+    assert not staging.exists() and not list(Path(cfg.staging_dir).iterdir())  # published: staging gone
 
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_a_rerun_finishes_exactly(prefect_server, tiny_models, tmp_path: Path) -> None:
-    cfg = tiny_generate(tiny_models, tmp_path, per_class=12, batch_size=2)
+    cfg = tiny_generate(tiny_models, tmp_path, per_class=12, seed_block=2, task_size=2)
     params = {"generate": cfg.model_dump(mode="json"), "quality": LOOSE.model_dump(mode="json")}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     command = [
@@ -169,13 +190,13 @@ def test_sigkill_mid_run_then_a_rerun_finishes_exactly(prefect_server, tiny_mode
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((tmp_path / "generate.json").read_text())
     assert (
-        metrics["reused_batches"] >= staged - 1 and metrics["accepted"] == 120
+        metrics["reused_blocks"] >= staged - 1 and metrics["accepted"] == 120
     )  # one may have been mid-write
     (version,) = list_versions(cfg.output_root, cfg.name)
     rows = pd.concat([pd.read_parquet(f) for f in version_files(version)])
     assert rows["label"].value_counts().to_dict() == dict.fromkeys(range(10), 12) and rows["id"].is_unique
     leftovers = [p for p in Path(cfg.output_root).rglob("*") if p.name.startswith(".")]
-    assert not leftovers
+    assert not leftovers and not list(staging.iterdir())  # published: the killed run's staging went too
 
 
 @pytest.mark.slow
@@ -203,9 +224,10 @@ def test_a_failed_gate_publishes_nothing_and_names_the_expectation(
 ) -> None:
     cfg = tiny_generate(tiny_models, tmp_path, per_class={1: 2})
     everything_copies = QualityConfig(copy_distance=10.0, max_memorization=0.0)  # RMS distances are <= 1
-    with pytest.raises(GateError, match=r"expect_column_mean_to_be_between\(is_copy") as err:
+    with pytest.raises(GateError, match=r"train: expect_column_mean_to_be_between\(is_copy") as err:
         generate_dataset(
             cfg=cfg,
+            hardware=HardwareConfig(precision="fp32"),
             model=tiny_models["model"],
             classifier=tiny_models["classifier"],
             train_data=tiny_models["train"],
@@ -215,6 +237,7 @@ def test_a_failed_gate_publishes_nothing_and_names_the_expectation(
     assert "\n" not in str(err.value) and "Data Docs" in str(err.value)
     assert not list_versions(cfg.output_root, cfg.name)
     assert not [p for p in Path(cfg.output_root).rglob("*") if p.is_file()]
+    assert list(Path(cfg.staging_dir).glob("*/c*.parquet"))  # gated out: staging kept for a rerun
 
 
 @pytest.mark.slow
@@ -240,6 +263,11 @@ def test_bad_inputs_fail_before_any_work_with_one_line(prefect_server, tiny_mode
             _run(run_cfg, models)
         assert "\n" not in str(err.value)
     assert not list(Path(cfg.staging_dir).glob("*/c*.parquet"))
+    from diffusion.generate.run import prepare_run
+
+    absent = HardwareConfig.model_construct(device="cuda:7", precision="fp32", network_batch=8, compile=None)
+    with pytest.raises(DigitsError, match="hardware.device: 'cuda:7' is not available"):
+        prepare_run(cfg, absent, tiny_models["model"], tiny_models["classifier"], tiny_models["train"])
 
 
 def test_the_deployment_carries_the_cron_schedule_from_params() -> None:
@@ -252,3 +280,4 @@ def test_the_deployment_carries_the_cron_schedule_from_params() -> None:
     assert schedule.schedule.cron == "30 2 * * 1" and schedule.schedule.timezone == "Europe/Berlin"
     assert deployment.parameters["seed_from_date"] is True
     assert deployment.parameters["cfg"]["name"] == params.generate.name
+    assert deployment.parameters["hardware"] == params.hardware.model_dump(mode="json")

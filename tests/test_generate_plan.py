@@ -9,7 +9,7 @@ import pytest
 from diffusion.config import ConfigError, GenerateConfig, parse_params
 from diffusion.data.schema import digits_table
 from diffusion.data.shards import accepted_rows
-from diffusion.generate.plan import ClassProgress, GenerationError, WorkKey, batch_seed, plan_round, run_key
+from diffusion.generate.plan import ClassProgress, GenerationError, TaskKey, block_seed, plan_round, run_key
 
 
 @pytest.mark.parametrize(
@@ -27,7 +27,13 @@ from diffusion.generate.plan import ClassProgress, GenerationError, WorkKey, bat
             "address is only used with kind: dask",
         ),
         ({"name": "Bad Name"}, "generate.name"),
-        ({"batch_size": 0}, "generate.batch_size"),
+        ({"seed_block": 0}, "generate.seed_block"),
+        ({"task_size": 0}, "generate.task_size"),
+        (
+            {"seed_block": 50, "task_size": 120},
+            "task_size (120) must hold whole seed blocks of seed_block = 50",
+        ),
+        ({"batch_size": 50}, "generate.batch_size: moved to generate.seed_block, generate.task_size"),
     ],
 )
 def test_bad_generate_params_are_one_line_naming_the_field(generate: dict, named: str) -> None:
@@ -49,29 +55,39 @@ def test_generate_sampler_defaults_to_the_diffusion_sampler() -> None:
 
 
 def test_seeds_and_run_keys_are_stable_and_distinct() -> None:
-    seeds = {batch_seed(0, c, b) for c in range(10) for b in range(50)}
+    seeds = {block_seed(0, c, b) for c in range(10) for b in range(50)}
     assert len(seeds) == 500 and all(0 <= s < 2**63 for s in seeds)
-    assert batch_seed(0, 3, 7) == batch_seed(0, 3, 7) != batch_seed(1, 3, 7)
+    assert block_seed(0, 3, 7) == block_seed(0, 3, 7) != block_seed(1, 3, 7)
     cfg = GenerateConfig()
     sums = {"model": "a", "classifier": "b", "clip": "c"}
-    assert run_key(cfg, sums) == run_key(cfg.model_copy(update={"per_class": 7, "name": "other"}), sums)
-    assert run_key(cfg, sums) != run_key(cfg.model_copy(update={"seed": 1}), sums)
-    assert run_key(cfg, sums) != run_key(cfg, {**sums, "model": "z"})
+    key = run_key(cfg, "cpu", "fp32", sums)
+    # counts, naming and the task size decide which blocks are made and how, never a block's bytes
+    assert key == run_key(
+        cfg.model_copy(update={"per_class": 7, "name": "other", "task_size": 500}), "cpu", "fp32", sums
+    )
+    assert key != run_key(cfg.model_copy(update={"seed": 1}), "cpu", "fp32", sums)
+    assert key != run_key(cfg.model_copy(update={"seed_block": 25}), "cpu", "fp32", sums)
+    assert key != run_key(cfg, "cpu", "fp32", {**sums, "model": "z"})
+    assert key != run_key(cfg, "cuda", "fp32", sums) != run_key(cfg, "cuda", "bf16", sums)
 
 
-def test_rounds_plan_from_observed_acceptance_and_stop_at_the_cap() -> None:
+def test_rounds_plan_whole_blocks_from_observed_acceptance_and_stop_at_the_cap() -> None:
     progress = {0: ClassProgress(requested=100), 1: ClassProgress(requested=30)}
-    first = plan_round(progress, batch_size=20, max_attempts=3)
-    assert first == [WorkKey(0, b) for b in range(5)] + [WorkKey(1, b) for b in range(2)]
-    progress[0] = ClassProgress(requested=100, batches=5, sampled=100, accepted=50)  # half accepted
-    progress[1] = ClassProgress(requested=30, batches=2, sampled=40, accepted=30)  # done
-    assert plan_round(progress, 20, 3) == [WorkKey(0, b) for b in range(5, 10)]
-    progress[0] = ClassProgress(requested=100, batches=15, sampled=300, accepted=2)
+    first = plan_round(progress, seed_block=20, task_blocks=2, max_attempts=3)
+    assert first == [TaskKey(0, (0, 1)), TaskKey(0, (2, 3)), TaskKey(0, (4,)), TaskKey(1, (0, 1))]
+    progress[0] = ClassProgress(requested=100, blocks=5, sampled=100, accepted=50)  # half accepted
+    progress[1] = ClassProgress(requested=30, blocks=2, sampled=40, accepted=30)  # done
+    # a top-up asks for what the class lacks (50 digits at rate 0.5: 5 blocks), in tasks of whole blocks
+    assert plan_round(progress, 20, 4, 3) == [TaskKey(0, (5, 6, 7, 8)), TaskKey(0, (9,))]
+    assert plan_round(progress, 20, 1, 3) == [TaskKey(0, (b,)) for b in range(5, 10)]
+    progress[0] = ClassProgress(requested=100, blocks=15, sampled=300, accepted=2)
     with pytest.raises(
         GenerationError, match=r"class 0: 2 of 100 accepted after 300 samples \(acceptance rate 0\.7%\)"
     ):
-        plan_round(progress, 20, 3)
-    assert plan_round({0: ClassProgress(requested=5, batches=1, sampled=20, accepted=9)}, 20, 3) == []
+        plan_round(progress, 20, 2, 3)
+    assert plan_round({0: ClassProgress(requested=5, blocks=1, sampled=20, accepted=9)}, 20, 2, 3) == []
+    assert TaskKey(3, (4, 5, 6)).name == "c3-j00004-j00006"
+    assert [k.name for k in TaskKey(3, (4, 5)).work_keys()] == ["c3-j00004", "c3-j00005"]
 
 
 def test_the_trim_keeps_the_first_accepted_rows_of_each_class_in_order() -> None:
@@ -82,6 +98,7 @@ def test_the_trim_keeps_the_first_accepted_rows_of_each_class_in_order() -> None
         return digits_table(ids, images, np.full(n, digit), "synthetic", accepted=accepted)
 
     staged = [shard(0, 0, [True, False, True]), shard(0, 1, [True, True]), shard(2, 0, [False, True, True])]
+    staged = pa.concat_tables(staged)
     rows = accepted_rows(staged, {0: 3, 2: 1})
     assert rows.column("id").to_pylist() == ["c0-b0-0", "c0-b0-2", "c0-b1-0", "c2-b0-1"]
     with pytest.raises(ValueError, match="class 2: 2 accepted rows, 3 requested"):

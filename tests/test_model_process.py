@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffusion.config import ProcessConfig
-from diffusion.model.process import GaussianDiffusion, cosine_betas, linear_betas
+from diffusion.model.process import TABLES, GaussianDiffusion, cosine_betas, linear_betas, table_dtype
 
 
 def test_linear_schedule_endpoints_and_golden_values():
@@ -108,6 +108,32 @@ def test_conversions_invert_each_other():
     torch.testing.assert_close(eps_process.x0_from_output(eps, x_t, t), x0)
     # schedule arrays are float64; `at` casts to the caller's dtype
     assert process.at(process.betas, t, x0.float()).dtype == torch.float32
+
+
+def test_to_device_moves_the_tables_once_and_keeps_float64():
+    process = GaussianDiffusion(ProcessConfig(timesteps=100))
+    assert process.to("cpu") is process and process.device == torch.device("cpu")
+    meta = process.to("meta")  # stands in for an accelerator: a device other than the CPU
+    assert meta is process.to(torch.device("meta")) and meta.to("cpu") is process  # cached, one per device
+    for name in TABLES:
+        table = getattr(meta, name)
+        assert table.device.type == "meta" and table.dtype == torch.float64 and table.shape == (100,)
+        assert getattr(process, name).device.type == "cpu"  # the float64 host tables stay the source
+    assert meta.device.type == "meta" and meta.num_timesteps == 100 and meta.prediction == process.prediction
+    assert table_dtype(torch.device("mps")) == torch.float32  # MPS has no float64
+    assert table_dtype(torch.device("cuda")) == torch.float64
+
+
+def test_alpha_bar_is_a_host_float_and_lookups_gather_on_the_device():
+    process = GaussianDiffusion(ProcessConfig(timesteps=100))
+    meta = process.to("meta")
+    for t in (0, 37, 99):
+        assert isinstance(meta.alpha_bar(t), float) and meta.alpha_bar(t) == process.alphas_cumprod[t].item()
+    assert meta.alpha_bar(-1) == 1.0
+    x = torch.zeros(3, 1, 4, 4, device="meta")
+    t = torch.tensor([0, 5, 99], device="meta")
+    out = process.q_sample(x, t, x)  # an unmoved process looks up through its cached device copy
+    assert out.device.type == "meta" and out.dtype == torch.float32
 
 
 class _Recorder(torch.nn.Module):

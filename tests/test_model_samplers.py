@@ -1,17 +1,30 @@
-"""Samplers: step-for-step agreement with diffusers' schedulers, guidance, determinism, the forward strip."""
+"""Samplers: step-for-step agreement with diffusers' schedulers, guidance, determinism, no host sync per
+step, the forward strip."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
+import diffusion.model.samplers.ddim as ddim_module
 from diffusion.config import ProcessConfig, SamplerConfig, UNetConfig
 from diffusion.data.datasets import to_uint8
 from diffusion.model.forward import forward_strip
-from diffusion.model.process import GaussianDiffusion
-from diffusion.model.samplers import ddim_sample, ddpm_sample, dpm_solver_sample, guided_output, sample
+from diffusion.model.process import TABLES, GaussianDiffusion
+from diffusion.model.samplers import (
+    ddim_sample,
+    ddpm_sample,
+    device_generator,
+    dpm_solver_sample,
+    guided_output,
+    sample,
+)
 from diffusion.model.samplers.spacing import trailing_timesteps
 from diffusion.model.unet import UNet
 
@@ -198,11 +211,103 @@ def test_sample_is_deterministic_under_a_generator(model32: UNet, cfg: SamplerCo
         torch.testing.assert_close(draw(0, batch_size=4), first)
 
 
+def test_per_step_noise_comes_from_a_device_generator_seeded_after_x_T(model32: UNet):
+    """sample(): x_T from the caller's generator, then one draw seeds the per-step noise generator."""
+    cfg = SamplerConfig(name="ddpm", guidance=2.0)
+    images = sample(model32, PROCESS_40, SIX_LABELS, cfg, torch.Generator().manual_seed(4), "cpu")
+    caller = torch.Generator().manual_seed(4)
+    x_T = torch.randn(6, 1, 8, 8, generator=caller)
+    noise = device_generator(caller, "cpu")
+    assert noise.device == x_T.device
+    torch.testing.assert_close(images, ddpm_sample(model32, PROCESS_40, x_T, SIX_LABELS, 2.0, noise))
+
+
+# ---------------------------------------------------------------------- no host sync per step
+class _HostTraffic(TorchDispatchMode):
+    """Records every op that reads a tensor's value into Python (`.item()`, `float(t)`, `bool(t)`, a branch
+    on a tensor) or that moves data between the CPU and the device (`.cpu()`, `.to(device)` of a CPU
+    tensor). On a GPU each is a host sync (or a copy) per sampler step."""
+
+    def __init__(self):
+        super().__init__()
+        self.events: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.events.append(f"value read ({func})")  # a meta tensor then raises: it has no value
+        out = func(*args, **kwargs)
+        devices = {t.device.type for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)}
+        if {"cpu", "meta"} <= devices:
+            self.events.append(f"host-device copy ({func})")
+        return out
+
+
+META = torch.device("meta")
+
+
+def _on_meta(model32: UNet) -> tuple[UNet, torch.Tensor, torch.Tensor]:
+    """The network, x_T (6,1,8,8) and labels on the `meta` device: shapes without data, so any value read
+    raises, and any host copy shows as a CPU-meta op. It stands in for an accelerator."""
+    net = UNet(model32.cfg).eval().to(META)
+    return net, torch.randn(6, 1, 8, 8, device=META), SIX_LABELS.to(META)
+
+
+SAMPLERS: dict[str, Callable] = {
+    "ddpm": lambda m, p, x, y, g: ddpm_sample(m, p, x, y, 2.0, g),
+    "ddim": lambda m, p, x, y, g: ddim_sample(m, p, x, y, 2.0, 5, g),
+    "ddim-eta": lambda m, p, x, y, g: ddim_sample(m, p, x, y, 2.0, 5, g, eta=1.0),
+    "dpm-solver++": lambda m, p, x, y, g: dpm_solver_sample(m, p, x, y, 2.0, 5),
+    "dpm-solver++-unguided": lambda m, p, x, y, g: dpm_solver_sample(m, p, x, y, 1.0, 5, clip=False),
+}
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_sampler_loops_make_no_host_sync(model32: UNet, name: str, prediction: str):
+    """Every step runs on the device: no value read back, no schedule copied from the host."""
+    net, x_T, labels = _on_meta(model32)
+    process = GaussianDiffusion(ProcessConfig(timesteps=40, prediction=prediction))
+    with _HostTraffic() as first:
+        SAMPLERS[name](net, process, x_T, labels, torch.Generator())
+    # the schedule moves to the device once per process (every table one copy), not per step
+    assert len(first.events) == len(TABLES) and all("_to_copy" in e for e in first.events), first.events
+    with _HostTraffic() as traffic:
+        out = SAMPLERS[name](net, process, x_T, labels, torch.Generator())
+    assert traffic.events == [] and out.shape == x_T.shape and out.device == META
+
+
+def test_the_sync_check_catches_a_value_read_and_a_copy_per_step(model32: UNet, monkeypatch):
+    """The check above fails if a loop reads a value (here `.item()` on the network output) or copies the
+    schedule from the host every step (here a process whose `to` leaves the tables on the CPU)."""
+    net, x_T, labels = _on_meta(model32)
+    process = PROCESS_40.to(META)
+    real = ddim_module.guided_output
+
+    def syncing(*args):
+        out = real(*args)
+        out.abs().max().item()
+        return out
+
+    monkeypatch.setattr(ddim_module, "guided_output", syncing)
+    with pytest.raises(RuntimeError, match="meta"), _HostTraffic() as traffic:
+        ddim_sample(net, process, x_T, labels, 2.0, 5, torch.Generator())
+    assert traffic.events and "value read" in traffic.events[0]
+    monkeypatch.setattr(ddim_module, "guided_output", real)
+
+    unmoved = GaussianDiffusion(ProcessConfig(timesteps=40))
+    monkeypatch.setattr(unmoved, "to", lambda device: unmoved)
+    with _HostTraffic() as traffic:
+        ddim_sample(net, unmoved, x_T, labels, 2.0, 5, torch.Generator())
+    assert sum("host-device copy" in e for e in traffic.events) >= 5  # at least one per step
+
+
 @pytest.mark.parametrize("name", ["ddim", "dpm-solver++"])
 def test_bf16_sampling_returns_float32_close_to_fp32(model32: UNet, name: str):
     def draw(precision: str) -> torch.Tensor:
-        cfg = SamplerConfig(name=name, steps=5, guidance=2.0, precision=precision)
-        return sample(model32, PROCESS_40, SIX_LABELS, cfg, torch.Generator().manual_seed(0), "cpu")
+        cfg = SamplerConfig(name=name, steps=5, guidance=2.0)
+        generator = torch.Generator().manual_seed(0)
+        return sample(model32, PROCESS_40, SIX_LABELS, cfg, generator, "cpu", precision=precision)
 
     full, half = draw("fp32"), draw("bf16")
     assert half.dtype == torch.float32 and not torch.equal(full, half)  # the network really ran in bf16

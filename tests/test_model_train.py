@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import sys
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import diffusion.model.train as train_module
 from diffusion.checkpoint import CheckpointError
@@ -16,14 +19,8 @@ from diffusion.config import ConfigError, DiffusionConfig, DiffusionTrainConfig,
 from diffusion.model.ema import EMA
 from diffusion.model.process import GaussianDiffusion
 from diffusion.model.resume import TrainState, flatten_optimizer, load_state, unflatten_optimizer
-from diffusion.model.train import (
-    load_diffusion,
-    lr_at,
-    new_model,
-    save_diffusion,
-    train_diffusion,
-    validation_loss,
-)
+from diffusion.model.saved import load_diffusion, new_model, save_diffusion
+from diffusion.model.train import lr_at, train_diffusion, validation_loss
 
 
 def _patterns(copies: int = 1, size: int = 16) -> SimpleNamespace:
@@ -108,12 +105,13 @@ def test_tiny_model_overfits_a_handful_of_digits(tmp_path: Path, precision: str)
         log_every=25,
         p_uncond=0.0,
         checkpoint_every=1000,
-        precision=precision,
     )
     data = _patterns(copies=8)
     process = GaussianDiffusion(cfg.process)
     before = validation_loss(new_model(cfg, torch.device("cpu")).eval(), process, data, cfg.train)
-    result = train_diffusion(cfg, data, data, tmp_path / "out", tmp_path / "state", progress=False)
+    result = train_diffusion(
+        cfg, data, data, tmp_path / "out", tmp_path / "state", progress=False, precision=precision
+    )
     assert before == pytest.approx(1.0, abs=0.1)  # the zero predictor
     assert result.metrics["val_loss"] <= before / 10, (before, result.metrics)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] / 3
@@ -183,6 +181,37 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pyt
         full, res = _weights(tmp_path / "full", name), _weights(tmp_path / "out", name)
         assert all(torch.equal(full[k], res[k]) for k in full), name
     assert resumed.metrics["val_loss"] == uninterrupted.metrics["val_loss"]
+
+
+class _ValueReads(TorchDispatchMode):
+    """Counts, by function, the tensor values our own code reads into Python (`.item()`, `float(t)`,
+    `bool(t)`): on a GPU each is a host sync. Reads inside torch (AdamW's CPU step counters) are not ours."""
+
+    WRAPPERS = ("torch/_dynamo/", "torch/_compile.py", "torch/utils/_python_dispatch.py")
+
+    def __init__(self):
+        super().__init__()
+        self.readers: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            frame = sys._getframe(1)  # the code that asked for the value, past the mode's own wrappers
+            while frame.f_code.co_filename.endswith(self.WRAPPERS) or "/torch/_" in frame.f_code.co_filename:
+                frame = frame.f_back
+            if "/diffusion/" in frame.f_code.co_filename:
+                self.readers[frame.f_code.co_name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_training_reads_the_loss_back_only_every_log_every_steps(tmp_path: Path):
+    """No loss.item() per step: the losses are summed on the device and read for a history row (every
+    log_every steps) and for the resume state (every checkpoint_every steps)."""
+    cfg, data = _config(steps=8, log_every=4, checkpoint_every=100), _patterns(copies=4)
+    with _ValueReads() as reads:
+        result = train_diffusion(cfg, data, data, tmp_path / "out", tmp_path / "state", progress=False)
+    assert [row["step"] for row in result.history] == [4, 8]
+    # 2 history rows + 1 resume state (at the last step) in the loop, 1 read of the summed validation loss
+    assert reads.readers == {"_train_loop": 3, "validation_loss": 1}
 
 
 def test_a_state_of_another_config_is_not_resumed(tmp_path: Path):

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from diffusion.config import ClassifierConfig, EvaluateConfig, EvaluatorConfig
-from diffusion.data.datasets import DigitsDataset, published_files, to_model_range
+from diffusion.data.datasets import DigitsDataset, to_model_range
 from diffusion.data.schema import digits_table
 from diffusion.data.shards import publish_version
+from diffusion.errors import DataError
 from diffusion.judges.evaluator import train_evaluator
 from diffusion.quality.evaluate import (
     HEADLINE,
@@ -20,11 +21,9 @@ from diffusion.quality.evaluate import (
     cas,
     conditional_accuracy,
     diversity,
-    duplicate_rate,
     evaluate_version,
     frechet_distance,
     frechet_per_class,
-    memorization_rate,
     train_on,
 )
 from tests.judges_fixtures import digits_split, one_thread, render_digits  # noqa: F401
@@ -89,18 +88,6 @@ def test_frechet_per_class_and_diversity() -> None:
     assert set(per_class) == {"0", "1"} and per_class["1"] > per_class["0"] + 10
 
 
-# --------------------------------------------------------------------------- copies
-def test_memorisation_flags_copied_training_digits_and_duplicates_count() -> None:
-    train, _ = render_digits(200, seed=0)
-    fresh, _ = render_digits(20, seed=9)
-    noisy = np.clip(train[:5].astype(int) + np.random.default_rng(0).integers(-3, 4, train[:5].shape), 0, 255)
-    synthetic = np.concatenate([fresh, train[5:10], noisy.astype(np.uint8)])
-    assert memorization_rate(synthetic, train, copy_distance=0.04) == pytest.approx(10 / 30)
-    assert memorization_rate(fresh, train, copy_distance=0.04) == 0.0
-    assert duplicate_rate(np.stack([fresh[0], fresh[1], fresh[0], fresh[0]])) == pytest.approx(0.5)
-    assert duplicate_rate(fresh) == 0.0 and duplicate_rate(fresh[:0]) == 0.0
-
-
 # --------------------------------------------------------------------------- training on the data
 def test_balanced_subset_shares_out_what_a_short_class_leaves() -> None:
     labels = torch.cat([torch.full((3,), 1), torch.arange(500) % 10])
@@ -151,21 +138,14 @@ def test_evaluate_version_reports_every_headline_metric(real, tmp_path: Path) ->
         "train": digits_table([f"p{i}" for i in range(71)], images, labels, "synthetic"),
         "unfiltered": digits_table([f"u{i}" for i in range(101)], raw_images, raw_labels, "synthetic"),
     }
-    version = publish_version(str(tmp_path), "tiny", "v1", splits, 25, "card", {})
+    gate = {"memorization_rate": 10 / 71, "duplicate_rate": 1 / 71}  # what the publish gate measured
+    version = publish_version(str(tmp_path), "tiny", "v1", splits, 25, "card", {"gate": gate})
     evaluator_cfg = EvaluatorConfig(widths=(8, 16, 32), train={"epochs": 4, "batch_size": 32, "lr": 5e-3})
     evaluator = train_evaluator(evaluator_cfg, real["train"], real["val"], real["test"], progress=False).model
     judge = train_on(real["train"].images, real["train"].labels, TINY, STEPS, seed=0)
-    cfg = EvaluateConfig(cas_steps=60, cas_seeds=(0, 1), batch_size=64)
+    cfg = EvaluateConfig(cas_steps=60, cas_seeds=(0, 1))
     result = evaluate_version(
-        published_files(version.path),
-        published_files(version.path, "unfiltered"),
-        real["train"],
-        real["test"],
-        evaluator,
-        judge,
-        cfg,
-        copy_distance=0.04,
-        classifier_cfg=TINY,
+        version, real["train"], real["test"], evaluator, judge, cfg, classifier_cfg=TINY, batch_size=64
     )
     m = result.metrics
     assert tuple(m) == HEADLINE and all(isinstance(v, float) and np.isfinite(v) for v in m.values())
@@ -175,11 +155,12 @@ def test_evaluate_version_reports_every_headline_metric(real, tmp_path: Path) ->
     )
     assert m["conditional_accuracy_raw"] < m["conditional_accuracy_published"]  # noise was sampled too
     assert m["judge_accuracy_raw"] < m["judge_accuracy_published"]
-    all_train = ((real["train"].images[:, 0] + 1) * 127.5).round().to(torch.uint8).numpy()
-    assert (
-        m["memorization_rate"] == memorization_rate(images, all_train, 0.04) >= 10 / 71
-    )  # renders look alike
-    assert m["duplicate_rate"] == pytest.approx(1 / 71)
+    assert m["memorization_rate"] == 10 / 71 and m["duplicate_rate"] == 1 / 71  # the gate's, not again
+    with pytest.raises(DataError, match="no gate rates"):
+        evaluate_version(
+            publish_version(str(tmp_path), "tiny", "v2", splits, 25, "card", {}),
+            *(real["train"], real["test"], evaluator, judge, cfg, TINY),
+        )
     assert m["cas_ratio"] == pytest.approx(np.mean([r["cas_ratio"] for r in result.cas_runs]))
     assert [r["seed"] for r in result.cas_runs] == [0, 1]
     assert min(m["frechet_distance_real"], m["diversity_synthetic"], m["diversity_real"]) > 0

@@ -18,14 +18,8 @@ from PIL import Image
 
 from diffusion.config import FilterConfig, QualityConfig
 from diffusion.data.schema import DIGITS_SCHEMA, IMAGE_TYPE, digits_table, encode_png
-from diffusion.quality.expectations import (
-    GateError,
-    GateResult,
-    GateSpec,
-    nearest_rms_distance,
-    png_header,
-    validate_rows,
-)
+from diffusion.quality.expectations import GateError, GateResult, GateSpec, validate_rows
+from diffusion.quality.gate_columns import nearest_rms_distance, png_header
 
 torch.set_num_threads(1)
 
@@ -232,7 +226,7 @@ def test_defect_fails_the_gate(defect: str, good_table: pa.Table, train_images: 
     plant, expected = DEFECTS[defect]
     result = validate_rows(plant(good_table, train_images), SPEC, train_images, docs_dir=None)
     assert not result.success
-    assert set(result.failed) == expected, result.summary()
+    assert set(result.failed) == {f"train: {name}" for name in expected}, result.summary()
     summary = result.summary()
     assert "\n" not in summary and summary.startswith(f"gate failed: {len(expected)} of ")
 
@@ -243,7 +237,7 @@ def test_one_copy_is_within_the_limit_and_rates_are_reported(
     table = copy_train(good_table, train_images, [0])
     table = set_image(table, 9, table.column("image")[3]["bytes"].as_py())
     result = validate_rows(table, SPEC, train_images, docs_dir=None)
-    assert result.failed == ["expect_column_values_to_be_unique(pixel_sha256)"]
+    assert result.failed == ["train: expect_column_values_to_be_unique(pixel_sha256)"]
     assert result.memorization_rate == pytest.approx(1 / 20)
     assert result.duplicate_rate == pytest.approx(1 / 20)
 
@@ -256,7 +250,7 @@ def test_docs_written_only_to_docs_dir_and_rerun_is_idempotent(
     bad = set_values(good_table, "id", 7, "synthetic-0001")
     first = validate_rows(bad, SPEC, train_images, Path("report/docs"))  # a relative folder works too
     second = validate_rows(bad, SPEC, train_images, docs)
-    assert first.failed == second.failed == ["expect_column_values_to_be_unique(id)"]
+    assert first.failed == second.failed == ["train: expect_column_values_to_be_unique(id)"]
     assert second.docs_index == docs / "index.html" and second.docs_index.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # nothing beside docs_dir
     # the index links the latest validation only (a rerun replaces the pages); its page names the failure
@@ -279,7 +273,7 @@ def test_concurrent_calls_share_nothing(good_table: pa.Table, train_images: np.n
     for thread in threads:
         thread.join()
     assert results["good"].success
-    assert results["bad"].failed == ["expect_column_values_to_be_in_set(accepted)"]
+    assert results["bad"].failed == ["train: expect_column_values_to_be_in_set(accepted)"]
 
 
 def test_spec_from_config_and_gate_error() -> None:

@@ -231,16 +231,21 @@ def test_a_version_behind_an_fsspec_url_links_to_its_url(tmp_path: Path) -> None
 def test_build_reports_keeps_each_versions_evaluation_across_runs(tmp_path: Path) -> None:
     root, out = str(tmp_path / "published"), tmp_path / "reports"
     first = publish(root, "v1", "2026-11-25T03:00:00+00:00")
-    build_reports(root, NAME, {**EVALUATION, "cas_ratio": 0.9}, out)  # evaluates the newest: v1
-    publish(root, "v2", "2026-11-26T03:00:00+00:00", seed=2)
+    build_reports(root, NAME, {**EVALUATION, "cas_ratio": 0.9}, out, first.path)  # the version handed on
+    newer = publish(root, "v2", "2026-11-26T03:00:00+00:00", seed=2)
     build_reports(root, NAME, None, out)  # v2 reported, not evaluated; v1 left as it was
     page = (out / NAME / "index.html").read_text()
     assert re.findall(r'data-field="cas_ratio"[^>]*>([^<]*)<', page) == ["0.900", "not evaluated"]
     index = build_reports(root, NAME, {**EVALUATION, "version": "v2"}, out)
     assert re.findall(r'data-field="cas_ratio"[^>]*>([^<]*)<', index.read_text()) == ["0.900", "0.991"]
     assert [v.version for v in list_versions(root, NAME)] == ["v1", "v2"] and first.version == "v1"
-    with pytest.raises(DataError, match="evaluation is of version v9"):
+    with pytest.raises(DataError, match="version v9 is not published"):
         build_reports(root, NAME, {"version": "v9"}, out)
+    with pytest.raises(DataError, match="the evaluation is of version v2, not of v1"):
+        build_reports(root, NAME, {**EVALUATION, "version": "v2"}, out, first.path)
+    with pytest.raises(DataError, match="names no version"):
+        build_reports(root, NAME, dict(EVALUATION), out)  # never "the newest folder"
+    assert newer.version == "v2"
     with pytest.raises(DataError, match="no published versions"):
         build_reports(str(tmp_path / "empty"), NAME, None, out)
 

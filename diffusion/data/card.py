@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pyarrow as pa
 import yaml
 
 from diffusion.data.schema import HF_FEATURES
@@ -26,13 +27,23 @@ def _yaml_feature(name: str, feature: dict[str, Any]) -> dict[str, Any]:
     if feature["_type"] == "Image":
         return {"name": name, "dtype": "image"}
     if feature["_type"] == "ClassLabel":
-        return {"name": name, "dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(feature["names"])}}}}
+        return {
+            "name": name,
+            "dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(feature["names"])}}},
+        }
     return {"name": name, "dtype": feature["dtype"]}
 
 
-def dataset_card(manifest: dict[str, Any], split_rows: dict[str, int]) -> str:
-    """README.md text for a version described by `manifest` (name, version, params, counts, ...)."""
+def dataset_card(manifest: dict[str, Any], splits: dict[str, pa.Table]) -> str:
+    """README.md text for a version described by `manifest` (name, version, params, counts, ...) whose
+    splits are `splits` (split name -> its rows).
+
+    `dataset_info.splits` holds what `datasets` expects of each split (name, num_bytes, num_examples), so
+    loading logs no "malformed" warning; num_bytes is the split's in-memory Arrow size, as `datasets`
+    counts it.
+    """
     params = manifest["params"]
+    split_rows = {s: t.num_rows for s, t in splits.items()}
     front = {
         "license": "mit",
         "pretty_name": f"{manifest['name']} {manifest['version']}",
@@ -47,7 +58,9 @@ def dataset_card(manifest: dict[str, Any], split_rows: dict[str, int]) -> str:
         ],
         "dataset_info": {
             "features": [_yaml_feature(n, f) for n, f in HF_FEATURES.items()],
-            "splits": [{"name": s, "num_examples": n} for s, n in split_rows.items()],
+            "splits": [
+                {"name": s, "num_bytes": t.nbytes, "num_examples": t.num_rows} for s, t in splits.items()
+            ],
         },
     }
     sampler = params["sampler"]
@@ -69,7 +82,7 @@ were asked for, scored by two judges and kept only when they pass the filter bel
 - **Model**: diffusion weights sha256 `{manifest["model"]["sha256"]}`{_rev(manifest)}, trained on
   {SOURCES.get(manifest.get("real_source", ""), "real MNIST digits")} (MNIST: Y. LeCun, C. Cortes, C. Burges).
 - **Sampler**: {sampler["name"]}, {sampler["steps"]} steps, classifier-free guidance w = {sampler["guidance"]},
-  best of {params["best_of_n"]} by CLIP score, seed {params["seed"]}.
+  best of {params["best_of_n"]} by CLIP score, seed {params["seed"]}, seed blocks of {params["seed_block"]}.
 - **Filter**: `{json.dumps(params["filter"])}` (CLIP `{params["clip"]["model"]}`; the downstream MNIST classifier).
 - **Created**: {manifest["created_at"]} by run `{manifest["run_id"]}`; files and checksums in `manifest.json`.
 

@@ -4,10 +4,12 @@ The same reader serves the prepared real splits and the published synthetic shar
 use `diffusion.data.schema.DIGITS_SCHEMA`, and columns are read by name. Published versions
 (diffusion/data/shards.py) are found through their manifests and load in memory (`published_dataset`)
 or stream one file at a time (`ShardStream`); `MixedDigits` and `MixedStream` add real digits at a ratio.
+A file or version that cannot be opened, read or decoded raises DataError: one line naming it and what to do.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -23,30 +25,77 @@ from diffusion.data.shards import MANIFEST, PublishedVersion, read_manifest, ver
 from diffusion.errors import DataError
 
 _COLUMNS = ["id", "image", "label"]
+_FIX = "replace it with an intact copy (rerun the stage that wrote it)"
+
+
+def _reason(err: BaseException) -> str:
+    """An exception as a short line, without object reprs such as <_io.BytesIO object at 0x...>."""
+    text = re.sub(r" ?<[^<>]* at 0x[0-9a-fA-F]+>", "", str(err)).strip() or type(err).__name__
+    return text.splitlines()[0][:200]
+
+
+def _read_one(path: str, columns: Sequence[str]) -> pa.Table:
+    try:
+        opened = fsspec.open(path, "rb")
+    except (ValueError, ImportError) as err:  # an unknown protocol, or its package is not installed
+        raise DataError(
+            f"{path}: cannot open ({_reason(err)}); give a local path or a URL fsspec can open"
+        ) from None
+    try:
+        with opened as f:
+            return pq.read_table(f, columns=list(columns))
+    except FileNotFoundError:
+        raise DataError(f"{path}: Parquet file not found") from None
+    except (pa.ArrowException, KeyError, OSError, ValueError) as err:
+        raise DataError(f"{path}: not a digits Parquet file ({_reason(err)}); {_FIX}") from None
 
 
 def read_table(paths: str | Path | Sequence[str | Path], columns: Sequence[str] = _COLUMNS) -> pa.Table:
     """Read and concatenate Parquet files (local or any fsspec URL) keeping only `columns`."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    tables = []
-    for path in map(str, paths):
-        try:
-            with fsspec.open(path, "rb") as f:
-                table = pq.read_table(f, columns=list(columns))
-        except FileNotFoundError:
-            raise DataError(f"{path}: Parquet file not found") from None
-        except (pa.ArrowInvalid, KeyError, OSError) as err:
-            raise DataError(f"{path}: not a digits Parquet file ({err})") from None
-        tables.append(table)
+    tables = [_read_one(path, columns) for path in map(str, paths)]
     if not tables:
         raise DataError("no Parquet files given")
-    return pa.concat_tables(tables)
+    try:
+        return pa.concat_tables(tables)
+    except pa.ArrowException as err:
+        raise DataError(f"{', '.join(map(str, paths))}: the files' columns differ ({_reason(err)})") from None
+
+
+def _decode(path: str, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of one file's table; DataError naming the file when its columns do not decode."""
+    image, label = table.schema.field("image").type, table.schema.field("label").type
+    if not (pa.types.is_struct(image) and image.get_field_index("bytes") >= 0 and pa.types.is_integer(label)):
+        raise DataError(
+            f"{path}: expected image (struct of PNG bytes) and label (integer) columns, "
+            f"found image: {image}, label: {label}; {_FIX}"
+        )
+    if table.column("label").null_count or table.column("image").combine_chunks().field("bytes").null_count:
+        raise DataError(f"{path}: null images or labels; {_FIX}")
+    try:
+        images, labels = table_arrays(table)
+    except (OSError, ValueError, SyntaxError) as err:  # PIL: not a PNG, truncated; numpy: mixed sizes
+        raise DataError(f"{path}: an image does not decode as a PNG digit ({_reason(err)}); {_FIX}") from None
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{path}: labels must lie in 0-9, found {labels.min()}..{labels.max()}; {_FIX}")
+    return images, labels
 
 
 def load_arrays(paths: str | Path | Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray]:
-    """Read digits Parquet into (images uint8 (N, 28, 28), labels int64 (N,))."""
-    return table_arrays(read_table(paths, columns=["image", "label"]))
+    """Read digits Parquet into (images uint8 (N, 28, 28), labels int64 (N,)). Raises DataError naming a bad file."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    parts = [(path, *_decode(path, _read_one(path, ["image", "label"]))) for path in map(str, paths)]
+    if not parts:
+        raise DataError("no Parquet files given")
+    first, size = parts[0][0], parts[0][1].shape[1:]
+    for path, images, _ in parts:
+        if images.shape[1:] != size and len(images) and len(parts[0][1]):
+            raise DataError(
+                f"{path}: {images.shape[1:]} images, but {first} holds {size}; give one image size"
+            )
+    return np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
 
 
 def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -83,10 +132,17 @@ class DigitsDataset(Dataset):
 def open_version(path: str | Path) -> PublishedVersion:
     """The published version at `path` (its folder: a local path or an fsspec URL), with its manifest."""
     path = str(path).rstrip("/")
-    fs, folder = fsspec.core.url_to_fs(path)
-    manifest = read_manifest(fs, folder.rstrip("/"))
+    try:
+        fs, folder = fsspec.core.url_to_fs(path)
+        manifest = read_manifest(fs, folder.rstrip("/"))
+    except (ValueError, ImportError, OSError) as err:  # unknown protocol, missing package, not JSON
+        raise DataError(
+            f"{path}: cannot read its {MANIFEST} ({_reason(err)}); publish the version again"
+        ) from None
     if manifest is None:
         raise DataError(f"{path}: not a published version (no {MANIFEST})")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
+        raise DataError(f"{path}/{MANIFEST}: no 'files' list; publish the version again")
     return PublishedVersion(path, path.rsplit("/", 1)[-1], manifest, reused=False)
 
 

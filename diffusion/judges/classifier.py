@@ -80,14 +80,21 @@ class DigitClassifier(JudgeNet):
 
 
 def train_classifier(
-    cfg: ClassifierConfig, train: Labelled, val: Labelled, test: Labelled, progress: bool = True
+    cfg: ClassifierConfig,
+    train: Labelled,
+    val: Labelled,
+    test: Labelled,
+    progress: bool = True,
+    device: torch.device | str = "cpu",
 ) -> JudgeFit:
     """Fit on `train`, keep the best-val-accuracy epoch, score it once on `test`. Nothing is written.
 
-    Returns the model (a DigitClassifier in eval mode on `cfg.train.device`), metrics (test_accuracy,
+    Returns the model (a DigitClassifier in eval mode on `device`), metrics (test_accuracy,
     val_accuracy, per_class_accuracy, epochs, best_epoch, parameters), the test confusion rows and the history.
     """
-    return train_judge(lambda: DigitClassifier.from_config(cfg), cfg, train, val, test, progress, KIND)
+    return train_judge(
+        lambda: DigitClassifier.from_config(cfg), cfg, train, val, test, progress, KIND, device
+    )
 
 
 def save_classifier(

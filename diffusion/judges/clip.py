@@ -31,9 +31,9 @@ from diffusion.config import ClipConfig
 from diffusion.data.datasets import DigitsDataset
 from diffusion.data.schema import CLASS_NAMES
 from diffusion.errors import DigitsError
+from diffusion.judges.prompts import CAPTION_TEMPLATES, PROMPT, captions, prompts
 from diffusion.judges.training import accuracy_report, fit
 
-PROMPT = 'a photo of the number: "{c}".'  # the zero-shot prompt of every judge (the open_clip MNIST one)
 WEIGHTS_FILE = "open_clip_model.safetensors"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 MNIST_MEAN, MNIST_STD = (0.1307,) * 3, (0.3081,) * 3  # of [0, 1] pixels, grey copied to RGB
@@ -122,7 +122,7 @@ class ClipJudge:
 
     def class_embeddings(self, template: str = PROMPT) -> torch.Tensor:
         """Unit embeddings (10, D) of the prompt for each digit, `template.format(c="7")`."""
-        return self.encode_texts([template.format(c=c) for c in CLASS_NAMES])
+        return self.encode_texts(prompts(template))
 
     def class_scores(self, images: torch.Tensor, template: str = PROMPT) -> torch.Tensor:
         """CLIPScore of every image against every digit's prompt: (N, 1, H, W) -> (N, 10), 100 x cosine."""
@@ -201,24 +201,7 @@ def load_clip(model: str, pretrained: str | None, device: torch.device | str = "
 
 
 # --------------------------------------------------------------------------- training the domain CLIP
-NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-CAPTION_TEMPLATES = (  # {c}: the digit, {w}: its name
-    PROMPT,
-    "a handwritten digit {c}",
-    "the number {w}",
-    "a drawing of a {c}",
-    "a handwritten {w}",
-    "an image of the digit {c}",
-    "the digit {w}, written by hand",
-    "a scan of the number {c}",
-)
-
-
-def captions() -> list[str]:
-    """All 10 x T training captions, class-major: caption `label * T + t` uses template t."""
-    return [
-        t.format(c=c, w=w) for c, w in zip(CLASS_NAMES, NUMBER_WORDS, strict=True) for t in CAPTION_TEMPLATES
-    ]
+# The prompt and the caption templates live in diffusion/judges/prompts.py (the params check counts their tokens).
 
 
 @dataclass
@@ -253,10 +236,11 @@ def train_clip(
     test: DigitsDataset,
     out_dir: Path,
     progress: bool = True,
+    device: torch.device | str = "cpu",
 ) -> ClipResult:
     """Train the domain CLIP with open_clip's ClipLoss on (digit, random caption) pairs; keep the best
     val zero-shot epoch, score it once on test, save it with `save_clip`."""
-    device = torch.device(cfg.train.device)
+    device = torch.device(device)
     # Weight init draws from the global RNG: seeded inside fork_rng, the caller's is left as it was.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)

@@ -83,11 +83,16 @@ class DigitEvaluator(JudgeNet):
 
 
 def train_evaluator(
-    cfg: EvaluatorConfig, train: Labelled, val: Labelled, test: Labelled, progress: bool = True
+    cfg: EvaluatorConfig,
+    train: Labelled,
+    val: Labelled,
+    test: Labelled,
+    progress: bool = True,
+    device: torch.device | str = "cpu",
 ) -> JudgeFit:
     """Fit on the real `train` split, keep the best-val-accuracy epoch, score it once on `test`. Nothing is
     written. Returns the model (a DigitEvaluator in eval mode), metrics, test confusion rows and history."""
-    return train_judge(lambda: DigitEvaluator.from_config(cfg), cfg, train, val, test, progress, KIND)
+    return train_judge(lambda: DigitEvaluator.from_config(cfg), cfg, train, val, test, progress, KIND, device)
 
 
 def save_evaluator(

@@ -265,13 +265,15 @@ def fit_cross_entropy(
     steps: int | None = None,
     progress: bool = False,
     desc: str = "train",
+    device: torch.device | str = "cpu",
 ) -> tuple[M, FitResult]:
-    """Build a network seeded by `settings.seed` on `settings.device` and fit it with label-smoothed
-    cross-entropy (see `fit`: `val` keeps the best-val-accuracy epoch, `steps` fixes the budget).
+    """Build a network seeded by `settings.seed` on `device` (`hardware.device`) and fit it with
+    label-smoothed cross-entropy (see `fit`: `val` keeps the best-val-accuracy epoch, `steps` fixes the
+    budget).
 
     Returns the model holding the kept weights, in eval mode, and the fit's record.
     """
-    device = torch.device(settings.device)
+    device = torch.device(device)
     generator = torch.Generator().manual_seed(settings.seed)
     # Weight init and dropout draw from the global RNG: seeded inside fork_rng, the caller's is left as it was.
     with torch.random.fork_rng(devices=[]):
@@ -305,10 +307,12 @@ def train_judge(
     test: Labelled,
     progress: bool,
     desc: str,
+    device: torch.device | str = "cpu",
 ) -> JudgeFit:
-    """Fit a cross-entropy judge on `train`, keep its best-val-accuracy epoch, score it once on `test`."""
+    """Fit a cross-entropy judge on `train` on `device`, keep its best-val-accuracy epoch, score it once on
+    `test`."""
     model, run = fit_cross_entropy(
-        build, cfg.train, cfg.label_smoothing, train, val=val, progress=progress, desc=desc
+        build, cfg.train, cfg.label_smoothing, train, val=val, progress=progress, desc=desc, device=device
     )
     predicted = predict(model, test.images).cpu()
     report = accuracy_report(predicted, test.labels)

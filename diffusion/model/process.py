@@ -4,12 +4,17 @@ Indexing: an array index t in [0, T) is step t + 1 of Ho et al. (2020), so `alph
 alpha_bar_{t+1}; index T - 1 is the noisiest state x_T and index -1 stands for clean data (alpha_bar = 1).
 This is the convention of diffusers' schedulers, which the sampler tests compare against.
 
-The process owns every schedule-derived quantity, computed once in float64 and cast to the caller's dtype
-and device at use. It never owns a network: the model is an argument wherever one is needed.
+The process owns every schedule-derived quantity, computed once in float64 on the CPU. `process.to(device)`
+gives the same process with its tables on `device` (made once per device and cached), so the lookups of a
+sampling or training step gather on the device and never copy the schedule from the host; every lookup
+(`at`) also routes through that cache, so a process that was not moved pays the copy once, not per step.
+Python-float coefficients (`alpha_bar`) come from a host list and never read a device tensor.
+It never owns a network: the model is an argument wherever one is needed.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Protocol
 
@@ -55,8 +60,32 @@ def make_betas(cfg: ProcessConfig) -> Tensor:
     return cosine_betas(cfg.timesteps)
 
 
+# The (T,) tables a step gathers from; `to(device)` moves exactly these.
+TABLES = (
+    "betas",
+    "alphas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "posterior_variance",
+    "posterior_mean_coef_x0",
+    "posterior_mean_coef_xt",
+)
+
+
+def table_dtype(device: torch.device) -> torch.dtype:
+    """float64 for the schedule tables, except on MPS, which has no float64: float32 there.
+
+    Lookups cast to the caller's dtype (float32 in use), so MPS loses nothing in sampling; only float64
+    sampling (the tests' reference comparisons) needs the float64 tables.
+    """
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 class GaussianDiffusion:
-    """Schedule arrays (float64, (T,)) and the maths of the forward process and its parameterisations."""
+    """Schedule tables ((T,) float64, on `self.device`) and the maths of the forward process and its
+    parameterisations. Built on the CPU; `to(device)` gives the copy on an accelerator."""
 
     def __init__(self, cfg: ProcessConfig):
         self.cfg = cfg
@@ -73,65 +102,92 @@ class GaussianDiffusion:
         self.posterior_variance = self.betas * (1.0 - self.alphas_cumprod_prev) / one_minus
         self.posterior_mean_coef_x0 = self.betas * self.alphas_cumprod_prev.sqrt() / one_minus
         self.posterior_mean_coef_xt = self.alphas.sqrt() * (1.0 - self.alphas_cumprod_prev) / one_minus
+        self.device = torch.device("cpu")
+        self._alpha_bar = self.alphas_cumprod.tolist()  # host floats for the samplers' coefficients
+        self._on: dict[torch.device, GaussianDiffusion] = {self.device: self}  # shared by all copies
+
+    # ------------------------------------------------------------------ device
+    def to(self, device: torch.device | str) -> GaussianDiffusion:
+        """This process with its tables on `device` (`table_dtype`: float64, float32 on MPS).
+
+        Made once per device (one host-to-device copy of each table) and cached; every copy shares the
+        cache, so `process.to("cuda").to("cpu")` is the original. The float64 CPU tables stay the source.
+        """
+        device = torch.device(device)
+        if device not in self._on:
+            host, moved = self._on[torch.device("cpu")], copy.copy(self)
+            for name in TABLES:
+                setattr(moved, name, getattr(host, name).to(device, table_dtype(device)))
+            moved.device = moved.betas.device  # "cuda" -> "cuda:0": cache both spellings
+            self._on[device] = self._on.setdefault(moved.device, moved)
+        return self._on[device]
 
     # ------------------------------------------------------------------ lookups
     def at(self, values: Tensor, t: Tensor, like: Tensor) -> Tensor:
-        """values (T,) at timesteps t (B,) int64, as (B, 1, 1, 1) in `like`'s dtype and device."""
-        gathered = values.to(device=like.device, dtype=like.dtype)[t.to(like.device)]
+        """values (T,) at timesteps t (B,) int64, as (B, 1, 1, 1) in `like`'s dtype and device.
+
+        Gathers on the device when `values` lives there (one of `self.to(like.device)`'s tables); any other
+        (T,) tensor is copied there first.
+        """
+        gathered = values.to(like.device)[t.to(like.device)].to(like.dtype)
         return gathered.view(-1, *([1] * (like.ndim - 1)))
 
+    def _at(self, name: str, t: Tensor, like: Tensor) -> Tensor:
+        """The table `name` (see TABLES) of this process on `like`'s device, at t: (B, 1, 1, 1)."""
+        return self.at(getattr(self.to(like.device), name), t, like)
+
     def alpha_bar(self, t: int) -> float:
-        """alpha_bar at index t as a Python float (float64); t = -1 is clean data, alpha_bar = 1."""
-        return 1.0 if t < 0 else float(self.alphas_cumprod[t])
+        """alpha_bar at index t as a Python float (float64, from a host list: no device read); t = -1 is
+        clean data, alpha_bar = 1."""
+        return 1.0 if t < 0 else self._alpha_bar[t]
 
     # ------------------------------------------------------------------ forward process
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """Ho et al. eq. 4: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps. x0, noise (B,C,H,W), t (B,)."""
         return (
-            self.at(self.sqrt_alphas_cumprod, t, x0) * x0
-            + self.at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+            self._at("sqrt_alphas_cumprod", t, x0) * x0
+            + self._at("sqrt_one_minus_alphas_cumprod", t, x0) * noise
         )
 
     def q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Ho et al. eqs. 6-7: mean (B,C,H,W) and variance (B,1,1,1) of q(x_{t-1} | x_t, x_0)."""
         mean = (
-            self.at(self.posterior_mean_coef_x0, t, x_t) * x0
-            + self.at(self.posterior_mean_coef_xt, t, x_t) * x_t
+            self._at("posterior_mean_coef_x0", t, x_t) * x0 + self._at("posterior_mean_coef_xt", t, x_t) * x_t
         )
-        return mean, self.at(self.posterior_variance, t, x_t)
+        return mean, self._at("posterior_variance", t, x_t)
 
     # ------------------------------------------------------------------ parameterisations
     def x0_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """Eq. 4 solved for x_0: (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar). All (B,C,H,W), t (B,)."""
-        return (x_t - self.at(self.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / self.at(
-            self.sqrt_alphas_cumprod, t, x_t
-        )
+        sqrt_ab = self._at("sqrt_alphas_cumprod", t, x_t)
+        sqrt_one_minus_ab = self._at("sqrt_one_minus_alphas_cumprod", t, x_t)
+        return (x_t - sqrt_one_minus_ab * eps) / sqrt_ab
 
     def eps_from_x0(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
         """Eq. 4 solved for eps: (x_t - sqrt(alpha_bar) x_0) / sqrt(1 - alpha_bar)."""
-        return (x_t - self.at(self.sqrt_alphas_cumprod, t, x_t) * x0) / self.at(
-            self.sqrt_one_minus_alphas_cumprod, t, x_t
-        )
+        sqrt_ab = self._at("sqrt_alphas_cumprod", t, x_t)
+        sqrt_one_minus_ab = self._at("sqrt_one_minus_alphas_cumprod", t, x_t)
+        return (x_t - sqrt_ab * x0) / sqrt_one_minus_ab
 
     def v_target(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
         """Salimans & Ho (2022) sec. 4: v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0."""
         return (
-            self.at(self.sqrt_alphas_cumprod, t, x0) * eps
-            - self.at(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+            self._at("sqrt_alphas_cumprod", t, x0) * eps
+            - self._at("sqrt_one_minus_alphas_cumprod", t, x0) * x0
         )
 
     def eps_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
         """eps = sqrt(alpha_bar) v + sqrt(1 - alpha_bar) x_t (the rotation inverse to `v_target`)."""
         return (
-            self.at(self.sqrt_alphas_cumprod, t, x_t) * v
-            + self.at(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t
+            self._at("sqrt_alphas_cumprod", t, x_t) * v
+            + self._at("sqrt_one_minus_alphas_cumprod", t, x_t) * x_t
         )
 
     def x0_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
         """x_0 = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v: well conditioned even where alpha_bar -> 0."""
         return (
-            self.at(self.sqrt_alphas_cumprod, t, x_t) * x_t
-            - self.at(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
+            self._at("sqrt_alphas_cumprod", t, x_t) * x_t
+            - self._at("sqrt_one_minus_alphas_cumprod", t, x_t) * v
         )
 
     def eps_from_output(self, output: Tensor, x_t: Tensor, t: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ from diffusion.checkpoint import CheckpointError, load_weights, read_checkpoint_
 from diffusion.config import DiffusionConfig
 from diffusion.model.ema import EMA
 from diffusion.model.unet import UNet
+from diffusion.precision import Precision
 
 STATE_KIND = "diffusion-train-state"
 log = logging.getLogger(__name__)
@@ -36,14 +37,15 @@ class TrainState:
     generator: torch.Generator  # CPU generator for batches, timesteps, noise and label masks
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
-    window_sum: float = 0.0  # training losses since the last history row
+    window_sum: float = 0.0  # sum of the losses since the last history row (as of the last save)
     window_count: int = 0
     seconds: float = 0.0  # training wall time over all sessions
 
 
-def training_config(cfg: DiffusionConfig) -> dict[str, Any]:
-    """The part of the config that determines the trained weights, as JSON."""
-    return cfg.model_dump(mode="json", include={"unet", "process", "train"})
+def training_config(cfg: DiffusionConfig, precision: Precision = "fp32") -> dict[str, Any]:
+    """What determines the trained weights, as JSON: the unet, process and train sections and the precision
+    the network trains in (`hardware.precision`, resolved)."""
+    return {**cfg.model_dump(mode="json", include={"unet", "process", "train"}), "precision": precision}
 
 
 def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -68,7 +70,9 @@ def unflatten_optimizer(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dic
     return {"state": state, "param_groups": groups}
 
 
-def save_state(directory: Path, cfg: DiffusionConfig, state: TrainState) -> None:
+def save_state(
+    directory: Path, cfg: DiffusionConfig, state: TrainState, precision: Precision = "fp32"
+) -> None:
     """Write the whole state atomically (a kill leaves the previous state or this one)."""
     opt_tensors, opt_meta = flatten_optimizer(state.optimizer.state_dict())
     rng = {"generator": state.generator.get_state(), "torch_cpu": torch.get_rng_state()}
@@ -87,10 +91,14 @@ def save_state(directory: Path, cfg: DiffusionConfig, state: TrainState) -> None
         "optimizer": opt_tensors,
         "rng": rng,
     }
-    save_checkpoint(directory, kind=STATE_KIND, config=training_config(cfg), weights=weights, meta=meta)
+    save_checkpoint(
+        directory, kind=STATE_KIND, config=training_config(cfg, precision), weights=weights, meta=meta
+    )
 
 
-def load_state(directory: Path, cfg: DiffusionConfig, state: TrainState) -> bool:
+def load_state(
+    directory: Path, cfg: DiffusionConfig, state: TrainState, precision: Precision = "fp32"
+) -> bool:
     """Restore `state` in place from `directory` if it holds a state of the same training config.
 
     Returns False (and leaves `state` untouched) when there is no state, a state of another config, or an
@@ -100,7 +108,7 @@ def load_state(directory: Path, cfg: DiffusionConfig, state: TrainState) -> bool
         return False
     try:
         doc = read_checkpoint_config(directory, STATE_KIND)
-        if doc["config"] != training_config(cfg):
+        if doc["config"] != training_config(cfg, precision):
             log.info("%s: saved state has another config, starting fresh", directory)
             return False
         device = next(state.model.parameters()).device

@@ -1,11 +1,14 @@
 """Train the class-conditional diffusion model: seeded, resumable, EMA weights, warm-up + cosine LR.
 
     result = train_diffusion(cfg, train, val, out_dir, resume_dir)
-    model, process = load_diffusion(out_dir, device="cpu")
+    model, process = load_diffusion(out_dir, device="cpu")       # diffusion.model.saved
 
 All randomness (batches, timesteps, noise, label masks) comes from one CPU torch.Generator seeded with
 cfg.train.seed, and the model is initialised from the same seed, so a run is reproducible on CPU and a
 killed run resumed from its last state in `resume_dir` ends with the same weights as an uninterrupted one.
+
+The losses stay on the device: they are summed there and read back (a host sync) only for a history row
+every `log_every` steps and for a resume state every `checkpoint_every` steps.
 """
 
 from __future__ import annotations
@@ -14,22 +17,19 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Protocol
 
 import torch
-from pydantic import ValidationError
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from diffusion.checkpoint import CheckpointError, load_weights, read_checkpoint_config, save_checkpoint
-from diffusion.config import DiffusionConfig, DiffusionTrainConfig, ProcessConfig, UNetConfig
+from diffusion.config import DiffusionConfig, DiffusionTrainConfig
 from diffusion.model.ema import EMA
 from diffusion.model.process import GaussianDiffusion
 from diffusion.model.resume import TrainState, load_state, save_state
+from diffusion.model.saved import new_model, save_diffusion
 from diffusion.model.unet import UNet
-from diffusion.precision import autocast
-
-KIND = "diffusion"
+from diffusion.precision import Precision, autocast
 
 
 class Digits(Protocol):
@@ -53,48 +53,53 @@ def lr_at(cfg: DiffusionTrainConfig, step: int) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def new_model(cfg: DiffusionConfig, device: torch.device) -> UNet:
-    """The U-Net initialised from cfg.train.seed, without touching the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed)
-        return UNet(cfg.unet).to(device)
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """The dtype losses are summed in on `device`: float64 (exactly the old Python-float sums of the
+    float32 losses), float32 on MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def train_step(
-    state: TrainState, process: GaussianDiffusion, data: Digits, cfg: DiffusionTrainConfig
-) -> float:
-    """One optimiser step on a batch drawn with replacement; returns the batch loss."""
+    state: TrainState,
+    process: GaussianDiffusion,
+    data: Digits,
+    cfg: DiffusionTrainConfig,
+    precision: Precision = "fp32",
+) -> Tensor:
+    """One optimiser step on a batch drawn with replacement; returns the batch loss, a detached 0-dim
+    float32 tensor on the model's device (not read back: no host sync)."""
     device = next(state.model.parameters()).device
     idx = torch.randint(0, data.labels.shape[0], (cfg.batch_size,), generator=state.generator)
     x0, labels = data.images[idx].to(device), data.labels[idx].to(device)
     for group in state.optimizer.param_groups:
         group["lr"] = lr_at(cfg, state.step)
-    with autocast(device, cfg.precision):
+    with autocast(device, precision):
         loss = process.loss(state.model, x0, labels, state.generator, p_uncond=cfg.p_uncond)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
     state.optimizer.step()
     state.ema.update(state.model)
-    return loss.item()
+    return loss.detach()
 
 
 @torch.no_grad()
 def validation_loss(
     model: UNet, process: GaussianDiffusion, data: Digits, cfg: DiffusionTrainConfig
 ) -> float:
-    """The training objective on the first val_batches batches, with noise, timesteps and masks from a fixed seed."""
+    """The training objective on the first val_batches batches, with noise, timesteps and masks from a fixed
+    seed. Summed on the device, read back once."""
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(cfg.seed)
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=sum_dtype(device), device=device), 0
     for images, labels in zip(
         data.images.split(cfg.batch_size)[: cfg.val_batches],
         data.labels.split(cfg.batch_size)[: cfg.val_batches],
         strict=True,
     ):
         loss = process.loss(model, images.to(device), labels.to(device), generator, p_uncond=cfg.p_uncond)
-        total, count = total + loss.item() * labels.shape[0], count + labels.shape[0]
-    return total / max(count, 1)
+        total, count = total + loss.to(total.dtype) * labels.shape[0], count + labels.shape[0]
+    return total.item() / max(count, 1)
 
 
 def train_diffusion(
@@ -104,23 +109,26 @@ def train_diffusion(
     out_dir: Path,
     resume_dir: Path,
     progress: bool = True,
+    device: torch.device | str = "cpu",
+    precision: Precision = "fp32",
 ) -> TrainResult:
-    """Train (or resume) to cfg.train.steps, then write the checkpoint folder `out_dir` (EMA + raw weights).
+    """Train (or resume) to cfg.train.steps on `device` with the network in `precision` (`hardware`), then
+    write the checkpoint folder `out_dir` (EMA + raw weights).
 
     Every checkpoint_every steps and at the end the full training state goes to `resume_dir`; a state there
     with the same unet/process/train config is continued from, any other is ignored (fresh start).
     """
     tc = cfg.train
-    device = torch.device(tc.device)
-    process = GaussianDiffusion(cfg.process)
+    device = torch.device(device)
+    process = GaussianDiffusion(cfg.process).to(device)
     model = new_model(cfg, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     state = TrainState(model, EMA(model, tc.ema_decay), optimizer, torch.Generator().manual_seed(tc.seed))
     # The global CPU RNG (dropout's) is seeded here and saved and restored with the state; the caller's is kept.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tc.seed)
-        load_state(Path(resume_dir), cfg, state)
-        _train_loop(state, process, train, cfg, Path(resume_dir), progress)
+        load_state(Path(resume_dir), cfg, state, precision)
+        _train_loop(state, process, train, cfg, Path(resume_dir), progress, precision)
 
     ema_model = new_model(cfg, device)
     ema_model.load_state_dict(state.ema.state_dict())
@@ -143,77 +151,32 @@ def _train_loop(
     cfg: DiffusionConfig,
     resume_dir: Path,
     progress: bool,
+    precision: Precision,
 ) -> None:
+    """Steps to tc.steps. The loss window (state.window_sum, a float in the saved state) is summed on the
+    device in `window` and read back only for a history row or a resume state."""
     tc = cfg.train
     state.model.train()
+    device = next(state.model.parameters()).device
+    window = torch.tensor(state.window_sum, dtype=sum_dtype(device), device=device)
     mark = time.perf_counter()
     with tqdm(
         total=tc.steps, initial=state.step, disable=not progress, desc="train diffusion", unit="step"
     ) as bar:
         while state.step < tc.steps:
-            loss = train_step(state, process, data, tc)
+            loss = train_step(state, process, data, tc, precision)
             state.step += 1
-            state.window_sum, state.window_count = state.window_sum + loss, state.window_count + 1
+            window, state.window_count = window + loss.to(window.dtype), state.window_count + 1
             if state.step % tc.log_every == 0 or state.step == tc.steps:
-                mean = state.window_sum / state.window_count
+                mean = window.item() / state.window_count  # the host sync, once per log_every steps
                 state.history.append(
                     {"step": state.step, "train_loss": mean, "lr": lr_at(tc, state.step - 1)}
                 )
-                state.window_sum, state.window_count = 0.0, 0
+                window, state.window_count = torch.zeros_like(window), 0
                 bar.set_postfix(loss=f"{mean:.4f}")
             if state.step % tc.checkpoint_every == 0 or state.step == tc.steps:
                 now = time.perf_counter()
                 state.seconds, mark = state.seconds + now - mark, now
-                save_state(resume_dir, cfg, state)
+                state.window_sum = window.item()
+                save_state(resume_dir, cfg, state, precision)
             bar.update()
-
-
-def save_diffusion(
-    directory: Path,
-    cfg: DiffusionConfig,
-    model: dict[str, Tensor],
-    ema: dict[str, Tensor],
-    metrics: dict[str, Any],
-) -> None:
-    """The final checkpoint folder: ema and model weights beside config.json.
-
-    config.json holds kind "diffusion", `config` {unet, process} (what rebuilds the network and its
-    process) and `meta` (the metrics and the training settings, never read back by loading).
-    """
-    save_checkpoint(
-        directory,
-        kind=KIND,
-        config={"unet": cfg.unet.model_dump(mode="json"), "process": cfg.process.model_dump(mode="json")},
-        weights={"ema": ema, "model": model},
-        meta={**metrics, "train": cfg.train.model_dump(mode="json")},
-    )
-
-
-def load_diffusion(
-    directory: str | Path, device: torch.device | str = "cpu", weights: Literal["ema", "model"] = "ema"
-) -> tuple[UNet, GaussianDiffusion]:
-    """Rebuild (U-Net in eval mode on `device`, process) from a `save_diffusion` folder; no flags needed.
-
-    Only `config.unet` and `config.process` are read, so folders of earlier versions, whose config also
-    held the train, sampler and eval sections, load too.
-    """
-    directory = Path(directory)
-    doc = read_checkpoint_config(directory, KIND)
-    try:
-        unet = UNetConfig.model_validate(doc["config"].get("unet"))
-        process = ProcessConfig.model_validate(doc["config"].get("process"))
-    except ValidationError as err:
-        first = err.errors()[0]
-        raise CheckpointError(
-            f"{directory / 'config.json'}: invalid diffusion config "
-            f"({'.'.join(map(str, first['loc'])) or 'unet/process'}: {first['msg']})"
-        ) from None
-    model = UNet(unet)
-    try:
-        model.load_state_dict(load_weights(directory / f"{weights}.safetensors"))
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise CheckpointError(
-            f"{directory / weights}.safetensors: weights do not fit the config ({first})"
-        ) from None
-    return model.to(device).eval(), GaussianDiffusion(process)

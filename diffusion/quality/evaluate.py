@@ -21,7 +21,8 @@ metrics of `evaluate_version` (all floats):
     diversity_synthetic             mean feature distance between two digits of the same class, averaged over
     diversity_real                  classes (published; real training digits)
     memorization_rate               share of published digits within RMS `copy_distance` of a real training digit
-    duplicate_rate                  share of published digits whose pixels repeat an earlier one's
+                                    (the publish gate's, from the manifest)
+    duplicate_rate                  share of published digits whose pixels repeat an earlier one's (the gate's)
 
 The training metrics are means over `EvaluateConfig.cas_seeds`; images are (N, 1, 28, 28) in [-1, 1] and
 labels (N,) int64 unless said otherwise.
@@ -30,10 +31,8 @@ labels (N,) int64 unless said otherwise.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,7 +40,9 @@ import torch
 from torch import Tensor, nn
 
 from diffusion.config import ClassifierConfig, EvaluateConfig
-from diffusion.data.datasets import load_arrays, to_model_range, to_uint8
+from diffusion.data.datasets import load_arrays, to_model_range
+from diffusion.data.shards import PublishedVersion, version_files
+from diffusion.errors import DataError
 from diffusion.judges.classifier import DigitClassifier
 from diffusion.judges.training import (
     NUM_CLASSES,
@@ -53,7 +54,6 @@ from diffusion.judges.training import (
     in_batches,
     predict,
 )
-from diffusion.quality.expectations import nearest_rms_distance
 
 HEADLINE = (
     "conditional_accuracy_published",
@@ -100,9 +100,11 @@ def train_on(
     cfg's training settings (batch size, lr, weight decay, augmentation) and label smoothing; `seed` seeds
     init, shuffling and augmentation; no validation: the last step's weights, in eval mode on `device`.
     """
-    settings = cfg.train.model_copy(update={"seed": seed, "device": device})
+    settings = cfg.train.model_copy(update={"seed": seed})
     build = partial(DigitClassifier.from_config, cfg)
-    model, _ = fit_cross_entropy(build, settings, cfg.label_smoothing, Digits(images, labels), steps=steps)
+    model, _ = fit_cross_entropy(
+        build, settings, cfg.label_smoothing, Digits(images, labels), steps=steps, device=device
+    )
     return model
 
 
@@ -226,22 +228,6 @@ def diversity(feats: Tensor, labels: Tensor) -> dict[str, float]:
     return out
 
 
-# --------------------------------------------------------------------------- copies
-def memorization_rate(images: np.ndarray, train_images: np.ndarray, copy_distance: float) -> float:
-    """Share of images, uint8 (N, 28, 28), within RMS pixel distance `copy_distance` (pixels in [0, 1]) of a
-    training image, uint8 (M, 28, 28): the publish gate's is_copy."""
-    if not len(images):
-        return 0.0
-    return float((nearest_rms_distance(images, train_images) < copy_distance).mean())
-
-
-def duplicate_rate(images: np.ndarray) -> float:
-    """Share of images, uint8 (N, H, W), whose pixels repeat an earlier image's exactly."""
-    if not len(images):
-        return 0.0
-    return 1.0 - len({image.tobytes() for image in images}) / len(images)
-
-
 # --------------------------------------------------------------------------- one version
 @dataclass(frozen=True)
 class EvaluationResult:
@@ -261,39 +247,43 @@ def _mean(values: dict[str, float]) -> float:
 
 
 def evaluate_version(
-    train_files: Sequence[str | Path],
-    unfiltered_files: Sequence[str | Path],
+    version: PublishedVersion,
     real_train: Labelled,
     real_test: Labelled,
     evaluator_model: nn.Module,
     filter_classifier: nn.Module,
     cfg: EvaluateConfig,
-    copy_distance: float,
     classifier_cfg: ClassifierConfig,
+    device: torch.device | str = "cpu",
+    batch_size: int = 500,
 ) -> EvaluationResult:
-    """Every measure of one published version.
+    """Every measure of one published version. Memorisation and duplicate rates are the publish gate's, read
+    from the version's manifest (the gate computed them from the published bytes).
 
     Args:
-        train_files: the version's published Parquet files; unfiltered_files: every row its run sampled.
+        version: the published version (its manifest lists the files of its train and unfiltered splits).
         real_train, real_test: the prepared real splits (e.g. DigitsDataset).
-        evaluator_model: the independent evaluator (features and predictions); moved to cfg.device.
-        filter_classifier: the filtering judge (predictions only); moved to cfg.device.
-        cfg: the CAS budget (steps, batch size) and seeds, the inference batch size and the device.
-        copy_distance: RMS pixel distance under which a digit copies a training digit (quality.copy_distance).
+        evaluator_model: the independent evaluator (features and predictions); moved to `device`.
+        filter_classifier: the filtering judge (predictions only); moved to `device`.
+        cfg: the CAS budget (steps, batch size) and seeds.
         classifier_cfg: the filtering classifier's section: the architecture and the other training settings
             of the CAS classifiers.
+        device, batch_size: where the networks run and how many images a forward pass holds (`hardware`).
     """
-    device = torch.device(cfg.device)
-    published_uint8, published_labels = load_arrays(train_files)
-    raw_uint8, raw_labels = load_arrays(unfiltered_files)
+    gate = version.manifest.get("gate") or {}
+    if not {"memorization_rate", "duplicate_rate"} <= set(gate):
+        raise DataError(f"{version.path}: its manifest has no gate rates; publish the version again")
+    device = torch.device(device)
+    published_uint8, published_labels = load_arrays(version_files(version))
+    raw_uint8, raw_labels = load_arrays(version_files(version, "unfiltered"))
     published = Digits(to_model_range(published_uint8), torch.from_numpy(published_labels))
     raw = Digits(to_model_range(raw_uint8), torch.from_numpy(raw_labels))
     evaluator, judge = evaluator_model.to(device).eval(), filter_classifier.to(device).eval()
 
     def features(data: Labelled) -> Tensor:
-        return in_batches(evaluator.features, data.images, device, cfg.batch_size).cpu()
+        return in_batches(evaluator.features, data.images, device, batch_size).cpu()
 
-    predicted = predict(evaluator, published.images, cfg.batch_size).cpu()
+    predicted = predict(evaluator, published.images, batch_size).cpu()
     conditional = accuracy_report(predicted, published.labels)
     feats = {
         name: features(d)
@@ -313,16 +303,16 @@ def evaluate_version(
         runs.append({"seed": seed, **cas(*args), "augmentation_gain": augmentation_gain(*args)})
     metrics = {
         "conditional_accuracy_published": conditional.accuracy,
-        "conditional_accuracy_raw": accuracy(evaluator, raw, cfg.batch_size),
-        "judge_accuracy_published": accuracy(judge, published, cfg.batch_size),
-        "judge_accuracy_raw": accuracy(judge, raw, cfg.batch_size),
+        "conditional_accuracy_raw": accuracy(evaluator, raw, batch_size),
+        "judge_accuracy_published": accuracy(judge, published, batch_size),
+        "judge_accuracy_raw": accuracy(judge, raw, batch_size),
         **{k: float(np.mean([r[k] for r in runs])) for k in CAS_KEYS},
         "frechet_distance": frechet_distance(feats["synthetic"], feats["train"]),
         "frechet_distance_real": frechet_distance(feats["test"], feats["train"]),
         "diversity_synthetic": _mean(spread["synthetic"]),
         "diversity_real": _mean(spread["real"]),
-        "memorization_rate": memorization_rate(published_uint8, to_uint8(real_train.images), copy_distance),
-        "duplicate_rate": duplicate_rate(published_uint8),
+        "memorization_rate": float(gate["memorization_rate"]),
+        "duplicate_rate": float(gate["duplicate_rate"]),
     }
     per_class = [
         {

@@ -1,32 +1,28 @@
-"""The publish gate: a Great Expectations suite every synthetic version passes before it is published.
+"""The publish gate: Great Expectations suites that every split of a synthetic version passes before it is
+published.
 
-`validate_rows` turns the rows to publish (a DIGITS_SCHEMA table) into one pandas frame: the
-schema's columns with their Arrow types kept (`image` flattened into `image.bytes` and
-`image.path`) plus derived columns computed once in Python:
+`validate_rows` validates the accepted rows (the `train` split, the product) and, when given, every row the
+run sampled (the `unfiltered` split). Each split becomes one pandas frame: the schema's columns with their
+Arrow types kept (`image` flattened into `image.bytes` and `image.path`) plus columns derived from the bytes
+(`diffusion.quality.gate_columns`: PNG header and decode, pixel hashes, nearest training digit, the filter's
+verdict re-applied to the scores), each image decoded once.
 
-    png_ok            bool     the bytes are a PNG that decodes
-    image_mode        str      "L" for 8-bit grayscale ("RGB", "LA", ... otherwise; "" if not a PNG)
-    image_height      int64    pixels (0 if not a PNG)
-    image_width       int64
-    pixel_sha256      str      hash of the decoded grayscale pixels (null if they do not decode)
-    nearest_train_rms float64  RMS pixel distance (pixels in [0, 1]) to the nearest training digit
-    is_copy           int64    1 where nearest_train_rms < copy_distance
-    label_count       float64  rows with this row's label (NaN where the label is null)
-    label_requested   number   rows requested for this row's label (0 for a class not requested)
+    train       schema, types, nulls, labels 0-9, 28x28 grayscale PNGs, unique ids and pixels, score ranges,
+                the filter's thresholds, every row accepted, exact counts per class, near-copies of
+                training digits at most `max_memorization`
+    unfiltered  schema, types, nulls, labels 0-9, 28x28 grayscale PNGs, unique ids, score ranges, and
+                `accepted` equal to what the thresholds say of the row's scores
 
-The suite runs through a fresh in-memory (ephemeral) Data Context per call: a pandas datasource,
-a whole-frame batch definition, the suite, a validation definition and a checkpoint whose
-`UpdateDataDocsAction` writes Data Docs into `docs_dir`. Nothing is shared between calls and
-nothing is written outside `docs_dir`, which holds the latest validation only (GX removes the pages
-of results its fresh store does not hold). Each expectation carries a readable name such as
-"expect_column_values_to_be_unique(id)", reported in `GateResult.failed` and shown in Data Docs.
+The suites run through a fresh in-memory (ephemeral) Data Context per call: a pandas datasource with one
+asset per split, a whole-frame batch definition, a suite and a validation definition per split, and one
+checkpoint whose `UpdateDataDocsAction` writes Data Docs into `docs_dir`. Nothing is shared between calls
+and nothing is written outside `docs_dir`, which holds the latest validation only. Each expectation carries
+a readable name such as "train: expect_column_values_to_be_unique(id)", reported in `GateResult.failed`
+and shown in Data Docs.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +31,6 @@ from typing import TYPE_CHECKING
 import great_expectations as gx
 import great_expectations.expectations as gxe
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import torch
 from great_expectations.data_context.types.base import (
@@ -45,29 +40,24 @@ from great_expectations.data_context.types.base import (
 )
 
 from diffusion.config import FilterConfig, QualityConfig
-from diffusion.data.schema import DIGITS_SCHEMA, decode_png
+from diffusion.data.schema import DIGITS_SCHEMA
 from diffusion.errors import DigitsError
+from diffusion.quality.gate_columns import (
+    IMAGE_SIZE,
+    TRAIN_COLUMNS,
+    UNFILTERED_COLUMNS,
+    decode_images,
+    image_blobs,
+    train_frame,
+    unfiltered_frame,
+)
 
 if TYPE_CHECKING:
     from great_expectations.data_context import EphemeralDataContext
 
-IMAGE_SIZE = 28
 NAME = "publish_gate"
 FLAT_SCHEMA = pa.Table.from_batches([], DIGITS_SCHEMA).flatten().schema  # image -> image.bytes, image.path
 NULLABLE = ("image.path",)  # the only column a synthetic row may leave null
-DERIVED = (
-    "png_ok",
-    "image_mode",
-    "image_height",
-    "image_width",
-    "pixel_sha256",
-    "nearest_train_rms",
-    "is_copy",
-    "label_count",
-    "label_requested",
-)
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_COLORS = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}  # PNG color type -> PIL-style mode
 
 
 class GateError(DigitsError):
@@ -113,107 +103,19 @@ class GateResult:
         return f"gate failed: {len(self.failed)} of {total} expectations: {', '.join(self.failed)} ({rates})"
 
 
-# --------------------------------------------------------------------------- derived columns
-def png_header(data: bytes | None) -> tuple[str, int, int]:
-    """(mode, height, width) from a PNG's IHDR chunk, or ("", 0, 0) if `data` is not a PNG."""
-    if not data or len(data) < 26 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
-        return "", 0, 0
-    width, height, depth, color = struct.unpack(">IIBB", data[16:26])
-    mode = _PNG_COLORS.get(color, f"color{color}") + ("" if depth == 8 else f";{depth}")
-    return mode, height, width
-
-
-def nearest_rms_distance(
-    images: np.ndarray, train_images: np.ndarray, chunk: int = 1024, train_chunk: int = 8192
-) -> np.ndarray:
-    """RMS pixel distance (pixels scaled to [0, 1]) from each image to its nearest training image.
-
-    Args:
-        images: uint8 (N, H, W); train_images: uint8 (M, H, W).
-        chunk, train_chunk: block sizes of the (chunk, train_chunk) distance matrices.
-    Returns:
-        float64 (N,); inf where there are no training images.
-    """
-    n, m = len(images), len(train_images)
-    if n == 0 or m == 0:
-        return np.full(n, np.inf)
-    dims = math.prod(images.shape[1:])
-    train = torch.from_numpy(np.ascontiguousarray(train_images).reshape(m, dims)).float().div_(255.0)
-    best = []
-    for start in range(0, n, chunk):
-        query = torch.from_numpy(np.ascontiguousarray(images[start : start + chunk]).reshape(-1, dims))
-        query = query.float().div_(255.0)
-        nearest = torch.full((len(query),), math.inf)
-        for t0 in range(0, m, train_chunk):
-            dist = torch.cdist(query, train[t0 : t0 + train_chunk], compute_mode="use_mm_for_euclid_dist")
-            nearest = torch.minimum(nearest, dist.min(dim=1).values)
-        best.append(nearest)
-    return (torch.cat(best).double() / math.sqrt(dims)).numpy()
-
-
-def _numeric(frame: pd.DataFrame, name: str) -> np.ndarray:
-    """float64 (N,) of a column, NaN where it is null, not a number, or missing altogether."""
-    if name not in frame:
-        return np.full(len(frame), np.nan)
-    return pd.to_numeric(frame[name].astype(object), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-
-
-def gate_frame(table: pa.Table, spec: GateSpec, train_images: np.ndarray) -> pd.DataFrame:
-    """The frame the suite validates: the flattened table (Arrow dtypes) plus the DERIVED columns."""
-    flat = table.flatten()
-    frame = flat.to_pandas(types_mapper=pd.ArrowDtype)
-    n = len(frame)
-    blobs = (
-        flat.column("image.bytes").to_pylist()
-        if "image.bytes" in flat.column_names and pa.types.is_binary(flat.schema.field("image.bytes").type)
-        else [None] * n
-    )
-    headers = [png_header(b) for b in blobs]
-    png_ok, hashes, pixels, pixel_rows = np.zeros(n, bool), [None] * n, [], []
-    for i, blob in enumerate(blobs):
-        if not headers[i][0]:
-            continue
-        try:
-            image = decode_png(blob)  # a full decode, converted to 8-bit grayscale
-        except Exception:  # any decoder failure means the bytes do not decode
-            continue
-        png_ok[i] = True
-        hashes[i] = hashlib.sha256(f"{image.shape}".encode() + image.tobytes()).hexdigest()
-        if image.shape == (IMAGE_SIZE, IMAGE_SIZE):
-            pixels.append(image)
-            pixel_rows.append(i)
-    nearest = np.full(n, np.nan)
-    if pixels:
-        nearest[pixel_rows] = nearest_rms_distance(np.stack(pixels), train_images)
-    labels = _numeric(frame, "label")
-    label_series = pd.Series(labels)
-    frame["png_ok"] = png_ok
-    frame["image_mode"] = [h[0] for h in headers]
-    frame["image_height"] = np.array([h[1] for h in headers], dtype=np.int64)
-    frame["image_width"] = np.array([h[2] for h in headers], dtype=np.int64)
-    frame["pixel_sha256"] = pd.Series(hashes, dtype=object)
-    frame["nearest_train_rms"] = nearest
-    frame["is_copy"] = (nearest < spec.quality.copy_distance).astype(np.int64)  # NaN compares False
-    frame["label_count"] = label_series.map(label_series.value_counts()).to_numpy(dtype=float)
-    frame["label_requested"] = [np.nan if math.isnan(x) else spec.counts.get(int(x), 0) for x in labels]
-    return frame
-
-
 # --------------------------------------------------------------------------- the suite
 def _dtype(dtype: pa.DataType) -> str:
     """The pandas name of ArrowDtype(dtype) ("utf8" for strings: "string[pyarrow]" is StringDtype)."""
     return f"{'utf8' if dtype == pa.string() else dtype}[pyarrow]"
 
 
-def build_expectations(spec: GateSpec) -> list[tuple[str, gxe.Expectation]]:
-    """(readable name, expectation) pairs of the gate, in the order they are reported.
-
-    Each expectation's description (what Data Docs show) is a plain sentence and then its name.
-    """
+def _common(derived: tuple[str, ...]) -> list[tuple[gxe.Expectation, str]]:
+    """What every split's rows must be: the schema's columns (then `derived`), types, nulls, labels 0-9,
+    28x28 grayscale PNGs that decode, unique ids, scores in their ranges."""
     cols, digits, size = FLAT_SCHEMA.names, list(range(10)), [IMAGE_SIZE]
     in_set, between = gxe.ExpectColumnValuesToBeInSet, gxe.ExpectColumnValuesToBeBetween
-    gate: list[tuple[gxe.Expectation, str]] = [
-        (gxe.ExpectTableColumnsToMatchOrderedList(column_list=[*cols, *DERIVED]), "the columns, in order"),
+    return [
+        (gxe.ExpectTableColumnsToMatchOrderedList(column_list=[*cols, *derived]), "the columns, in order"),
         *(
             (gxe.ExpectColumnTypeToBe(column=f.name, type_=_dtype(f.type)), f"{f.name} is {f.type}")
             for f in FLAT_SCHEMA
@@ -234,37 +136,62 @@ def build_expectations(spec: GateSpec) -> list[tuple[str, gxe.Expectation]]:
         (between(column="classifier_prob", min_value=0, max_value=1), "classifier_prob lies in [0, 1]"),
         (in_set(column="classifier_pred", value_set=digits), "classifier_pred is a digit 0-9"),
     ]
-    names = [_default_name(exp) for exp, _ in gate]
+
+
+PAIRS = {"ignore_row_if": "either_value_is_missing"}  # nulls fail their own expectations
+
+
+def _train_suite(spec: GateSpec) -> list[tuple[gxe.Expectation, str, str]]:
+    """(expectation, what it checks, name) of the accepted rows: the common checks, the filter's
+    thresholds, every row accepted, exact counts per class, unique pixels, few near-copies."""
+    between = gxe.ExpectColumnValuesToBeBetween
+    gate = [(exp, what, _default_name(exp)) for exp, what in _common(TRAIN_COLUMNS)]
     for key in ("min_clip_score", "min_clip_margin", "min_classifier_prob"):
         if (bound := getattr(spec.filter, key)) is not None:
             column = key.removeprefix("min_")
-            gate.append((between(column=column, min_value=bound), f"{column} >= {bound:g}"))
-            names.append(f"expect_column_values_to_be_between({column}, {key}={bound:g})")
-    pairs = {"ignore_row_if": "either_value_is_missing"}  # nulls fail their own expectations
+            name = f"expect_column_values_to_be_between({column}, {key}={bound:g})"
+            gate.append((between(column=column, min_value=bound), f"{column} >= {bound:g}", name))
+    tail: list[tuple[gxe.Expectation, str]] = []
     if spec.filter.require_pred_match:
-        match = gxe.ExpectColumnPairValuesToBeEqual(column_A="classifier_pred", column_B="label", **pairs)
-        gate.append((match, "the classifier predicts the intended label"))
-        names.append(_default_name(match))
+        match = gxe.ExpectColumnPairValuesToBeEqual(column_A="classifier_pred", column_B="label", **PAIRS)
+        tail.append((match, "the classifier predicts the intended label"))
     requested, total = sorted(c for c, k in spec.counts.items() if k > 0), sum(spec.counts.values())
     copies = f"at most {spec.quality.max_memorization:.1%} of rows within RMS {spec.quality.copy_distance:g} of a training digit"
     classes = gxe.ExpectColumnDistinctValuesToEqualSet(column="label", value_set=requested)
     per_class = gxe.ExpectColumnPairValuesToBeEqual(
-        column_A="label_count", column_B="label_requested", **pairs
+        column_A="label_count", column_B="label_requested", **PAIRS
     )
-    tail: list[tuple[gxe.Expectation, str]] = [
-        (in_set(column="accepted", value_set=[True]), "every row passed the generation filter"),
+    tail += [
+        (gxe.ExpectColumnValuesToBeInSet(column="accepted", value_set=[True]), "every row passed the filter"),
         (gxe.ExpectTableRowCountToEqual(value=total), f"{total} rows, as requested"),
         (classes, f"rows of exactly the classes {requested}"),
         (per_class, "every class has the requested number of rows"),
         (gxe.ExpectColumnValuesToBeUnique(column="pixel_sha256"), "no two images have the same pixels"),
         (gxe.ExpectColumnMeanToBeBetween(column="is_copy", max_value=spec.quality.max_memorization), copies),
     ]
-    gate += tail
-    names += [_default_name(exp) for exp, _ in tail]
+    return gate + [(exp, what, _default_name(exp)) for exp, what in tail]
+
+
+def _unfiltered_suite(spec: GateSpec) -> list[tuple[gxe.Expectation, str, str]]:
+    """(expectation, what it checks, name) of every sampled row: the common checks, and `accepted` exactly
+    where the filter's thresholds pass the row's scores."""
+    verdict = gxe.ExpectColumnPairValuesToBeEqual(column_A="accepted", column_B="filter_verdict", **PAIRS)
+    gate = [*_common(UNFILTERED_COLUMNS), (verdict, "accepted exactly where the filter passes the scores")]
+    return [(exp, what, _default_name(exp)) for exp, what in gate]
+
+
+def build_expectations(spec: GateSpec, split: str = "train") -> list[tuple[str, gxe.Expectation]]:
+    """(readable name, expectation) pairs of one split's suite ("train" or "unfiltered"), in report order.
+
+    Names are "<split>: <expectation>(<columns>)"; each expectation's description (what Data Docs show) is
+    a plain sentence and then its name.
+    """
+    suite = _train_suite(spec) if split == "train" else _unfiltered_suite(spec)
+    names = [f"{split}: {name}" for _, _, name in suite]
     assert len(set(names)) == len(names), "gate expectation names must be unique"
-    for name, (exp, what) in zip(names, gate, strict=True):
+    for name, (exp, what, _) in zip(names, suite, strict=True):
         exp.meta, exp.description = {"gate_name": name}, f"{what} [{name}]"
-    return [(name, exp) for name, (exp, _) in zip(names, gate, strict=True)]
+    return [(name, exp) for name, (exp, _, _) in zip(names, suite, strict=True)]
 
 
 def _default_name(exp: gxe.Expectation) -> str:
@@ -297,55 +224,89 @@ def _context(docs_dir: Path | None) -> EphemeralDataContext:
 
 
 def validate_rows(
-    table: pa.Table, spec: GateSpec, train_images: np.ndarray, docs_dir: Path | None
+    table: pa.Table,
+    spec: GateSpec,
+    train_images: np.ndarray | torch.Tensor,
+    docs_dir: Path | None,
+    unfiltered: pa.Table | None = None,
 ) -> GateResult:
-    """Run the publish gate on `table` (DIGITS_SCHEMA rows) and write Data Docs into `docs_dir`.
+    """Run the publish gate on the rows to publish (and every sampled row) and write Data Docs.
 
     Args:
-        table: the rows to publish; every column but image.path filled.
+        table: the accepted rows to publish (the `train` split); every column but image.path filled.
         spec: the request and limits the rows must meet.
-        train_images: uint8 (M, 28, 28), the real training digits for the memorisation check.
+        train_images: the real training digits for the memorisation check: uint8 (M, 28, 28), or float
+            (M, 784) in [0, 1] on the device to search on.
         docs_dir: the folder for the Data Docs site (index.html); None writes nothing.
+        unfiltered: every row the run sampled (the `unfiltered` split), validated by its own suite; None
+            validates `table` alone.
     Returns:
         the GateResult; the caller raises GateError(result.summary()) when it did not pass.
     """
-    if train_images.ndim != 3 or train_images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+    if isinstance(train_images, np.ndarray) and (
+        train_images.ndim != 3 or train_images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE)
+    ):
         raise DigitsError(f"train_images must be (M, {IMAGE_SIZE}, {IMAGE_SIZE}), got {train_images.shape}")
-    frame = gate_frame(table, spec, train_images)
-    context = _context(docs_dir)
-    batch = context.data_sources.add_pandas(NAME).add_dataframe_asset("rows")
-    batch_definition = batch.add_batch_definition_whole_dataframe("all_rows")
-    named = build_expectations(spec)
-    # Built whole, then added: `add_expectation` on a suite no context owns yet would write through
-    # GX's process-wide current context, which another thread's call may have just replaced.
-    suite = context.suites.add(gx.ExpectationSuite(name=NAME, expectations=[exp for _, exp in named]))
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=NAME, data=batch_definition, suite=suite)
-    )
-    actions = [] if docs_dir is None else [gx.checkpoint.UpdateDataDocsAction(name="data_docs")]
-    checkpoint = context.checkpoints.add(
-        gx.Checkpoint(
-            name=NAME,
-            validation_definitions=[definition],
-            actions=actions,
-            result_format={"result_format": "SUMMARY"},
+    memo: dict = {}  # every image decoded once, whichever splits hold it
+    frames = {
+        "train": train_frame(
+            table,
+            decode_images(image_blobs(table), memo),
+            spec.counts,
+            spec.quality.copy_distance,
+            train_images,
         )
-    )
-    outcome = checkpoint.run(batch_parameters={"dataframe": frame})
-    (validation,) = outcome.run_results.values()
+    }
+    if unfiltered is not None:
+        decoded = decode_images(image_blobs(unfiltered), memo)
+        frames["unfiltered"] = unfiltered_frame(unfiltered, decoded, spec.filter)
+    context = _context(docs_dir)
+    source = context.data_sources.add_pandas(NAME)
+    named: list[tuple[str, gxe.Expectation]] = []
+    results = []
+    for split, frame in frames.items():
+        split_named = build_expectations(spec, split)
+        named += split_named
+        batch = source.add_dataframe_asset(split).add_batch_definition_whole_dataframe(f"{split}_rows")
+        # Built whole, then added: `add_expectation` on a suite no context owns yet would write through
+        # GX's process-wide current context, which another thread's call may have just replaced.
+        suite = context.suites.add(
+            gx.ExpectationSuite(name=f"{NAME}_{split}", expectations=[exp for _, exp in split_named])
+        )
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{NAME}_{split}", data=batch, suite=suite)
+        )
+        # one checkpoint per split (a checkpoint passes one set of batch parameters to all it validates);
+        # each one's Data Docs action rebuilds the site from every result the context holds so far
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=f"{NAME}_{split}",
+                validation_definitions=[definition],
+                actions=[] if docs_dir is None else [gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+                result_format={"result_format": "SUMMARY"},
+            )
+        )
+        outcome = checkpoint.run(batch_parameters={"dataframe": frame})
+        results += list(outcome.run_results.values())
     if docs_dir is not None:  # GX deletes the pages of earlier runs but leaves their folders
         for folder in sorted((docs_dir / "validations").rglob("*"), reverse=True):
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
-    failed_set = {r.expectation_config.meta["gate_name"] for r in validation.results if not r.success}
-    n = len(frame)
-    duplicates = frame["pixel_sha256"].dropna().duplicated().sum()
+    failed_set = {r.expectation_config.meta["gate_name"] for v in results for r in v.results if not r.success}
+    accepted = frames["train"]
+    n = len(accepted)
+    duplicates = accepted["pixel_sha256"].dropna().duplicated().sum()
     index = docs_dir / "index.html" if docs_dir is not None else None
+    stats = [dict(v.statistics) for v in results]
+    statistics = {k: sum(s[k] for s in stats) for k in ("evaluated_expectations", "successful_expectations",
+                                                         "unsuccessful_expectations")}  # fmt: skip
+    total = statistics["evaluated_expectations"]
+    statistics["success_percent"] = 100.0 * statistics["successful_expectations"] / total if total else 100.0
     return GateResult(
-        success=bool(validation.success),
+        success=all(v.success for v in results),
         failed=[name for name, _ in named if name in failed_set],
-        statistics={**dict(validation.statistics), "rows": n},
-        memorization_rate=float(frame["is_copy"].mean()) if n else 0.0,
+        statistics={**statistics, "rows": n, "splits": {split: len(f) for split, f in frames.items()}},
+        memorization_rate=float(accepted["is_copy"].mean()) if n else 0.0,
         duplicate_rate=float(duplicates / n) if n else 0.0,
         docs_index=index if index is not None and index.is_file() else None,
     )

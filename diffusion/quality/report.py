@@ -278,19 +278,31 @@ def read_evaluations(reports_root: Path, name: str) -> dict[str, dict[str, Any]]
     return {p.parent.name: json.loads(p.read_text()) for p in found}
 
 
-def build_reports(root: str, name: str, evaluation: dict[str, Any] | None, reports_root: Path) -> Path:
+def build_reports(
+    root: str,
+    name: str,
+    evaluation: dict[str, Any] | None,
+    reports_root: Path,
+    version: str | None = None,
+) -> Path:
     """Report every published version of `name` under `root` that has no report yet, and the evaluated one
     again; then write the index and return its path.
 
-    The evaluation belongs to the version its "version" key names, else to the newest version; the
-    evaluations of earlier runs are read back from their reports' evaluation.json.
+    `version` (a version folder, as the generate stage handed it on) names the version `evaluation` belongs
+    to; without it, the evaluation's "version" key does. The evaluations of earlier runs are read back from
+    their reports' evaluation.json. Raises DataError when they disagree or the version is not published.
     """
     versions = list_versions(root, name)
     if not versions:
         raise DataError(f"{root}/{name}: no published versions")
-    evaluated = evaluation.get("version", versions[-1].version) if evaluation else None
+    named = version.rstrip("/").rsplit("/", 1)[-1] if version else None
+    evaluated = named or (evaluation or {}).get("version")
+    if evaluation is not None and evaluated is None:
+        raise DataError("the evaluation names no version: pass --version")
+    if named and evaluation and evaluation.get("version", named) != named:
+        raise DataError(f"the evaluation is of version {evaluation['version']}, not of {named}")
     if evaluated is not None and evaluated not in {v.version for v in versions}:
-        raise DataError(f"evaluation is of version {evaluated}, which is not published under {root}/{name}")
+        raise DataError(f"version {evaluated} is not published under {root}/{name}")
     kept = read_evaluations(reports_root, name)
     for v in versions:
         out = report_dir(reports_root, name, v.version)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from diffusion.checkpoint import read_checkpoint_config
-from diffusion.config import DiffusionConfig, SamplerConfig
+from diffusion.config import DiffusionConfig, HardwareConfig, SamplerConfig
 from diffusion.data.datasets import DigitsDataset, to_uint8
 from diffusion.data.images import save_grid
 from diffusion.judges.classifier import DigitClassifier, load_classifier, predict
@@ -24,7 +24,8 @@ from diffusion.judges.training import accuracy_report
 from diffusion.model.forward import forward_strip
 from diffusion.model.process import Denoiser, GaussianDiffusion
 from diffusion.model.samplers import sample
-from diffusion.model.train import load_diffusion
+from diffusion.model.saved import load_diffusion
+from diffusion.precision import Precision
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,14 @@ def judge_guided_samples(
     seed: int,
     device: torch.device | str,
     batch_size: int,
+    precision: Precision = "fp32",
 ) -> SampleJudgement:
-    """Draw n class-balanced samples with `sampler` from a generator seeded `seed`; classify them."""
+    """Draw n class-balanced samples with `sampler` from a generator seeded `seed` (network batches of
+    `batch_size`, the network in `precision`); classify them."""
     labels = balanced_labels(n).to(device)
     generator = torch.Generator().manual_seed(seed)  # on the CPU: the same images on any device
     start = time.perf_counter()
-    images = sample(model, process, labels, sampler, generator, device, batch_size=batch_size)
+    images = sample(model, process, labels, sampler, generator, device, batch_size, precision)
     seconds = time.perf_counter() - start
     predictions = predict(classifier, images)
     report = accuracy_report(predictions, labels)
@@ -68,6 +71,7 @@ def judge_guided_samples(
 
 def evaluate_diffusion(
     cfg: DiffusionConfig,
+    hardware: HardwareConfig,
     model_dir: str | Path,
     classifier_dir: str | Path,
     val_path: str | Path,
@@ -76,7 +80,7 @@ def evaluate_diffusion(
 ) -> dict[str, Any]:
     """The `evaluate_diffusion` stage: judge `cfg.eval.n_samples` guided samples, write the sample grid
     (rows = requested digits 0-9) and the forward-diffusion strip; return the metrics (training's too)."""
-    device = torch.device(cfg.train.device)
+    device = torch.device(hardware.device)
     model, process = load_diffusion(model_dir, device)
     judged = judge_guided_samples(
         model,
@@ -86,7 +90,8 @@ def evaluate_diffusion(
         n=cfg.eval.n_samples,
         seed=cfg.eval.seed,
         device=device,
-        batch_size=cfg.eval.batch_size,
+        batch_size=hardware.network_batch,
+        precision=hardware.resolved_precision(),
     )
     rows = [judged.images[judged.labels == c][: cfg.eval.grid_per_class] for c in range(10)]
     save_grid(to_uint8(torch.cat(rows)), grid_path, ncols=cfg.eval.grid_per_class)

@@ -3,13 +3,39 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from diffusion.model.process import Denoiser, GaussianDiffusion
+from diffusion.model.samplers.batching import Generators, step_noise
 from diffusion.model.samplers.guidance import guided_output
 from diffusion.model.samplers.spacing import trailing_timesteps
+
+
+class DDIMStep(NamedTuple):
+    """One update x_t -> x_prev = c_x0 x0 + c_eps eps + sigma z, as Python floats from the float64 schedule."""
+
+    t: int
+    c_x0: float  # sqrt(a_prev)
+    c_eps: float  # sqrt(1 - a_prev - sigma^2)
+    sigma: float  # eta sqrt((1 - a_prev) / (1 - a)) sqrt(1 - a / a_prev)
+
+
+def ddim_steps(process: GaussianDiffusion, steps: int, eta: float) -> list[DDIMStep]:
+    """The coefficients of every step, computed on the host before the loop (so the loop reads no tensor).
+
+    Visits `trailing_timesteps(T, steps)`; the step after the last lands on clean data (alpha_bar = 1).
+    """
+    timesteps = trailing_timesteps(process.num_timesteps, steps)
+    plan = []
+    for t, prev in zip(timesteps, [*timesteps[1:], -1], strict=True):
+        a, a_prev = process.alpha_bar(t), process.alpha_bar(prev)
+        # Song et al. eq. 16: sigma_t(eta) = eta sqrt((1 - a_prev) / (1 - a)) sqrt(1 - a / a_prev).
+        sigma = eta * math.sqrt((1.0 - a_prev) / (1.0 - a) * (1.0 - a / a_prev))
+        plan.append(DDIMStep(t, math.sqrt(a_prev), math.sqrt(1.0 - a_prev - sigma**2), sigma))
+    return plan
 
 
 @torch.no_grad()
@@ -20,23 +46,23 @@ def ddim_sample(
     labels: Tensor,
     guidance: float,
     steps: int,
-    generator: torch.Generator,
+    generator: Generators,
     eta: float = 0.0,
     clip: bool = True,
 ) -> Tensor:
     """x_T (B,C,H,W) ~ N(0, I), labels (B,) -> x_0 (B,C,H,W); in [-1, 1] when `clip`.
 
-    Visits `trailing_timesteps(T, steps)`; the step after the last lands on clean data (alpha_bar = 1).
     When `clip`, the predicted x_0 is clipped to [-1, 1] and eps is re-derived from it (as GLIDE and
     improved-diffusion do; diffusers' DDIMScheduler with clip_sample=True, use_clipped_model_output=True).
-    With eta > 0 one (B,C,H,W) noise draw per step comes from `generator`.
+    With eta > 0 one (B,C,H,W) noise draw per step comes from `generator` on x_T's device (or one
+    generator per seed block, `batching.step_noise`).
+    No host sync per step: the coefficients are floats from `ddim_steps`, the schedule lookups gather
+    from `process.to(x_T.device)`.
     """
-    timesteps = trailing_timesteps(process.num_timesteps, steps)
+    process = process.to(x_T.device)
     x = x_T
-    for i, t in enumerate(timesteps):
-        prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-        a, a_prev = process.alpha_bar(t), process.alpha_bar(prev)
-        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+    for step in ddim_steps(process, steps, eta):
+        t_batch = torch.full((x.shape[0],), step.t, dtype=torch.long, device=x.device)
         output = guided_output(model, x, t_batch, labels, guidance)
         x0 = process.x0_from_output(output, x, t_batch)
         if clip:
@@ -44,11 +70,8 @@ def ddim_sample(
             eps = process.eps_from_x0(x, t_batch, x0)
         else:
             eps = process.eps_from_output(output, x, t_batch)
-        # Song et al. eq. 16: sigma_t(eta) = eta sqrt((1 - a_prev) / (1 - a)) sqrt(1 - a / a_prev).
-        sigma = eta * math.sqrt((1.0 - a_prev) / (1.0 - a) * (1.0 - a / a_prev))
         # Song et al. eq. 12: x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z.
-        x = math.sqrt(a_prev) * x0 + math.sqrt(1.0 - a_prev - sigma**2) * eps
-        if sigma > 0.0:
-            noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
-            x = x + sigma * noise.to(x.device)
+        x = step.c_x0 * x0 + step.c_eps * eps
+        if step.sigma > 0.0:
+            x = x + step.sigma * step_noise(x, generator)
     return x

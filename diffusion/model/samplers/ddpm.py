@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from diffusion.model.process import Denoiser, GaussianDiffusion
+from diffusion.model.samplers.batching import Generators, step_noise
 from diffusion.model.samplers.guidance import guided_output
 
 
@@ -16,15 +17,18 @@ def ddpm_sample(
     x_T: Tensor,
     labels: Tensor,
     guidance: float,
-    generator: torch.Generator,
+    generator: Generators,
     clip: bool = True,
 ) -> Tensor:
     """x_T (B,C,H,W) ~ N(0, I), labels (B,) -> x_0 (B,C,H,W); in [-1, 1] when `clip`.
 
     Each step predicts x_0 (clipped to [-1, 1] when `clip`), then draws x_{t-1} from the posterior
     q(x_{t-1} | x_t, x_0) of eqs. 6-7 (sigma_t^2 = beta~_t, "fixed small"); the last step returns its mean.
-    Noise comes from `generator` on its own device, one (B,C,H,W) draw per step t > 0 (as diffusers' DDPMScheduler).
+    Noise comes from `generator`, on x_T's device: one (B,C,H,W) draw per step t > 0 (as diffusers'
+    DDPMScheduler), or from one generator per seed block (`batching.step_noise`). No host sync per step:
+    the posterior coefficients gather from `process.to(x_T.device)`.
     """
+    process = process.to(x_T.device)
     x = x_T
     for t in reversed(range(process.num_timesteps)):
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
@@ -34,6 +38,6 @@ def ddpm_sample(
         mean, variance = process.q_posterior(x0, x, t_batch)
         if t == 0:
             return mean  # variance is 0 at t = 0 and the mean is x0 itself
-        noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
+        noise = step_noise(x, generator)
         x = mean + variance.sqrt() * noise
     raise AssertionError("unreachable: the loop returns at t = 0")

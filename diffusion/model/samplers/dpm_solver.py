@@ -14,6 +14,7 @@ lower_order_final with final_sigmas_type="zero").
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -23,10 +24,42 @@ from diffusion.model.samplers.guidance import guided_output
 from diffusion.model.samplers.spacing import trailing_timesteps
 
 
+class SolverStep(NamedTuple):
+    """One update from timestep s: x_t = c_x x_s - c_d D, D = c_now x0(x_s) - c_prev x0(x_s_prev). Floats."""
+
+    s: int
+    c_x: float  # sigma_t / sigma_s
+    c_d: float  # alpha_t (exp(-h) - 1)
+    c_now: float  # 1 at the first step, else 1 + 1/(2r)
+    c_prev: float  # 0 at the first step, else 1/(2r)
+
+
 def _alpha_sigma_lambda(process: GaussianDiffusion, t: int) -> tuple[float, float, float]:
     a = process.alpha_bar(t)
     alpha, sigma = math.sqrt(a), math.sqrt(1.0 - a)
     return alpha, sigma, math.log(alpha / sigma)
+
+
+def dpm_solver_steps(process: GaussianDiffusion, steps: int) -> tuple[list[SolverStep], int]:
+    """The coefficients of the `steps - 1` updates, computed on the host before the loop (Python floats
+    from the float64 schedule), and the last timestep, whose x_0 prediction is the result.
+
+    Visits `trailing_timesteps(T, steps)`.
+    """
+    timesteps = trailing_timesteps(process.num_timesteps, steps)
+    plan, h_prev = [], 0.0
+    for i, (s, t) in enumerate(zip(timesteps[:-1], timesteps[1:], strict=True)):
+        _, sigma_s, lambda_s = _alpha_sigma_lambda(process, s)
+        alpha_t, sigma_t, lambda_t = _alpha_sigma_lambda(process, t)
+        h = lambda_t - lambda_s
+        if i == 0:
+            c_now, c_prev = 1.0, 0.0  # first order: D = x0(x_s), the DDIM step
+        else:
+            r = h_prev / h
+            c_now, c_prev = 1.0 + 0.5 / r, 0.5 / r
+        plan.append(SolverStep(s, sigma_t / sigma_s, alpha_t * math.expm1(-h), c_now, c_prev))
+        h_prev = h
+    return plan, timesteps[-1]
 
 
 @torch.no_grad()
@@ -41,28 +74,22 @@ def dpm_solver_sample(
 ) -> Tensor:
     """x_T (B,C,H,W) ~ N(0, I), labels (B,) -> x_0 (B,C,H,W); in [-1, 1] when `clip`. Deterministic.
 
-    Visits `trailing_timesteps(T, steps)` (one guided network call each). When `clip`, every x_0 prediction
-    is clipped to [-1, 1] (diffusers: thresholding=True with sample_max_value=1.0).
+    One guided network call per visited timestep. When `clip`, every x_0 prediction is clipped to [-1, 1]
+    (diffusers: thresholding=True with sample_max_value=1.0). No host sync per step: the coefficients are
+    floats from `dpm_solver_steps`, the x_0 conversions gather from `process.to(x_T.device)`.
     """
-    timesteps = trailing_timesteps(process.num_timesteps, steps)
-    x = x_T
-    x0_prev: Tensor | None = None
-    h_prev = 0.0
-    for i, s in enumerate(timesteps):
+    process = process.to(x_T.device)
+    plan, last = dpm_solver_steps(process, steps)
+
+    def data_prediction(x: Tensor, s: int) -> Tensor:  # x_0(x_s), (B,C,H,W)
         s_batch = torch.full((x.shape[0],), s, dtype=torch.long, device=x.device)
         x0 = process.x0_from_output(guided_output(model, x, s_batch, labels, guidance), x, s_batch)
-        if clip:
-            x0 = x0.clamp(-1.0, 1.0)
-        if i + 1 == len(timesteps):
-            return x0  # the step to sigma = 0
-        alpha_s, sigma_s, lambda_s = _alpha_sigma_lambda(process, s)
-        alpha_t, sigma_t, lambda_t = _alpha_sigma_lambda(process, timesteps[i + 1])
-        h = lambda_t - lambda_s
-        if x0_prev is None:
-            d = x0
-        else:
-            r = h_prev / h
-            d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
-        x = (sigma_t / sigma_s) * x - (alpha_t * math.expm1(-h)) * d
-        x0_prev, h_prev = x0, h
-    raise AssertionError("unreachable: the last step returns x0")
+        return x0.clamp(-1.0, 1.0) if clip else x0
+
+    x, x0_prev = x_T, None
+    for step in plan:
+        x0 = data_prediction(x, step.s)
+        d = x0 if x0_prev is None else step.c_now * x0 - step.c_prev * x0_prev
+        x = step.c_x * x - step.c_d * d
+        x0_prev = x0
+    return data_prediction(x, last)  # the step to sigma = 0

@@ -1,0 +1,46 @@
+"""The staging folder's lifecycle: one folder per run, kept until its version is published.
+
+    <staging_dir>/<run id>/          run.json, c<digit>-j<block>.parquet per seed block, data_docs/
+    <staging_dir>/.trash-<run id>-*  a published run's folder on its way out
+
+A failed, gated-out or killed run keeps its folder, so the next run with the same params resumes from it.
+Once its version is published the folder is renamed away (atomic: no reader ever sees half a folder) and
+then removed; a kill between the two leaves only a `.trash-*` folder, which `collect_garbage` removes.
+`collect_garbage` also removes run folders untouched for longer than a given age (abandoned runs).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+TRASH = ".trash-"
+
+
+def discard(run_folder: Path) -> None:
+    """Remove a published run's staging folder: renamed away first, then deleted (a no-op if it is gone)."""
+    if not run_folder.exists():
+        return
+    trash = run_folder.with_name(f"{TRASH}{run_folder.name}-{uuid.uuid4().hex[:8]}")
+    run_folder.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def last_touched(folder: Path) -> float:
+    """The newest modification time (seconds since 1970) of the folder or anything in it."""
+    return max([folder.stat().st_mtime, *(p.stat().st_mtime for p in folder.rglob("*"))])
+
+
+def collect_garbage(staging_dir: str | Path, older_than_days: float, now: float | None = None) -> list[Path]:
+    """Remove `.trash-*` folders, and run folders untouched for more than `older_than_days`; return them."""
+    root, now = Path(staging_dir), time.time() if now is None else now
+    if not root.is_dir():
+        return []
+    removed = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if folder.name.startswith(TRASH) or now - last_touched(folder) > older_than_days * 86400:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed

@@ -1,0 +1,188 @@
+"""One task's work: sample its seed blocks of one digit, score them with both judges, filter, stage a shard
+per block.
+
+    outcome = make_task(job)   # job: the run's inputs and one TaskKey; outcome: one BlockOutcome per block
+
+A block whose shard is already staged (an earlier, interrupted run with the same run key) is read back, not
+made again. The blocks still to make are sampled together: each block's starting points x_T come from its
+own CPU generator (`block_seed`), so the same images on any device and whatever else shares the task;
+the network sees `network_batch` images per forward pass. The models come from the worker's cache
+(`diffusion.generate.workers`), loaded once per process. Everything a job needs travels as paths and config
+values, so it runs the same in a Prefect thread, a Dask worker process or a plain loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from diffusion.config import ClipChoice, FilterConfig, SamplerConfig
+from diffusion.data.datasets import to_uint8
+from diffusion.data.schema import digits_table
+from diffusion.data.shards import read_shard, write_shard
+from diffusion.generate import workers
+from diffusion.generate.plan import TaskKey, WorkKey, block_seed
+from diffusion.judges.scoring import Scores, best_of_n, keep_mask
+from diffusion.model.samplers import sample_blocks
+from diffusion.precision import Precision
+
+
+@dataclass(frozen=True)
+class TaskJob:
+    """Everything one task needs; block shards go to `<staging>/<key.name>.parquet`."""
+
+    task: TaskKey
+    run_id: str
+    staging: str
+    model_dir: str
+    classifier_dir: str
+    clip: ClipChoice
+    sampler: SamplerConfig
+    filter: FilterConfig
+    seed_block: int
+    best_of_n: int
+    seed: int
+    checksums: dict[str, str]
+    device: str
+    precision: Precision
+    network_batch: int
+    compile: str | None = None
+
+    def path(self, key: WorkKey) -> Path:
+        return Path(self.staging) / f"{key.name}.parquet"
+
+
+@dataclass(frozen=True)
+class BlockOutcome:
+    """A staged seed block: its key and shard, images sampled and accepted, whether it was reused."""
+
+    key: WorkKey
+    path: str
+    sampled: int
+    accepted: int
+    reused: bool
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """A finished task: its blocks, where its time went (seconds: load, sample, score, encode, write) and
+    which process made it (`worker`, with `loaded`: the model kinds this task had to load there)."""
+
+    task: TaskKey
+    blocks: tuple[BlockOutcome, ...]
+    seconds: dict[str, float] = field(default_factory=dict)
+    worker: str = ""
+    loaded: tuple[str, ...] = ()
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _block(job: TaskJob, key: WorkKey, table: pa.Table, reused: bool) -> BlockOutcome:
+    accepted = pc.sum(table.column("accepted")).as_py() or 0
+    return BlockOutcome(key, str(job.path(key)), table.num_rows, accepted, reused)
+
+
+def make_task(job: TaskJob) -> TaskOutcome:
+    """Stage every block of `job.task` (reusing the blocks already staged) and return what they hold."""
+    done = {key: read_shard(job.path(key)) for key in job.task.work_keys()}
+    todo = [key for key, table in done.items() if table is None]
+    outcomes = {key: _block(job, key, table, reused=True) for key, table in done.items() if table is not None}
+    seconds: dict[str, float] = {}
+    with workers.counting_loads() as loaded:
+        if todo:
+            for key, table in _make_blocks(job, todo, seconds).items():
+                outcomes[key] = _block(job, key, table, reused=False)
+    return TaskOutcome(
+        job.task,
+        tuple(outcomes[key] for key in job.task.work_keys()),
+        seconds,
+        worker=f"{os.uname().nodename}:{os.getpid()}",
+        loaded=tuple(loaded),
+    )
+
+
+def _make_blocks(job: TaskJob, keys: list[WorkKey], seconds: dict[str, float]) -> dict[WorkKey, pa.Table]:
+    """Sample, score, filter, encode and stage `keys` (blocks of one digit) together; their tables."""
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name], clock = seconds.get(name, 0.0) + now - clock, now
+
+    device = torch.device(job.device)
+    model, process = workers.diffusion_model(job.model_dir, job.checksums["model"], device, job.compile)
+    scorer = workers.scorer(
+        job.clip, job.checksums["clip"], job.classifier_dir, job.checksums["classifier"], device
+    )
+    lap("load")
+
+    digit, per_block = job.task.digit, job.seed_block * job.best_of_n
+    seeds = [block_seed(job.seed, digit, key.block) for key in keys]
+    generators = [torch.Generator().manual_seed(s) for s in seeds]  # on the CPU: the same x_T on any device
+    labels = torch.full((per_block * len(keys),), digit, dtype=torch.int64)
+    images = sample_blocks(
+        model, process, labels, job.sampler, generators, device, job.precision, job.network_batch
+    )  # (blocks * per_block, 1, 28, 28)
+    lap("sample")
+
+    wanted = torch.full((job.seed_block * len(keys),), digit, dtype=torch.int64, device=device)
+    if job.best_of_n > 1:
+        best = best_of_n(scorer, images.view(len(wanted), job.best_of_n, *images.shape[1:]), wanted)
+        images, scores = best.images, best.scores
+    else:
+        scores = scorer(images, wanted)
+    f = job.filter
+    keep = keep_mask(
+        scores, wanted, f.min_clip_score, f.min_clip_margin, f.min_classifier_prob, f.require_pred_match
+    )
+    pixels, keep = to_uint8(images), keep.cpu()
+    scores = Scores(*(s.cpu() for s in (scores.clip_score, scores.clip_margin, scores.classifier_prob)),
+                    scores.classifier_pred.cpu())  # fmt: skip
+    lap("score")
+
+    tables = {}
+    for i, (key, seed) in enumerate(zip(keys, seeds, strict=True)):
+        rows = slice(i * job.seed_block, (i + 1) * job.seed_block)
+        tables[key] = _table(job, key, pixels[rows], scores.select(rows), keep[rows], seed)
+    lap("encode")
+    for key, table in tables.items():
+        write_shard(table, job.path(key))
+    lap("write")
+    return tables
+
+
+def _table(job: TaskJob, key: WorkKey, pixels, scores: Scores, keep: torch.Tensor, seed: int) -> pa.Table:
+    """A block's staged rows: ids from the run and block, provenance, scores and the filter's verdict."""
+    n = pixels.shape[0]
+    return digits_table(
+        [f"{job.run_id}-{key.name}-{i:04d}" for i in range(n)],
+        pixels,
+        torch.full((n,), key.digit).numpy(),
+        "synthetic",
+        sampler=job.sampler.name,
+        steps=job.sampler.steps,
+        guidance=job.sampler.guidance,
+        seed=seed,
+        model_sha256=job.checksums["model"],
+        run_id=job.run_id,
+        clip_score=scores.clip_score.numpy(),
+        clip_margin=scores.clip_margin.numpy(),
+        classifier_prob=scores.classifier_prob.numpy(),
+        classifier_pred=scores.classifier_pred.numpy(),
+        accepted=keep.numpy(),
+    )

@@ -1,0 +1,157 @@
+"""Publishing for real (Prefect, Great Expectations, `datasets`): retries that really retry I/O failures,
+a gate over every split a version holds, a card `datasets` reads without complaint, staging garbage
+collection, and the version handed on to evaluate and report."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from diffusion.cli import main
+from diffusion.config import GenerateConfig, HardwareConfig, QualityConfig
+from diffusion.data.shards import list_versions
+from diffusion.errors import DataError
+from diffusion.generate import staging
+from diffusion.quality.expectations import GateError
+from flows.generate import GenerationResult, generate_dataset
+from tests.generate_fixtures import tiny_generate
+
+DATE = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)
+LOOSE = QualityConfig(copy_distance=0.01, max_memorization=1.0)
+
+
+def _run(cfg: GenerateConfig, models: dict[str, str], quality: QualityConfig = LOOSE) -> GenerationResult:
+    return generate_dataset(
+        cfg=cfg,
+        hardware=HardwareConfig(precision="fp32"),
+        model=models["model"],
+        classifier=models["classifier"],
+        train_data=models["train"],
+        quality=quality,
+        logical_date=DATE,
+    )
+
+
+class OneFault:
+    """Fails the first write or rename whose file name matches, with a transient EIO, then lets all pass."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, what: str, match: str):
+        self.match, self.fired = match, 0
+        original = getattr(Path, what)
+
+        def faulty(path: Path, *args, **kwargs):
+            if not self.fired and self.match in path.name:
+                self.fired += 1
+                raise OSError(errno.EIO, "Input/output error (injected)", str(path))
+            return original(path, *args, **kwargs)
+
+        monkeypatch.setattr(Path, what, faulty)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("what", "match"),
+    [
+        ("write_bytes", "train-00000"),  # a data shard
+        ("write_bytes", "README.md"),  # the card
+        ("write_bytes", "manifest.json"),  # the manifest
+        ("rename", ".tmp-"),  # the version folder's final rename
+    ],
+)
+def test_a_transient_io_error_at_each_write_of_publish_is_retried_and_publishes_once(
+    prefect_server, tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str, match: str
+) -> None:
+    cfg = tiny_generate(tiny_models, tmp_path, per_class={3: 2})
+    fault = OneFault(monkeypatch, what, match)
+    result = _run(cfg, tiny_models)
+    assert fault.fired == 1 and not result.version.reused
+    (version,) = list_versions(cfg.output_root, cfg.name)
+    assert version.version == result.version.version
+    assert not [p for p in Path(cfg.output_root).rglob(".*")]  # nothing half-written is left
+
+
+@pytest.mark.slow
+def test_bad_input_at_publish_is_not_retried(
+    prefect_server, tiny_models, tmp_path: Path, monkeypatch
+) -> None:
+    cfg = tiny_generate(tiny_models, tmp_path, per_class={3: 2})
+    first = _run(cfg, tiny_models)
+    calls = []
+    original = generate_dataset.fn.__globals__["publish_run"]
+    monkeypatch.setitem(
+        generate_dataset.fn.__globals__, "publish_run", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    manifest = Path(first.version.path) / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"content_sha256": "', '"content_sha256": "0'))
+    with pytest.raises(DataError, match="version exists with other content"):
+        _run(cfg, tiny_models)
+    assert len(calls) == 1  # a DataError with no I/O cause fails once, never retried
+
+
+@pytest.mark.slow
+def test_a_tampered_staged_shard_is_stopped_by_the_unfiltered_splits_gate(
+    prefect_server, tiny_models, tmp_path: Path
+) -> None:
+    cfg = tiny_generate(tiny_models, tmp_path, per_class={3: 2, 5: 1})
+    everything_copies = QualityConfig(copy_distance=10.0, max_memorization=0.0)
+    with pytest.raises(GateError):  # gated out: the staging stays for a rerun
+        _run(cfg, tiny_models, everything_copies)
+    (shard,) = Path(cfg.staging_dir).glob("*/c5-j*.parquet")
+    table = pq.read_table(shard)
+    labels, accepted = table.column("label").to_pylist(), table.column("accepted").to_pylist()
+    assert sum(accepted) >= 2, "the loose tiny filter accepts most digits"
+    labels[max(i for i, a in enumerate(accepted) if a)] = 10  # an accepted row past the one published
+    table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels, pa.int64()))
+    pq.write_table(table, shard)
+    with pytest.raises(GateError, match=r"unfiltered: expect_column_values_to_be_in_set\(label\)") as err:
+        _run(cfg, tiny_models)
+    assert "\n" not in str(err.value)
+    assert not list_versions(cfg.output_root, cfg.name)
+
+
+@pytest.mark.slow
+def test_the_card_loads_with_datasets_without_a_warning(
+    prefect_server, tiny_models, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import datasets
+
+    result = _run(tiny_generate(tiny_models, tmp_path, per_class={1: 2, 2: 2}), tiny_models)
+    caplog.set_level(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = datasets.load_dataset(result.version.path, cache_dir=str(tmp_path / "hf-cache"))
+        streamed = datasets.load_dataset(result.version.path, streaming=True)
+        assert len(list(streamed["train"])) == 4
+    assert ds["train"].num_rows == 4 and ds["unfiltered"].num_rows >= 4
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [
+        r.message for r in caplog.records
+    ]
+
+
+def test_garbage_collection_removes_abandoned_and_trashed_staging(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "staging"
+    old, fresh, trash = root / "aaaa", root / "bbbb", root / f"{staging.TRASH}cccc-1234"
+    for folder in (old, fresh, trash):
+        folder.mkdir(parents=True)
+        (folder / "c1-j00000.parquet").write_bytes(b"x")
+    week_ago = time.time() - 7 * 86400
+    for path in (old, old / "c1-j00000.parquet"):
+        os.utime(path, (week_ago, week_ago))
+    assert staging.collect_garbage(root, older_than_days=3) == [old, trash]
+    assert [p.name for p in root.iterdir()] == ["bbbb"]
+    staging.discard(fresh)  # a published run's folder: renamed away, then removed
+    assert not list(root.iterdir())
+    params = tmp_path / "params.yaml"
+    params.write_text(f"generate:\n  staging_dir: {root}\n")
+    assert main(["gc", "--params", str(params), "--older-than", "-1"]) == 2
+    assert "--older-than: expected a number of days >= 0" in capsys.readouterr().err
+    assert main(["gc", "--params", str(params), "--older-than", "0"]) == 0
