@@ -12,17 +12,22 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.samplers import sweep
-from diffusion.config import load_params
-from diffusion.data.datasets import DigitsDataset
-from diffusion.judges.classifier import load_classifier, save_classifier, train_classifier
-from diffusion.model.saved import load_diffusion
-from diffusion.model.train import train_diffusion
+if __package__ in (None, ""):  # run as a script: `benchmarks` is importable from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.samplers import sweep  # noqa: E402
+from diffusion.config import load_params  # noqa: E402
+from diffusion.data.datasets import DigitsDataset  # noqa: E402
+from diffusion.judges.classifier import load_classifier, save_classifier, train_classifier  # noqa: E402
+from diffusion.model.saved import load_diffusion  # noqa: E402
+from diffusion.model.train import train_diffusion  # noqa: E402
+from diffusion.precision import resolve_precision  # noqa: E402
 
 # The full-size setting: the same keys as `dvc exp run -S diffusion.unet.base_channels=64 ...` in the README.
 GPU_UNET = {"base_channels": 64, "channel_mults": (1, 2, 2), "num_res_blocks": 2}
@@ -36,11 +41,14 @@ GPU_TRAIN = {
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prepared", type=Path, default=Path("data/prepared"))
     ap.add_argument("--out", type=Path, required=True, help="results.json, loss.csv")
     ap.add_argument("--work", type=Path, default=Path("/tmp/gpu-full-size"), help="checkpoints")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16"], default=None, help="default: hardware.precision"
+    )
     ap.add_argument("--train-seconds", type=float, default=300.0, help="budget that sets the step count")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -48,6 +56,7 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = True
     device = torch.device(args.device)
     params = load_params("params.yaml")
+    precision = resolve_precision(args.precision or params.hardware.precision, device)  # diffusion training
     train, val, test = (DigitsDataset(args.prepared / f"{s}.parquet") for s in ("train", "val", "test"))
     results: dict = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
@@ -59,10 +68,8 @@ def main() -> None:
         (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     start = time.perf_counter()
-    ccfg = params.classifier.model_copy(
-        update={"train": params.classifier.train.model_copy(update={"device": args.device})}
-    )
-    clf = train_classifier(ccfg, train, val, test, progress=False)
+    ccfg = params.classifier
+    clf = train_classifier(ccfg, train, val, test, progress=False, device=device)
     save_classifier(args.work / "classifier", ccfg, clf.model, clf.metrics)
     results["classifier"] = {**clf.metrics, "seconds": time.perf_counter() - start}
     print("classifier", results["classifier"]["test_accuracy"], flush=True)
@@ -71,20 +78,22 @@ def main() -> None:
     # Preflight: 100 steps give the step rate; the step count then fills the training budget.
     base = params.diffusion
     unet = base.unet.model_copy(update=GPU_UNET)
-    probe = base.train.model_copy(update={**GPU_TRAIN, "steps": 100, "device": args.device})
+    probe = base.train.model_copy(update={**GPU_TRAIN, "steps": 100})
     cfg = base.model_copy(update={"unet": unet, "train": probe})
+    on = {"progress": False, "device": device, "precision": precision}
     t0 = time.perf_counter()
-    train_diffusion(cfg, train, val, args.work / "probe", args.work / "probe-resume", progress=False)
+    train_diffusion(cfg, train, val, args.work / "probe", args.work / "probe-resume", **on)
     rate = 100 / (time.perf_counter() - t0)
     steps = int(max(1000, min(30000, args.train_seconds * rate)) // 1000 * 1000)
-    full = base.train.model_copy(update={**GPU_TRAIN, "steps": steps, "device": args.device})
+    full = base.train.model_copy(update={**GPU_TRAIN, "steps": steps})
     cfg = base.model_copy(update={"unet": unet, "train": full})
     t0 = time.perf_counter()
-    res = train_diffusion(cfg, train, val, args.work / "diffusion", args.work / "resume", progress=False)
+    res = train_diffusion(cfg, train, val, args.work / "diffusion", args.work / "resume", **on)
     results["diffusion"] = {
         **res.metrics,
         "seconds": time.perf_counter() - t0,
-        "overrides": {"unet": GPU_UNET, "train": {**GPU_TRAIN, "steps": steps, "device": "cuda"}},
+        "overrides": {"unet": GPU_UNET, "train": {**GPU_TRAIN, "steps": steps}},
+        "hardware": {"device": str(device), "precision": precision},
     }
     rows = ["step,train_loss,lr"] + [f"{r['step']},{r['train_loss']},{r['lr']}" for r in res.history]
     (args.out / "loss.csv").write_text("\n".join(rows) + "\n")

@@ -85,10 +85,9 @@ def main() -> None:
     rows = []
     for w in args.guidance:
         start = time.perf_counter()
-        cfg = SamplerConfig(name="dpm-solver++", steps=20, guidance=w, precision=args.precision)
-        images = sample(
-            model, process, labels, cfg, torch.Generator().manual_seed(1234), device, batch_size=250
-        )
+        cfg = SamplerConfig(name="dpm-solver++", steps=20, guidance=w)
+        generator = torch.Generator().manual_seed(1234)
+        images = sample(model, process, labels, cfg, generator, device, 250, args.precision)
         sampled[w] = (images, scorer(images, labels))
         print(f"w={w}: sampled {len(labels)} in {time.perf_counter() - start:.0f} s", flush=True)
     sets: dict[str, Digits] = {}

@@ -152,21 +152,21 @@ def sweep(
     """One row per (sampler, steps) x guidance; `{judge_name}_accuracy` is the judge's. Without `grading`
     the Frechet and CAS columns are left out (benchmarks/gpu_full_size.py judges with its classifier)."""
     for w in {1.0 if g in (0.0, 1.0) else 2.0 for g in guidance}:  # warm up each batch shape: B and 2B
-        warm = SamplerConfig(name="ddim", steps=2, guidance=w, precision=precision)
-        sample(model, process, balanced_labels(min(n, batch_size)), warm, torch.Generator(), device)
+        warm = SamplerConfig(name="ddim", steps=2, guidance=w)
+        labels = balanced_labels(min(n, batch_size))
+        sample(model, process, labels, warm, torch.Generator().manual_seed(0), device, precision=precision)
     test_feats = features(judge, grading.test.images, device) if grading else None
     rows = []
     for name, steps in settings:
         count = ddpm_n if name == "ddpm" else n
         for w in guidance:
-            cfg = SamplerConfig(name=name, steps=steps, guidance=w, precision=precision)
+            cfg = SamplerConfig(name=name, steps=steps, guidance=w)
             labels = balanced_labels(count)
             with counting(model) as evaluated:
                 synchronize(device)
                 start = time.perf_counter()
-                images = sample(
-                    model, process, labels, cfg, torch.Generator().manual_seed(SEED), device, batch_size
-                )
+                generator = torch.Generator().manual_seed(SEED)
+                images = sample(model, process, labels, cfg, generator, device, batch_size, precision)
                 synchronize(device)
                 seconds = time.perf_counter() - start
             digits = Digits(images.float().cpu(), labels)

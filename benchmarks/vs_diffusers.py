@@ -118,11 +118,12 @@ def compare(
     device: torch.device,
 ) -> tuple[dict[str, float], Tensor, Tensor]:
     """One row (images/s of each side, ratio, differences) and both sides' final images, on the CPU."""
-    cfg = SamplerConfig(name="dpm-solver++", steps=steps, guidance=guidance, precision=precision)
+    cfg = SamplerConfig(name="dpm-solver++", steps=steps, guidance=guidance)
     scheduler = diffusers_scheduler(process)
 
     def ours() -> Tensor:
-        return sample(model, process, labels, cfg, torch.Generator().manual_seed(SEED), device)
+        generator = torch.Generator().manual_seed(SEED)
+        return sample(model, process, labels, cfg, generator, device, precision=precision)
 
     def theirs() -> Tensor:
         with autocast(device, precision):

@@ -282,7 +282,7 @@ class GenerateConfig(Section):
     per_class: int | dict[int, int] = 200  # accepted images of every class, or class -> count
     sampler: SamplerConfig = SamplerConfig()  # omitted in params.yaml: the diffusion.sampler section
     # Three sizes, three meanings (the network batch, images per forward pass, is hardware.network_batch):
-    seed_block: int = Field(50, ge=1)  # images of one class from one generator: decides the images
+    seed_block: int = Field(10, ge=1)  # images of one class from one generator: decides the images
     task_size: int = Field(200, ge=1)  # images per Prefect task, whole seed blocks: never the images
     best_of_n: int = Field(1, ge=1)  # candidates per image; the one with the best CLIP score is kept
     filter: FilterConfig = FilterConfig()

@@ -6,13 +6,22 @@ samplers, judges and Parquet schema as a full run), so the flow's mechanics are 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import torch
 
 from diffusion.checkpoint import save_checkpoint
-from diffusion.config import ClassifierConfig, ClipConfig, DiffusionConfig, GenerateConfig
+from diffusion.config import (
+    ClassifierConfig,
+    ClipConfig,
+    DiffusionConfig,
+    GenerateConfig,
+    HardwareConfig,
+    QualityConfig,
+)
 from diffusion.data.schema import digits_table
 from diffusion.judges.classifier import ARCHITECTURE, DigitClassifier
 from diffusion.judges.clip import _create_domain_model, save_clip
@@ -79,3 +88,26 @@ def tiny_generate(paths: dict[str, str], root: Path, **over: object) -> Generate
         "max_attempts": 20,
     }
     return GenerateConfig.model_validate({**raw, **over})
+
+
+DATE = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)
+LOOSE = QualityConfig(copy_distance=0.01, max_memorization=1.0)  # random weights draw noise, never copies
+
+
+def run_generate(
+    cfg: GenerateConfig, models: dict[str, str], quality: QualityConfig = LOOSE, **kw: Any
+) -> Any:
+    """The generation flow on the tiny models, on cfg's task runner, in fp32 unless `hardware` is given."""
+    from flows.generate import generate_dataset, task_runner
+
+    runnable = generate_dataset.with_options(task_runner=task_runner(cfg.task_runner))
+    return runnable(
+        cfg=cfg,
+        hardware=kw.pop("hardware", HardwareConfig(precision="fp32")),
+        model=models["model"],
+        classifier=models["classifier"],
+        train_data=models["train"],
+        quality=quality,
+        logical_date=kw.pop("logical_date", DATE),
+        **kw,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -63,11 +64,12 @@ TINY = {
         "unet": {"base_channels": 8, "channel_mults": [1, 2], "attention": False},
         "train": {"steps": 12, "batch_size": 16, "checkpoint_every": 5, "log_every": 4, "val_batches": 1},
         "sampler": {"steps": 3},
-        "eval": {"n_samples": 20, "batch_size": 20, "grid_per_class": 2},
+        "eval": {"n_samples": 20, "grid_per_class": 2},
     },
     "generate": {
         "per_class": 2,
-        "batch_size": 4,
+        "seed_block": 4,
+        "task_size": 8,
         "sampler": {"steps": 2, "guidance": 1.0},
         "filter": {"require_pred_match": False, "min_clip_margin": None, "min_classifier_prob": None},
         "shard_rows": 8,
@@ -119,6 +121,26 @@ def test_dvc_repro_whole_pipeline_on_a_tiny_config(tmp_path: Path, npm_cache: Pa
     assert "sample_judge_accuracy" in shown and "zero_shot_accuracy" in shown and "test_accuracy" in shown
     for picture in ["diffusion_samples.png", "forward_diffusion.png", "data_samples.png"]:
         assert (repo / "plots" / picture).stat().st_size > 0
+    # evaluate and report take the version generate handed on, even when a newer one is published
+    handed = json.loads((repo / "data/generated.json").read_text())
+    assert handed["version"] == evaluated["version"] == version.name
+    newer = version.with_name("29991231-000000-newer")
+    shutil.copytree(version, newer)
+    manifest = json.loads((newer / "manifest.json").read_text())
+    (newer / "manifest.json").write_text(
+        json.dumps({**manifest, "version": newer.name, "created_at": "2999-12-31T00:00:00+00:00"})
+    )
+    _dvc(repo, "repro", "-f", "-s", "evaluate")  # this stage alone, on what generate handed on
+    assert json.loads((repo / "metrics/evaluate.json").read_text())["version"] == version.name
+    assert not list((repo / "data/cache/generate").iterdir())  # published: the run's staging is gone
+    shutil.rmtree(newer)
+    _dvc(repo, "repro")
+    # A network batch never changes a model: hardware.network_batch re-runs no training stage.
+    params["hardware"]["network_batch"] = 7
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    status = json.loads(_dvc(repo, "status", "--json"))
+    assert not {s for s in status if s.startswith(("train_", "prepare"))}, status
+    params["hardware"]["network_batch"] = 250
     # A sampler change re-runs only the evaluation, never the training.
     params["diffusion"]["sampler"]["guidance"] = 2.0
     (repo / "params.yaml").write_text(yaml.safe_dump(params))

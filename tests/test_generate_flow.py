@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -21,31 +20,16 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from diffusion.config import GenerateConfig, HardwareConfig, QualityConfig
+from diffusion.config import HardwareConfig, QualityConfig
 from diffusion.data.shards import list_versions, version_files
 from diffusion.errors import DigitsError
 from diffusion.generate import workers
 from diffusion.generate.plan import GenerationError
 from diffusion.quality.expectations import GateError
-from flows.generate import GenerationResult, generate_dataset, task_runner
-from tests.generate_fixtures import tiny_generate
+from flows.generate import GenerationResult, generate_dataset
+from tests.generate_fixtures import DATE, LOOSE, run_generate, tiny_generate
 
-DATE = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)
-LOOSE = QualityConfig(copy_distance=0.01, max_memorization=1.0)  # random weights draw noise, never copies
-
-
-def _run(cfg: GenerateConfig, models: dict[str, str], **kw) -> GenerationResult:
-    runnable = generate_dataset.with_options(task_runner=task_runner(cfg.task_runner))
-    return runnable(
-        cfg=cfg,
-        hardware=kw.pop("hardware", HardwareConfig(precision="fp32")),
-        model=models["model"],
-        classifier=models["classifier"],
-        train_data=models["train"],
-        quality=LOOSE,
-        logical_date=kw.pop("logical_date", DATE),
-        **kw,
-    )
+_run = run_generate
 
 
 def _train_rows(result: GenerationResult) -> pd.DataFrame:
@@ -140,7 +124,7 @@ def test_staging_goes_after_publish_and_stays_after_a_failed_task(
 ) -> None:
     from diffusion.generate.run import prepare_run
 
-    cfg = tiny_generate(tiny_models, tmp_path, per_class=4)
+    cfg = tiny_generate(tiny_models, tmp_path, per_class=4, task_size=4)  # a task per block
     hardware = HardwareConfig(precision="fp32")
     args = (cfg, hardware, tiny_models["model"], tiny_models["classifier"], tiny_models["train"])
     staging = prepare_run(*args).staging

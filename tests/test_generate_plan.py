@@ -9,7 +9,15 @@ import pytest
 from diffusion.config import ConfigError, GenerateConfig, parse_params
 from diffusion.data.schema import digits_table
 from diffusion.data.shards import accepted_rows
-from diffusion.generate.plan import ClassProgress, GenerationError, TaskKey, block_seed, plan_round, run_key
+from diffusion.generate.plan import (
+    ClassProgress,
+    GenerationError,
+    TaskKey,
+    WorkKey,
+    block_seed,
+    plan_round,
+    run_key,
+)
 
 
 @pytest.mark.parametrize(
@@ -72,22 +80,28 @@ def test_seeds_and_run_keys_are_stable_and_distinct() -> None:
 
 
 def test_rounds_plan_whole_blocks_from_observed_acceptance_and_stop_at_the_cap() -> None:
+    def task(*blocks: tuple[int, int]) -> TaskKey:
+        return TaskKey(tuple(WorkKey(c, j) for c, j in blocks))
+
     progress = {0: ClassProgress(requested=100), 1: ClassProgress(requested=30)}
     first = plan_round(progress, seed_block=20, task_blocks=2, max_attempts=3)
-    assert first == [TaskKey(0, (0, 1)), TaskKey(0, (2, 3)), TaskKey(0, (4,)), TaskKey(1, (0, 1))]
+    # the round's blocks in (class, block) order, cut into tasks of two blocks, classes mixed
+    assert first == [task((0, 0), (0, 1)), task((0, 2), (0, 3)), task((0, 4), (1, 0)), task((1, 1))]
     progress[0] = ClassProgress(requested=100, blocks=5, sampled=100, accepted=50)  # half accepted
     progress[1] = ClassProgress(requested=30, blocks=2, sampled=40, accepted=30)  # done
     # a top-up asks for what the class lacks (50 digits at rate 0.5: 5 blocks), in tasks of whole blocks
-    assert plan_round(progress, 20, 4, 3) == [TaskKey(0, (5, 6, 7, 8)), TaskKey(0, (9,))]
-    assert plan_round(progress, 20, 1, 3) == [TaskKey(0, (b,)) for b in range(5, 10)]
+    assert plan_round(progress, 20, 4, 3) == [task(*((0, j) for j in range(5, 9))), task((0, 9))]
+    assert plan_round(progress, 20, 1, 3) == [task((0, j)) for j in range(5, 10)]
     progress[0] = ClassProgress(requested=100, blocks=15, sampled=300, accepted=2)
     with pytest.raises(
         GenerationError, match=r"class 0: 2 of 100 accepted after 300 samples \(acceptance rate 0\.7%\)"
     ):
         plan_round(progress, 20, 2, 3)
     assert plan_round({0: ClassProgress(requested=5, blocks=1, sampled=20, accepted=9)}, 20, 2, 3) == []
-    assert TaskKey(3, (4, 5, 6)).name == "c3-j00004-j00006"
-    assert [k.name for k in TaskKey(3, (4, 5)).work_keys()] == ["c3-j00004", "c3-j00005"]
+    # a top-up of a few blocks of many classes is one task
+    short = {c: ClassProgress(requested=200, blocks=20, sampled=200, accepted=196) for c in range(10)}
+    assert plan_round(short, 10, 20, 5) == [task(*((c, 20) for c in range(10)))]
+    assert task((3, 4), (5, 1)).name == "c3-j00004-c5-j00001-2b"
 
 
 def test_the_trim_keeps_the_first_accepted_rows_of_each_class_in_order() -> None:

@@ -9,7 +9,6 @@ import logging
 import os
 import time
 import warnings
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,28 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from diffusion.cli import main
-from diffusion.config import GenerateConfig, HardwareConfig, QualityConfig
+from diffusion.config import QualityConfig
 from diffusion.data.shards import list_versions
 from diffusion.errors import DataError
 from diffusion.generate import staging
 from diffusion.quality.expectations import GateError
-from flows.generate import GenerationResult, generate_dataset
-from tests.generate_fixtures import tiny_generate
+from flows.generate import generate_dataset
+from tests.generate_fixtures import run_generate, tiny_generate
 
-DATE = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)
-LOOSE = QualityConfig(copy_distance=0.01, max_memorization=1.0)
-
-
-def _run(cfg: GenerateConfig, models: dict[str, str], quality: QualityConfig = LOOSE) -> GenerationResult:
-    return generate_dataset(
-        cfg=cfg,
-        hardware=HardwareConfig(precision="fp32"),
-        model=models["model"],
-        classifier=models["classifier"],
-        train_data=models["train"],
-        quality=quality,
-        logical_date=DATE,
-    )
+_run = run_generate
 
 
 class OneFault:
@@ -77,6 +63,26 @@ def test_a_transient_io_error_at_each_write_of_publish_is_retried_and_publishes_
     (version,) = list_versions(cfg.output_root, cfg.name)
     assert version.version == result.version.version
     assert not [p for p in Path(cfg.output_root).rglob(".*")]  # nothing half-written is left
+
+
+@pytest.mark.slow
+def test_a_transient_io_error_reading_a_staged_shard_is_retried(
+    prefect_server, tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tiny_generate(tiny_models, tmp_path, per_class={3: 2})
+    fired, read_table = [], pq.read_table
+
+    def flaky(path, *args, **kwargs):  # the staged shard's disk hiccups once
+        if not fired and "c3-j00000" in str(path) and Path(path).is_file():  # publish reads it
+            fired.append(path)
+            raise OSError(errno.EIO, "Input/output error (injected)")
+        return read_table(path, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "read_table", flaky)
+    result = _run(cfg, tiny_models)
+    assert len(fired) == 1 and [v.version for v in list_versions(cfg.output_root, cfg.name)] == [
+        result.version.version
+    ]
 
 
 @pytest.mark.slow
@@ -146,7 +152,7 @@ def test_garbage_collection_removes_abandoned_and_trashed_staging(tmp_path: Path
     week_ago = time.time() - 7 * 86400
     for path in (old, old / "c1-j00000.parquet"):
         os.utime(path, (week_ago, week_ago))
-    assert staging.collect_garbage(root, older_than_days=3) == [old, trash]
+    assert staging.collect_garbage(root, older_than_days=3) == [trash, old]
     assert [p.name for p in root.iterdir()] == ["bbbb"]
     staging.discard(fresh)  # a published run's folder: renamed away, then removed
     assert not list(root.iterdir())

@@ -57,6 +57,22 @@ def read_shard(path: str | Path) -> pa.Table | None:
     return table if table.schema.equals(DIGITS_SCHEMA, check_metadata=False) else None
 
 
+def read_staged(path: str | Path) -> pa.Table:
+    """A staged shard that must be there (to publish it): DataError when it is missing or not a digits shard;
+    an I/O failure keeps its cause, so a retry can tell it from bad input (`diffusion.errors.is_transient`)."""
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: staged shard vanished; run again to remake it") from None
+    except pa.ArrowInvalid as err:
+        raise DataError(f"{path}: staged shard is corrupt ({err}); delete it and run again") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the staged shard ({err})") from err
+    if not table.schema.equals(DIGITS_SCHEMA, check_metadata=False):
+        raise DataError(f"{path}: staged shard is not in the digits schema; delete it and run again")
+    return table
+
+
 def accepted_rows(rows: pa.Table, counts: dict[int, int]) -> pa.Table:
     """The first counts[c] accepted rows of each class c, class by class, each in the staged order.
 

@@ -4,7 +4,8 @@ Three sizes, three meanings:
 - a **seed block** (class c, index j) is `generate.seed_block` images of digit c drawn from one generator
   seeded by `block_seed(seed, c, j)`; it alone decides the images, and it is the unit that is staged
   (`c<c>-j<j>.parquet`), reused after a crash and counted;
-- a **task** is `generate.task_size / seed_block` blocks of one class that one Prefect task makes;
+- a **task** is up to `generate.task_size / seed_block` blocks that one Prefect task makes together (a
+  round's blocks in (class, block) order, so a top-up of a few blocks of many classes is one task);
 - the **network batch** (`hardware.network_batch`) is how many images one forward pass holds.
 Task size, network batch, worker count and runner decide only how the work is spread, never a byte.
 
@@ -44,18 +45,14 @@ class WorkKey:
 
 @dataclass(frozen=True)
 class TaskKey:
-    """One task's work: consecutive seed blocks of one digit."""
+    """One task's work: seed blocks, in (class, block) order."""
 
-    digit: int
-    blocks: tuple[int, ...]
+    blocks: tuple[WorkKey, ...]
 
     @property
     def name(self) -> str:
-        """e.g. 'c3-j00004-j00007' (first and last block)."""
-        return f"c{self.digit}-j{self.blocks[0]:05d}-j{self.blocks[-1]:05d}"
-
-    def work_keys(self) -> list[WorkKey]:
-        return [WorkKey(self.digit, j) for j in self.blocks]
+        """e.g. 'c3-j00004-c5-j00001-4b' (first and last block, and how many)."""
+        return f"{self.blocks[0].name}-{self.blocks[-1].name}-{len(self.blocks)}b"
 
 
 def block_seed(seed: int, digit: int, block: int) -> int:
@@ -117,10 +114,11 @@ def plan_round(
     """The next round's tasks for every class still short (none when all are done).
 
     A class asks for the blocks it lacks: the first round assumes every image is accepted, later ones
-    divide the shortfall by the class's observed acceptance rate. Its blocks are cut into tasks of at most
-    `task_blocks`. Raises GenerationError naming a class that is short with no blocks left.
+    divide the shortfall by the class's observed acceptance rate. The round's blocks, in (class, block)
+    order, are cut into tasks of at most `task_blocks`. Raises GenerationError naming a class that is short
+    with no blocks left.
     """
-    tasks: list[TaskKey] = []
+    wanted: list[WorkKey] = []
     for digit, p in sorted(progress.items()):
         if not p.short:
             continue
@@ -132,8 +130,6 @@ def plan_round(
                 f"x {p.requested} is spent: relax generate.filter or raise the cap"
             )
         rate = max(p.acceptance_rate, MIN_RATE) if p.sampled else 1.0
-        wanted = range(p.blocks, min(p.blocks + math.ceil(p.short / (rate * seed_block)), cap))
-        tasks += [
-            TaskKey(digit, tuple(wanted[i : i + task_blocks])) for i in range(0, len(wanted), task_blocks)
-        ]
-    return tasks
+        more = range(p.blocks, min(p.blocks + math.ceil(p.short / (rate * seed_block)), cap))
+        wanted += [WorkKey(digit, j) for j in more]
+    return [TaskKey(tuple(wanted[i : i + task_blocks])) for i in range(0, len(wanted), task_blocks)]

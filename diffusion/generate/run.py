@@ -33,7 +33,7 @@ from diffusion.data.shards import (
     accepted_rows,
     check_writable,
     publish_version,
-    read_shard,
+    read_staged,
     with_created_at,
 )
 from diffusion.device import resolve_device
@@ -202,12 +202,7 @@ def publish_run(
     nothing when the gate fails; the staging folder then stays for a rerun.
     """
     logical_date = logical_date.astimezone(UTC).replace(microsecond=0)
-    staged = []
-    for o in sorted(blocks, key=lambda o: o.key):
-        table = read_shard(o.path)
-        if table is None:
-            raise GenerationError(f"{o.path}: staged shard vanished or is unreadable; run again to remake it")
-        staged.append(table)
+    staged = [read_staged(o.path) for o in sorted(blocks, key=lambda o: o.key)]
     counts = spec.cfg.counts()
     unfiltered = with_created_at(pa.concat_tables(staged).combine_chunks(), logical_date)
     try:

@@ -1,5 +1,4 @@
-"""One task's work: sample its seed blocks of one digit, score them with both judges, filter, stage a shard
-per block.
+"""One task's work: sample its seed blocks, score them with both judges, filter, stage a shard per block.
 
     outcome = make_task(job)   # job: the run's inputs and one TaskKey; outcome: one BlockOutcome per block
 
@@ -98,7 +97,7 @@ def _block(job: TaskJob, key: WorkKey, table: pa.Table, reused: bool) -> BlockOu
 
 def make_task(job: TaskJob) -> TaskOutcome:
     """Stage every block of `job.task` (reusing the blocks already staged) and return what they hold."""
-    done = {key: read_shard(job.path(key)) for key in job.task.work_keys()}
+    done = {key: read_shard(job.path(key)) for key in job.task.blocks}
     todo = [key for key, table in done.items() if table is None]
     outcomes = {key: _block(job, key, table, reused=True) for key, table in done.items() if table is not None}
     seconds: dict[str, float] = {}
@@ -108,7 +107,7 @@ def make_task(job: TaskJob) -> TaskOutcome:
                 outcomes[key] = _block(job, key, table, reused=False)
     return TaskOutcome(
         job.task,
-        tuple(outcomes[key] for key in job.task.work_keys()),
+        tuple(outcomes[key] for key in job.task.blocks),
         seconds,
         worker=f"{os.uname().nodename}:{os.getpid()}",
         loaded=tuple(loaded),
@@ -116,7 +115,7 @@ def make_task(job: TaskJob) -> TaskOutcome:
 
 
 def _make_blocks(job: TaskJob, keys: list[WorkKey], seconds: dict[str, float]) -> dict[WorkKey, pa.Table]:
-    """Sample, score, filter, encode and stage `keys` (blocks of one digit) together; their tables."""
+    """Sample, score, filter, encode and stage the blocks `keys` together; their tables."""
     clock = time.perf_counter()
 
     def lap(name: str) -> None:
@@ -131,16 +130,17 @@ def _make_blocks(job: TaskJob, keys: list[WorkKey], seconds: dict[str, float]) -
     )
     lap("load")
 
-    digit, per_block = job.task.digit, job.seed_block * job.best_of_n
-    seeds = [block_seed(job.seed, digit, key.block) for key in keys]
+    per_block = job.seed_block * job.best_of_n
+    seeds = [block_seed(job.seed, key.digit, key.block) for key in keys]
     generators = [torch.Generator().manual_seed(s) for s in seeds]  # on the CPU: the same x_T on any device
-    labels = torch.full((per_block * len(keys),), digit, dtype=torch.int64)
+    digits = torch.tensor([key.digit for key in keys], dtype=torch.int64)
+    labels = digits.repeat_interleave(per_block)
     images = sample_blocks(
         model, process, labels, job.sampler, generators, device, job.precision, job.network_batch
     )  # (blocks * per_block, 1, 28, 28)
     lap("sample")
 
-    wanted = torch.full((job.seed_block * len(keys),), digit, dtype=torch.int64, device=device)
+    wanted = digits.repeat_interleave(job.seed_block).to(device)
     if job.best_of_n > 1:
         best = best_of_n(scorer, images.view(len(wanted), job.best_of_n, *images.shape[1:]), wanted)
         images, scores = best.images, best.scores

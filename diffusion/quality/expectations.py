@@ -283,7 +283,7 @@ def validate_rows(
                 name=f"{NAME}_{split}",
                 validation_definitions=[definition],
                 actions=[] if docs_dir is None else [gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
-                result_format={"result_format": "SUMMARY"},
+                result_format={"result_format": "BASIC"},
             )
         )
         outcome = checkpoint.run(batch_parameters={"dataframe": frame})
