@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -181,20 +182,31 @@ def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
     )
 
 
+def read_json_object(path: str, what: str) -> dict:
+    """A JSON object from `path`; DataError (one line naming the file and `what` it should be) otherwise."""
+    from diffusion.errors import DataError
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file ({what})") from None
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read {what} ({err})") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: expected {what}, a JSON object, got {type(doc).__name__}")
+    return doc
+
+
 def published_path(given: str) -> str:
     """A version folder (path or URL), or the JSON file `digits generate --published` wrote naming one."""
     from diffusion.errors import DataError
 
     if not given.endswith(".json"):
         return given
-    try:
-        return str(json.loads(Path(given).read_text())["path"])
-    except FileNotFoundError:
-        raise DataError(
-            f"{given}: no such file (the generate stage writes it: run `dvc repro generate`)"
-        ) from None
-    except (ValueError, KeyError, TypeError):
-        raise DataError(f"{given}: not a published-version file (JSON with a 'path')") from None
+    doc = read_json_object(given, "the version the generate stage published: `dvc repro generate` writes it")
+    if not isinstance(doc.get("path"), str):
+        raise DataError(f"{given}: not a published-version file (JSON with a 'path')")
+    return doc["path"]
 
 
 def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
@@ -228,7 +240,7 @@ def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
 def cmd_report(params: Params, args: argparse.Namespace) -> None:
     from diffusion.quality.report import build_reports
 
-    evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
+    evaluation = read_json_object(args.evaluation, "an evaluation's metrics") if args.evaluation else None
     version = published_path(args.version) if args.version else None
     index = build_reports(args.versions, params.generate.name, evaluation, Path(args.out), version)
     print(f"report index: {index}")
@@ -241,8 +253,8 @@ def cmd_gc(params: Params, args: argparse.Namespace) -> None:
     try:
         days = float(args.older_than)
     except ValueError:
-        days = -1.0
-    if days < 0:
+        days = math.nan
+    if not math.isfinite(days) or days < 0:
         raise DigitsError(f"--older-than: expected a number of days >= 0, got {args.older_than!r}")
     removed = collect_garbage(params.generate.staging_dir, days)
     print(f"removed {len(removed)} staging folder(s) from {params.generate.staging_dir}")

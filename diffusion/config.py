@@ -4,7 +4,8 @@ Each section of `params.yaml` has exactly one model here. Unknown keys, wrong ty
 out-of-range values raise `ConfigError` with one line naming the key and what was expected.
 Keys a library reads later (a cron, a timezone, an fsspec URL, the CLIP context length) are checked
 by that library's own rules (`diffusion.library_rules`, which imports each library only when needed).
-It imports only `diffusion.errors`, `diffusion.library_rules` and `diffusion.precision`.
+It imports `diffusion.errors`, `diffusion.library_rules` and `diffusion.precision`, and in the hardware
+section's validators `diffusion.device` and `diffusion.model.compile` (which import only `errors`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from diffusion.errors import DigitsError
 from diffusion.library_rules import ClipContextLength, FsspecUrl, PrefectCron, PrefectTimezone
@@ -348,27 +349,33 @@ class EvaluateConfig(Section):
 class HardwareConfig(Section):
     """Where and how the networks run, for every stage that runs one (diffusion/device.py, precision.py).
 
-    `device` and `precision` may change float rounding, so they enter a generation run's key; the
-    network batch and compile never change a byte on the same device and precision.
+    `device`, `precision` and `compile` may change float rounding, so they enter a generation run's key;
+    the network batch never changes a byte on the same device, precision and compile mode.
     """
 
     device: str = "cpu"  # cpu | cuda | cuda:N | mps; one that torch does not see here is an error
     precision: PrecisionChoice = (
         "auto"  # of the diffusion network; auto = bf16 where the device has bf16 units
     )
-    network_batch: int = Field(250, ge=1)  # images per forward pass (sampling, scoring, evaluation)
+    network_batch: int = Field(250, ge=1)  # images per forward pass of the U-Net and of the evaluation
     compile: str | None = None  # a torch.compile mode for the sampling network ("default", ...); null: eager
 
-    @model_validator(mode="after")
-    def _exists(self) -> HardwareConfig:
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, value: str) -> str:
         from diffusion.device import resolve_device
 
-        resolve_device(self.device, "device")
-        if self.compile is not None:
+        resolve_device(value, "")  # the error names hardware.device through pydantic's location
+        return value
+
+    @field_validator("compile")
+    @classmethod
+    def _compile_mode_known(cls, value: str | None) -> str | None:
+        if value is not None:
             from diffusion.model.compile import check_compile_mode
 
-            check_compile_mode(self.compile, "compile")
-        return self
+            check_compile_mode(value, "")
+        return value
 
     def resolved_precision(self) -> Precision:
         """The precision the diffusion network runs in here: `auto` resolved for `device`."""

@@ -28,6 +28,11 @@ def device_count(kind: str) -> int:
     return 0
 
 
+def _named(key: str) -> str:
+    """The message's prefix naming the params key ("" when the caller names it, e.g. a field validator)."""
+    return f"{key}: " if key else ""
+
+
 def resolve_device(name: str, key: str) -> torch.device:
     """`name` ("cpu", "cuda", "cuda:N", "mps", "xpu", ...) as a torch.device that exists on this machine.
 
@@ -38,21 +43,21 @@ def resolve_device(name: str, key: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise DeviceError(f"{key}: {name!r} is not a device torch knows (use {CHOICES})") from None
+        raise DeviceError(f"{_named(key)}{name!r} is not a device torch knows (use {CHOICES})") from None
     if device.type == "cpu":
         if device.index not in (None, 0):
-            raise DeviceError(f"{key}: {name!r} does not exist (torch sees one CPU device); use cpu")
+            raise DeviceError(f"{_named(key)}{name!r} does not exist (torch sees one CPU device); use cpu")
         return device
     if device.type not in ACCELERATORS:
-        raise DeviceError(f"{key}: {name!r} is not a device to compute on (use {CHOICES})")
+        raise DeviceError(f"{_named(key)}{name!r} is not a device to compute on (use {CHOICES})")
     label, n = ACCELERATORS[device.type], device_count(device.type)
     if n == 0:
         raise DeviceError(
-            f"{key}: {name!r} is not available on this machine (torch sees no {label} device); use cpu"
+            f"{_named(key)}{name!r} is not available on this machine (torch sees no {label} device); use cpu"
         )
     if device.index is not None and device.index >= n:
         seen = f"{device.type}:0" if n == 1 else f"{device.type}:0 to {device.type}:{n - 1}"
         raise DeviceError(
-            f"{key}: {name!r} does not exist here (torch sees {n} {label} device{'s' * (n > 1)}: {seen})"
+            f"{_named(key)}{name!r} does not exist here (torch sees {n} {label} device{'s' * (n > 1)}: {seen})"
         )
     return device

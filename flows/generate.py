@@ -2,7 +2,7 @@
 
     generate_dataset(cfg, hardware, model="data/models/diffusion", classifier="data/models/classifier")
 
-Each task makes `generate.task_size` digits of one class as whole seed blocks
+Each task makes up to `generate.task_size` digits as whole seed blocks (of any classes)
 (`diffusion.generate.task.make_task`, the same function any other caller uses) and stages a shard per
 block; after each round the flow counts accepted digits per class and plans blocks only for classes still
 short. A rerun with the same params reuses every staged block, so a crash costs at most the tasks in
@@ -125,6 +125,8 @@ def generate_dataset(
     start = time.perf_counter()
     logical = (logical_date or flow_run.scheduled_start_time).astimezone(UTC).replace(microsecond=0)
     if seed_from_date:
+        if prepared is not None:
+            raise GenerationError("seed_from_date needs the flow to prepare the run: pass no prepared run")
         cfg = cfg.model_copy(update={"seed": cfg.seed + int(logical.timestamp())})
     spec = prepared or prepare_run(cfg, hardware, model, classifier, train_data)
     requested = sum(spec.cfg.counts().values())

@@ -58,9 +58,9 @@ def test_repo_params_are_valid() -> None:
             {"classifier": {"train": {"device": "cpu"}}},
             r"classifier\.train\.device: moved to hardware\.device",
         ),
-        ({"hardware": {"device": "tpu"}}, r"hardware: device: 'tpu' is not a device torch knows"),
-        ({"hardware": {"device": "cuda"}}, r"hardware: device: 'cuda' is not available on this machine"),
-        ({"hardware": {"compile": "fastest"}}, r"hardware: compile: 'fastest' is not a torch.compile mode"),
+        ({"hardware": {"device": "tpu"}}, r"hardware\.device: 'tpu' is not a device torch knows"),
+        ({"hardware": {"device": "cuda"}}, r"hardware\.device: 'cuda' is not available on this machine"),
+        ({"hardware": {"compile": "fastest"}}, r"hardware\.compile: 'fastest' is not a torch.compile mode"),
         (
             {"hardware": {"network_batch": 0}},
             r"hardware\.network_batch: Input should be greater than or equal to 1",

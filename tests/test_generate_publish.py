@@ -1,10 +1,11 @@
 """Publishing for real (Prefect, Great Expectations, `datasets`): retries that really retry I/O failures,
 a gate over every split a version holds, a card `datasets` reads without complaint, staging garbage
-collection, and the version handed on to evaluate and report."""
+collection, and one-line errors from the stages around publishing (evaluate, report, gc)."""
 
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import time
@@ -14,15 +15,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from diffusion.cli import main
 from diffusion.config import QualityConfig
 from diffusion.data.shards import list_versions
-from diffusion.errors import DataError
+from diffusion.errors import DataError, is_transient
 from diffusion.generate import staging
 from diffusion.quality.expectations import GateError
 from flows.generate import generate_dataset
-from tests.generate_fixtures import run_generate, tiny_generate
+from tests.generate_fixtures import LOOSE, run_generate, tiny_generate
 
 _run = run_generate
 
@@ -138,6 +140,10 @@ def test_the_card_loads_with_datasets_without_a_warning(
         streamed = datasets.load_dataset(result.version.path, streaming=True)
         assert len(list(streamed["train"])) == 4
     assert ds["train"].num_rows == 4 and ds["unfiltered"].num_rows >= 4
+    card = (Path(result.version.path) / "README.md").read_text()
+    splits = yaml.safe_load(card.split("---")[1])["dataset_info"]["splits"]
+    assert [s["name"] for s in splits] == ["train", "unfiltered"]
+    assert all(s["num_bytes"] > 0 and s["num_examples"] > 0 for s in splits)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [
         r.message for r in caplog.records
     ]
@@ -149,15 +155,110 @@ def test_garbage_collection_removes_abandoned_and_trashed_staging(tmp_path: Path
     for folder in (old, fresh, trash):
         folder.mkdir(parents=True)
         (folder / "c1-j00000.parquet").write_bytes(b"x")
+        (folder / "run.json").write_text("{}")
+    (root / "diffusion-resume").mkdir()  # not a run's folder: gc leaves it alone, however old
+    os.utime(root / "diffusion-resume", (0, 0))
     week_ago = time.time() - 7 * 86400
-    for path in (old, old / "c1-j00000.parquet"):
+    for path in (old, old / "c1-j00000.parquet", old / "run.json"):
         os.utime(path, (week_ago, week_ago))
     assert staging.collect_garbage(root, older_than_days=3) == [trash, old]
-    assert [p.name for p in root.iterdir()] == ["bbbb"]
+    assert sorted(p.name for p in root.iterdir()) == ["bbbb", "diffusion-resume"]
     staging.discard(fresh)  # a published run's folder: renamed away, then removed
-    assert not list(root.iterdir())
+    assert [p.name for p in root.iterdir()] == ["diffusion-resume"]
     params = tmp_path / "params.yaml"
     params.write_text(f"generate:\n  staging_dir: {root}\n")
-    assert main(["gc", "--params", str(params), "--older-than", "-1"]) == 2
-    assert "--older-than: expected a number of days >= 0" in capsys.readouterr().err
+    for bad in ("-1", "nan", "x"):
+        assert main(["gc", "--params", str(params), "--older-than", bad]) == 2
+        assert "--older-than: expected a number of days >= 0" in capsys.readouterr().err
     assert main(["gc", "--params", str(params), "--older-than", "0"]) == 0
+
+
+def test_transient_means_an_io_error_somewhere_in_the_causes() -> None:
+    def chain(*errors: BaseException, suppress: bool = False) -> BaseException:
+        """errors[0] raised from errors[1] raised from ..., the last one raised first."""
+        for outer, inner in zip(errors, errors[1:], strict=False):
+            outer.__cause__ = inner
+        if suppress:
+            errors[0].__suppress_context__ = True
+        return errors[0]
+
+    eio = OSError(errno.EIO, "Input/output error")
+    assert is_transient(eio) and is_transient(chain(GateError("x"), DataError("y"), eio))  # two levels deep
+    implicit = DataError("while handling")
+    implicit.__context__ = OSError(errno.EIO, "disk")
+    assert is_transient(implicit)  # raised inside an `except OSError:` block
+    hidden = DataError("from None")
+    hidden.__context__, hidden.__suppress_context__ = OSError(errno.EIO, "disk"), True
+    assert not is_transient(hidden)  # `raise ... from None` ends the chain: bad input
+    for bad in (FileNotFoundError("x"), PermissionError("x"), IsADirectoryError("x"), DataError("bad")):
+        assert not is_transient(bad) and not is_transient(chain(DataError("wrapped"), bad))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["evaluate", "--version", "{tmp}/not-a-version"], "not a published version (no manifest.json)"),
+        (["evaluate", "--version", "{tmp}/missing.json"], "missing.json: no such file"),
+        (["evaluate", "--version", "{tmp}/bad.json"], "bad.json: cannot read"),
+        (["evaluate", "--version", "{tmp}/list.json"], "list.json: expected the version"),
+        (["evaluate", "--version", "{tmp}/folder.json"], "folder.json: cannot read"),  # a folder named .json
+        (
+            ["report", "--versions", "{tmp}", "--evaluation", "{tmp}/missing.json"],
+            "missing.json: no such file",
+        ),
+        (
+            ["report", "--versions", "{tmp}", "--evaluation", "{tmp}/list.json"],
+            "list.json: expected an evaluation",
+        ),
+        (["report", "--versions", "{tmp}/nothing", "--version", "{tmp}/v1"], "no published versions"),
+    ],
+)
+def test_stages_around_publishing_give_one_line_on_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    (tmp_path / "not-a-version").mkdir()
+    (tmp_path / "folder.json").mkdir()
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "list.json").write_text("[1]")
+    args = [a.format(tmp=tmp_path) for a in argv]
+    if args[0] == "evaluate":
+        args += ["--metrics", str(tmp_path / "m.json"), "--classes", str(tmp_path / "c.csv")]
+        args += ["--confusion", str(tmp_path / "x.csv")]
+    params = tmp_path / "params.yaml"
+    params.write_text("{}\n")
+    assert main([*args[:1], "--params", str(params), *args[1:]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.slow
+def test_one_cli_run_prepares_once(prefect_server, tiny_models, tmp_path: Path, monkeypatch) -> None:
+    import yaml
+
+    import diffusion.generate.run as run_module
+    import flows.generate as flow_module
+
+    cfg = tiny_generate(tiny_models, tmp_path, per_class={2: 2})
+    params = tmp_path / "params.yaml"
+    raw = {"generate": cfg.model_dump(mode="json"), "quality": LOOSE.model_dump(mode="json")}
+    params.write_text(yaml.safe_dump({**raw, "hardware": {"precision": "fp32"}}))
+    calls, prepare = [], run_module.prepare_run
+    counted = lambda *a, **k: calls.append(1) or prepare(*a, **k)  # noqa: E731
+    monkeypatch.setattr(run_module, "prepare_run", counted)
+    monkeypatch.setattr(flow_module, "prepare_run", counted)
+    models = ["--model", tiny_models["model"], "--classifier", tiny_models["classifier"]]
+    handed = tmp_path / "generated.json"
+    argv = [
+        "generate",
+        "--params",
+        str(params),
+        *models,
+        "--train",
+        tiny_models["train"],
+        "--published",
+        str(handed),
+    ]
+    assert main(argv) == 0
+    assert len(calls) == 1
+    assert json.loads(handed.read_text())["version"] == list_versions(cfg.output_root, cfg.name)[0].version

@@ -55,12 +55,12 @@ def test_cuda_devices_resolve_up_to_the_count(monkeypatch: pytest.MonkeyPatch):
     """Two CUDA devices (simulated: the counts are what resolve_device asks torch for)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert resolve_device("cuda", "diffusion.train.device") == torch.device("cuda")
-    assert resolve_device("cuda:1", "diffusion.train.device") == torch.device("cuda", 1)
+    assert resolve_device("cuda", "hardware.device") == torch.device("cuda")
+    assert resolve_device("cuda:1", "hardware.device") == torch.device("cuda", 1)
     with pytest.raises(DeviceError) as err:
-        resolve_device("cuda:3", "diffusion.train.device")
+        resolve_device("cuda:3", "hardware.device")
     assert str(err.value) == (
-        "diffusion.train.device: 'cuda:3' does not exist here (torch sees 2 CUDA devices: cuda:0 to cuda:1)"
+        "hardware.device: 'cuda:3' does not exist here (torch sees 2 CUDA devices: cuda:0 to cuda:1)"
     )
 
 

@@ -302,3 +302,26 @@ def test_png_header_and_nearest_distance() -> None:
         nearest_rms_distance(images, train, chunk=1, train_chunk=2), [0.0, 0.2], atol=1e-5
     )
     assert np.isinf(nearest_rms_distance(images, train[:0])).all()
+
+
+def test_each_image_is_decoded_once_for_both_splits(
+    good_table: pa.Table, train_images: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import diffusion.quality.gate_columns as columns
+
+    decoded, decode = [], columns._decode
+    monkeypatch.setattr(columns, "_decode", lambda blob: decoded.append(blob) or decode(blob))
+    rejected = set_values(set_values(good_table.slice(0, 5), "accepted", 0, False), "id", 0, "extra-0")
+    rejected = set_values(rejected, "clip_score", 0, 5.0)  # below min_clip_score: rejected, rightly
+    unfiltered = pa.concat_tables([good_table, rejected.slice(0, 1)])  # the accepted rows and one more
+    result = validate_rows(good_table, SPEC, train_images, None, unfiltered)
+    assert result.success, result.summary()
+    assert result.statistics["splits"] == {"train": 20, "unfiltered": 21}
+    assert len(decoded) == len(set(decoded)) == 20  # the extra row repeats row 0's bytes: one decode each
+
+
+def test_the_unfiltered_split_has_its_own_suite(good_table: pa.Table, train_images: np.ndarray) -> None:
+    lying = set_values(good_table, "clip_score", 2, 5.0)  # accepted, but below min_clip_score = 20
+    unfiltered_only = pa.concat_tables([good_table, set_values(lying.slice(2, 1), "id", 0, "u-2")])
+    result = validate_rows(good_table, SPEC, train_images, None, unfiltered_only)
+    assert result.failed == ["unfiltered: expect_column_pair_values_to_be_equal(accepted, filter_verdict)"]

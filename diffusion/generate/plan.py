@@ -61,9 +61,16 @@ def block_seed(seed: int, digit: int, block: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def run_key(cfg: GenerateConfig, device_type: str, precision: str, checksums: dict[str, str]) -> str:
+def run_key(
+    cfg: GenerateConfig,
+    device_type: str,
+    precision: str,
+    checksums: dict[str, str],
+    compile_mode: str | None = None,
+) -> str:
     """A hash of everything that decides a staged block's bytes: sampling, seed block, scoring, filter, seed,
-    the device type and precision the networks run in, and the checksums of the model and judges.
+    the device type, precision and compile mode the networks run in (a compiled network may round
+    differently), and the checksums of the model and judges.
 
     Counts, naming, sharding, task size, network batch and the runner are left out: they only decide which
     blocks are made and how, so a run asking for more digits reuses the blocks of one asking for fewer.
@@ -77,6 +84,7 @@ def run_key(cfg: GenerateConfig, device_type: str, precision: str, checksums: di
         "seed": cfg.seed,
         "device": device_type,
         "precision": precision,
+        "compile": compile_mode,
         "checksums": checksums,
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()

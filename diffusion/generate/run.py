@@ -137,10 +137,13 @@ def prepare_run(
         file_sha256(weights) if weights.is_file() else f"{cfg.clip.model}:{cfg.clip.pretrained}"
     )
     check_writable(cfg.output_root, cfg.name)
-    # an unknown CLIP, missing or corrupt judge weights fail here; the tasks reuse what this loads
+    # Unreadable weights, an unknown CLIP or broken training digits fail here, before any sampling; the
+    # tasks (and the gate) of an in-process run reuse what this loads.
+    workers.diffusion_model(model_dir, checksums["model"], device, hardware.compile)
     workers.scorer(cfg.clip, checksums["clip"], classifier_dir, checksums["classifier"], device)
+    workers.train_pixels(train_data, checksums["train"], device)
     precision = hardware.resolved_precision()
-    key = run_key(cfg, device.type, precision, checksums)
+    key = run_key(cfg, device.type, precision, checksums, hardware.compile)
     spec = RunSpec(
         cfg, hardware, str(model_dir), str(classifier_dir), str(train_data), checksums, precision, key
     )

@@ -6,7 +6,8 @@
 A failed, gated-out or killed run keeps its folder, so the next run with the same params resumes from it.
 Once its version is published the folder is renamed away (atomic: no reader ever sees half a folder) and
 then removed; a kill between the two leaves only a `.trash-*` folder, which `collect_garbage` removes.
-`collect_garbage` also removes run folders untouched for longer than a given age (abandoned runs).
+`collect_garbage` also removes run folders (those holding a `run.json`) untouched for longer than a given
+age (abandoned runs); it leaves anything else in the staging folder alone.
 """
 
 from __future__ import annotations
@@ -29,18 +30,27 @@ def discard(run_folder: Path) -> None:
 
 
 def last_touched(folder: Path) -> float:
-    """The newest modification time (seconds since 1970) of the folder or anything in it."""
-    return max([folder.stat().st_mtime, *(p.stat().st_mtime for p in folder.rglob("*"))])
+    """The newest modification time (seconds since 1970) of the folder or anything in it (a file that a
+    running run renames away meanwhile is skipped)."""
+    times = [folder.stat().st_mtime]
+    for path in folder.rglob("*"):
+        try:
+            times.append(path.stat().st_mtime)
+        except FileNotFoundError:
+            continue
+    return max(times)
 
 
 def collect_garbage(staging_dir: str | Path, older_than_days: float, now: float | None = None) -> list[Path]:
-    """Remove `.trash-*` folders, and run folders untouched for more than `older_than_days`; return them."""
+    """Remove `.trash-*` folders, and run folders (holding a run.json) untouched for more than
+    `older_than_days`; return them."""
     root, now = Path(staging_dir), time.time() if now is None else now
     if not root.is_dir():
         return []
     removed = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        if folder.name.startswith(TRASH) or now - last_touched(folder) > older_than_days * 86400:
+        is_run = (folder / "run.json").is_file()
+        if folder.name.startswith(TRASH) or (is_run and now - last_touched(folder) > older_than_days * 86400):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed

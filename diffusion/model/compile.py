@@ -30,7 +30,8 @@ def check_compile_mode(mode: str, key: str = "compile") -> str:
     """`mode` if torch.compile knows it; otherwise CompileModeError, one line naming `key` and the mode."""
     modes = compile_modes()
     if mode not in modes:
-        raise CompileModeError(f"{key}: {mode!r} is not a torch.compile mode (one of {', '.join(modes)})")
+        named = f"{key}: " if key else ""
+        raise CompileModeError(f"{named}{mode!r} is not a torch.compile mode (one of {', '.join(modes)})")
     return mode
 
 

@@ -150,7 +150,9 @@ def _train_suite(spec: GateSpec) -> list[tuple[gxe.Expectation, str, str]]:
         if (bound := getattr(spec.filter, key)) is not None:
             column = key.removeprefix("min_")
             name = f"expect_column_values_to_be_between({column}, {key}={bound:g})"
-            gate.append((between(column=column, min_value=bound), f"{column} >= {bound:g}", name))
+            # in float32, as the filter compared the float32 scores (`diffusion.judges.scoring.keep_mask`)
+            low = float(np.float32(bound))
+            gate.append((between(column=column, min_value=low), f"{column} >= {bound:g}", name))
     tail: list[tuple[gxe.Expectation, str]] = []
     if spec.filter.require_pred_match:
         match = gxe.ExpectColumnPairValuesToBeEqual(column_A="classifier_pred", column_B="label", **PAIRS)
