@@ -13,10 +13,22 @@ key. The library is imported inside the check (only when params set the key) and
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from functools import cache
 from typing import Annotated
 
 from pydantic import AfterValidator
+
+
+def _raising(problem: Callable[[str], str | None]) -> Callable[[str], str]:
+    """A pydantic after-validator from a function that names a value's problem (None: no problem)."""
+
+    def check(value: str) -> str:
+        if (found := problem(value)) is not None:
+            raise ValueError(found)
+        return value
+
+    return check
 
 
 def _first_message(err: Exception) -> str:
@@ -50,10 +62,7 @@ def _cron_problem(cron: str) -> str | None:
     return None
 
 
-def check_prefect_cron(cron: str) -> str:
-    if (problem := _cron_problem(cron)) is not None:
-        raise ValueError(problem)
-    return cron
+check_prefect_cron = _raising(_cron_problem)
 
 
 @cache
@@ -73,10 +82,7 @@ def _timezone_problem(timezone: str) -> str | None:
     return None
 
 
-def check_prefect_timezone(timezone: str) -> str:
-    if (problem := _timezone_problem(timezone)) is not None:
-        raise ValueError(problem)
-    return timezone
+check_prefect_timezone = _raising(_timezone_problem)
 
 
 # --------------------------------------------------------------------------- fsspec
@@ -96,10 +102,7 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
-def check_fsspec_url(url: str) -> str:
-    if (problem := _url_problem(url)) is not None:
-        raise ValueError(problem)
-    return url
+check_fsspec_url = _raising(_url_problem)
 
 
 # --------------------------------------------------------------------------- open_clip
