@@ -150,9 +150,7 @@ def _make_blocks(job: TaskJob, keys: list[WorkKey], seconds: dict[str, float]) -
     keep = keep_mask(
         scores, wanted, f.min_clip_score, f.min_clip_margin, f.min_classifier_prob, f.require_pred_match
     )
-    pixels, keep = to_uint8(images), keep.cpu()
-    scores = Scores(*(s.cpu() for s in (scores.clip_score, scores.clip_margin, scores.classifier_prob)),
-                    scores.classifier_pred.cpu())  # fmt: skip
+    pixels, keep, scores = to_uint8(images), keep.cpu(), scores.to("cpu")
     lap("score")
 
     tables = {}

@@ -35,7 +35,11 @@ class Scores:
     def __len__(self) -> int:
         return self.clip_score.shape[0]
 
-    def select(self, index: torch.Tensor) -> Scores:
+    def to(self, device: torch.device | str) -> Scores:
+        """The same scores on `device`."""
+        return Scores(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+    def select(self, index: torch.Tensor | slice) -> Scores:
         """The scores of the images picked by a boolean mask (N,) or an index tensor."""
         return Scores(*(getattr(self, f.name)[index] for f in fields(self)))
 
