@@ -51,10 +51,9 @@ def write_shard(table: pa.Table, path: str | Path) -> None:
 def read_shard(path: str | Path) -> pa.Table | None:
     """A staged shard, or None when it is missing, unreadable or of another schema (then it is made again)."""
     try:
-        table = pq.read_table(path)
-    except (FileNotFoundError, pa.ArrowInvalid, OSError):
+        return read_staged(path)
+    except DataError:
         return None
-    return table if table.schema.equals(DIGITS_SCHEMA, check_metadata=False) else None
 
 
 def read_staged(path: str | Path) -> pa.Table:

@@ -30,6 +30,7 @@ from diffusion.model.compile import compiled
 from diffusion.model.process import GaussianDiffusion
 from diffusion.model.saved import load_diffusion
 from diffusion.model.unet import UNet
+from diffusion.quality.gate_columns import unit_pixels
 
 T = TypeVar("T")
 _LOCK = threading.Lock()
@@ -90,7 +91,7 @@ def train_pixels(path: str, sha256: str, device: torch.device) -> torch.Tensor:
 
     def load() -> torch.Tensor:
         images, _ = load_arrays(path)
-        return torch.from_numpy(images).reshape(len(images), -1).to(device, torch.float32).div_(255.0)
+        return unit_pixels(images, device)
 
     return _cached("train", (path, sha256, str(device)), load)
 

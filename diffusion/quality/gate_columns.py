@@ -111,6 +111,12 @@ def decode_images(blobs: list[bytes | None], memo: dict[bytes, Decoded]) -> list
     return out
 
 
+def unit_pixels(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (M, H, W) -> float32 (M, H*W) in [0, 1] on `device`: the rows the nearest-digit search compares."""
+    rows = torch.from_numpy(np.ascontiguousarray(images).reshape(len(images), math.prod(images.shape[1:])))
+    return rows.to(device, torch.float32).div_(255.0)
+
+
 def nearest_rms_distance(
     images: np.ndarray, train: np.ndarray | torch.Tensor, chunk: int = 1024, train_chunk: int = 8192
 ) -> np.ndarray:
@@ -125,8 +131,7 @@ def nearest_rms_distance(
         float64 (N,); inf where there are no training images.
     """
     if isinstance(train, np.ndarray):
-        train = torch.from_numpy(np.ascontiguousarray(train).reshape(len(train), math.prod(train.shape[1:])))
-        train = train.float().div_(255.0)
+        train = unit_pixels(train)
     n, m = len(images), len(train)
     if n == 0 or m == 0:
         return np.full(n, np.inf)
