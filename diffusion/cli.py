@@ -2,7 +2,8 @@
 
 Each subcommand validates the whole `params.yaml` first, takes its paths exactly as `dvc.yaml`
 passes them, calls one library function and writes its outputs atomically. Any `DigitsError`
-(bad params, data, checkpoint or model name) prints one line `error: ...` and exits with status 2.
+(bad params, data, checkpoint or model name) prints one line `error: ...` and exits with status 2; a
+`QualityAlert` (a graded version outside the `monitor` bounds) prints `alert: ...` and exits with status 1.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from diffusion.checkpoint import write_csv_atomic, write_json_atomic
 from diffusion.config import Params, load_params, parse_params
-from diffusion.errors import DigitsError
+from diffusion.errors import DigitsError, QualityAlert
+
+if TYPE_CHECKING:
+    from diffusion.quality.grading import Grading
 
 
 # --------------------------------------------------------------------------- stages
@@ -127,6 +132,7 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
         folder, revision = fetch_pinned(args.rev, args.model, cache=Path(params.data.cache_dir) / "pinned")
         model = str(folder)
     # bad input fails here in one line, before Prefect starts; the flow takes the prepared run as it is
+    grading = None if args.no_grade else grading_of(params, args)
     spec = prepare_run(cfg, params.hardware, model, args.classifier, args.train)
     runnable = generate_dataset.with_options(task_runner=task_runner(cfg.task_runner))
     result = runnable(
@@ -139,7 +145,8 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
         model_revision=revision,
         progress=True,
         prepared=spec,
-    )
+        grading=grading,
+    )  # a flagged version raises QualityAlert here (exit 1, one line), after its page and index are written
     if args.metrics:
         write_json_atomic(args.metrics, headline(result.metrics))
     if args.classes:
@@ -153,33 +160,44 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
     )
 
 
+def grading_of(params: Params, args: argparse.Namespace) -> Grading:
+    """The grading of a version from the `evaluate` and `monitor` sections and the command's paths, its
+    inputs checked before any work."""
+    from diffusion.quality.grading import Grading
+
+    grading = Grading(
+        evaluator=args.evaluator,
+        val_data=args.val,
+        test_data=args.test,
+        evaluate=params.evaluate,
+        monitor=params.monitor,
+    )
+    grading.check_inputs()
+    return grading
+
+
 def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
-    from diffusion.data.datasets import DigitsDataset, open_version
-    from diffusion.judges.classifier import load_classifier
-    from diffusion.judges.evaluator import load_evaluator
-    from diffusion.quality.evaluate import evaluate_version
+    from diffusion.data.datasets import open_version
+    from diffusion.data.evaluations import json_safe
+    from diffusion.quality.grading import grade_version
+    from diffusion.quality.monitor import raise_if_flagged
 
     version = open_version(published_path(args.version))
-    device = params.hardware.device
-    result = evaluate_version(
-        version,
-        DigitsDataset(args.train),
-        DigitsDataset(args.test),
-        load_evaluator(args.evaluator, device),
-        load_classifier(args.classifier, device),
-        params.evaluate,
-        params.classifier,
-        device,
-        params.hardware.network_batch,
-    )
-    write_json_atomic(args.metrics, {"version": version.version, **result.metrics})
-    write_csv_atomic(args.classes, result.per_class)
-    write_csv_atomic(args.confusion, result.confusion)
-    m = result.metrics
+    grading = grading_of(params, args)
+    doc = grade_version(version, params.generate.name, grading, params.hardware, args.train, args.classifier)
+    m = doc["metrics"]
+    write_json_atomic(args.document, json_safe(doc))
+    write_json_atomic(args.metrics, {"version": version.version, **m, "flagged": int(doc["flagged"])})
+    write_csv_atomic(args.classes, doc["per_class"])
+    write_csv_atomic(args.confusion, doc["confusion"])
     print(
         f"{version.version}: evaluator accuracy {m['conditional_accuracy_published']:.4f}, "
-        f"CAS ratio {m['cas_ratio']:.4f}, Frechet distance {m['frechet_distance']:.3f}"
+        f"CAS ratio {m['cas_ratio']:.4f}, coverage {m['coverage']:.3f}, DCR share {m['dcr_share']:.3f}"
     )
+    try:
+        raise_if_flagged(doc)
+    except QualityAlert as alert:  # the pipeline goes on: its metrics and report carry the flag
+        print(f"alert: {alert}", file=sys.stderr)
 
 
 def read_json_object(path: str, what: str) -> dict:
@@ -240,14 +258,22 @@ def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
 def cmd_report(params: Params, args: argparse.Namespace) -> None:
     from diffusion.quality.report import build_reports
 
-    evaluation = read_json_object(args.evaluation, "an evaluation's metrics") if args.evaluation else None
+    evaluation = read_json_object(args.evaluation, "an evaluation document") if args.evaluation else None
     version = published_path(args.version) if args.version else None
-    index = build_reports(args.versions, params.generate.name, evaluation, Path(args.out), version)
+    name = params.generate.name
+    index = build_reports(
+        args.versions,
+        name,
+        f"{args.out.rstrip('/')}/{name}",
+        version=version,
+        evaluation=evaluation,
+        model=args.model or None,
+        device=params.hardware.device,
+    )
     print(f"report index: {index}")
 
 
 def cmd_gc(params: Params, args: argparse.Namespace) -> None:
-    from diffusion.errors import DigitsError
     from diffusion.generate.staging import collect_garbage
 
     try:
@@ -263,12 +289,17 @@ def cmd_gc(params: Params, args: argparse.Namespace) -> None:
 def cmd_serve(params: Params, args: argparse.Namespace) -> None:
     from flows.deploy import serve_generation
 
-    serve_generation(params, args.model, args.classifier, args.train)
+    serve_generation(params, args.model, args.classifier, args.train, grading_of(params, args))
 
 
 # --------------------------------------------------------------------------- wiring
 MODELS = {"model": "data/models/diffusion", "classifier": "data/models/classifier"}
 TRAIN = {"train": "data/prepared/train.parquet"}
+GRADING = {
+    "evaluator": "data/models/evaluator",
+    "val": "data/prepared/val.parquet",
+    "test": "data/prepared/test.parquet",
+}
 # stage -> (function, path flags (None: required), help)
 STAGES: dict[str, tuple[Callable[[Params, argparse.Namespace], None], dict[str, str | None], str]] = {
     "prepare": (
@@ -303,20 +334,20 @@ STAGES: dict[str, tuple[Callable[[Params, argparse.Namespace], None], dict[str, 
     ),
     "generate": (
         cmd_generate,
-        {**MODELS, **TRAIN, "output_root": "", "metrics": "", "classes": "", "rev": "", "published": ""},
-        "run the generation flow: generate, filter, gate and publish a dataset version",
+        {**MODELS, **TRAIN, **GRADING}
+        | {"output_root": "", "metrics": "", "classes": "", "rev": "", "published": ""},
+        "run the generation flow: generate, filter, gate, publish and grade a dataset version",
     ),
     "evaluate": (
         cmd_evaluate,
         {
             "version": None,
             "classifier": MODELS["classifier"],
-            "evaluator": "data/models/evaluator",
             **TRAIN,
-            "test": "data/prepared/test.parquet",
+            **GRADING,
         }
-        | dict.fromkeys(["metrics", "classes", "confusion"]),
-        "evaluate one published version: evaluator accuracy, CAS, Frechet distance, memorisation",
+        | dict.fromkeys(["document", "metrics", "classes", "confusion"]),
+        "grade one published version: evaluator accuracy, CAS, PRDC, DCR, label audit, monitor",
     ),
     "train-on": (
         cmd_train_on,
@@ -331,7 +362,7 @@ STAGES: dict[str, tuple[Callable[[Params, argparse.Namespace], None], dict[str, 
     ),
     "report": (
         cmd_report,
-        {"versions": None, "evaluation": "", "version": "", "out": "reports"},
+        {"versions": None, "evaluation": "", "version": "", "out": "reports", "model": ""},
         "write the data-quality report page of every published version, and their index",
     ),
     "gc": (
@@ -341,7 +372,7 @@ STAGES: dict[str, tuple[Callable[[Params, argparse.Namespace], None], dict[str, 
     ),
     "serve": (
         cmd_serve,
-        {**MODELS, **TRAIN},
+        {**MODELS, **TRAIN, **GRADING},
         "serve the generation flow's deployment on generate.schedule (needs a Prefect server)",
     ),
 }
@@ -357,7 +388,9 @@ HELP = {
     "data": "published version folders or URLs, comma-separated",
     "real": "real digits (Parquet) to mix in",
     "real_fraction": "share of real digits in the mix",
-    "evaluation": "the evaluation's headline metrics (JSON) of one version",
+    "evaluation": "the evaluation document (JSON) of one version (`digits evaluate --document`)",
+    "document": "write the version's evaluation document here (JSON)",
+    "evaluator": "the independent evaluator's folder (grading)",
 }
 
 
@@ -366,6 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="stage", required=True)
     for name, (_, paths, help_text) in STAGES.items():
         p = sub.add_parser(name, help=help_text)
+        if name == "generate":
+            p.add_argument(
+                "--no-grade",
+                action="store_true",
+                help="publish only; do not evaluate, report or monitor the version (the DVC pipeline grades"
+                " its version in its evaluate and report stages)",
+            )
         p.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
         for path, default in paths.items():
             flag = f"--{path.replace('_', '-')}"
@@ -385,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     except DigitsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except QualityAlert as alert:
+        print(f"alert: {alert}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -332,17 +332,57 @@ class QualityConfig(Section):
     max_memorization: float = Field(0.01, ge=0.0, le=1.0)  # the share of near-copies a version may hold
 
 
+class CasConfig(Section):
+    """CAS trained to convergence (diffusion/quality/cas.py): a classifier of a third architecture (neither
+    the filtering judge's nor the evaluator's) trained on each set until real validation accuracy stops
+    improving, once per seed."""
+
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.001, gt=0.0)
+    weight_decay: float = Field(0.0001, ge=0.0)
+    max_epochs: int = Field(40, ge=1)  # an upper bound; training stops earlier on the patience rule
+    patience: int = Field(4, ge=1)  # epochs without a better real validation accuracy before stopping
+    seeds: tuple[int, ...] = Field((0, 1, 2), min_length=1)  # the metrics are their mean, with a 95% interval
+
+
 class EvaluateConfig(Section):
     """Measuring a published version with judges it was not filtered by (diffusion/quality/evaluate.py)."""
 
-    # every classifier trained to score the data (CAS, real baseline, augmentation) takes the same budget:
-    # cas_steps optimizer steps of cas_batch_size digits; the filtering classifier's architecture, learning
-    # rate, weight decay, augmentation and label smoothing otherwise
-    cas_steps: int = Field(150, ge=1)
-    cas_batch_size: int = Field(64, ge=1)
-    # training seeds; the training metrics are their mean. Seeds average out the training noise only: one
-    # accuracy on the 1,001 test digits still carries about +-1.4 points of test-sampling noise (95%)
-    cas_seeds: tuple[int, ...] = Field((0, 1), min_length=1)
+    cas: CasConfig = CasConfig()
+    prdc_k: int = Field(5, ge=1)  # nearest neighbours of precision, recall, density and coverage
+    label_issue_method: Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning"] = (
+        "prune_by_noise_rate"  # cleanlab.filter.find_label_issues(filter_by=...)
+    )
+
+
+class MonitorConfig(Section):
+    """Drift alarms on every graded version (diffusion/quality/monitor.py): a version whose headline metric
+    falls below its floor or rises above its ceiling is flagged, and the run that graded it ends Failed."""
+
+    floors: dict[str, float] = Field(default_factory=dict)
+    ceilings: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _headline_bounds(self) -> MonitorConfig:
+        from diffusion.quality.headline import METRICS
+
+        for kind, bounds in (("floors", self.floors), ("ceilings", self.ceilings)):
+            for name, bound in bounds.items():
+                metric = METRICS.get(name)
+                if metric is None:
+                    raise ValueError(
+                        f"{kind}.{name}: not a headline metric; expected one of {', '.join(METRICS)}"
+                    )
+                if not metric.contains(bound):
+                    raise ValueError(
+                        f"{kind}.{name}: {bound} lies outside the metric's range [{metric.lo}, {metric.hi}]"
+                    )
+        for name in self.floors.keys() & self.ceilings.keys():
+            if self.floors[name] > self.ceilings[name]:
+                raise ValueError(
+                    f"floors.{name} ({self.floors[name]}) is above ceilings.{name} ({self.ceilings[name]})"
+                )
+        return self
 
 
 # --------------------------------------------------------------------------- hardware
@@ -391,6 +431,7 @@ class Params(Section):
     quality: QualityConfig = QualityConfig()
     evaluator: EvaluatorConfig = EvaluatorConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    monitor: MonitorConfig = MonitorConfig()
     hardware: HardwareConfig = HardwareConfig()
 
     @model_validator(mode="after")
@@ -444,6 +485,12 @@ MOVED = {
     ("generate", "batch_size"): "generate.seed_block, generate.task_size and hardware.network_batch",
     ("evaluate", "device"): "hardware.device",
     ("evaluate", "batch_size"): "hardware.network_batch",
+    ("evaluate", "cas_seeds"): "evaluate.cas.seeds",
+    ("evaluate", "cas_batch_size"): "evaluate.cas.batch_size",
+    (
+        "evaluate",
+        "cas_steps",
+    ): "evaluate.cas.max_epochs and evaluate.cas.patience (CAS trains to convergence)",
     **{(judge, "train", "device"): "hardware.device" for judge in ("classifier", "clip", "evaluator")},
 }
 

@@ -34,3 +34,8 @@ def is_transient(err: BaseException) -> bool:
             return True
         err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
     return False
+
+
+class QualityAlert(RuntimeError):
+    """A graded version fell outside the `monitor` section's floors or ceilings. Not bad input: the version
+    stays published for audit, flagged; the run that graded it fails with this one line (CLI exit 1)."""

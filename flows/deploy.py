@@ -12,12 +12,16 @@ from prefect.flows import serve
 from prefect.schedules import Cron
 
 from diffusion.config import Params
+from diffusion.quality.grading import Grading
 from flows.generate import generate_dataset, task_runner
 
 
-def build_deployment(params: Params, model: str, classifier: str, train_data: str) -> RunnerDeployment:
+def build_deployment(
+    params: Params, model: str, classifier: str, train_data: str, grading: Grading
+) -> RunnerDeployment:
     """A deployment of `generate_dataset` on the cron schedule of `generate.schedule`, with every
-    parameter taken from params.yaml (nothing to repeat on the command line or in the UI)."""
+    parameter taken from params.yaml (nothing to repeat on the command line or in the UI). Every run
+    grades the version it publishes (`grading`): a flagged version ends the run Failed."""
     cfg = params.generate
     runnable = generate_dataset.with_options(task_runner=task_runner(cfg.task_runner))
     return runnable.to_deployment(
@@ -31,12 +35,13 @@ def build_deployment(params: Params, model: str, classifier: str, train_data: st
             "train_data": train_data,
             "quality": params.quality.model_dump(mode="json"),
             "seed_from_date": True,
+            "grading": grading.model_dump(mode="json"),
         },
         description=f"Generate and publish a new version of '{cfg.name}' on '{cfg.schedule.cron}' ({cfg.schedule.timezone}).",
         tags=["digits", "generate"],
     )
 
 
-def serve_generation(params: Params, model: str, classifier: str, train_data: str) -> None:
+def serve_generation(params: Params, model: str, classifier: str, train_data: str, grading: Grading) -> None:
     """Serve the scheduled deployment until interrupted (needs a Prefect server: `prefect server start`)."""
-    serve(build_deployment(params, model, classifier, train_data))
+    serve(build_deployment(params, model, classifier, train_data, grading))

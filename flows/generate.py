@@ -8,6 +8,11 @@ block; after each round the flow counts accepted digits per class and plans bloc
 short. A rerun with the same params reuses every staged block, so a crash costs at most the tasks in
 flight. Tasks run on threads or on a Dask cluster (`generate.task_runner`); each worker process loads the
 models once (`diffusion.generate.workers`).
+
+With `grading` (every run `digits generate` and `digits serve` start), the flow then grades what it
+published: task `evaluate` writes the version's evaluation document beside the versions, task `report` its
+page and the index (`diffusion.data.evaluations` has the layout), and a version outside the `monitor`
+section's bounds ends the run Failed with one line naming the metric and the version (it stays published).
 """
 
 from __future__ import annotations
@@ -32,11 +37,14 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from tqdm.auto import tqdm
 
 from diffusion.config import GenerateConfig, HardwareConfig, QualityConfig, TaskRunnerConfig
+from diffusion.data.evaluations import quality_dir, write_document
 from diffusion.data.shards import PublishedVersion
 from diffusion.errors import is_transient
 from diffusion.generate.plan import GenerationError, TaskKey, plan_round
 from diffusion.generate.run import RunSpec, class_rows, prepare_run, publish_run, run_metrics, tally
 from diffusion.generate.task import BlockOutcome, TaskJob, TaskOutcome, make_task
+from diffusion.quality.grading import Grading, grade_version
+from diffusion.quality.monitor import raise_if_flagged
 
 
 def task_runner(cfg: TaskRunnerConfig) -> TaskRunner:
@@ -76,14 +84,42 @@ def publish(
     return publish_run(spec, blocks, logical_date, quality, model_revision)
 
 
+@task(name="evaluate", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+def evaluate(
+    version: PublishedVersion,
+    name: str,
+    grading: Grading,
+    hardware: HardwareConfig,
+    train_data: str,
+    classifier: str,
+    out: str,
+) -> dict[str, Any]:
+    """Grade the published version (`grade_version`, what `digits evaluate` calls) and write its evaluation
+    document into the report folder `out`; the document."""
+    doc = grade_version(version, name, grading, hardware, train_data, classifier)
+    write_document(out, doc)
+    return doc
+
+
+@task(name="report", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+def report(version: PublishedVersion, output_root: str, name: str, out: str, model: str, device: str) -> str:
+    """Write the version's report page from its document in `out`, and the index over every version (what
+    `digits report` calls); the index's path or URL."""
+    from diffusion.quality.report import build_reports
+
+    return build_reports(output_root, name, out, version=version.path, model=model, device=device)
+
+
 @dataclass(frozen=True)
 class GenerationResult:
-    """The published version, the run's metrics (`metrics/generate.json`), per-class table and tasks."""
+    """The published version, the run's metrics (`metrics/generate.json`), per-class table and tasks;
+    `evaluation`: its evaluation document when the run graded it (else None)."""
 
     version: PublishedVersion
     metrics: dict[str, Any]
     classes: list[dict[str, Any]]
     tasks: list[TaskOutcome]
+    evaluation: dict[str, Any] | None = None
 
 
 def _key(name: str, what: str) -> str:
@@ -104,6 +140,7 @@ def generate_dataset(
     model_revision: str | None = None,
     progress: bool = False,
     prepared: RunSpec | None = None,
+    grading: Grading | None = None,
 ) -> GenerationResult:
     """Generate, filter, gate and publish `cfg.counts()` digits per class as a new dataset version.
 
@@ -121,6 +158,12 @@ def generate_dataset(
         progress: show a progress bar (accepted digits, rate, ETA) on stderr.
         prepared: the run as `prepare_run` already checked it (the CLI checks before Prefect starts);
             None prepares it here. Either way it is prepared once per run.
+        grading: grade the published version (evaluate, report, monitor); None: publish only (the DVC
+            pipeline grades its version in its own evaluate and report stages).
+
+    Raises:
+        QualityAlert: the graded version broke a floor or ceiling of `grading.monitor` (after its
+            document, page and index are written).
     """
     start = time.perf_counter()
     logical = (logical_date or flow_run.scheduled_start_time).astimezone(UTC).replace(microsecond=0)
@@ -153,7 +196,34 @@ def generate_dataset(
         f"Dataset card: `{version.path}/README.md`; Data Docs: `{version.path}/data_docs/index.html`.",
         key=_key(spec.cfg.name, "summary"),
     )
-    return GenerationResult(version, metrics, classes, tasks)
+    if grading is None:
+        return GenerationResult(version, metrics, classes, tasks)
+    name, root = spec.cfg.name, spec.cfg.output_root
+    out = grading.out or quality_dir(root, name)
+    doc = evaluate(version, name, grading, hardware, train_data, classifier, out)
+    index = report(version, root, name, out, model, hardware.device)
+    _grading_artifact(doc, out, index)
+    raise_if_flagged(doc)
+    return GenerationResult(version, metrics, classes, tasks, doc)
+
+
+def _grading_artifact(doc: dict[str, Any], out: str, index: str) -> None:
+    """A markdown artifact with the headline numbers, the monitor's verdict and where the report is."""
+    m = doc["metrics"]
+    verdict = (
+        "**Flagged**: " + "; ".join(f"{f['metric']} {f['kind']} {f['bound']:g}" for f in doc["flags"])
+        if doc["flagged"]
+        else "Within every monitor bound."
+    )
+    shown = ("conditional_accuracy_published", "cas_ratio", "coverage_ratio", "dcr_share", "label_issue_rate")
+    rows = "\n".join(
+        f"| {k} | {m[k]:.4f} |" if isinstance(m.get(k), float) else f"| {k} | n/a |" for k in shown
+    )
+    create_markdown_artifact(
+        f"## {doc['name']} {doc['version']}: evaluation\n\n{verdict}\n\n| metric | value |\n|---|---|\n{rows}\n\n"
+        f"Evaluation: `{out}/{doc['version']}/evaluation.json`; report index: `{index}`.",
+        key=_key(doc["name"], "evaluation"),
+    )
 
 
 def _blocks(tasks: list[TaskOutcome]) -> list[BlockOutcome]:

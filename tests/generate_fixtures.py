@@ -18,6 +18,7 @@ from diffusion.config import (
     ClassifierConfig,
     ClipConfig,
     DiffusionConfig,
+    EvaluatorConfig,
     GenerateConfig,
     HardwareConfig,
     QualityConfig,
@@ -25,6 +26,7 @@ from diffusion.config import (
 from diffusion.data.schema import digits_table
 from diffusion.judges.classifier import ARCHITECTURE, DigitClassifier
 from diffusion.judges.clip import _create_domain_model, save_clip
+from diffusion.judges.evaluator import DigitEvaluator, save_evaluator
 from diffusion.model.saved import new_model, save_diffusion
 from tests.judges_fixtures import render_digits
 
@@ -43,10 +45,12 @@ TINY_CLIP = ClipConfig(
     embed_dim=16,
 )
 TINY_CLASSIFIER = ClassifierConfig(channels=(8, 16), hidden=32)
+TINY_EVALUATOR = EvaluatorConfig(widths=(4, 8, 8))
 
 
 def write_tiny_models(root: Path) -> dict[str, str]:
-    """Write the three checkpoint folders and a small real-looking train split; return their paths."""
+    """Write the four checkpoint folders (diffusion, classifier, CLIP, evaluator) and small real-looking
+    train, val and test splits; return their paths."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         unet = new_model(TINY_DIFFUSION, torch.device("cpu"))
@@ -60,15 +64,20 @@ def write_tiny_models(root: Path) -> dict[str, str]:
             {"model": classifier.state_dict()},
         )
         save_clip(root / "clip", TINY_CLIP, _create_domain_model(TINY_CLIP, torch.device("cpu")).model)
-    images, labels = render_digits(60, seed=0)
-    pq.write_table(
-        digits_table([f"train-{i}" for i in range(60)], images, labels, "rendered"), root / "train.parquet"
-    )
+        evaluator = DigitEvaluator.from_config(TINY_EVALUATOR)
+        save_evaluator(root / "evaluator", TINY_EVALUATOR, evaluator, {})
+    for seed, split, n in ((0, "train", 60), (1, "val", 40), (2, "test", 40)):
+        images, labels = render_digits(n, seed=seed)
+        pq.write_table(
+            digits_table([f"{split}-{i}" for i in range(n)], images, labels, "rendered"),
+            root / f"{split}.parquet",
+        )
     return {
         "model": str(root / "diffusion"),
         "classifier": str(root / "classifier"),
         "clip": str(root / "clip"),
-        "train": str(root / "train.parquet"),
+        "evaluator": str(root / "evaluator"),
+        **{split: str(root / f"{split}.parquet") for split in ("train", "val", "test")},
     }
 
 

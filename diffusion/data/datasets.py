@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from diffusion.data.evaluations import latest_version
 from diffusion.data.schema import table_arrays
 from diffusion.data.shards import MANIFEST, PublishedVersion, read_manifest, version_files
 from diffusion.errors import DataError
@@ -130,8 +131,15 @@ class DigitsDataset(Dataset):
 
 # --------------------------------------------------------------------------- published versions
 def open_version(path: str | Path) -> PublishedVersion:
-    """The published version at `path` (its folder: a local path or an fsspec URL), with its manifest."""
+    """The published version at `path` (its folder: a local path or an fsspec URL), with its manifest.
+
+    `<output_root>/<name>/latest` means the newest version of `name` that its evaluation did not flag
+    (`diffusion.data.evaluations.latest_version`; call that with include_flagged=True for the newest of all).
+    """
     path = str(path).rstrip("/")
+    if path.endswith("/latest") and path.count("/") >= 2:
+        root, name = path.removesuffix("/latest").rsplit("/", 1)
+        return latest_version(root, name)
     try:
         fs, folder = fsspec.core.url_to_fs(path)
         manifest = read_manifest(fs, folder.rstrip("/"))

@@ -1,0 +1,100 @@
+"""Where a version's evaluation document lives, and "the latest version" as consumers mean it.
+
+    <output_root>/<name>/<version>/                    a published version (immutable once published)
+    <output_root>/<name>/_quality/index.html           the report index over every version
+    <output_root>/<name>/_quality/<version>/           the version's evaluation.json and report page
+
+Evaluations and reports sit beside the versions, never inside one: grading may come later than publishing
+and may be redone, a version's bytes may not change. The `_quality` folder has no manifest, so it is never
+taken for a version (`diffusion.data.shards.list_versions`). Paths may be fsspec URLs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from diffusion.checkpoint import write_bytes_atomic
+from diffusion.data.shards import PublishedVersion, list_versions
+from diffusion.errors import DataError
+
+QUALITY_DIR = "_quality"
+DOCUMENT = "evaluation.json"
+
+
+def quality_dir(output_root: str, name: str) -> str:
+    """The folder beside dataset `name`'s versions that holds their evaluations and reports."""
+    return f"{str(output_root).rstrip('/')}/{name}/{QUALITY_DIR}"
+
+
+def document_path(out: str, version: str) -> str:
+    """The evaluation document of `version` (its name) in the report folder `out`."""
+    return f"{str(out).rstrip('/')}/{version}/{DOCUMENT}"
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities as null (JSON has no NaN), recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_document(out: str, doc: dict[str, Any]) -> str:
+    """Write `doc` (it names its `version`) to `document_path(out, doc['version'])`: atomically on a local
+    disk, in one put elsewhere. Returns the path."""
+    path = document_path(out, doc["version"])
+    data = (json.dumps(json_safe(doc), indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+    fs, local = fsspec.core.url_to_fs(path)
+    if isinstance(fs, LocalFileSystem):
+        write_bytes_atomic(local, data)
+    else:
+        fs.pipe_file(local, data)
+    return path
+
+
+def read_document(out: str, version: str) -> dict[str, Any] | None:
+    """The evaluation document of `version` in `out`, or None when it was not graded there."""
+    path = document_path(out, version)
+    fs, local = fsspec.core.url_to_fs(path)
+    try:
+        doc = json.loads(fs.cat_file(local))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not an evaluation document ({err}); grade the version again") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: not an evaluation document (a JSON object); grade the version again")
+    return doc
+
+
+def is_flagged(doc: dict[str, Any] | None) -> bool:
+    """Whether a graded version fell outside the monitor's bounds (an ungraded one is not flagged)."""
+    return bool(doc and doc.get("flagged"))
+
+
+def latest_version(
+    output_root: str, name: str, include_flagged: bool = False, out: str | None = None
+) -> PublishedVersion:
+    """The newest published version of `name` (by its manifest's created_at) that is not flagged by its
+    evaluation, or the newest of all with `include_flagged`. Versions not graded yet count as not flagged.
+    `out`: the report folder holding the evaluations (default: `quality_dir(output_root, name)`).
+    Raises DataError when there is none."""
+    out = out or quality_dir(output_root, name)
+    versions = list_versions(str(output_root), name)
+    for version in reversed(versions):
+        if include_flagged or not is_flagged(read_document(out, version.version)):
+            return version
+    if versions and not include_flagged:
+        raise DataError(
+            f"{output_root}/{name}: all {len(versions)} published versions are flagged by their evaluations;"
+            " ask for flagged ones explicitly (include_flagged) or publish a new version"
+        )
+    raise DataError(f"{output_root}/{name}: no published version")

@@ -1,0 +1,107 @@
+"""Grading a published version: every measure of `evaluate_version`, the monitor's verdict, one document.
+
+    grade_version(version, Grading(...), hardware, train_data, classifier) -> evaluation document (dict)
+
+The document is what `digits evaluate` writes, what the generation flow writes beside the versions after
+every publish (`diffusion.data.evaluations`), and what report pages and the index read:
+
+    name, version, path, evaluated_at       which version, when
+    metrics                                 every float of `evaluate_version` (NaN written as null)
+    intervals                               95% intervals over the CAS seeds {metric: [lo, hi]}
+    per_class, confusion, cas_runs          as `EvaluationResult` has them
+    label_issues                            ids of the digits cleanlab flags as mislabelled
+    monitor                                 the floors and ceilings it was checked against
+    flags, flagged                          the bounds it broke ({metric, value, bound, kind}), and whether any
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from diffusion.config import EvaluateConfig, HardwareConfig, MonitorConfig
+from diffusion.data.shards import PublishedVersion
+from diffusion.quality.monitor import check
+
+
+class Grading(BaseModel):
+    """What grading a version needs beyond the run that published it: the evaluator, the real splits it
+    is measured against, the `evaluate` and `monitor` sections, and where documents and reports go
+    (`out`: None = beside the versions, `<output_root>/<name>/_quality`). JSON-serialisable, so a
+    deployment carries it as a flow parameter."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    evaluator: str = "data/models/evaluator"
+    val_data: str = "data/prepared/val.parquet"
+    test_data: str = "data/prepared/test.parquet"
+    evaluate: EvaluateConfig = EvaluateConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    out: str | None = None
+
+    def check_inputs(self) -> None:
+        """DataError (one line naming the file) when a local input is missing, before any work starts."""
+        from pathlib import Path
+
+        from diffusion.errors import DataError
+
+        for what, path, stage in (
+            ("evaluator", self.evaluator, "train_evaluator"),
+            ("val", self.val_data, "prepare"),
+            ("test", self.test_data, "prepare"),
+        ):
+            if "://" not in path and not Path(path).exists():
+                raise DataError(
+                    f"--{what}: {path} not found (grading needs it: `dvc repro {stage}`, or --no-grade to "
+                    "publish without grading)"
+                )
+
+
+def grade_version(
+    version: PublishedVersion,
+    name: str,
+    grading: Grading,
+    hardware: HardwareConfig,
+    train_data: str,
+    classifier: str,
+) -> dict[str, Any]:
+    """Evaluate `version` (of dataset `name`) and check it against the monitor: its evaluation document.
+
+    Loads the evaluator, the filtering classifier (`classifier`, its folder) and the real train, val and
+    test splits once; runs on `hardware.device` in batches of `hardware.network_batch`.
+    """
+    from diffusion.data.datasets import DigitsDataset
+    from diffusion.judges.classifier import load_classifier
+    from diffusion.judges.evaluator import load_evaluator
+    from diffusion.quality.evaluate import evaluate_version
+
+    device = hardware.device
+    result = evaluate_version(
+        version,
+        DigitsDataset(train_data),
+        DigitsDataset(grading.val_data),
+        DigitsDataset(grading.test_data),
+        load_evaluator(grading.evaluator, device),
+        load_classifier(classifier, device),
+        grading.evaluate,
+        device,
+        hardware.network_batch,
+    )
+    flags = check(result.metrics, grading.monitor)
+    return {
+        "name": name,
+        "version": version.version,
+        "path": version.path,
+        "evaluated_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
+        "metrics": result.metrics,
+        "intervals": {k: list(v) for k, v in result.intervals.items()},
+        "per_class": result.per_class,
+        "confusion": result.confusion,
+        "cas_runs": result.cas_runs,
+        "label_issues": list(result.label_issues),
+        "monitor": grading.monitor.model_dump(mode="json"),
+        "flags": [f.as_dict() for f in flags],
+        "flagged": bool(flags),
+    }

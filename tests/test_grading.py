@@ -1,0 +1,177 @@
+"""Every run grades what it publishes: the flow's evaluate and report tasks, the monitor's floors and
+ceilings, and "latest" meaning the newest version not flagged. Real Prefect (a temporary server), real
+Great Expectations, open_clip, prdc and cleanlab, on the tiny random-weight models."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from diffusion.config import ConfigError, EvaluateConfig, MonitorConfig, parse_params
+from diffusion.data.datasets import open_version
+from diffusion.data.evaluations import latest_version, quality_dir, read_document
+from diffusion.errors import DataError, QualityAlert
+from diffusion.quality.grading import Grading
+from diffusion.quality.headline import METRICS
+from diffusion.quality.monitor import check
+from tests.generate_fixtures import DATE, run_generate, tiny_generate
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_EVALUATE = EvaluateConfig.model_validate(
+    {"cas": {"batch_size": 16, "max_epochs": 2, "patience": 1, "seeds": [0, 1]}, "prdc_k": 3}
+)
+
+
+def _grading(models: dict[str, str], **monitor: dict[str, float]) -> Grading:
+    return Grading(
+        evaluator=models["evaluator"],
+        val_data=models["val"],
+        test_data=models["test"],
+        evaluate=TINY_EVALUATE,
+        monitor=MonitorConfig(**monitor),
+    )
+
+
+@pytest.fixture(scope="module")
+def graded(prefect_server, tiny_models, tmp_path_factory):
+    """Two runs into one output root: the first within its (empty) bounds, the second, a day later with
+    another seed, below an evaluator-accuracy floor no random-weight model can reach."""
+    root = tmp_path_factory.mktemp("graded")
+    cfg = tiny_generate(tiny_models, root, per_class=2)
+    first = run_generate(cfg, tiny_models, grading=_grading(tiny_models))
+    state = run_generate(
+        cfg.model_copy(update={"seed": 1}),
+        tiny_models,
+        logical_date=DATE + timedelta(days=1),
+        grading=_grading(tiny_models, floors={"conditional_accuracy_published": 0.99}),
+        return_state=True,
+    )
+    return cfg, first, state
+
+
+@pytest.mark.slow
+def test_a_run_publishes_evaluates_and_reports_beside_its_versions(graded) -> None:
+    cfg, first, _ = graded
+    out = quality_dir(cfg.output_root, cfg.name)
+    doc = read_document(out, first.version.version)
+    assert doc == first.evaluation and doc["flagged"] is False and doc["flags"] == []
+    assert set(METRICS) <= set(doc["metrics"])  # every headline metric is measured
+    assert doc["path"] == first.version.path and doc["monitor"] == {"floors": {}, "ceilings": {}}
+    # beside the versions, never inside one: the published files are only those the manifest lists
+    assert not any(p.name == "evaluation.json" for p in Path(first.version.path).rglob("*"))
+    index = (Path(out) / "index.html").read_text()
+    assert first.version.version in index
+    assert (Path(out) / first.version.version / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_a_version_below_a_floor_fails_the_run_naming_metric_and_version(graded) -> None:
+    cfg, first, state = graded
+    assert state.is_failed()
+    with pytest.raises(QualityAlert) as alert:
+        state.result()
+    message = str(alert.value)
+    assert "conditional_accuracy_published" in message and "below its floor 0.99" in message
+    assert "\n" not in message
+    flagged = [v for v in latest_version_all(cfg) if v.version != first.version.version]
+    assert len(flagged) == 1 and flagged[0].version in message  # published, for audit
+    doc = read_document(quality_dir(cfg.output_root, cfg.name), flagged[0].version)
+    assert doc["flagged"] is True and doc["flags"][0]["metric"] == "conditional_accuracy_published"
+    index = (Path(quality_dir(cfg.output_root, cfg.name)) / "index.html").read_text()
+    assert flagged[0].version in index and "flagged" in index.lower()
+
+
+def latest_version_all(cfg) -> list:
+    from diffusion.data.shards import list_versions
+
+    return list_versions(cfg.output_root, cfg.name)
+
+
+@pytest.mark.slow
+def test_latest_skips_flagged_versions_unless_asked(graded) -> None:
+    cfg, first, _ = graded
+    newest = latest_version_all(cfg)[-1]
+    assert newest.version != first.version.version
+    assert latest_version(cfg.output_root, cfg.name).version == first.version.version
+    assert latest_version(cfg.output_root, cfg.name, include_flagged=True).version == newest.version
+    assert open_version(f"{cfg.output_root}/{cfg.name}/latest").version == first.version.version
+
+
+def test_monitor_flags_each_broken_bound_and_unmeasured_metrics() -> None:
+    monitor = MonitorConfig(floors={"cas_ratio": 0.97, "coverage_ratio": 0.8}, ceilings={"dcr_share": 0.6})
+    metrics = {"cas_ratio": 0.99, "coverage_ratio": math.nan, "dcr_share": 0.61}
+    flags = check(metrics, monitor)
+    assert [(f.metric, f.kind) for f in flags] == [("coverage_ratio", "floor"), ("dcr_share", "ceiling")]
+    assert flags[1].describe() == "dcr_share 0.61 above its ceiling 0.6"
+    assert "not measured" in flags[0].describe()
+    assert check({"cas_ratio": 0.97, "coverage_ratio": 0.8, "dcr_share": 0.6}, monitor) == []
+
+
+@pytest.mark.parametrize(
+    ("monitor", "expected"),
+    [
+        ({"floors": {"accuracy": 0.9}}, "monitor: floors.accuracy: not a headline metric"),
+        (
+            {"ceilings": {"dcr_share": 1.2}},
+            "monitor: ceilings.dcr_share: 1.2 lies outside the metric's range",
+        ),
+        (
+            {"floors": {"cas_ratio": 0.99}, "ceilings": {"cas_ratio": 0.9}},
+            "monitor: floors.cas_ratio (0.99) is above ceilings.cas_ratio (0.9)",
+        ),
+        ({"floors": {"cas_ratio": "high"}}, "monitor.floors.cas_ratio: Input should be a valid number"),
+    ],
+)
+def test_bad_monitor_keys_are_one_line(monitor: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_params({"monitor": monitor})
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def _digits(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "diffusion.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_evaluating_a_folder_that_is_not_a_version_exits_2(tmp_path: Path, tiny_models) -> None:
+    (tmp_path / "not-a-version").mkdir()
+    proc = _digits(
+        "evaluate",
+        "--version",
+        str(tmp_path / "not-a-version"),
+        "--document",
+        str(tmp_path / "doc.json"),
+        "--metrics",
+        str(tmp_path / "m.json"),
+        "--classes",
+        str(tmp_path / "c.csv"),
+        "--confusion",
+        str(tmp_path / "x.csv"),
+        cwd=REPO,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        proc.stderr.strip()
+        == f"error: {tmp_path / 'not-a-version'}: not a published version (no manifest.json)"
+    )
+    assert not any((tmp_path / f).exists() for f in ("doc.json", "m.json", "c.csv", "x.csv"))
+
+
+def test_a_missing_evaluator_stops_generate_before_any_work(tmp_path: Path) -> None:
+    proc = _digits(
+        "generate", "--evaluator", str(tmp_path / "nope"), "--output-root", str(tmp_path), cwd=REPO
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith(f"error: --evaluator: {tmp_path / 'nope'} not found")
+    assert list(tmp_path.iterdir()) == []  # nothing staged or published
+
+
+def test_latest_of_nothing_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no published version"):
+        latest_version(str(tmp_path), "none")
