@@ -10,7 +10,7 @@ from torch import Tensor
 
 from diffusion.config import SamplerConfig
 from diffusion.model.process import Denoiser, GaussianDiffusion
-from diffusion.model.samplers.batching import Generators, NetworkBatches
+from diffusion.model.samplers.batching import Generators, NetworkBatches, StepCallback
 from diffusion.model.samplers.ddim import ddim_sample
 from diffusion.model.samplers.ddpm import ddpm_sample
 from diffusion.model.samplers.dpm_solver import dpm_solver_sample
@@ -18,6 +18,7 @@ from diffusion.model.samplers.guidance import guided_output
 from diffusion.precision import Precision, autocast
 
 __all__ = [
+    "StepCallback",
     "ddim_sample",
     "ddpm_sample",
     "device_generator",
@@ -44,6 +45,7 @@ def sample_blocks(
     device: torch.device | str,
     precision: Precision = "fp32",
     network_batch: int | None = None,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """Generate one image per label, the batch made of seed blocks: labels (N,) int64, N = k x rows for k
     generators -> x_0 float32 (N, C, H, W) in [-1, 1] on `device`.
@@ -55,6 +57,7 @@ def sample_blocks(
     on its block alone, never on the other blocks in the batch. All N images step together; the network sees
     at most `network_batch` images per forward pass (`NetworkBatches`; 2N rows per step with guidance), in
     `precision`. The schedule lives on `device` (`process.to`), and the loops read no tensor back to the host.
+    `callback(i, x_t, x0)`: see each step's input and x_0 prediction (the samplers' argument; None: no cost).
     """
     device = torch.device(device)
     n, k = labels.shape[0], len(generators)
@@ -65,7 +68,7 @@ def sample_blocks(
     noise = [device_generator(g, device) for g in generators]
     net = NetworkBatches(model, network_batch) if network_batch else model
     with autocast(device, precision):
-        return _run(net, process.to(device), x_T, labels.to(device), cfg, noise)
+        return _run(net, process.to(device), x_T, labels.to(device), cfg, noise, callback)
 
 
 def sample(
@@ -77,6 +80,7 @@ def sample(
     device: torch.device | str,
     batch_size: int | None = None,
     precision: Precision = "fp32",
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """Generate one image per label from one generator: labels (N,) int64 -> x_0 float32 (N, C, H, W) in
     [-1, 1] on `device`; `sample_blocks` with a single block (`batch_size`: the network batch).
@@ -86,7 +90,7 @@ def sample(
     `batch_size` and, for the deterministic ones (ddim with eta = 0, dpm-solver++), up to floating point on
     any device.
     """
-    return sample_blocks(model, process, labels, cfg, [generator], device, precision, batch_size)
+    return sample_blocks(model, process, labels, cfg, [generator], device, precision, batch_size, callback)
 
 
 def _run(
@@ -96,12 +100,15 @@ def _run(
     y_chunk: Tensor,
     cfg: SamplerConfig,
     noise: Generators,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """The sampler `cfg.name`: x_T (B,C,H,W), labels (B,) -> x_0 (B,C,H,W); noise generators on their device."""
     if cfg.name == "ddpm":
-        return ddpm_sample(model, process, x_chunk, y_chunk, cfg.guidance, noise)
+        return ddpm_sample(model, process, x_chunk, y_chunk, cfg.guidance, noise, callback=callback)
     if cfg.name == "ddim":
-        return ddim_sample(model, process, x_chunk, y_chunk, cfg.guidance, cfg.steps, noise, eta=cfg.eta)
+        return ddim_sample(
+            model, process, x_chunk, y_chunk, cfg.guidance, cfg.steps, noise, eta=cfg.eta, callback=callback
+        )
     if cfg.name == "dpm-solver++":
-        return dpm_solver_sample(model, process, x_chunk, y_chunk, cfg.guidance, cfg.steps)
+        return dpm_solver_sample(model, process, x_chunk, y_chunk, cfg.guidance, cfg.steps, callback=callback)
     raise ValueError(f"unknown sampler {cfg.name!r}")

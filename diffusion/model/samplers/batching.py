@@ -11,7 +11,7 @@ image a function of its block alone, whatever else shares the batch:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -19,6 +19,8 @@ from torch import Tensor
 from diffusion.model.process import Denoiser
 
 Generators = torch.Generator | Sequence[torch.Generator]
+# callback(step index, x_t, predicted x_0): what a sampler shows of each step when asked (None: nothing)
+StepCallback = Callable[[int, Tensor, Tensor], None]
 
 
 def step_noise(x: Tensor, generators: Generators) -> Tensor:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from diffusion.model.process import Denoiser, GaussianDiffusion
-from diffusion.model.samplers.batching import Generators, step_noise
+from diffusion.model.samplers.batching import Generators, StepCallback, step_noise
 from diffusion.model.samplers.guidance import guided_output
 from diffusion.model.samplers.spacing import trailing_timesteps
 
@@ -49,6 +49,7 @@ def ddim_sample(
     generator: Generators,
     eta: float = 0.0,
     clip: bool = True,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """x_T (B,C,H,W) ~ N(0, I), labels (B,) -> x_0 (B,C,H,W); in [-1, 1] when `clip`.
 
@@ -57,11 +58,12 @@ def ddim_sample(
     With eta > 0 one (B,C,H,W) noise draw per step comes from `generator` on x_T's device (or one
     generator per seed block, `batching.step_noise`).
     No host sync per step: the coefficients are floats from `ddim_steps`, the schedule lookups gather
-    from `process.to(x_T.device)`.
+    from `process.to(x_T.device)`. `callback(i, x_t, x0)`, when given, sees step i's input and its
+    (clipped) x_0 prediction, on the device; it is not called at all when None.
     """
     process = process.to(x_T.device)
     x = x_T
-    for step in ddim_steps(process, steps, eta):
+    for i, step in enumerate(ddim_steps(process, steps, eta)):
         t_batch = torch.full((x.shape[0],), step.t, dtype=torch.long, device=x.device)
         output = guided_output(model, x, t_batch, labels, guidance)
         x0 = process.x0_from_output(output, x, t_batch)
@@ -70,6 +72,8 @@ def ddim_sample(
             eps = process.eps_from_x0(x, t_batch, x0)
         else:
             eps = process.eps_from_output(output, x, t_batch)
+        if callback is not None:
+            callback(i, x, x0)
         # Song et al. eq. 12: x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z.
         x = step.c_x0 * x0 + step.c_eps * eps
         if step.sigma > 0.0:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from diffusion.model.process import Denoiser, GaussianDiffusion
+from diffusion.model.samplers.batching import StepCallback
 from diffusion.model.samplers.guidance import guided_output
 from diffusion.model.samplers.spacing import trailing_timesteps
 
@@ -71,12 +72,15 @@ def dpm_solver_sample(
     guidance: float,
     steps: int,
     clip: bool = True,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """x_T (B,C,H,W) ~ N(0, I), labels (B,) -> x_0 (B,C,H,W); in [-1, 1] when `clip`. Deterministic.
 
     One guided network call per visited timestep. When `clip`, every x_0 prediction is clipped to [-1, 1]
     (diffusers: thresholding=True with sample_max_value=1.0). No host sync per step: the coefficients are
     floats from `dpm_solver_steps`, the x_0 conversions gather from `process.to(x_T.device)`.
+    `callback(i, x_t, x0)`, when given, sees the i-th network call's input and its x_0 prediction (the last,
+    i = steps - 1, is the result), on the device; it is not called at all when None.
     """
     process = process.to(x_T.device)
     plan, last = dpm_solver_steps(process, steps)
@@ -87,9 +91,14 @@ def dpm_solver_sample(
         return x0.clamp(-1.0, 1.0) if clip else x0
 
     x, x0_prev = x_T, None
-    for step in plan:
+    for i, step in enumerate(plan):
         x0 = data_prediction(x, step.s)
+        if callback is not None:
+            callback(i, x, x0)
         d = x0 if x0_prev is None else step.c_now * x0 - step.c_prev * x0_prev
         x = step.c_x * x - step.c_d * d
         x0_prev = x0
-    return data_prediction(x, last)  # the step to sigma = 0
+    x0 = data_prediction(x, last)  # the step to sigma = 0
+    if callback is not None:
+        callback(len(plan), x, x0)
+    return x0
