@@ -288,7 +288,7 @@ def run(args: argparse.Namespace) -> None:
         raw["evaluator"] = {"widths": [8, 8, 16], "train": {"batch_size": 64, "seed": 1}}
         clip = TINY_CLIP.model_copy(update={"model": "bench-smoke-clip"}).model_dump(mode="json")
         raw["clip"] = {**clip, "train": {"batch_size": 32}}
-        raw["evaluate"] = {"cas_steps": 5, "cas_batch_size": 32, "cas_seeds": [0]}
+        raw["evaluate"] = {"cas": {"batch_size": 32, "max_epochs": 2, "patience": 1, "seeds": [0]}}
         # 4 steps, and seed blocks of 10: 20 digits a class are 2 blocks, not a 50-digit block's surplus
         sampler = {**raw.get("generate", {}).get("sampler", {}), "steps": 4}
         raw["generate"] = {**raw.get("generate", {}), "sampler": sampler, "seed_block": 10}
@@ -440,11 +440,11 @@ def run(args: argparse.Namespace) -> None:
         evaluation = evaluate_version(
             result.version,
             train,
+            val,
             test,
             load_evaluator(work / "evaluator", device),
             load_classifier(work / "classifier", device),
             params.evaluate,
-            cls_cfg,
             device,
             hardware.network_batch,
         )

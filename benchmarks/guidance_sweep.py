@@ -3,9 +3,10 @@
 For each guidance w, sample `--sample` digits per class (DPM-Solver++, the default model), score them with
 both judges, and build one dataset per filter: the first `--keep` accepted digits of each class (fewer when
 a class runs short). Each dataset is graded by the independent evaluator (never the filtering judge) and by
-CAS: the filtering classifier's architecture trained only on it for `evaluate.cas_steps` steps, tested on
-the real test split, against the same classifier trained on as many real training digits (mean and 95%
-interval over `--seeds`). A "mix" row takes half of each class from w = 1 and half from w = 2.
+CAS: the LeNet-5-style classifier of diffusion/quality/cas.py trained only on it to convergence (the
+`evaluate.cas` recipe: early stopping on the real val split), tested on the real test split, against the
+same trained on as many real training digits (mean and 95% t-interval half-width over `--seeds`; null
+with one seed). A "mix" row takes half of each class from w = 1 and half from w = 2.
 
     python benchmarks/guidance_sweep.py --models data/models --out benchmarks/results/guidance-sweep.json
 """
@@ -16,6 +17,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,7 +31,8 @@ from diffusion.judges.evaluator import load_evaluator
 from diffusion.judges.scoring import Scorer, keep_mask
 from diffusion.model.samplers import sample
 from diffusion.model.saved import load_diffusion
-from diffusion.quality.evaluate import Digits, cas, conditional_accuracy
+from diffusion.quality.cas import Digits, cas, t_interval
+from diffusion.quality.evaluate import conditional_accuracy
 
 FILTERS = {
     "none": {},
@@ -45,11 +48,11 @@ def first_kept(images: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, k
     return Digits(images[picked], labels[picked])
 
 
-def interval(values: list[float]) -> list[float]:
-    """mean and the half-width of a normal 95% interval over seeds."""
-    mean = statistics.fmean(values)
-    half = 1.96 * statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
-    return [mean, half]
+def interval(values: Sequence[float]) -> list[float | None]:
+    """[mean, half-width of the 95% Student-t interval over seeds] (`diffusion.quality.cas.t_interval`); the
+    half-width is None for one seed."""
+    lo, hi = t_interval(list(values))
+    return [statistics.fmean(values), None if len(values) < 2 else (hi - lo) / 2]
 
 
 def main() -> None:
@@ -71,15 +74,10 @@ def main() -> None:
     judge = load_classifier(args.models / "classifier", device)
     scorer = Scorer(load_clip("digit-clip", str(args.models / "clip"), device), judge)
     evaluator = load_evaluator(args.models / "evaluator", device)
-    train, test = (
-        DigitsDataset(args.prepared / "train.parquet"),
-        DigitsDataset(args.prepared / "test.parquet"),
+    train, val, test = (
+        DigitsDataset(args.prepared / f"{split}.parquet") for split in ("train", "val", "test")
     )
-    cls = params.classifier.model_copy(
-        update={
-            "train": params.classifier.train.model_copy(update={"batch_size": params.evaluate.cas_batch_size})
-        }
-    )
+    recipe = params.evaluate.cas.model_copy(update={"seeds": tuple(args.seeds)})
     labels = torch.arange(10).repeat_interleave(args.sample)
     sampled: dict[float, tuple[torch.Tensor, object]] = {}
     rows = []
@@ -108,7 +106,7 @@ def main() -> None:
         )
         acceptance["mix w=1+2 none"] = 1.0
     for name, data in sets.items():
-        runs = [cas(data, train, test, cls, params.evaluate.cas_steps, s) for s in args.seeds]
+        runs = cas(data, train, val, test, recipe, device, gain=False).runs
         row = {
             "setting": name,
             "kept": len(data.labels),

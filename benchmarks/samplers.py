@@ -12,8 +12,9 @@ seed, in `--precision`, `--batch-size` images per network pass (2x that with gui
   frechet_distance     Frechet distance of the evaluator's features, samples against the real test split;
   frechet_real_floor   the same for as many real training digits: the distance grows as a set shrinks, so
                        compare a row with its floor, not with rows of another size
-  cas_ratio, cas_accuracy  CAS (params' recipe, as benchmarks/guidance_sweep.py): mean and 95% interval over
-                       --seeds; null below --cas-min images (100 digits do not train a classifier)
+  cas_ratio, cas_accuracy  CAS trained to convergence (params' `evaluate.cas` recipe, as
+                       benchmarks/guidance_sweep.py): mean and 95% t-interval half-width over --seeds; null
+                       below --cas-min images (100 digits do not train a classifier)
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ if __package__ in (None, ""):  # run as a script: `benchmarks` is importable fro
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.guidance_sweep import interval  # noqa: E402
-from diffusion.config import ClassifierConfig, SamplerConfig, load_params  # noqa: E402
+from diffusion.config import CasConfig, SamplerConfig, load_params  # noqa: E402
 from diffusion.data.datasets import DigitsDataset  # noqa: E402
 from diffusion.judges.evaluator import load_evaluator  # noqa: E402
 from diffusion.judges.training import JudgeNet, Labelled, in_batches  # noqa: E402
@@ -45,13 +46,8 @@ from diffusion.model.samplers import sample  # noqa: E402
 from diffusion.model.saved import load_diffusion  # noqa: E402
 from diffusion.model.unet import UNet  # noqa: E402
 from diffusion.precision import Precision  # noqa: E402
-from diffusion.quality.evaluate import (  # noqa: E402
-    Digits,
-    balanced_subset,
-    cas,
-    conditional_accuracy,
-    frechet_distance,
-)
+from diffusion.quality.cas import Digits, balanced_subset, cas  # noqa: E402
+from diffusion.quality.evaluate import conditional_accuracy, frechet_distance  # noqa: E402
 from diffusion.quality.samples import balanced_labels  # noqa: E402
 
 SETTINGS: list[tuple[str, int]] = [
@@ -68,13 +64,13 @@ SEED = 1234  # of x_T (and DDPM's noise): every row starts from the same draws
 
 @dataclass(frozen=True)
 class Grading:
-    """The real splits and CAS recipe that grade samples beyond the judge's accuracy."""
+    """The real splits and CAS recipe (its seeds included) that grade samples beyond the judge's accuracy;
+    val: CAS's early stopping."""
 
     train: Labelled
+    val: Labelled
     test: Labelled
-    cas_cfg: ClassifierConfig
-    cas_steps: int
-    seeds: Sequence[int]
+    cas: CasConfig
     cas_min: int = 500
 
 
@@ -115,20 +111,17 @@ def features(judge: JudgeNet, images: Tensor, device: torch.device) -> Tensor:
 
 def grade(
     judge: JudgeNet, digits: Digits, grading: Grading, test_feats: Tensor, device: torch.device
-) -> dict[str, float | list[float] | None]:
+) -> dict[str, float | list[float | None] | None]:
     """Frechet distance to the real test split, its real floor at this size, and CAS over the seeds."""
     real = balanced_subset(grading.train, len(digits), torch.Generator().manual_seed(0))
-    row: dict[str, float | list[float] | None] = {
+    row: dict[str, float | list[float | None] | None] = {
         "frechet_distance": frechet_distance(features(judge, digits.images, device), test_feats),
         "frechet_real_floor": frechet_distance(features(judge, real.images, device), test_feats),
         "cas_accuracy": None,
         "cas_ratio": None,
     }
     if len(digits) >= grading.cas_min:
-        runs = [
-            cas(digits, grading.train, grading.test, grading.cas_cfg, grading.cas_steps, s, str(device))
-            for s in grading.seeds
-        ]
+        runs = cas(digits, grading.train, grading.val, grading.test, grading.cas, device, gain=False).runs
         row["cas_accuracy"] = interval([r["cas_accuracy"] for r in runs])
         row["cas_ratio"] = interval([r["cas_ratio"] for r in runs])
     return row
@@ -223,13 +216,11 @@ def main() -> None:
     device = torch.device(args.device)
     model, process = load_diffusion(args.models / "diffusion", device)
     evaluator = load_evaluator(args.models / "evaluator", device)
-    train_split = params.classifier.train.model_copy(update={"batch_size": params.evaluate.cas_batch_size})
     grading = Grading(
         train=DigitsDataset(args.prepared / "train.parquet"),
+        val=DigitsDataset(args.prepared / "val.parquet"),
         test=DigitsDataset(args.prepared / "test.parquet"),
-        cas_cfg=params.classifier.model_copy(update={"train": train_split}),
-        cas_steps=params.evaluate.cas_steps,
-        seeds=args.seeds,
+        cas=params.evaluate.cas.model_copy(update={"seeds": tuple(args.seeds)}),
         cas_min=args.cas_min,
     )
     print(f"DDPM rows draw {args.ddpm_n} images (all {process.num_timesteps} steps), the others {args.n}")

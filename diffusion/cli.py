@@ -229,29 +229,26 @@ def published_path(given: str) -> str:
 
 def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
     from diffusion.data.datasets import DigitsDataset, MixedDigits, published_dataset
-    from diffusion.quality.evaluate import test_accuracy, train_on
+    from diffusion.data.evaluations import json_safe
+    from diffusion.judges.training import accuracy
+    from diffusion.quality.cas import t_interval, train_to_convergence
 
     data = published_dataset(args.data.split(","))
     if args.real:
         data = MixedDigits(data, DigitsDataset(args.real), float(args.real_fraction), seed=0)
-    test = DigitsDataset(args.test)
-    scores = [
-        test_accuracy(
-            train_on(
-                data.images,
-                data.labels,
-                params.classifier,
-                params.evaluate.cas_steps,
-                s,
-                params.hardware.device,
-            ),
-            test,
-        )
-        for s in params.evaluate.cas_seeds
-    ]
-    result = {"test_accuracy": sum(scores) / len(scores), "per_seed": scores, "train_images": len(data)}
+    val, test = DigitsDataset(args.val), DigitsDataset(args.test)
+    cfg, device = params.evaluate.cas, params.hardware.device
+    fits = [train_to_convergence(data, val, cfg, seed, device) for seed in cfg.seeds]
+    scores = [accuracy(fit.model, test) for fit in fits]
+    result = {
+        "test_accuracy": sum(scores) / len(scores),
+        "interval": list(t_interval(scores)),
+        "per_seed": scores,
+        "epochs": [fit.epochs for fit in fits],
+        "train_images": len(data),
+    }
     if args.metrics:
-        write_json_atomic(args.metrics, result)
+        write_json_atomic(args.metrics, json_safe(result))
     print(f"trained on {len(data)} digits, real test accuracy {result['test_accuracy']:.4f} (seeds {scores})")
 
 
@@ -353,12 +350,14 @@ STAGES: dict[str, tuple[Callable[[Params, argparse.Namespace], None], dict[str, 
         cmd_train_on,
         {
             "data": None,
-            "test": "data/prepared/test.parquet",
+            "val": GRADING["val"],
+            "test": GRADING["test"],
             "real": "",
             "real_fraction": "0.5",
             "metrics": "",
         },
-        "train the classifier architecture on published version(s), test it on real test digits",
+        "train the CAS classifier (evaluate.cas) on published version(s) until real val accuracy stops"
+        " improving; real test accuracy",
     ),
     "report": (
         cmd_report,

@@ -66,7 +66,7 @@ def test_repo_params_are_valid() -> None:
             r"hardware\.network_batch: Input should be greater than or equal to 1",
         ),
         ({"evaluator": {"widths": [16, 32]}}, r"evaluator\.widths\.2: Field required"),
-        ({"evaluate": {"cas_seeds": []}}, r"evaluate\.cas_seeds: Tuple should have at least 1 item"),
+        ({"evaluate": {"cas": {"seeds": []}}}, r"evaluate\.cas\.seeds: Tuple should have at least 1 item"),
         (
             {"evaluator": {"train": {"seed": 0}}},
             r"evaluator\.train\.seed must differ from classifier\.train\.seed",

@@ -59,7 +59,7 @@ TINY = {
         "embed_dim": 16,
     },
     "evaluator": {"train": {"epochs": 1}, "widths": [8, 8, 16]},
-    "evaluate": {"cas_steps": 5, "cas_seeds": [0]},
+    "evaluate": {"cas": {"batch_size": 16, "max_epochs": 1, "patience": 1, "seeds": [0]}},
     "diffusion": {
         "unet": {"base_channels": 8, "channel_mults": [1, 2], "attention": False},
         "train": {"steps": 12, "batch_size": 16, "checkpoint_every": 5, "log_every": 4, "val_batches": 1},
@@ -109,6 +109,11 @@ def test_dvc_repro_whole_pipeline_on_a_tiny_config(tmp_path: Path, npm_cache: Pa
     assert {"cas_ratio", "conditional_accuracy_published", "frechet_distance", "memorization_rate"} <= set(
         evaluated
     )
+    assert {"coverage_ratio", "dcr_share", "label_issue_rate"} <= set(evaluated)
+    # a dozen training steps draw noise: the default monitor floors flag it, and the pipeline goes on
+    document = json.loads((repo / "data/evaluation.json").read_text())
+    assert evaluated["flagged"] == 1 and document["flagged"] is True
+    assert "conditional_accuracy_published" in {f["metric"] for f in document["flags"]}
     report = repo / "reports" / "synthetic-digits" / evaluated["version"] / "index.html"
     assert 'id="cas_ratio"' in report.read_text() and (repo / "reports/synthetic-digits/index.html").is_file()
     generated = json.loads((repo / "metrics/generate.json").read_text())

@@ -263,9 +263,16 @@ def test_the_deployment_carries_the_cron_schedule_from_params() -> None:
     from flows.deploy import build_deployment
 
     params = parse_params({"generate": {"schedule": {"cron": "30 2 * * 1", "timezone": "Europe/Berlin"}}})
-    deployment = build_deployment(params, "m", "c", "t")
+    from diffusion.quality.grading import Grading
+
+    grading = Grading(evaluate=params.evaluate, monitor=params.monitor)
+    deployment = build_deployment(params, "m", "c", "t", grading)
     (schedule,) = deployment.schedules
     assert schedule.schedule.cron == "30 2 * * 1" and schedule.schedule.timezone == "Europe/Berlin"
     assert deployment.parameters["seed_from_date"] is True
     assert deployment.parameters["cfg"]["name"] == params.generate.name
     assert deployment.parameters["hardware"] == params.hardware.model_dump(mode="json")
+    assert deployment.parameters["grading"] == grading.model_dump(mode="json")  # every run is graded
+    # the name the shipped automation (flows/automations/pause-on-failed-run.yaml) watches
+    automation = (Path(__file__).parents[1] / "flows/automations/pause-on-failed-run.yaml").read_text()
+    assert f"prefect.resource.name: {deployment.name}" in automation

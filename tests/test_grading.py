@@ -67,6 +67,12 @@ def test_a_run_publishes_evaluates_and_reports_beside_its_versions(graded) -> No
     index = (Path(out) / "index.html").read_text()
     assert first.version.version in index
     assert (Path(out) / first.version.version / "index.html").is_file()
+    # the card's quality section points at them, by paths that resolve from the version's folder
+    card = (Path(first.version.path) / "README.md").read_text()
+    quality = card[card.index("## Quality") :]
+    for rel in ("evaluation.json", "index.html"):
+        link = f"../_quality/{first.version.version}/{rel}"
+        assert link in quality and (Path(first.version.path) / link).is_file()
 
 
 @pytest.mark.slow
@@ -175,3 +181,38 @@ def test_a_missing_evaluator_stops_generate_before_any_work(tmp_path: Path) -> N
 def test_latest_of_nothing_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no published version"):
         latest_version(str(tmp_path), "none")
+
+
+def test_the_shipped_automation_installs_on_a_prefect_server(prefect_server) -> None:
+    """flows/automations/pause-on-failed-run.yaml, created with Prefect's own CLI on a real server, reads
+    back as a trigger on Failed runs of the scheduled deployment that pauses it."""
+    import asyncio
+    import os
+
+    from prefect.client.orchestration import get_client
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "prefect"),
+            "automation",
+            "create",
+            "--from-file",
+            "flows/automations/pause-on-failed-run.yaml",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    async def read() -> list:
+        async with get_client() as client:
+            return await client.read_automations_by_name("digits-pause-on-failed-generation")
+
+    (automation,) = asyncio.run(read())
+    assert automation.trigger.expect == {"prefect.flow-run.Failed"}
+    assert automation.trigger.match_related.root["prefect.resource.name"] == "synthetic-digits-scheduled"
+    assert [a.type for a in automation.actions] == ["pause-deployment"]

@@ -1,4 +1,4 @@
-"""Evaluating a published version: Frechet distance, diversity, CAS, copies, and the whole report."""
+"""Evaluating a published version: Frechet distance, diversity, CAS to convergence, and the whole result."""
 
 from __future__ import annotations
 
@@ -8,30 +8,36 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion.config import ClassifierConfig, EvaluateConfig, EvaluatorConfig
+from diffusion.config import CasConfig, ClassifierConfig, EvaluateConfig, EvaluatorConfig
 from diffusion.data.datasets import DigitsDataset, to_model_range
 from diffusion.data.schema import digits_table
 from diffusion.data.shards import publish_version
 from diffusion.errors import DataError
+from diffusion.judges.classifier import train_classifier
 from diffusion.judges.evaluator import train_evaluator
-from diffusion.quality.evaluate import (
-    HEADLINE,
+from diffusion.quality.cas import (
     Digits,
     balanced_subset,
     cas,
+    cas_run,
+    t_interval,
+    train_to_convergence,
+)
+from diffusion.quality.evaluate import (
+    METRIC_NAMES,
     conditional_accuracy,
     diversity,
     evaluate_version,
     frechet_distance,
     frechet_per_class,
-    train_on,
 )
+from diffusion.quality.headline import METRICS
 from tests.judges_fixtures import digits_split, one_thread, render_digits  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ClassifierConfig(channels=(8, 16), hidden=32, train={"batch_size": 32, "lr": 3e-3})
-STEPS = 150
+TINY = ClassifierConfig(channels=(8, 16), hidden=32, train={"epochs": 3, "batch_size": 32, "lr": 3e-3})
+QUICK = CasConfig(batch_size=16, lr=3e-3, max_epochs=8, patience=2, seeds=(0,))  # seconds on rendered digits
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +112,7 @@ def test_cas_ranks_real_digits_above_noise(real, tmp_path: Path) -> None:
         torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1, good.labels
     )
     scores = {
-        name: cas(d, real["train"], real["test"], TINY, STEPS, seed=0)
+        name: cas_run(d, real["train"], real["val"], real["test"], QUICK, seed=0, gain=False)
         for name, d in [("good", good), ("noise", noise)]
     }
     assert scores["good"]["cas_accuracy"] > scores["noise"]["cas_accuracy"] + 0.3
@@ -115,15 +121,55 @@ def test_cas_ranks_real_digits_above_noise(real, tmp_path: Path) -> None:
     assert scores["good"]["cas_ratio"] == pytest.approx(
         scores["good"]["cas_accuracy"] / scores["good"]["real_baseline_accuracy"]
     )
+    assert "augmentation_gain" not in scores["good"]
 
 
-def test_train_on_is_seeded_and_takes_the_step_budget(real) -> None:
-    data = real["val"]
-    a, b = (train_on(data.images, data.labels, TINY, steps=3, seed=7) for _ in range(2))
-    c = train_on(data.images, data.labels, TINY, steps=3, seed=8)
-    assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
-    assert not torch.equal(a.state_dict()["head.1.weight"], c.state_dict()["head.1.weight"])
-    assert not a.training
+def test_train_to_convergence_keeps_the_best_epoch_and_is_seeded(real, tmp_path: Path) -> None:
+    good = digits_split(tmp_path, "good", 200, 5)
+    before = torch.random.get_rng_state()
+    a, b = (train_to_convergence(good, real["val"], QUICK, seed=7) for _ in range(2))
+    c = train_to_convergence(good, real["val"], QUICK, seed=8)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the global RNG is neither read nor advanced
+    assert all(torch.equal(a.model.state_dict()[k], v) for k, v in b.model.state_dict().items())
+    assert a.history == b.history and a.history != c.history
+    assert a.val_accuracy == max(a.history) == a.history[a.best_epoch - 1] > 0.5
+    assert a.epochs == len(a.history) <= QUICK.max_epochs and not a.model.training
+    assert a.epochs == QUICK.max_epochs or a.epochs - a.best_epoch == QUICK.patience
+
+
+def test_train_to_convergence_stops_when_validation_stops_improving(real) -> None:
+    """A learning rate too small to change a prediction: validation accuracy never beats epoch 1's, so
+    training stops after epoch 1 + patience, long before max_epochs."""
+    frozen = QUICK.model_copy(update={"lr": 1e-12, "weight_decay": 0.0, "max_epochs": 40, "patience": 3})
+    fit = train_to_convergence(real["val"], real["val"], frozen, seed=0)
+    assert (fit.epochs, fit.best_epoch) == (4, 1) and len(set(fit.history)) == 1
+
+
+def test_t_interval() -> None:
+    lo, hi = t_interval([1.0, 2.0, 3.0])  # mean 2, s = 1, t(0.975, 2) = 4.3027
+    assert (lo + hi) / 2 == pytest.approx(2.0) and hi - 2.0 == pytest.approx(4.302653 / 3**0.5, rel=1e-6)
+    assert t_interval([0.5, 0.5]) == (0.5, 0.5)
+    assert all(np.isnan(t_interval([0.9])))
+
+
+def test_cas_over_seeds_means_intervals_and_gain(real, tmp_path: Path) -> None:
+    good = digits_split(tmp_path, "good", 200, 5)
+    cfg = QUICK.model_copy(update={"seeds": (0, 1, 2), "max_epochs": 2, "patience": 1})
+    scores = cas(good, real["train"], real["val"], real["test"], cfg)
+    assert [r["seed"] for r in scores.runs] == [0, 1, 2]
+    assert set(scores.intervals) == {
+        "cas_accuracy",
+        "real_baseline_accuracy",
+        "cas_ratio",
+        "augmentation_gain",
+    }
+    for key, (lo, hi) in scores.intervals.items():
+        assert lo <= scores.means[key] <= hi
+        assert scores.means[key] == pytest.approx(np.mean([r[key] for r in scores.runs]))
+    assert scores.means["cas_epochs"] == np.mean([r["epochs"] for r in scores.runs])
+    assert all(-100 <= r["augmentation_gain"] <= 100 and 1 <= r["epochs"] <= 2 for r in scores.runs)
+    again = cas(good, real["train"], real["val"], real["test"], cfg.model_copy(update={"seeds": (1,)}))
+    assert again.runs == [scores.runs[1]]  # a seed's run does not depend on the other seeds
 
 
 # --------------------------------------------------------------------------- one version
@@ -142,13 +188,13 @@ def test_evaluate_version_reports_every_headline_metric(real, tmp_path: Path) ->
     version = publish_version(str(tmp_path), "tiny", "v1", splits, 25, "card", {"gate": gate})
     evaluator_cfg = EvaluatorConfig(widths=(8, 16, 32), train={"epochs": 4, "batch_size": 32, "lr": 5e-3})
     evaluator = train_evaluator(evaluator_cfg, real["train"], real["val"], real["test"], progress=False).model
-    judge = train_on(real["train"].images, real["train"].labels, TINY, STEPS, seed=0)
-    cfg = EvaluateConfig(cas_steps=60, cas_seeds=(0, 1))
-    result = evaluate_version(
-        version, real["train"], real["test"], evaluator, judge, cfg, classifier_cfg=TINY, batch_size=64
-    )
+    judge = train_classifier(TINY, real["train"], real["val"], real["test"], progress=False).model
+    cfg = EvaluateConfig(cas=QUICK.model_copy(update={"seeds": (0, 1), "max_epochs": 3, "patience": 1}))
+    splits_ = (real["train"], real["val"], real["test"])
+    result = evaluate_version(version, *splits_, evaluator, judge, cfg, batch_size=64)
     m = result.metrics
-    assert tuple(m) == HEADLINE and all(isinstance(v, float) and np.isfinite(v) for v in m.values())
+    assert tuple(m) == METRIC_NAMES and all(isinstance(v, float) and np.isfinite(v) for v in m.values())
+    assert set(METRICS) <= set(m)  # every headline metric, under the name every consumer reads
     published = Digits(to_model_range(images), torch.from_numpy(labels))
     assert m["conditional_accuracy_published"] == conditional_accuracy(
         evaluator, published.images, published.labels
@@ -159,10 +205,23 @@ def test_evaluate_version_reports_every_headline_metric(real, tmp_path: Path) ->
     with pytest.raises(DataError, match="no gate rates"):
         evaluate_version(
             publish_version(str(tmp_path), "tiny", "v2", splits, 25, "card", {}),
-            *(real["train"], real["test"], evaluator, judge, cfg, TINY),
+            *(*splits_, evaluator, judge, cfg),
         )
     assert m["cas_ratio"] == pytest.approx(np.mean([r["cas_ratio"] for r in result.cas_runs]))
     assert [r["seed"] for r in result.cas_runs] == [0, 1]
+    assert set(result.intervals) == {
+        "cas_accuracy",
+        "real_baseline_accuracy",
+        "cas_ratio",
+        "augmentation_gain",
+    }
+    assert all(lo <= m[k] <= hi for k, (lo, hi) in result.intervals.items())
+    assert 1 <= m["cas_epochs"] <= 3
     assert min(m["frechet_distance_real"], m["diversity_synthetic"], m["diversity_real"]) > 0
+    for key in ("precision", "recall", "coverage", "dcr_share", "dcr_share_real", "label_issue_rate"):
+        assert 0 <= m[key] <= 1
+    assert m["coverage_ratio"] == pytest.approx(m["coverage"] / m["coverage_real"])
+    assert set(result.label_issues) <= {f"p{i}" for i in range(71)}
+    assert m["label_issue_rate"] == len(result.label_issues) / 71
     assert [row["class"] for row in result.per_class] == list(range(10))
     assert len(result.confusion) == 100 and sum(r["count"] for r in result.confusion) == 71

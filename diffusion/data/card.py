@@ -90,11 +90,25 @@ were asked for, scored by two judges and kept only when they pass the filter bel
 | --- | --- | --- | --- |
 {table}
 
+## Quality
+
+- **Publish gate**: every expectation of both splits passed (Great Expectations; `data_docs/index.html`).
+  Near-copies of training digits: {_rate(manifest, "memorization_rate")}; repeated images: {_rate(manifest, "duplicate_rate")}.
+- **Grading**: this version's measures against real digits (independent evaluator, CAS, precision, recall,
+  density, coverage, DCR, label audit) and the monitor's verdict are written after publishing, beside the
+  versions: `../_quality/{manifest["version"]}/evaluation.json` and its page `../_quality/{manifest["version"]}/index.html`.
+  A version the monitor flags stays here for audit and is skipped by "latest" (`<root>/{manifest["name"]}/latest`).
+
 ```python
 import datasets
 ds = datasets.load_dataset("<this folder>")   # ds["train"][0]["image"] is a PIL image
 ```
 """
+
+
+def _rate(manifest: dict[str, Any], key: str) -> str:
+    value = (manifest.get("gate") or {}).get(key)
+    return f"{value:.2%}" if isinstance(value, int | float) else "not recorded"
 
 
 def _rev(manifest: dict[str, Any]) -> str:

@@ -1,61 +1,88 @@
 """Measure a published version with judges it was not filtered by, against held-out real digits.
 
-The filtering classifier chose what was published, so its accuracy there is ~1 by construction. The headline
-metrics of `evaluate_version` (all floats):
+The filtering classifier chose what was published, so its accuracy there is ~1 by construction. The metrics
+of `evaluate_version` (all floats, in METRIC_NAMES order; diffusion/quality/headline.py names the headline
+ones every consumer shows and watches):
 
     conditional_accuracy_published  the independent evaluator's accuracy on the published digits, each labelled
     conditional_accuracy_raw        with the digit it was asked for; raw: every digit the run sampled
     judge_accuracy_published        the filtering classifier's view of the same digits
     judge_accuracy_raw
-    cas_accuracy                    Classification Accuracy Score (Ravuri & Vinyals 2019): a classifier of the
-                                    filtering judge's architecture trained on the published digits only for a
-                                    fixed number of steps, tested on the real test digits
+    cas_accuracy                    Classification Accuracy Score (Ravuri & Vinyals 2019): a LeNet-5-style
+                                    classifier (a third architecture) trained to convergence on the published
+                                    digits only (early stopping on the real validation split), tested on the
+                                    real test digits; diffusion/quality/cas.py states the recipe
     real_baseline_accuracy          the same trained on as many real training digits (class-balanced)
-    cas_ratio                       cas_accuracy / real_baseline_accuracy: 1 when synthetic replaces real
+    cas_ratio                       mean over seeds of cas_accuracy / real_baseline_accuracy: 1 when
+                                    synthetic replaces real
     augmentation_gain               points on real test gained by adding the published digits to every real
-                                    training digit (same steps)
+                                    training digit (same recipe)
+    cas_epochs                      mean epochs the synthetic-only classifiers trained before they stopped
     frechet_distance                Frechet distance (Heusel et al. 2017) of the evaluator's features between
                                     the published digits and the real training digits
     frechet_distance_real           the same between the real test and the real training digits: the floor
                                     (it grows as samples shrink: 1,001 test digits vs the version's count)
     diversity_synthetic             mean feature distance between two digits of the same class, averaged over
     diversity_real                  classes (published; real training digits)
+    precision, recall,              Naeem et al. 2020 (the `prdc` package, k = `prdc_k`) in the evaluator's
+    density, coverage               features: the published digits against the real test digits
+    precision_real, recall_real,    the same for a class-balanced draw of as many real training digits against
+    density_real, coverage_real     the same real test digits; coverage_ratio = coverage / coverage_real
+    coverage_ratio
+    dcr_share                       share of published digits nearer (RMS pixels) a real training digit than
+                                    a held-out real one (SDMetrics' DCR, the counts weighed by the sizes of
+                                    the two references; ties half): 0.5 is no memorisation, 1 all copies
+    dcr_share_real                  the same for the real validation digits: ~0.5
     memorization_rate               share of published digits within RMS `copy_distance` of a real training digit
                                     (the publish gate's, from the manifest)
     duplicate_rate                  share of published digits whose pixels repeat an earlier one's (the gate's)
+    label_issue_rate                share of published digits cleanlab's confident learning calls mislabelled,
+                                    from the evaluator's probabilities (their ids: `label_issues`)
 
-The training metrics are means over `EvaluateConfig.cas_seeds`; images are (N, 1, 28, 28) in [-1, 1] and
-labels (N,) int64 unless said otherwise.
+diffusion/quality/measures.py defines PRDC, DCR and the label audit. The CAS metrics are means over
+`EvaluateConfig.cas.seeds`, with 95% t-intervals over seeds in `intervals`. The draws PRDC compares (the
+real reference, and the published digits when there are more of them than real training digits) are
+seeded by REFERENCE_SEED, so a version's measures repeat. Images are (N, 1, 28, 28) in [-1, 1] and labels
+(N,) int64 unless said otherwise.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from diffusion.config import ClassifierConfig, EvaluateConfig
-from diffusion.data.datasets import load_arrays, to_model_range
+from diffusion.config import EvaluateConfig
+from diffusion.data.datasets import load_arrays, read_table, to_model_range
 from diffusion.data.shards import PublishedVersion, version_files
 from diffusion.errors import DataError
-from diffusion.judges.classifier import DigitClassifier
 from diffusion.judges.training import (
     NUM_CLASSES,
     Labelled,
     accuracy,
     accuracy_report,
     confusion_rows,
-    fit_cross_entropy,
     in_batches,
-    predict,
 )
+from diffusion.quality.cas import Digits, balanced_indices, cas
+from diffusion.quality.measures import dcr_shares, label_issues, prdc_with_reference
 
-HEADLINE = (
+__all__ = [
+    "METRIC_NAMES",
+    "Digits",
+    "EvaluationResult",
+    "conditional_accuracy",
+    "diversity",
+    "evaluate_version",
+    "frechet_distance",
+    "frechet_per_class",
+]
+
+METRIC_NAMES = (
     "conditional_accuracy_published",
     "conditional_accuracy_raw",
     "judge_accuracy_published",
@@ -64,121 +91,33 @@ HEADLINE = (
     "real_baseline_accuracy",
     "cas_ratio",
     "augmentation_gain",
+    "cas_epochs",
     "frechet_distance",
     "frechet_distance_real",
     "diversity_synthetic",
     "diversity_real",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "precision_real",
+    "recall_real",
+    "density_real",
+    "coverage_real",
+    "coverage_ratio",
+    "dcr_share",
+    "dcr_share_real",
     "memorization_rate",
     "duplicate_rate",
+    "label_issue_rate",
 )
-CAS_KEYS = ("cas_accuracy", "real_baseline_accuracy", "cas_ratio", "augmentation_gain")  # means over seeds
-
-
-@dataclass(frozen=True)
-class Digits:
-    """Digits in memory: images (N, 1, 28, 28) float32 in [-1, 1], labels (N,) int64."""
-
-    images: Tensor
-    labels: Tensor
-
-    def __len__(self) -> int:
-        return self.labels.shape[0]
+REFERENCE_SEED = 0  # of the draws PRDC compares
 
 
 # --------------------------------------------------------------------------- fidelity to the label
 def conditional_accuracy(model: nn.Module, images: Tensor, labels: Tensor) -> float:
     """The model's accuracy (eval mode, on its device) on images labelled with the digit they were asked for."""
     return accuracy(model, Digits(images, labels))
-
-
-# --------------------------------------------------------------------------- training on the data (CAS)
-def train_on(
-    images: Tensor, labels: Tensor, cfg: ClassifierConfig, steps: int, seed: int, device: str = "cpu"
-) -> DigitClassifier:
-    """A classifier of the filtering judge's architecture fitted for exactly `steps` optimizer steps.
-
-    cfg's training settings (batch size, lr, weight decay, augmentation) and label smoothing; `seed` seeds
-    init, shuffling and augmentation; no validation: the last step's weights, in eval mode on `device`.
-    """
-    settings = cfg.train.model_copy(update={"seed": seed})
-    build = partial(DigitClassifier.from_config, cfg)
-    model, _ = fit_cross_entropy(
-        build, settings, cfg.label_smoothing, Digits(images, labels), steps=steps, device=device
-    )
-    return model
-
-
-def test_accuracy(model: nn.Module, test: Labelled) -> float:
-    """The model's accuracy on the real test digits."""
-    return accuracy(model, test)
-
-
-test_accuracy.__test__ = False  # type: ignore[attr-defined]  # not a test for pytest
-
-
-def balanced_subset(data: Labelled, n: int, generator: torch.Generator) -> Digits:
-    """min(n, N) digits of `data` drawn by `generator`, as evenly across classes as the data allows.
-
-    Classes are dealt in turns, one random digit of each per turn (a random class order breaks the tie of
-    the last turn), so a class that runs out leaves its share to the others.
-    """
-    perm = torch.randperm(len(data.labels), generator=generator)
-    y = data.labels[perm]
-    rank = torch.zeros_like(y)
-    for c in range(NUM_CLASSES):
-        mask = y == c
-        rank[mask] = torch.arange(int(mask.sum()))
-    position = torch.argsort(torch.randperm(NUM_CLASSES, generator=generator))  # class -> place in a turn
-    pick = perm[torch.argsort(rank * NUM_CLASSES + position[y], stable=True)[:n]]
-    return Digits(data.images[pick], data.labels[pick])
-
-
-def _accuracies(
-    sets: tuple[Labelled, ...], real_test: Labelled, cfg: ClassifierConfig, steps: int, seed: int, device: str
-) -> list[float]:
-    """Real-test accuracy of the classifier trained on each of `sets`, with the same budget and seed."""
-    return [test_accuracy(train_on(d.images, d.labels, cfg, steps, seed, device), real_test) for d in sets]
-
-
-def cas(
-    synthetic: Labelled,
-    real_train: Labelled,
-    real_test: Labelled,
-    cfg: ClassifierConfig,
-    steps: int,
-    seed: int,
-    device: str = "cpu",
-) -> dict[str, float]:
-    """Classification Accuracy Score with its real baseline, one training seed.
-
-    Returns cas_accuracy (trained on `synthetic` only), real_baseline_accuracy (trained on a class-balanced
-    draw of as many real training digits, capped at all of them) and cas_ratio, both tested on `real_test`.
-    """
-    real = balanced_subset(real_train, len(synthetic.labels), torch.Generator().manual_seed(seed))
-    scores = _accuracies((synthetic, real), real_test, cfg, steps, seed, device)
-    return {
-        "cas_accuracy": scores[0],
-        "real_baseline_accuracy": scores[1],
-        "cas_ratio": scores[0] / scores[1],
-    }
-
-
-def augmentation_gain(
-    synthetic: Labelled,
-    real_train: Labelled,
-    real_test: Labelled,
-    cfg: ClassifierConfig,
-    steps: int,
-    seed: int,
-    device: str = "cpu",
-) -> float:
-    """Points (100 x accuracy) on `real_test` gained by training on real_train + synthetic instead of real_train
-    alone, with the same steps and seed."""
-    both = Digits(
-        torch.cat([real_train.images, synthetic.images]), torch.cat([real_train.labels, synthetic.labels])
-    )
-    scores = _accuracies((both, real_train), real_test, cfg, steps, seed, device)
-    return 100.0 * (scores[0] - scores[1])
 
 
 # --------------------------------------------------------------------------- feature statistics
@@ -231,29 +170,41 @@ def diversity(feats: Tensor, labels: Tensor) -> dict[str, float]:
 # --------------------------------------------------------------------------- one version
 @dataclass(frozen=True)
 class EvaluationResult:
-    """metrics: the HEADLINE floats, in that order. per_class: one row per published class {class,
-    conditional_accuracy, frechet_distance, diversity_synthetic, diversity_real} (nan where a side has < 2
-    digits). confusion: the evaluator's {actual, predicted, count} rows on the published digits. cas_runs: per
-    seed {seed, cas_accuracy, real_baseline_accuracy, cas_ratio, augmentation_gain}."""
+    """metrics: the METRIC_NAMES floats, in that order. intervals: the 95% t-interval over CAS seeds of
+    cas_accuracy, real_baseline_accuracy, cas_ratio and augmentation_gain ((nan, nan) with one seed).
+    per_class: one row per published class {class, conditional_accuracy, frechet_distance,
+    diversity_synthetic, diversity_real, label_issue_rate} (nan where a side has < 2 digits). confusion: the
+    evaluator's {actual, predicted, count} rows on the published digits. cas_runs: per seed {seed,
+    cas_accuracy, real_baseline_accuracy, cas_ratio, augmentation_gain, epochs}. label_issues: the `id`s of
+    the published digits the label audit flags, in file order."""
 
     metrics: dict[str, float]
+    intervals: dict[str, tuple[float, float]]
     per_class: list[dict[str, Any]]
     confusion: list[dict[str, int]]
     cas_runs: list[dict[str, float]]
+    label_issues: list[str]
 
 
 def _mean(values: dict[str, float]) -> float:
     return float(np.mean(list(values.values()))) if values else math.nan
 
 
+def _draw(labels: Tensor, n: int) -> Tensor:
+    """Every row index when there are at most n, else a class-balanced draw of n (seeded by REFERENCE_SEED)."""
+    if len(labels) <= n:
+        return torch.arange(len(labels))
+    return balanced_indices(labels, n, torch.Generator().manual_seed(REFERENCE_SEED))
+
+
 def evaluate_version(
     version: PublishedVersion,
     real_train: Labelled,
+    real_val: Labelled,
     real_test: Labelled,
     evaluator_model: nn.Module,
     filter_classifier: nn.Module,
     cfg: EvaluateConfig,
-    classifier_cfg: ClassifierConfig,
     device: torch.device | str = "cpu",
     batch_size: int = 500,
 ) -> EvaluationResult:
@@ -262,19 +213,20 @@ def evaluate_version(
 
     Args:
         version: the published version (its manifest lists the files of its train and unfiltered splits).
-        real_train, real_test: the prepared real splits (e.g. DigitsDataset).
-        evaluator_model: the independent evaluator (features and predictions); moved to `device`.
+        real_train, real_val, real_test: the prepared real splits (e.g. DigitsDataset). val: CAS's early
+            stopping and the real-vs-real DCR; test: what CAS is tested on, PRDC's real set, DCR's holdout.
+        evaluator_model: the independent evaluator (features, probabilities); moved to `device`.
         filter_classifier: the filtering judge (predictions only); moved to `device`.
-        cfg: the CAS budget (steps, batch size) and seeds.
-        classifier_cfg: the filtering classifier's section: the architecture and the other training settings
-            of the CAS classifiers.
+        cfg: the CAS recipe and seeds, PRDC's k, the label audit's method.
         device, batch_size: where the networks run and how many images a forward pass holds (`hardware`).
     """
     gate = version.manifest.get("gate") or {}
     if not {"memorization_rate", "duplicate_rate"} <= set(gate):
         raise DataError(f"{version.path}: its manifest has no gate rates; publish the version again")
     device = torch.device(device)
-    published_uint8, published_labels = load_arrays(version_files(version))
+    files = version_files(version)
+    published_uint8, published_labels = load_arrays(files)
+    ids = [str(i) for i in read_table(files, columns=["id"]).column("id").to_pylist()]
     raw_uint8, raw_labels = load_arrays(version_files(version, "unfiltered"))
     published = Digits(to_model_range(published_uint8), torch.from_numpy(published_labels))
     raw = Digits(to_model_range(raw_uint8), torch.from_numpy(raw_labels))
@@ -283,8 +235,8 @@ def evaluate_version(
     def features(data: Labelled) -> Tensor:
         return in_batches(evaluator.features, data.images, device, batch_size).cpu()
 
-    predicted = predict(evaluator, published.images, batch_size).cpu()
-    conditional = accuracy_report(predicted, published.labels)
+    probs = in_batches(evaluator.probabilities, published.images, device, batch_size).cpu()
+    conditional = accuracy_report(probs.argmax(1), published.labels)
     feats = {
         name: features(d)
         for name, d in [("synthetic", published), ("train", real_train), ("test", real_test)]
@@ -294,25 +246,33 @@ def evaluate_version(
         "synthetic": diversity(feats["synthetic"], published.labels),
         "real": diversity(feats["train"], real_train.labels),
     }
-    cas_cfg = classifier_cfg.model_copy(
-        update={"train": classifier_cfg.train.model_copy(update={"batch_size": cfg.cas_batch_size})}
+    size = min(len(published), len(real_train.labels))  # PRDC compares sets of one size
+    coverage = prdc_with_reference(
+        feats["synthetic"][_draw(published.labels, size)],
+        feats["train"][_draw(real_train.labels, size)],
+        feats["test"],
+        cfg.prdc_k,
     )
-    runs = []
-    for seed in cfg.cas_seeds:
-        args = (published, real_train, real_test, cas_cfg, cfg.cas_steps, seed, str(device))
-        runs.append({"seed": seed, **cas(*args), "augmentation_gain": augmentation_gain(*args)})
+    dcr = dcr_shares(
+        published.images, real_train.images, real_val.images, real_test.images, device, batch_size
+    )
+    flagged = torch.from_numpy(label_issues(published.labels, probs, cfg.label_issue_method))
+    scores = cas(published, real_train, real_val, real_test, cfg.cas, device)
     metrics = {
         "conditional_accuracy_published": conditional.accuracy,
         "conditional_accuracy_raw": accuracy(evaluator, raw, batch_size),
         "judge_accuracy_published": accuracy(judge, published, batch_size),
         "judge_accuracy_raw": accuracy(judge, raw, batch_size),
-        **{k: float(np.mean([r[k] for r in runs])) for k in CAS_KEYS},
+        **scores.means,
         "frechet_distance": frechet_distance(feats["synthetic"], feats["train"]),
         "frechet_distance_real": frechet_distance(feats["test"], feats["train"]),
         "diversity_synthetic": _mean(spread["synthetic"]),
         "diversity_real": _mean(spread["real"]),
+        **coverage,
+        **dcr,
         "memorization_rate": float(gate["memorization_rate"]),
         "duplicate_rate": float(gate["duplicate_rate"]),
+        "label_issue_rate": flagged.double().mean().item() if len(flagged) else math.nan,
     }
     per_class = [
         {
@@ -321,7 +281,15 @@ def evaluate_version(
             "frechet_distance": frechet.get(c, math.nan),
             "diversity_synthetic": spread["synthetic"].get(c, math.nan),
             "diversity_real": spread["real"].get(c, math.nan),
+            "label_issue_rate": flagged[published.labels == int(c)].double().mean().item(),
         }
         for c in conditional.per_class
     ]
-    return EvaluationResult(metrics, per_class, confusion_rows(published.labels, predicted), runs)
+    return EvaluationResult(
+        metrics={k: float(metrics[k]) for k in METRIC_NAMES},
+        intervals=scores.intervals,
+        per_class=per_class,
+        confusion=confusion_rows(published.labels, probs.argmax(1)),
+        cas_runs=scores.runs,
+        label_issues=[ids[i] for i in torch.nonzero(flagged).flatten().tolist()],
+    )
