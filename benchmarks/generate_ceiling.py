@@ -203,8 +203,9 @@ def measure(
     print(f"[{count}] ceiling ...", flush=True)
     top = ceiling(model, process, params.hardware, params.generate.sampler, args.ceiling_images)
 
-    flags = ["--params", str(root / "params.yaml"), "--model", args.model, "--classifier", args.classifier]
-    flags += ["--train", args.train, "--metrics", str(root / "metrics.json")]
+    # --no-grade: the engine against its sampler's ceiling; grading a version is measured on its own
+    flags = ["--params", str(root / "params.yaml"), "--no-grade", "--model", args.model]
+    flags += ["--classifier", args.classifier, "--train", args.train, "--metrics", str(root / "metrics.json")]
     python = Path(sys.executable)
     if args.plain:
         argv = [str(python.with_name("digits")), "generate", *flags]

@@ -92,3 +92,79 @@ def test_gpu_generate_smoke(tmp_path: Path) -> None:
     assert floor["evaluations_per_digit"] == pytest.approx(4 * 2 / gen["acceptance_rate"])
     assert positive(floor["flops_per_evaluation"], floor["seconds"], floor["digits_per_s"])
     assert doc["evaluate"]["card"] == card and 0 <= doc["evaluate"]["conditional_accuracy_published"] <= 1
+
+
+def interval_ok(row: dict) -> bool:
+    lo, hi = row["interval"]
+    return lo is not None and hi is not None and lo <= row["mean"] <= hi
+
+
+@pytest.mark.slow
+def test_data_scaling_smoke(tmp_path: Path) -> None:
+    out, plot = tmp_path / "scaling.json", tmp_path / "scaling.png"
+    work = str(tmp_path / "work")
+    run_benchmark("data_scaling.py", "--out", str(out), "--plot", str(plot), "--work", work, timeout=300)
+    doc = json.loads(out.read_text())
+    assert {"machine", "cores", "date", "command", "settings", "seconds"} <= set(doc)
+    assert doc["smoke"] is True and doc["machine"] and doc["cores"] >= 1 and positive(doc["seconds"])
+    assert doc["settings"]["pool_sizes"] == {"real": 480, "synthetic": 400}
+    assert [r["size"] for r in doc["real"]] == [r["size"] for r in doc["synthetic"]] == [20, 40, 80]
+    assert doc["skipped"] == [{"pool": "synthetic", "size": 1000, "why": "the pool holds 400 digits"}]
+    for row in doc["real"] + doc["synthetic"]:
+        assert row["seeds"] == [0, 1] and len(row["per_seed"]) == 2
+        assert all(0.0 <= a <= 1.0 for a in row["per_seed"]) and interval_ok(row)
+        assert all(1 <= e <= 2 for e in row["epochs"]) and positive(*row["seconds"])
+    real = {r["size"]: r["mean"] for r in doc["real"]}
+    synthetic = {r["size"]: r["mean"] for r in doc["synthetic"]}
+    assert [m["real_size"] for m in doc["synthetic_to_match_real"]] == [20, 40, 80]
+    for m in doc["synthetic_to_match_real"]:
+        assert m["real_mean"] == real[m["real_size"]]
+        if m["synthetic"] is None:
+            assert m["why"] and m["per_real"] is None
+        else:
+            lo, hi = m["between"]
+            assert lo <= m["synthetic"] <= hi and m["per_real"] == pytest.approx(
+                m["synthetic"] / m["real_size"]
+            )
+    assert [g["size"] for g in doc["gap_points"]] == [20, 40]  # in both lists, up to the smoke's --gap-max
+    for gap in doc["gap_points"]:
+        assert gap["mean"] == pytest.approx(100 * (real[gap["size"]] - synthetic[gap["size"]]))
+        assert len(gap["per_seed"]) == 2 and interval_ok(gap)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_few_real_smoke_and_its_rerun_reuses_every_part(tmp_path: Path) -> None:
+    work, plot = tmp_path / "work", tmp_path / "few.png"
+    docs = []
+    for name in ("first.json", "again.json"):
+        out = tmp_path / name
+        run_benchmark("few_real.py", "--out", str(out), "--plot", str(plot), "--work", str(work), timeout=300)
+        docs.append(json.loads(out.read_text()))
+    first, again = docs
+    assert {"machine", "cores", "date", "command", "settings", "parts"} <= set(first)
+    assert first["smoke"] is True and first["machine"] and first["cores"] >= 1
+    parts = {"data", "classifier", "clip", "diffusion", "generate"}
+    parts |= {"cas_real_small", "cas_real_plus_synthetic", "cas_synthetic"}
+    assert set(first["parts"]) == parts
+    assert all(p["seconds"] >= 0 and not p["reused"] for p in first["parts"].values())
+    assert positive(first["parts"]["generate"]["seconds"], first["parts"]["diffusion"]["seconds"])
+    assert first["data"]["per_class"] == [5] * 10
+    assert first["diffusion"]["steps"] == 3 and 0 <= first["classifier"]["test_accuracy"] <= 1
+    assert first["generate"]["accepted"] == 100 and Path(first["generate"]["version"]).is_dir()
+    sizes = {"real_small": 50, "real_plus_synthetic": 150, "synthetic": 100}
+    assert {a: r["train_size"] for a, r in first["arms"].items()} == sizes
+    for row in first["arms"].values():
+        assert row["seeds"] == [0, 1] and all(0.0 <= a <= 1.0 for a in row["per_seed"]) and interval_ok(row)
+    for arm, gain in first["gain_points"].items():
+        paired = [
+            100 * (b - a)
+            for a, b in zip(
+                first["arms"]["real_small"]["per_seed"], first["arms"][arm]["per_seed"], strict=True
+            )
+        ]
+        assert gain["per_seed"] == pytest.approx(paired) and interval_ok(gain)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the rerun trains nothing, generates nothing and fits nothing: every part is reused, every figure kept
+    assert set(again["parts"]) == parts and all(p["reused"] for p in again["parts"].values())
+    assert again["arms"] == first["arms"] and again["generate"] == first["generate"]

@@ -216,3 +216,31 @@ def test_the_shipped_automation_installs_on_a_prefect_server(prefect_server) -> 
     assert automation.trigger.expect == {"prefect.flow-run.Failed"}
     assert automation.trigger.match_related.root["prefect.resource.name"] == "synthetic-digits-scheduled"
     assert [a.type for a in automation.actions] == ["pause-deployment"]
+
+
+@pytest.mark.slow
+def test_digits_generate_grades_by_default_and_exits_1_on_a_flag(
+    prefect_server, tiny_models, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The command users and schedules run: publish, grade, and one `alert:` line with exit 1."""
+    import yaml
+
+    from diffusion.cli import main
+
+    cfg = tiny_generate(tiny_models, tmp_path, per_class={1: 3, 8: 3})  # > prdc_k + 1 digits
+    params = {
+        "generate": cfg.model_dump(mode="json"),
+        "quality": {"copy_distance": 0.01, "max_memorization": 1.0},
+        "hardware": {"precision": "fp32"},
+        "evaluate": TINY_EVALUATE.model_dump(mode="json"),
+        "monitor": {"ceilings": {"label_issue_rate": 0.0}, "floors": {"coverage_ratio": 10.0}},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    paths = [f"--{k}={tiny_models[k]}" for k in ("model", "classifier", "train", "evaluator", "val", "test")]
+    assert main(["generate", "--params", str(tmp_path / "params.yaml"), *paths]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    (version,) = latest_version_all(cfg)
+    assert err.startswith(f"alert: tiny-digits {version.version} flagged: coverage_ratio")
+    assert "below its floor 10" in err
+    doc = read_document(quality_dir(cfg.output_root, cfg.name), version.version)
+    assert doc["flagged"] and {f["metric"] for f in doc["flags"]} >= {"coverage_ratio"}

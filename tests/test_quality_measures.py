@@ -52,6 +52,8 @@ def test_prdc_of_real_against_real_is_near_one_and_of_noise_near_zero(mnist) -> 
     bad = prdc(real, noise(400, 0).flatten(1), k=5)
     assert bad["coverage"] < 0.05 and bad["precision"] < 0.05 and bad["density"] < 0.05
     assert np.isnan(prdc(real, other[:5], k=5)["coverage"])  # k or fewer rows: no k-th neighbour
+    assert np.isnan(prdc(real, other[:6], k=5)["coverage"])  # k + 1 rows: none besides the row itself
+    assert not np.isnan(prdc(real, other[:7], k=5)["coverage"])
 
 
 def test_prdc_with_reference_gives_the_real_twins_and_the_coverage_ratio(mnist) -> None:

@@ -52,9 +52,10 @@ PRDC_KEYS = ("precision", "recall", "density", "coverage")
 # --------------------------------------------------------------------------- PRDC
 def prdc(real_feats: Tensor | np.ndarray, fake_feats: Tensor | np.ndarray, k: int) -> dict[str, float]:
     """{precision, recall, density, coverage} of fake features (M, D) against real features (N, D) with k
-    nearest neighbours (`prdc.compute_prdc`); nan for each when a side has k rows or fewer."""
+    nearest neighbours (`prdc.compute_prdc`); nan for each when a side has k + 1 rows or fewer (the k-th
+    neighbour of a row, itself excluded, needs k + 2 rows: prdc partitions at index k + 1)."""
     real, fake = (np.asarray(torch.as_tensor(f).detach().cpu().float()) for f in (real_feats, fake_feats))
-    if min(len(real), len(fake)) <= k:
+    if min(len(real), len(fake)) <= k + 1:
         return dict.fromkeys(PRDC_KEYS, math.nan)
     scores = prdc_package.compute_prdc(real_features=real, fake_features=fake, nearest_k=k)
     return {key: float(scores[key]) for key in PRDC_KEYS}
