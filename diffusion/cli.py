@@ -24,6 +24,7 @@ from diffusion.errors import DigitsError, QualityAlert
 
 if TYPE_CHECKING:
     from diffusion.quality.grading import Grading
+    from flows.generate import GenerationResult
 
 
 # --------------------------------------------------------------------------- stages
@@ -135,18 +136,28 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
     grading = None if args.no_grade else grading_of(params, args)
     spec = prepare_run(cfg, params.hardware, model, args.classifier, args.train)
     runnable = generate_dataset.with_options(task_runner=task_runner(cfg.task_runner))
-    result = runnable(
-        cfg=cfg,
-        hardware=params.hardware,
-        model=model,
-        classifier=args.classifier,
-        train_data=args.train,
-        quality=params.quality,
-        model_revision=revision,
-        progress=True,
-        prepared=spec,
-        grading=grading,
-    )  # a flagged version raises QualityAlert here (exit 1, one line), after its page and index are written
+    try:
+        result = runnable(
+            cfg=cfg,
+            hardware=params.hardware,
+            model=model,
+            classifier=args.classifier,
+            train_data=args.train,
+            quality=params.quality,
+            model_revision=revision,
+            progress=True,
+            prepared=spec,
+            grading=grading,
+        )
+    except QualityAlert as alert:  # flagged, but published (for audit): write what was published, exit 1
+        if alert.result is not None:
+            _write_generation(alert.result, args)
+        raise
+    _write_generation(result, args)
+
+
+def _write_generation(result: GenerationResult, args: argparse.Namespace) -> None:
+    """The generate command's outputs (metrics, per-class plot, the version handed on) and its summary line."""
     if args.metrics:
         write_json_atomic(args.metrics, headline(result.metrics))
     if args.classes:
@@ -172,7 +183,7 @@ def grading_of(params: Params, args: argparse.Namespace) -> Grading:
         evaluate=params.evaluate,
         monitor=params.monitor,
     )
-    grading.check_inputs()
+    grading.check_inputs(", or --no-grade to publish without grading" if args.stage == "generate" else "")
     return grading
 
 
@@ -187,7 +198,9 @@ def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
     doc = grade_version(version, params.generate.name, grading, params.hardware, args.train, args.classifier)
     m = doc["metrics"]
     write_json_atomic(args.document, json_safe(doc))
-    write_json_atomic(args.metrics, {"version": version.version, **m, "flagged": int(doc["flagged"])})
+    write_json_atomic(
+        args.metrics, json_safe({"version": version.version, **m, "flagged": int(doc["flagged"])})
+    )
     write_csv_atomic(args.classes, doc["per_class"])
     write_csv_atomic(args.confusion, doc["confusion"])
     print(
@@ -253,15 +266,25 @@ def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
 
 
 def cmd_report(params: Params, args: argparse.Namespace) -> None:
+    from diffusion.data.evaluations import quality_dir
     from diffusion.quality.report import build_reports
 
     evaluation = read_json_object(args.evaluation, "an evaluation document") if args.evaluation else None
     version = published_path(args.version) if args.version else None
     name = params.generate.name
+    beside = quality_dir(args.versions, name)
+    out = f"{args.out.rstrip('/')}/{name}" if args.out else beside
+    dataset = f"{args.versions.rstrip('/')}/{name}"
+    inside = Path(dataset).resolve() in (Path(out).resolve(), *Path(out).resolve().parents)
+    if "://" not in out and out != beside and inside:
+        raise DigitsError(
+            f"--out: {args.out} puts pages inside the versions of {dataset}; leave --out out to"
+            f" write them beside the versions ({beside}), or name a folder elsewhere"
+        )
     index = build_reports(
         args.versions,
         name,
-        f"{args.out.rstrip('/')}/{name}",
+        out,
         version=version,
         evaluation=evaluation,
         model=args.model or None,
@@ -361,7 +384,7 @@ STAGES: dict[str, tuple[Callable[[Params, argparse.Namespace], None], dict[str, 
     ),
     "report": (
         cmd_report,
-        {"versions": None, "evaluation": "", "version": "", "out": "reports", "model": ""},
+        {"versions": None, "evaluation": "", "version": "", "out": "", "model": ""},
         "write the data-quality report page of every published version, and their index",
     ),
     "gc": (
@@ -389,6 +412,7 @@ HELP = {
     "real_fraction": "share of real digits in the mix",
     "evaluation": "the evaluation document (JSON) of one version (`digits evaluate --document`)",
     "document": "write the version's evaluation document here (JSON)",
+    "model": "the diffusion model's checkpoint folder",
     "evaluator": "the independent evaluator's folder (grading)",
 }
 

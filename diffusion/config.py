@@ -359,8 +359,8 @@ class MonitorConfig(Section):
     """Drift alarms on every graded version (diffusion/quality/monitor.py): a version whose headline metric
     falls below its floor or rises above its ceiling is flagged, and the run that graded it ends Failed."""
 
-    floors: dict[str, float] = Field(default_factory=dict)
-    ceilings: dict[str, float] = Field(default_factory=dict)
+    floors: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(default_factory=dict)
+    ceilings: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _headline_bounds(self) -> MonitorConfig:

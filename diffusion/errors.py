@@ -38,4 +38,7 @@ def is_transient(err: BaseException) -> bool:
 
 class QualityAlert(RuntimeError):
     """A graded version fell outside the `monitor` section's floors or ceilings. Not bad input: the version
-    stays published for audit, flagged; the run that graded it fails with this one line (CLI exit 1)."""
+    stays published for audit, flagged; the flow run that graded it fails with this one line (`digits
+    generate` exits 1). `result`: what the run published, when the flow attached it (else None)."""
+
+    result: object = None

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from diffusion.config import GenerateConfig, HardwareConfig, QualityConfig, TaskRunnerConfig
 from diffusion.data.evaluations import quality_dir, write_document
 from diffusion.data.shards import PublishedVersion
-from diffusion.errors import is_transient
+from diffusion.errors import QualityAlert, is_transient
 from diffusion.generate.plan import GenerationError, TaskKey, plan_round
 from diffusion.generate.run import RunSpec, class_rows, prepare_run, publish_run, run_metrics, tally
 from diffusion.generate.task import BlockOutcome, TaskJob, TaskOutcome, make_task
@@ -201,10 +201,16 @@ def generate_dataset(
     name, root = spec.cfg.name, spec.cfg.output_root
     out = grading.out or quality_dir(root, name)
     doc = evaluate(version, name, grading, hardware, train_data, classifier, out)
-    index = report(version, root, name, out, model, hardware.device)
-    _grading_artifact(doc, out, index)
-    raise_if_flagged(doc)
-    return GenerationResult(version, metrics, classes, tasks, doc)
+    result = GenerationResult(version, metrics, classes, tasks, doc)
+    try:
+        _grading_artifact(doc, out, report(version, root, name, out, model, hardware.device))
+    finally:  # a failed report never hides the verdict: the alert wins, the report error is its context
+        try:
+            raise_if_flagged(doc)
+        except QualityAlert as alert:
+            alert.result = result  # what the run published, for the CLI's outputs
+            raise
+    return result
 
 
 def _grading_artifact(doc: dict[str, Any], out: str, index: str) -> None:

@@ -4,6 +4,7 @@ Great Expectations, open_clip, prdc and cleanlab, on the tiny random-weight mode
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -237,10 +238,63 @@ def test_digits_generate_grades_by_default_and_exits_1_on_a_flag(
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     paths = [f"--{k}={tiny_models[k]}" for k in ("model", "classifier", "train", "evaluator", "val", "test")]
-    assert main(["generate", "--params", str(tmp_path / "params.yaml"), *paths]) == 1
+    handed = tmp_path / "generated.json"
+    argv = ["generate", "--params", str(tmp_path / "params.yaml"), *paths, f"--published={handed}"]
+    assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     (version,) = latest_version_all(cfg)
+    assert json.loads(handed.read_text())["version"] == version.version  # published, and said where
     assert err.startswith(f"alert: tiny-digits {version.version} flagged: coverage_ratio")
     assert "below its floor 10" in err
     doc = read_document(quality_dir(cfg.output_root, cfg.name), version.version)
     assert doc["flagged"] and {f["metric"] for f in doc["flags"]} >= {"coverage_ratio"}
+
+
+def _fake_versions(root: Path, name: str, count: int) -> list[str]:
+    """`count` tiny published versions of `name`, oldest first (real publish_version, real schema)."""
+    from diffusion.data.schema import digits_table
+    from diffusion.data.shards import publish_version
+    from tests.judges_fixtures import render_digits
+
+    images, labels = render_digits(4, seed=0)
+    paths = []
+    for i in range(count):
+        table = digits_table([f"v{i}-{j}" for j in range(4)], images, labels, "rendered")
+        manifest = {"created_at": f"2026-12-0{i + 1}T00:00:00+00:00"}
+        paths.append(publish_version(str(root), name, f"v{i}", {"train": table}, 10, "card", manifest).path)
+    return paths
+
+
+def test_latest_wants_a_graded_unflagged_version_and_ignores_stray_files(tmp_path: Path) -> None:
+    from diffusion.data.evaluations import write_document
+
+    _fake_versions(tmp_path, "ds", 3)
+    out = quality_dir(str(tmp_path), "ds")
+    (tmp_path / "ds" / "index.html").write_text("a page someone left here")  # not a version
+    with pytest.raises(DataError, match=r"none of its 3 published versions .* \(3 not graded\)"):
+        latest_version(str(tmp_path), "ds")
+    assert latest_version(str(tmp_path), "ds", include_ungraded=True).version == "v2"
+    write_document(out, {"name": "ds", "version": "v0", "flagged": False, "flags": []})
+    write_document(out, {"name": "ds", "version": "v1", "flagged": True, "flags": [{"metric": "x"}]})
+    assert latest_version(str(tmp_path), "ds").version == "v0"  # v2 ungraded, v1 flagged
+    assert latest_version(str(tmp_path), "ds", include_flagged=True).version == "v1"
+    assert open_version(f"file://{tmp_path}/ds/latest").path == f"file://{tmp_path}/ds/v0"  # keeps its root
+    with pytest.raises(DataError, match="nope://x/ds/latest: cannot read"):
+        open_version("nope://x/ds/latest")
+
+
+def test_report_pages_never_go_inside_the_versions(tmp_path: Path) -> None:
+    from diffusion.cli import main
+
+    _fake_versions(tmp_path / "pub", "synthetic-digits", 1)
+    assert main(["report", "--versions", str(tmp_path / "pub"), "--out", str(tmp_path / "pub")]) == 2
+    assert not (tmp_path / "pub" / "synthetic-digits" / "index.html").exists()
+
+
+def test_the_label_audit_of_a_single_class_version_flags_nothing() -> None:
+    import numpy as np
+
+    from diffusion.quality.measures import label_issues
+
+    probs = np.full((5, 10), 0.1)
+    assert label_issues(np.full(5, 3), probs).tolist() == [False] * 5

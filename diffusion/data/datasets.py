@@ -133,17 +133,19 @@ class DigitsDataset(Dataset):
 def open_version(path: str | Path) -> PublishedVersion:
     """The published version at `path` (its folder: a local path or an fsspec URL), with its manifest.
 
-    `<output_root>/<name>/latest` means the newest version of `name` that its evaluation did not flag
-    (`diffusion.data.evaluations.latest_version`; call that with include_flagged=True for the newest of all).
+    `<output_root>/<name>/latest` means the newest version of `name` that was graded and not flagged
+    (`diffusion.data.evaluations.latest_version`; call that with include_flagged / include_ungraded for more).
     """
     path = str(path).rstrip("/")
-    if path.endswith("/latest") and path.count("/") >= 2:
-        root, name = path.removesuffix("/latest").rsplit("/", 1)
-        return latest_version(root, name)
     try:
+        if path.endswith("/latest") and "/" in path.removesuffix("/latest"):
+            root, name = path.removesuffix("/latest").rsplit("/", 1)
+            return latest_version(root, name)
         fs, folder = fsspec.core.url_to_fs(path)
         manifest = read_manifest(fs, folder.rstrip("/"))
     except (ValueError, ImportError, OSError) as err:  # unknown protocol, missing package, not JSON
+        if isinstance(err, DataError):
+            raise
         raise DataError(
             f"{path}: cannot read its {MANIFEST} ({_reason(err)}); publish the version again"
         ) from None

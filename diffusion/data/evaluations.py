@@ -76,25 +76,38 @@ def read_document(out: str, version: str) -> dict[str, Any] | None:
 
 
 def is_flagged(doc: dict[str, Any] | None) -> bool:
-    """Whether a graded version fell outside the monitor's bounds (an ungraded one is not flagged)."""
-    return bool(doc and doc.get("flagged"))
+    """Whether a graded version broke a monitor bound: `flagged` true, or any `flags` listed."""
+    return bool(doc) and (doc.get("flagged") is True or bool(doc.get("flags")))
 
 
 def latest_version(
-    output_root: str, name: str, include_flagged: bool = False, out: str | None = None
+    output_root: str,
+    name: str,
+    include_flagged: bool = False,
+    include_ungraded: bool = False,
+    out: str | None = None,
 ) -> PublishedVersion:
-    """The newest published version of `name` (by its manifest's created_at) that is not flagged by its
-    evaluation, or the newest of all with `include_flagged`. Versions not graded yet count as not flagged.
-    `out`: the report folder holding the evaluations (default: `quality_dir(output_root, name)`).
-    Raises DataError when there is none."""
+    """The newest published version of `name` (by its manifest's created_at) that was graded and not flagged.
+
+    include_flagged: flagged versions count too; include_ungraded: versions with no evaluation document yet
+    (just published, grading failed, or published with --no-grade) count too. `out`: the report folder
+    holding the evaluations (default: `quality_dir(output_root, name)`). Raises DataError when none is left.
+    """
     out = out or quality_dir(output_root, name)
     versions = list_versions(str(output_root), name)
+    skipped = {"flagged": 0, "not graded": 0}
     for version in reversed(versions):
-        if include_flagged or not is_flagged(read_document(out, version.version)):
+        doc = read_document(out, version.version)
+        if doc is None and not include_ungraded:
+            skipped["not graded"] += 1
+        elif is_flagged(doc) and not include_flagged:
+            skipped["flagged"] += 1
+        else:
             return version
-    if versions and not include_flagged:
-        raise DataError(
-            f"{output_root}/{name}: all {len(versions)} published versions are flagged by their evaluations;"
-            " ask for flagged ones explicitly (include_flagged) or publish a new version"
-        )
-    raise DataError(f"{output_root}/{name}: no published version")
+    if not versions:
+        raise DataError(f"{output_root}/{name}: no published version")
+    why = ", ".join(f"{n} {what}" for what, n in skipped.items() if n)
+    raise DataError(
+        f"{output_root}/{name}: none of its {len(versions)} published versions is graded and unflagged ({why});"
+        " name a version folder instead"
+    )

@@ -133,7 +133,11 @@ def _fs(root: str) -> tuple[fsspec.AbstractFileSystem, str]:
 def _url(root: str, base: str, *parts: str) -> str:
     """The user-facing location: a local path, or the URL with the root's protocol."""
     path = "/".join([base, *parts])
-    return path if "://" not in root else f"{root.split('://', 1)[0]}://{path.lstrip('/')}"
+    if "://" not in root:
+        return path
+    protocol = root.split("://", 1)[0]
+    # file:///abs keeps its absolute path; bucket-style protocols (s3://bucket/...) have no leading slash
+    return f"{protocol}://{path}" if protocol in ("file", "local") else f"{protocol}://{path.lstrip('/')}"
 
 
 def check_writable(root: str, name: str) -> None:
@@ -218,10 +222,10 @@ def list_versions(root: str, name: str) -> list[PublishedVersion]:
     if not fs.exists(f"{base}/{name}"):
         return []
     found = []
-    for entry in fs.ls(f"{base}/{name}", detail=False):
-        version = entry.rstrip("/").rsplit("/", 1)[-1]
-        if version.startswith("."):
-            continue
+    for entry in fs.ls(f"{base}/{name}", detail=True):
+        version = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if version.startswith(".") or entry.get("type") != "directory":
+            continue  # dot-folders are unfinished publishes; files (a stray page) are no version
         manifest = read_manifest(fs, f"{base}/{name}/{version}")
         if manifest is not None:
             found.append(PublishedVersion(_url(root, base, name, version), version, manifest, reused=False))

@@ -44,6 +44,7 @@ from scipy import stats
 from torch import Tensor
 
 from diffusion.config import CasConfig
+from diffusion.errors import DataError
 from diffusion.judges.lenet import LeNet5, new_lenet
 from diffusion.judges.training import NUM_CLASSES, Labelled, accuracy
 
@@ -101,7 +102,9 @@ def train_to_convergence(
 ) -> ConvergedFit:
     """Fit a LeNet5 on `train` by the module's recipe until real validation accuracy stops improving."""
     if len(train.labels) == 0:
-        raise ValueError("CAS needs at least one training digit")
+        raise DataError("CAS needs at least one training digit (the training set is empty)")
+    if len(real_val.labels) == 0:
+        raise DataError("CAS stops on real validation accuracy, but the real validation split is empty")
     device = torch.device(device)
     generator = torch.Generator().manual_seed(seed)
     model = new_lenet(generator, device)

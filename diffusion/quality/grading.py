@@ -41,8 +41,9 @@ class Grading(BaseModel):
     monitor: MonitorConfig = MonitorConfig()
     out: str | None = None
 
-    def check_inputs(self) -> None:
-        """DataError (one line naming the file) when a local input is missing, before any work starts."""
+    def check_inputs(self, alternative: str = "") -> None:
+        """DataError (one line naming the file) when a local input is missing, before any work starts;
+        `alternative` ends the line (e.g. how to skip grading, for the command that can)."""
         from pathlib import Path
 
         from diffusion.errors import DataError
@@ -54,8 +55,7 @@ class Grading(BaseModel):
         ):
             if "://" not in path and not Path(path).exists():
                 raise DataError(
-                    f"--{what}: {path} not found (grading needs it: `dvc repro {stage}`, or --no-grade to "
-                    "publish without grading)"
+                    f"--{what}: {path} not found (grading needs it: `dvc repro {stage}`{alternative})"
                 )
 
 

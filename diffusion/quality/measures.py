@@ -39,6 +39,7 @@ probabilities on the published digits are out of sample as they are and no cross
 from __future__ import annotations
 
 import math
+import threading
 
 import cleanlab.filter
 import numpy as np
@@ -47,6 +48,9 @@ import torch
 from torch import Tensor
 
 PRDC_KEYS = ("precision", "recall", "density", "coverage")
+# cleanlab's find_label_issues hands data to its helpers through module globals even with n_jobs=1, so two
+# gradings in one process (Prefect threads) would read each other's: one call at a time
+_CLEANLAB = threading.Lock()
 
 
 # --------------------------------------------------------------------------- PRDC
@@ -139,10 +143,13 @@ def label_issues(
 ) -> np.ndarray:
     """cleanlab.filter.find_label_issues on labels (N,) and out-of-sample probabilities (N, 10): a boolean
     mask (N,), True where the label looks wrong. `method` is cleanlab's `filter_by`; one process (n_jobs=1:
-    no multiprocessing from inside a Prefect thread)."""
+    no multiprocessing from inside a Prefect thread) and one call at a time (cleanlab keeps module state).
+    Fewer than two classes: nothing to confuse a label with, so no issue (cleanlab refuses them)."""
     y = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64)
     probs = np.asarray(torch.as_tensor(pred_probs).detach().cpu().double())
-    if len(y) == 0:
-        return np.zeros(0, dtype=bool)
+    if len(np.unique(y)) < 2:
+        return np.zeros(len(y), dtype=bool)
     probs = probs / probs.sum(1, keepdims=True)
-    return np.asarray(cleanlab.filter.find_label_issues(y, probs, filter_by=method, n_jobs=1), dtype=bool)
+    with _CLEANLAB:
+        issues = cleanlab.filter.find_label_issues(y, probs, filter_by=method, n_jobs=1)
+    return np.asarray(issues, dtype=bool)

@@ -1,8 +1,8 @@
 """Drift alarms: the `monitor` section's floors and ceilings applied to a graded version's metrics.
 
 A version outside them is flagged in its evaluation document, on its report page and in the index; the run
-that graded it (the generation flow, or `digits evaluate`) then fails with `QualityAlert`, one line naming
-the metric and the version. The version itself stays published for audit; `latest_version` skips it.
+that graded it (the generation flow) then fails with `QualityAlert`, one line naming the metric and the
+version; `digits evaluate` (the DVC stage) prints that line as `alert:` and goes on. The version itself stays published for audit; `latest_version` skips it.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def check(metrics: dict[str, float], monitor: MonitorConfig) -> list[Flag]:
     flags = []
     for kind, bounds in (("floor", monitor.floors), ("ceiling", monitor.ceilings)):
         for name, bound in bounds.items():
-            value = float(metrics.get(name, math.nan))
+            raw = metrics.get(name)
+            value = math.nan if raw is None else float(raw)  # None: NaN as JSON documents store it
             broken = value < bound if kind == "floor" else value > bound
             if math.isnan(value) or broken:
                 flags.append(Flag(name, value, bound, kind))
