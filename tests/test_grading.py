@@ -279,7 +279,7 @@ def test_latest_wants_a_graded_unflagged_version_and_ignores_stray_files(tmp_pat
     assert latest_version(str(tmp_path), "ds").version == "v0"  # v2 ungraded, v1 flagged
     assert latest_version(str(tmp_path), "ds", include_flagged=True).version == "v1"
     assert open_version(f"file://{tmp_path}/ds/latest").path == f"file://{tmp_path}/ds/v0"  # keeps its root
-    with pytest.raises(DataError, match="nope://x/ds/latest: cannot read"):
+    with pytest.raises(DataError, match="nope://x/ds/latest: cannot read the versions of nope://x/ds"):
         open_version("nope://x/ds/latest")
 
 

@@ -137,15 +137,18 @@ def open_version(path: str | Path) -> PublishedVersion:
     (`diffusion.data.evaluations.latest_version`; call that with include_flagged / include_ungraded for more).
     """
     path = str(path).rstrip("/")
-    try:
-        if path.endswith("/latest") and "/" in path.removesuffix("/latest"):
-            root, name = path.removesuffix("/latest").rsplit("/", 1)
+    if path.endswith("/latest") and "/" in path.removesuffix("/latest"):
+        root, name = path.removesuffix("/latest").rsplit("/", 1)
+        try:
             return latest_version(root, name)
+        except DataError:
+            raise
+        except (ValueError, ImportError, OSError) as err:  # unknown protocol, missing package
+            raise DataError(f"{path}: cannot read the versions of {root}/{name} ({_reason(err)})") from None
+    try:
         fs, folder = fsspec.core.url_to_fs(path)
         manifest = read_manifest(fs, folder.rstrip("/"))
     except (ValueError, ImportError, OSError) as err:  # unknown protocol, missing package, not JSON
-        if isinstance(err, DataError):
-            raise
         raise DataError(
             f"{path}: cannot read its {MANIFEST} ({_reason(err)}); publish the version again"
         ) from None
