@@ -223,13 +223,13 @@ def test_stages_around_publishing_give_one_line_on_bad_input(
     args = [a.format(tmp=tmp_path) for a in argv]
     if args[0] == "evaluate":
         args += ["--metrics", str(tmp_path / "m.json"), "--classes", str(tmp_path / "c.csv")]
-        args += ["--confusion", str(tmp_path / "x.csv")]
+        args += ["--confusion", str(tmp_path / "x.csv"), "--document", str(tmp_path / "doc.json")]
     params = tmp_path / "params.yaml"
     params.write_text("{}\n")
     assert main([*args[:1], "--params", str(params), *args[1:]]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err, err
-    assert not (tmp_path / "m.json").exists()
+    assert not (tmp_path / "m.json").exists() and not (tmp_path / "doc.json").exists()
 
 
 @pytest.mark.slow
