@@ -7,9 +7,9 @@ things that add no work:
 - the --metrics file keeps `task_seconds` and `task_share` (where each task's time went), the nested
   mappings the CLI leaves out of DVC's metrics file (`diffusion.cli.headline`);
 - MARKS.json gets `time.time()` marks (comparable with the parent process's clock) of: `start` (the
-  interpreter is up, no project module imported), `imported` (the CLI, the run and the flow modules; the
-  CLI itself imports the last two after its params check, so their import time is counted here instead of
-  under params), `params` (params.yaml loaded and checked), `prepare_start` / `prepare_end` (`prepare_run`:
+  interpreter is up, no project module imported), `imported` (the CLI module; it imports the run and flow
+  modules itself inside `cmd_generate`, after starting Prefect's temporary server, and the marks below are
+  hooked into them as they load, so the order of the work is the CLI's own), `params` (params.yaml loaded and checked), `prepare_start` / `prepare_end` (`prepare_run`:
   checksums, judges loaded, staging folder), `flow_start` (the flow body's first API call: Prefect's
   temporary server and the flow run are up), `tasks` ([start, end] of every `make_task`, on its thread),
   `publish_start` / `publish_end` (`publish_run`: trim, Great Expectations gate, card, manifest, publish),
@@ -24,6 +24,8 @@ import time
 START = time.time()
 
 import functools  # noqa: E402
+import importlib.abc  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
@@ -73,19 +75,52 @@ def _timed_task(module: Any) -> None:
     module.make_task = wrapper
 
 
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Run `hooks[name](module)` right after `name` is first imported, wherever the CLI imports it.
+
+    The CLI imports the run and flow modules inside `cmd_generate`, after Prefect's temporary server has been
+    started (flows/server.py): importing them here first would change the order whose timing is measured.
+    """
+
+    def __init__(self, hooks: dict[str, Callable[[Any], None]]) -> None:
+        self.hooks = hooks
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name not in self.hooks:
+            return None
+        sys.meta_path.remove(self)  # let the normal finders find it
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        exec_module, hook = spec.loader.exec_module, self.hooks.pop(name)
+
+        def exec_then_hook(module: Any) -> None:
+            exec_module(module)
+            hook(module)
+
+        spec.loader.exec_module = exec_then_hook
+        return spec
+
+
+def _hook_run(run: Any) -> None:
+    _around(run, "prepare_run", "prepare_start", "prepare_end")
+
+
+def _hook_flow(flow: Any) -> None:
+    _around(flow, "create_progress_artifact", "flow_start", None)
+    _around(flow, "publish_run", "publish_start", "publish_end")
+    _timed_task(flow)
+
+
 def main(argv: list[str]) -> int:
     marks_path, cli_args = Path(argv[0]), argv[1:]
+    sys.meta_path.insert(0, _AfterImport({"diffusion.generate.run": _hook_run, "flows.generate": _hook_flow}))
     import diffusion.cli as cli
-    import diffusion.generate.run as run
-    import flows.generate as flow
 
     _mark("imported")
     cli.headline = lambda metrics: metrics  # keep task_seconds / task_share in the --metrics file
     _around(cli, "load_params", None, "params")
-    _around(run, "prepare_run", "prepare_start", "prepare_end")
-    _around(flow, "create_progress_artifact", "flow_start", None)
-    _around(flow, "publish_run", "publish_start", "publish_end")
-    _timed_task(flow)
     try:
         return cli.main(cli_args)
     finally:

@@ -103,6 +103,29 @@ def cmd_train_diffusion(params: Params, args: argparse.Namespace) -> None:
     print(f"diffusion: {result.metrics['steps']} steps, val loss {result.metrics['val_loss']:.4f}")
 
 
+def cmd_distill_diffusion(params: Params, args: argparse.Namespace) -> None:
+    from diffusion.data.datasets import DigitsDataset
+    from diffusion.generate.task import file_sha256
+    from diffusion.model.distill import distill
+    from diffusion.model.saved import load_diffusion
+
+    teacher, process = load_diffusion(args.teacher, params.hardware.device)
+    result = distill(
+        teacher,
+        process,
+        params.distill,
+        DigitsDataset(args.train),
+        teacher_sha256=file_sha256(Path(args.teacher) / "ema.safetensors"),
+        out_dir=Path(args.out),
+        resume_dir=Path(args.resume_dir),
+        device=params.hardware.device,
+        precision=params.hardware.resolved_precision(),
+    )
+    write_csv_atomic(args.loss_plot, result.history)
+    write_json_atomic(args.metrics, headline(result.metrics))
+    print(f"distilled students for {result.metrics['stages']} steps into {args.out}")
+
+
 def cmd_evaluate_diffusion(params: Params, args: argparse.Namespace) -> None:
     from diffusion.quality.samples import evaluate_diffusion
 
@@ -117,43 +140,50 @@ def cmd_evaluate_diffusion(params: Params, args: argparse.Namespace) -> None:
 
 
 def cmd_generate(params: Params, args: argparse.Namespace) -> None:
-    from diffusion.generate.pinned import fetch_pinned
-    from diffusion.generate.run import prepare_run
-    from flows.generate import generate_dataset, task_runner
+    from flows.server import temporary_api
 
-    cfg = params.generate
-    if args.output_root:  # validated by the same rules as generate.output_root in params.yaml
-        raw = {
-            **params.model_dump(mode="json"),
-            "generate": {**cfg.model_dump(mode="json"), "output_root": args.output_root},
-        }
-        cfg = parse_params(raw, where="--output-root").generate
-    model, revision = args.model, None
-    if args.rev:
-        folder, revision = fetch_pinned(args.rev, args.model, cache=Path(params.data.cache_dir) / "pinned")
-        model = str(folder)
-    # bad input fails here in one line, before Prefect starts; the flow takes the prepared run as it is
-    grading = None if args.no_grade else grading_of(params, args)
-    spec = prepare_run(cfg, params.hardware, model, args.classifier, args.train)
-    runnable = generate_dataset.with_options(task_runner=task_runner(cfg.task_runner))
-    try:
-        result = runnable(
-            cfg=cfg,
-            hardware=params.hardware,
-            model=model,
-            classifier=args.classifier,
-            train_data=args.train,
-            quality=params.quality,
-            model_revision=revision,
-            progress=True,
-            prepared=spec,
-            grading=grading,
-        )
-    except QualityAlert as alert:  # flagged, but published (for audit): write what was published, exit 1
-        if alert.result is not None:
-            _write_generation(alert.result, args)
-        raise
-    _write_generation(result, args)
+    with temporary_api() as api:  # Prefect's temporary server (if no API is set) starts beside what follows
+        from diffusion.generate.pinned import fetch_pinned
+        from diffusion.generate.run import prepare_run
+        from flows.generate import generate_dataset, task_runner
+
+        cfg = params.generate
+        if args.output_root:  # validated by the same rules as generate.output_root in params.yaml
+            raw = {
+                **params.model_dump(mode="json"),
+                "generate": {**cfg.model_dump(mode="json"), "output_root": args.output_root},
+            }
+            cfg = parse_params(raw, where="--output-root").generate
+        model, revision = args.model, None
+        if args.rev:
+            folder, revision = fetch_pinned(
+                args.rev, args.model, cache=Path(params.data.cache_dir) / "pinned"
+            )
+            model = str(folder)
+        # bad input fails here in one line, before any flow runs; the flow takes the prepared run as it is
+        grading = None if args.no_grade else grading_of(params, args)
+        spec = prepare_run(cfg, params.hardware, model, args.classifier, args.train, args.student)
+        runnable = generate_dataset.with_options(task_runner=task_runner(cfg.task_runner))
+        try:
+            with api.ready():
+                result = runnable(
+                    cfg=cfg,
+                    hardware=params.hardware,
+                    model=model,
+                    classifier=args.classifier,
+                    train_data=args.train,
+                    quality=params.quality,
+                    model_revision=revision,
+                    progress=True,
+                    prepared=spec,
+                    grading=grading,
+                    student=args.student,
+                )
+        except QualityAlert as alert:  # flagged, but published (for audit): write what was published, exit 1
+            if alert.result is not None:
+                _write_generation(alert.result, args)
+            raise
+        _write_generation(result, args)
 
 
 def _write_generation(result: GenerationResult, args: argparse.Namespace) -> None:
@@ -309,11 +339,15 @@ def cmd_gc(params: Params, args: argparse.Namespace) -> None:
 def cmd_serve(params: Params, args: argparse.Namespace) -> None:
     from flows.deploy import serve_generation
 
-    serve_generation(params, args.model, args.classifier, args.train, grading_of(params, args))
+    serve_generation(params, args.model, args.classifier, args.train, grading_of(params, args), args.student)
 
 
 # --------------------------------------------------------------------------- wiring
-MODELS = {"model": "data/models/diffusion", "classifier": "data/models/classifier"}
+MODELS = {
+    "model": "data/models/diffusion",
+    "classifier": "data/models/classifier",
+    "student": "data/models/distilled",
+}
 TRAIN = {"train": "data/prepared/train.parquet"}
 GRADING = {
     "evaluator": "data/models/evaluator",
@@ -346,6 +380,11 @@ STAGES: dict[str, tuple[Callable[[Params, argparse.Namespace], None], dict[str, 
         cmd_train_diffusion,
         dict.fromkeys(["train", "val", "out", "resume_dir", "loss_plot"]),
         "train (or resume) the class-conditional diffusion model",
+    ),
+    "distill-diffusion": (
+        cmd_distill_diffusion,
+        dict.fromkeys(["teacher", "train", "out", "resume_dir", "metrics", "loss_plot"]),
+        "distil the EMA teacher into few-step students (opt-in: dvc repro distill/dvc.yaml)",
     ),
     "evaluate-diffusion": (
         cmd_evaluate_diffusion,
@@ -413,6 +452,8 @@ HELP = {
     "evaluation": "the evaluation document (JSON) of one version (`digits evaluate --document`)",
     "document": "write the version's evaluation document here (JSON)",
     "model": "the diffusion model's checkpoint folder",
+    "student": "the distilled student's folder, read only by generate.sampler.name: distilled",
+    "teacher": "the EMA teacher's checkpoint folder (train_diffusion's output)",
     "evaluator": "the independent evaluator's folder (grading)",
 }
 

@@ -70,6 +70,9 @@ class UNetConfig(Section):
     num_classes: int = Field(10, ge=1)  # the null class is index num_classes
     groups: int = Field(8, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    guidance_input: bool = (
+        False  # a distilled student: the guidance strength w is an input (Meng et al. 2023)
+    )
 
     @model_validator(mode="after")
     def _divisible(self) -> UNetConfig:
@@ -91,7 +94,8 @@ class ProcessConfig(Section):
 
 
 class SamplerConfig(Section):
-    name: Literal["ddpm", "ddim", "dpm-solver++"] = "dpm-solver++"
+    # distilled: the student of `digits distill-diffusion`, at a step count it was distilled for
+    name: Literal["ddpm", "ddim", "dpm-solver++", "distilled"] = "dpm-solver++"
     steps: int = Field(20, ge=1)  # network calls (x2 with guidance); ignored by ddpm, which walks all T steps
     guidance: float = Field(3.0, ge=0.0)  # eps = eps_uncond + w * (eps_cond - eps_uncond)
     eta: float = Field(0.0, ge=0.0, le=1.0)  # ddim only: 0 deterministic, 1 ancestral
@@ -129,11 +133,53 @@ class DiffusionConfig(Section):
 
     @model_validator(mode="after")
     def _steps_within_t(self) -> DiffusionConfig:
+        if self.sampler.name == "distilled":
+            raise ValueError(
+                "sampler.name: distilled samples a student, not this model; set it in generate.sampler"
+            )
         if self.sampler.steps > self.process.timesteps:
             raise ValueError(
                 f"sampler.steps ({self.sampler.steps}) must be <= process.timesteps ({self.process.timesteps})"
             )
         return self
+
+
+class DistillConfig(Section):
+    """The `distill` section (`digits distill-diffusion`): guidance distillation of the EMA teacher, then
+    progressive rounds that halve its steps (Meng et al. 2023; Salimans & Ho 2022)."""
+
+    guidance_range: tuple[float, float] = (1.0, 3.0)  # w drawn uniformly while training; others are refused
+    teacher_steps: int = Field(16, ge=2)  # DDIM steps of the guided teacher that the first round halves
+    min_steps: int = Field(1, ge=1)  # halve down to this: 16 -> 8 -> 4 -> 2 -> 1
+    guidance_steps: int = Field(600, ge=1)  # optimiser steps matching the guided teacher
+    round_steps: int = Field(400, ge=1)  # optimiser steps of each halving round
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-4, gt=0.0)  # decays linearly to 0 within each stage (Salimans & Ho, appendix)
+    grad_clip: float = Field(1.0, gt=0.0)
+    seed: int = Field(0, ge=0)
+    checkpoint_every: int = Field(100, ge=1)
+    log_every: int = Field(25, ge=1)
+
+    @model_validator(mode="after")
+    def _halvings(self) -> DistillConfig:
+        low, high = self.guidance_range
+        if not (0.0 <= low <= high):
+            raise ValueError(
+                f"guidance_range ({low}, {high}) must be two guidance strengths 0 <= low <= high"
+            )
+        for key, value in (("teacher_steps", self.teacher_steps), ("min_steps", self.min_steps)):
+            if value & (value - 1):
+                raise ValueError(f"{key} ({value}) must be a power of two: each round halves the steps")
+        if self.min_steps >= self.teacher_steps:
+            raise ValueError(f"min_steps ({self.min_steps}) must be < teacher_steps ({self.teacher_steps})")
+        return self
+
+    def student_steps(self) -> list[int]:
+        """Step counts with a student: teacher_steps (the guidance-distilled one), then each halving."""
+        steps = [self.teacher_steps]
+        while steps[-1] > self.min_steps:
+            steps.append(steps[-1] // 2)
+        return steps
 
 
 # --------------------------------------------------------------------------- judges
@@ -284,7 +330,7 @@ class GenerateConfig(Section):
     sampler: SamplerConfig = SamplerConfig()  # omitted in params.yaml: the diffusion.sampler section
     # Three sizes, three meanings (the network batch, images per forward pass, is hardware.network_batch):
     seed_block: int = Field(10, ge=1)  # images of one class from one generator: decides the images
-    task_size: int = Field(200, ge=1)  # images per Prefect task, whole seed blocks: never the images
+    task_size: int = Field(250, ge=1)  # images per Prefect task, whole seed blocks: never the images
     best_of_n: int = Field(1, ge=1)  # candidates per image; the one with the best CLIP score is kept
     filter: FilterConfig = FilterConfig()
     clip: ClipChoice = ClipChoice()
@@ -433,6 +479,16 @@ class Params(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     monitor: MonitorConfig = MonitorConfig()
     hardware: HardwareConfig = HardwareConfig()
+    distill: DistillConfig = DistillConfig()
+
+    @model_validator(mode="after")
+    def _distill_within_t(self) -> Params:
+        if self.distill.teacher_steps > self.diffusion.process.timesteps:
+            raise ValueError(
+                f"distill.teacher_steps ({self.distill.teacher_steps}) must be <= diffusion.process.timesteps"
+                f" ({self.diffusion.process.timesteps})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _independent_evaluator(self) -> Params:

@@ -17,7 +17,7 @@ from flows.generate import generate_dataset, task_runner
 
 
 def build_deployment(
-    params: Params, model: str, classifier: str, train_data: str, grading: Grading
+    params: Params, model: str, classifier: str, train_data: str, grading: Grading, student: str | None = None
 ) -> RunnerDeployment:
     """A deployment of `generate_dataset` on the cron schedule of `generate.schedule`, with every
     parameter taken from params.yaml (nothing to repeat on the command line or in the UI). Every run
@@ -36,12 +36,15 @@ def build_deployment(
             "quality": params.quality.model_dump(mode="json"),
             "seed_from_date": True,
             "grading": grading.model_dump(mode="json"),
+            "student": student,
         },
         description=f"Generate and publish a new version of '{cfg.name}' on '{cfg.schedule.cron}' ({cfg.schedule.timezone}).",
         tags=["digits", "generate"],
     )
 
 
-def serve_generation(params: Params, model: str, classifier: str, train_data: str, grading: Grading) -> None:
+def serve_generation(
+    params: Params, model: str, classifier: str, train_data: str, grading: Grading, student: str | None = None
+) -> None:
     """Serve the scheduled deployment until interrupted (needs a Prefect server: `prefect server start`)."""
-    serve(build_deployment(params, model, classifier, train_data, grading))
+    serve(build_deployment(params, model, classifier, train_data, grading, student))

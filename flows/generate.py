@@ -141,6 +141,7 @@ def generate_dataset(
     progress: bool = False,
     prepared: RunSpec | None = None,
     grading: Grading | None = None,
+    student: str | None = None,
 ) -> GenerationResult:
     """Generate, filter, gate and publish `cfg.counts()` digits per class as a new dataset version.
 
@@ -160,6 +161,8 @@ def generate_dataset(
             None prepares it here. Either way it is prepared once per run.
         grading: grade the published version (evaluate, report, monitor); None: publish only (the DVC
             pipeline grades its version in its own evaluate and report stages).
+        student: the distilled student's folder, for `generate.sampler.name: distilled` (the digits come
+            from it; `model` is its teacher, whose checksum it must carry).
 
     Raises:
         QualityAlert: the graded version broke a floor or ceiling of `grading.monitor` (after its
@@ -171,7 +174,7 @@ def generate_dataset(
         if prepared is not None:
             raise GenerationError("seed_from_date needs the flow to prepare the run: pass no prepared run")
         cfg = cfg.model_copy(update={"seed": cfg.seed + int(logical.timestamp())})
-    spec = prepared or prepare_run(cfg, hardware, model, classifier, train_data)
+    spec = prepared or prepare_run(cfg, hardware, model, classifier, train_data, student)
     requested = sum(spec.cfg.counts().values())
     progress_id = create_progress_artifact(
         0.0, key=_key(spec.cfg.name, "progress"), description="accepted / requested"

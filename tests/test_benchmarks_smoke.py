@@ -1,5 +1,5 @@
 """The generation benchmarks run end to end in their smoke mode (tiny random models on the CPU) and write
-the figures they promise: benchmarks/generate_ceiling.py and benchmarks/gpu_generate.py."""
+the figures they promise: benchmarks/generate_ceiling.py, gpu_generate.py and distill_frontier.py."""
 
 from __future__ import annotations
 
@@ -168,3 +168,22 @@ def test_few_real_smoke_and_its_rerun_reuses_every_part(tmp_path: Path) -> None:
     # the rerun trains nothing, generates nothing and fits nothing: every part is reused, every figure kept
     assert set(again["parts"]) == parts and all(p["reused"] for p in again["parts"].values())
     assert again["arms"] == first["arms"] and again["generate"] == first["generate"]
+
+
+@pytest.mark.slow
+def test_distill_frontier_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "frontier.json"
+    run_benchmark("distill_frontier.py", "--out", str(out))
+    doc = json.loads(out.read_text())
+    assert {"machine", "date", "command", "rows"} <= set(doc) and doc["smoke"] is True
+    assert [
+        (r["sampler"]["name"], r["sampler"]["steps"], r["evaluations_per_digit"]) for r in doc["rows"]
+    ] == [
+        ("dpm-solver++", 2, 4),
+        ("distilled", 2, 2),
+        ("distilled", 1, 1),
+    ]
+    for row in doc["rows"]:
+        assert 0.0 <= row["evaluator_accuracy"] <= 1.0 and positive(row["digits_per_s"])
+        assert "cas_ratio" in row["cas"]["means"]
+    assert out.with_suffix(".png").stat().st_size > 0

@@ -74,6 +74,14 @@ TINY = {
         "filter": {"require_pred_match": False, "min_clip_margin": None, "min_classifier_prob": None},
         "shard_rows": 8,
     },
+    "distill": {
+        "teacher_steps": 4,
+        "guidance_steps": 3,
+        "round_steps": 2,
+        "batch_size": 8,
+        "checkpoint_every": 2,
+        "log_every": 1,
+    },
 }
 
 
@@ -151,3 +159,30 @@ def test_dvc_repro_whole_pipeline_on_a_tiny_config(tmp_path: Path, npm_cache: Pa
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     status = _dvc(repo, "status", "--json")
     assert set(json.loads(status)) == {"evaluate_diffusion"}  # generate has its own sampler section
+
+    # the opt-in distillation pipeline, then generation with its 2-step student
+    assert "distill_diffusion" not in lock  # `dvc repro` (make run) never pays for it
+    _dvc(repo, "repro", "distill/dvc.yaml")
+    distilled = yaml.safe_load((repo / "distill/dvc.lock").read_text())["stages"]["distill_diffusion"]
+    (out,) = distilled["outs"]
+    assert (
+        out["path"] == "data/models/distilled" and out["nfiles"] == 4
+    )  # config + students for 4, 2, 1 steps
+    assert set(json.loads((repo / "metrics/distill.json").read_text())) >= {"loss_4", "loss_2", "loss_1"}
+    params["generate"]["sampler"] = {"name": "distilled", "steps": 2, "guidance": 1.5}
+    (repo / "distilled.yaml").write_text(yaml.safe_dump(params))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    run = subprocess.run(
+        ["digits", "generate", "--params", "distilled.yaml", "--no-grade", "--output-root", "students"]
+        + ["--metrics", "students.json"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = json.loads((repo / "students.json").read_text())
+    assert metrics["requested"] == metrics["accepted"] == 20
+    (student_version,) = (repo / "students/synthetic-digits").iterdir()
+    manifest = json.loads((student_version / "manifest.json").read_text())
+    assert manifest["params"]["sampler"]["name"] == "distilled"

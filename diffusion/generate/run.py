@@ -42,6 +42,7 @@ from diffusion.generate import staging, workers
 from diffusion.generate.plan import ClassProgress, GenerationError, TaskKey, run_key
 from diffusion.generate.task import BlockOutcome, TaskJob, TaskOutcome, file_sha256
 from diffusion.judges.clip import WEIGHTS_FILE
+from diffusion.model.student import check_student, student_steps, weights_name
 from diffusion.precision import Precision
 from diffusion.quality.expectations import GateError, GateSpec, validate_rows
 
@@ -112,10 +113,19 @@ def _weights(directory: str, name: str) -> str:
 
 
 def prepare_run(
-    cfg: GenerateConfig, hardware: HardwareConfig, model_dir: str, classifier_dir: str, train_data: str
+    cfg: GenerateConfig,
+    hardware: HardwareConfig,
+    model_dir: str,
+    classifier_dir: str,
+    train_data: str,
+    student_dir: str | None = None,
 ) -> RunSpec:
     """Check every input before any work; load the judges into this worker; fix the run key; create the
-    staging folder with run.json. Raises a DigitsError (one line naming the file or field) on bad input."""
+    staging folder with run.json. Raises a DigitsError (one line naming the file or field) on bad input.
+
+    With the `distilled` sampler the digits come from `student_dir` (`digits distill-diffusion`): it must
+    hold a student for the sampler's steps and guidance, distilled from the teacher `model_dir` (checksum).
+    """
     device = resolve_device(hardware.device, "hardware.device")
     diffusion = read_checkpoint_config(model_dir, "diffusion")
     read_checkpoint_config(classifier_dir, "classifier")
@@ -123,6 +133,19 @@ def prepare_run(
         "model": _weights(model_dir, "ema.safetensors"),
         "classifier": _weights(classifier_dir, "model.safetensors"),
     }
+    steps = student_steps(cfg.sampler)
+    if steps is not None:
+        if not student_dir:
+            raise GenerationError(
+                "generate.sampler.name is distilled: pass the student's folder (--student), which"
+                " `digits distill-diffusion` writes"
+            )
+        check_student(student_dir, steps, cfg.sampler.guidance, checksums["model"], "generate.sampler")
+        checksums["teacher"], checksums["model"] = (
+            checksums["model"],
+            _weights(student_dir, weights_name(steps)),
+        )
+        model_dir = student_dir
     timesteps = diffusion["config"].get("process", {}).get("timesteps", 1000)
     if cfg.sampler.steps > timesteps:
         raise GenerationError(
@@ -139,7 +162,7 @@ def prepare_run(
     check_writable(cfg.output_root, cfg.name)
     # Unreadable weights, an unknown CLIP or broken training digits fail here, before any sampling; the
     # tasks (and the gate) of an in-process run reuse what this loads.
-    workers.diffusion_model(model_dir, checksums["model"], device, hardware.compile)
+    workers.diffusion_model(model_dir, checksums["model"], device, hardware.compile, steps)
     workers.scorer(cfg.clip, checksums["clip"], classifier_dir, checksums["classifier"], device)
     workers.train_pixels(train_data, checksums["train"], device)
     precision = hardware.resolved_precision()

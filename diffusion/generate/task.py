@@ -30,6 +30,7 @@ from diffusion.generate import workers
 from diffusion.generate.plan import TaskKey, WorkKey, block_seed
 from diffusion.judges.scoring import Scores, best_of_n, keep_mask
 from diffusion.model.samplers import sample_blocks
+from diffusion.model.student import student_steps
 from diffusion.precision import Precision
 
 
@@ -124,7 +125,9 @@ def _make_blocks(job: TaskJob, keys: list[WorkKey], seconds: dict[str, float]) -
         seconds[name], clock = seconds.get(name, 0.0) + now - clock, now
 
     device = torch.device(job.device)
-    model, process = workers.diffusion_model(job.model_dir, job.checksums["model"], device, job.compile)
+    model, process = workers.diffusion_model(
+        job.model_dir, job.checksums["model"], device, job.compile, student_steps(job.sampler)
+    )
     scorer = workers.scorer(
         job.clip, job.checksums["clip"], job.classifier_dir, job.checksums["classifier"], device
     )

@@ -29,6 +29,7 @@ from diffusion.judges.scoring import Scorer
 from diffusion.model.compile import compiled
 from diffusion.model.process import GaussianDiffusion
 from diffusion.model.saved import load_diffusion
+from diffusion.model.student import load_student
 from diffusion.model.unet import UNet
 from diffusion.quality.gate_columns import unit_pixels
 
@@ -61,15 +62,23 @@ def _cached(kind: str, key: tuple, load: Callable[[], T]) -> T:
 
 
 def diffusion_model(
-    folder: str, sha256: str, device: torch.device, compile_mode: str | None = None
+    folder: str,
+    sha256: str,
+    device: torch.device,
+    compile_mode: str | None = None,
+    student_steps: int | None = None,
 ) -> tuple[UNet, GaussianDiffusion]:
-    """The EMA U-Net (eval mode, compiled when `compile_mode` is set) and its process on `device`."""
+    """The EMA U-Net (eval mode, compiled when `compile_mode` is set) and its process on `device`; with
+    `student_steps`, that student of the distilled folder `folder` (`diffusion.model.student`)."""
 
     def load() -> tuple[UNet, GaussianDiffusion]:
-        model, process = load_diffusion(folder, device)
+        if student_steps is None:
+            model, process = load_diffusion(folder, device)
+        else:
+            model, process = load_student(folder, student_steps, device)
         return compiled(model, compile_mode), process.to(device)
 
-    return _cached("diffusion", (folder, sha256, str(device), compile_mode), load)
+    return _cached("diffusion", (folder, sha256, str(device), compile_mode, student_steps), load)
 
 
 def scorer(

@@ -4,7 +4,10 @@
                 -> GroupNorm, SiLU, conv_out -> (B,C,H,W)
 
 Every residual block receives emb = MLP(sinusoid(t)) + Embedding(label), so time and class condition each
-block. Label `num_classes` is the null class (no label) used for classifier-free guidance. With
+block. Label `num_classes` is the null class (no label) used for classifier-free guidance. A distilled
+student (`guidance_input`) adds MLP(sinusoid(GUIDANCE_SCALE w)) for its guidance strength w, the Fourier
+embedding of w that Meng et al. (2023, sec. 4.1) add to the time embedding; its last layer starts at zero,
+so a student copied from its teacher starts as the teacher's conditional model. With
 channel_mults (1, 2, 2) a 28x28 input is processed at 28, 14 and 7 pixels; attention runs at 7x7.
 """
 
@@ -17,6 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusion.config import UNetConfig
+
+GUIDANCE_SCALE = 100.0  # w in [0, ~10] embedded like a timestep in [0, ~1000]
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -67,7 +72,8 @@ class SelfAttention(nn.Module):
 
 
 class UNet(nn.Module):
-    """forward(x (B,C,H,W) float, t (B,) int64 in [0, T), labels (B,) int64 in [0, num_classes]) -> (B,C,H,W).
+    """forward(x (B,C,H,W) float, t (B,) int64 in [0, T), labels (B,) int64 in [0, num_classes],
+    guidance (B,) float, a student's only) -> (B,C,H,W).
 
     Attributes used by the process and samplers: `null_class` (= num_classes) and `image_shape` (C, H, W).
     """
@@ -81,6 +87,13 @@ class UNet(nn.Module):
         emb_dim = 4 * base
         self.time_mlp = nn.Sequential(nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim)
+        self.guidance_mlp = None
+        if cfg.guidance_input:
+            self.guidance_mlp = nn.Sequential(
+                nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+            )
+            nn.init.zeros_(self.guidance_mlp[2].weight)
+            nn.init.zeros_(self.guidance_mlp[2].bias)
         self.conv_in = nn.Conv2d(cfg.in_channels, base, 3, padding=1)
 
         widths = [base * m for m in cfg.channel_mults]
@@ -116,10 +129,17 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)  # start as the zero predictor: loss starts at E[eps^2] = 1
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: Tensor, t: Tensor, labels: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor, guidance: Tensor | None = None) -> Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.cfg.base_channels).to(x.dtype)) + self.label_emb(
             labels
         )
+        if self.guidance_mlp is not None:
+            if guidance is None:
+                raise ValueError("a distilled student needs its guidance strength w (B,) as an input")
+            w = timestep_embedding(GUIDANCE_SCALE * guidance, self.cfg.base_channels)
+            emb = emb + self.guidance_mlp(w.to(x.dtype))
+        elif guidance is not None:
+            raise ValueError("this network has no guidance input: guide it with guided_output instead")
         n = self.cfg.num_res_blocks
         h = self.conv_in(x)
         skips = []

@@ -13,6 +13,7 @@ from diffusion.model.process import Denoiser, GaussianDiffusion
 from diffusion.model.samplers.batching import Generators, NetworkBatches, StepCallback
 from diffusion.model.samplers.ddim import ddim_sample
 from diffusion.model.samplers.ddpm import ddpm_sample
+from diffusion.model.samplers.distilled import distilled_sample
 from diffusion.model.samplers.dpm_solver import dpm_solver_sample
 from diffusion.model.samplers.guidance import guided_output
 from diffusion.precision import Precision, autocast
@@ -22,6 +23,7 @@ __all__ = [
     "ddim_sample",
     "ddpm_sample",
     "device_generator",
+    "distilled_sample",
     "dpm_solver_sample",
     "guided_output",
     "sample",
@@ -111,4 +113,6 @@ def _run(
         )
     if cfg.name == "dpm-solver++":
         return dpm_solver_sample(model, process, x_chunk, y_chunk, cfg.guidance, cfg.steps, callback=callback)
+    if cfg.name == "distilled":  # `model` is a student (diffusion.model.student.load_student)
+        return distilled_sample(model, process, x_chunk, y_chunk, cfg.guidance, cfg.steps, callback=callback)
     raise ValueError(f"unknown sampler {cfg.name!r}")

@@ -48,8 +48,10 @@ class NetworkBatches:
         self.model, self.size = model, size
         self.null_class, self.image_shape = model.null_class, model.image_shape
 
-    def __call__(self, x: Tensor, t: Tensor, labels: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, t: Tensor, labels: Tensor, *per_image: Tensor) -> Tensor:
+        """`per_image`: further (B,) inputs cut like labels (a distilled student's guidance strength)."""
         if x.shape[0] <= self.size:
-            return self.model(x, t, labels)
-        parts = zip(x.split(self.size), t.split(self.size), labels.split(self.size), strict=True)
+            return self.model(x, t, labels, *per_image)
+        inputs = (x, t, labels, *per_image)
+        parts = zip(*(tensor.split(self.size) for tensor in inputs), strict=True)
         return torch.cat([self.model(*part) for part in parts])
