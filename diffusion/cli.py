@@ -123,7 +123,8 @@ def cmd_distill_diffusion(params: Params, args: argparse.Namespace) -> None:
     )
     write_csv_atomic(args.loss_plot, result.history)
     write_json_atomic(args.metrics, headline(result.metrics))
-    print(f"distilled students for {result.metrics['stages']} steps into {args.out}")
+    shown = ", ".join(map(str, params.distill.student_steps()))
+    print(f"distilled students for {shown} steps into {args.out}")
 
 
 def cmd_evaluate_diffusion(params: Params, args: argparse.Namespace) -> None:

@@ -52,8 +52,10 @@ STATE_KIND = "diffusion-distill-state"
 
 @dataclass
 class DistillResult:
-    metrics: dict[str, Any]  # loss of each stage's last window, steps, seconds
-    history: list[dict[str, float]]  # rows {stage (its steps), step (over all stages), loss, lr}, per log_every
+    metrics: dict[str, Any]  # steps (all stages), seconds, loss_<N>: each stage's last logged loss
+    history: list[
+        dict[str, float]
+    ]  # rows {stage (its steps), step (over all stages), loss, lr}, per log_every
 
 
 @dataclass
@@ -119,6 +121,11 @@ class Grid:
 
 
 # --------------------------------------------------------------------------- one step
+def _per_image(values: Tensor) -> Tensor:
+    """(B,) -> (B, 1, 1, 1), to scale images."""
+    return values.view(-1, 1, 1, 1)
+
+
 def _batch(state: DistillState, data: Digits, cfg: DistillConfig, device: torch.device):
     g = state.generator
     idx = torch.randint(0, data.labels.shape[0], (cfg.batch_size,), generator=g)
@@ -147,7 +154,7 @@ def round_loss(
     x0, labels, w, noise = batch
     i = torch.randint(0, grid.t.shape[0], (x0.shape[0],), generator=generator).to(x0.device)
     t, mid = grid.t[i], grid.mid[i]
-    view = lambda v: v.view(-1, 1, 1, 1)  # noqa: E731
+    view = _per_image
     alpha_t, sigma_t = view(grid.alpha[i]), view(grid.sigma[i])
     alpha_n, sigma_n = view(grid.alpha[i + 1]), view(grid.sigma[i + 1])
     x_t = process.q_sample(x0, t, noise)
@@ -209,7 +216,6 @@ def distill(
                     state, source, process, cfg, data, steps_list, config, Path(resume_dir), precision, bar
                 )
     metrics = {
-        "stages": steps_list,
         "steps": total,
         "seconds": state.seconds,
         **{f"loss_{row['stage']}": row["loss"] for row in _last_rows(state.history)},
