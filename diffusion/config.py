@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from diffusion.errors import DigitsError
 from diffusion.library_rules import ClipContextLength, FsspecUrl, PrefectCron, PrefectTimezone
@@ -70,9 +78,17 @@ class UNetConfig(Section):
     num_classes: int = Field(10, ge=1)  # the null class is index num_classes
     groups: int = Field(8, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    guidance_input: bool = (
-        False  # a distilled student: the guidance strength w is an input (Meng et al. 2023)
-    )
+    # a distilled student: the guidance strength w is an input (Meng et al. 2023)
+    guidance_input: bool = False
+
+    @model_serializer(mode="wrap")
+    def _without_default_guidance_input(self, handler: Any) -> dict[str, Any]:
+        """A teacher's dump stays what it was before students existed, so resume states and saved configs of
+        earlier versions still compare equal; a student's carries `guidance_input: true`."""
+        dumped = handler(self)
+        if not self.guidance_input:
+            dumped.pop("guidance_input", None)
+        return dumped
 
     @model_validator(mode="after")
     def _divisible(self) -> UNetConfig:

@@ -83,6 +83,7 @@ class TemporaryApi:
                 "PREFECT__SERVER_FINAL": "1",
                 **get_current_settings().to_environment_variables(exclude_unset=True),
             },
+            start_new_session=True,  # Ctrl-C reaches the command, which drains its logs, then stops this
         )
 
     def _wait(self, timeout: float) -> None:
@@ -99,7 +100,7 @@ class TemporaryApi:
                 )
             try:
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
-                    if response.status == 200:
+                    if response.status == 200 and self.process.poll() is None:  # ours, not another's
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
@@ -122,7 +123,9 @@ class TemporaryApi:
             try:
                 yield
             finally:
-                _drain_workers()
+                if self.process.poll() is None:  # a drain never hides the run's own error
+                    with contextlib.suppress(Exception):
+                        _drain_workers()
 
     def stop(self) -> None:
         if self.process is None:

@@ -152,8 +152,14 @@ def test_distillation_writes_a_student_per_step_count_and_learns_the_guided_teac
     assert after < 0.5 * before, (after, before)
 
 
-def test_a_killed_distillation_resumes_to_the_same_weights(teacher, tmp_path, monkeypatch) -> None:
-    model, process, sha = teacher
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_a_killed_distillation_resumes_to_the_same_weights(teacher, tmp_path, monkeypatch, dropout) -> None:
+    """Killed mid-way through a round (the third save) and resumed: every student bit for bit, dropout's
+    global random stream included."""
+    trained, process, sha = teacher
+    model = UNet(trained.cfg.model_copy(update={"dropout": dropout}))
+    model.load_state_dict(trained.state_dict())
+    model.eval()
     cfg, data = _distill_cfg(), _patterns(copies=4)
     distill(model, process, cfg, data, sha, tmp_path / "whole", tmp_path / "r1", progress=False)
 

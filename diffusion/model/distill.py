@@ -27,6 +27,7 @@ ends with the same weights. Losses are read back only every log_every steps.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ from diffusion.model.unet import UNet
 from diffusion.precision import Precision, autocast
 
 STATE_KIND = "diffusion-distill-state"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -191,8 +193,8 @@ def distill(
     process = process.to(device)
     teacher = teacher.to(device).eval().requires_grad_(False)
     student_cfg = teacher.cfg.model_copy(update={"guidance_input": True})
-    config = {
-        "distill": cfg.model_dump(mode="json"),
+    config = {  # what decides the weights: checkpoint_every and log_every never restart a run
+        "distill": cfg.model_dump(mode="json", exclude={"checkpoint_every", "log_every"}),
         "unet": student_cfg.model_dump(mode="json"),
         "teacher_sha256": teacher_sha256,
         "precision": precision,
@@ -248,7 +250,7 @@ def _start_stage(
 def _teacher_of(state: DistillState, teacher: UNet, student_cfg, steps_list, device) -> UNet:
     if state.stage == 0:
         return teacher
-    previous = UNet(student_cfg).to(device)
+    previous = _new_student(student_cfg, 0, device)  # in fork_rng: dropout's global stream untouched
     previous.load_state_dict(state.done[steps_list[state.stage - 1]])
     return previous.eval().requires_grad_(False)
 
@@ -334,6 +336,7 @@ def _load_state(directory: Path, config: dict[str, Any], state: DistillState, de
     try:
         doc = read_checkpoint_config(directory, STATE_KIND)
         if doc["config"] != config:
+            log.warning("%s: saved state has other settings or another teacher, starting fresh", directory)
             return False
         meta = doc["meta"]
         files = {
@@ -341,7 +344,8 @@ def _load_state(directory: Path, config: dict[str, Any], state: DistillState, de
             for name in ["student", "optimizer", *(f"done-{n}" for n in meta["done"])]
         }
         rng = load_weights(directory / "rng.safetensors")
-    except CheckpointError:
+    except CheckpointError as err:
+        log.warning("cannot resume, starting fresh: %s", err)
         return False
     state.student.load_state_dict(files["student"])
     state.done = {n: files[f"done-{n}"] for n in meta["done"]}
