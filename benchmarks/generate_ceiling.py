@@ -169,7 +169,7 @@ def phases(marks: dict[str, Any], spawned: float, exited: float, task_work: floa
     return {
         "startup": t["imported"] - t["spawned"],  # interpreter, imports (torch, Prefect, GX, open_clip)
         "params": t["params"] - t["imported"],  # argparse, params.yaml checked
-        "prepare": t["prepare_end"] - t["params"],  # the flow's imports, prepare_run (the server starts beside)
+        "prepare": t["prepare_end"] - t["params"],  # flow imports, prepare_run (server starting beside)
         "prefect_start": t["flow_start"] - t["prepare_end"],  # waiting for Prefect's server, the flow run
         "tasks": task_work,  # the task parts (in the share table)
         "task_overhead": rounds - task_work,  # Prefect task runs, planning, tallies between rounds
