@@ -253,11 +253,47 @@ def test_docs_written_only_to_docs_dir_and_rerun_is_idempotent(
     assert first.failed == second.failed == ["train: expect_column_values_to_be_unique(id)"]
     assert second.docs_index == docs / "index.html" and second.docs_index.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # nothing beside docs_dir
-    # the index links the latest validation only (a rerun replaces the pages); its page names the failure
-    (page,) = set(re.findall(r"validations/[^'\"]+\.html", second.docs_index.read_text()))
-    assert "expect_column_values_to_be_unique(id)" in (docs / page).read_text()
-    assert len(list((docs / "validations").rglob("*.html"))) == 1
-    assert len(list((docs / "validations").rglob("*Z"))) == 1  # one run folder, named by its time
+    # the index links the latest validation only (a rerun replaces the pages): one page for the rows (one
+    # chunk here), one for the whole split; the whole split's page names the failure
+    pages = set(re.findall(r"validations/[^'\"]+\.html", second.docs_index.read_text()))
+    assert len(pages) == 2 and len(list((docs / "validations").rglob("*.html"))) == 2
+    (whole,) = [page for page in pages if "whole" in page]
+    assert "expect_column_values_to_be_unique(id)" in (docs / whole).read_text()
+    assert len(list((docs / "validations").rglob("*Z"))) == 2  # a run folder each, named by its time
+
+
+def test_chunks_change_nothing_but_memory(
+    good_table: pa.Table, train_images: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validated 7 rows at a time, every defect is found as on the whole table, across chunk borders too
+    (an id or image repeated from another chunk, a class short), and no frame holds more than a chunk."""
+    import diffusion.quality.expectations as gate
+
+    sizes: list[int] = []
+    frame = gate.train_frame
+    monkeypatch.setattr(
+        gate, "train_frame", lambda chunk, *a: sizes.append(chunk.num_rows) or frame(chunk, *a)
+    )
+    far_apart = set_values(good_table, "id", 19, "synthetic-0001")  # rows 1 and 19: chunks 0 and 2
+    far_apart = set_image(far_apart, 18, far_apart.column("image")[2]["bytes"].as_py())
+    kinds = ("class missing", "training digits copied", "class count off by one", "column of wrong type")
+    tables = [far_apart, *(DEFECTS[kind][0](good_table, train_images) for kind in kinds)]
+    for table in tables:
+        whole = validate_rows(table, SPEC, train_images, None, table)
+        sizes.clear()
+        chunked = validate_rows(table, SPEC, train_images, None, table, chunk_rows=7)
+        assert chunked.failed == whole.failed and not chunked.success
+        assert chunked.statistics == whole.statistics
+        assert (chunked.memorization_rate, chunked.duplicate_rate) == (
+            whole.memorization_rate,
+            whole.duplicate_rate,
+        )
+        assert max(sizes) == 7 and sum(sizes) == table.num_rows
+    far = validate_rows(far_apart, SPEC, train_images, None, chunk_rows=7)
+    assert far.failed == [
+        "train: expect_column_values_to_be_unique(id)",
+        "train: expect_column_values_to_be_unique(pixel_sha256)",
+    ]
 
 
 def test_concurrent_calls_share_nothing(good_table: pa.Table, train_images: np.ndarray) -> None:
@@ -311,10 +347,11 @@ def test_each_image_is_decoded_once_for_both_splits(
 
     decoded, decode = [], columns._decode
     monkeypatch.setattr(columns, "_decode", lambda blob: decoded.append(blob) or decode(blob))
+    # in chunks of 4 rows: the memo keeps what the gate needs of each image across chunks and splits
     rejected = set_values(set_values(good_table.slice(0, 5), "accepted", 0, False), "id", 0, "extra-0")
     rejected = set_values(rejected, "clip_score", 0, 5.0)  # below min_clip_score: rejected, rightly
     unfiltered = pa.concat_tables([good_table, rejected.slice(0, 1)])  # the accepted rows and one more
-    result = validate_rows(good_table, SPEC, train_images, None, unfiltered)
+    result = validate_rows(good_table, SPEC, train_images, None, unfiltered, chunk_rows=4)
     assert result.success, result.summary()
     assert result.statistics["splits"] == {"train": 20, "unfiltered": 21}
     assert len(decoded) == len(set(decoded)) == 20  # the extra row repeats row 0's bytes: one decode each

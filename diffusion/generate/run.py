@@ -22,7 +22,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import torch
 
 from diffusion.checkpoint import CheckpointError, read_checkpoint_config, write_json_atomic
@@ -32,8 +31,8 @@ from diffusion.data.shards import (
     PublishedVersion,
     accepted_rows,
     check_writable,
+    concat_staged,
     publish_version,
-    read_staged,
     with_created_at,
 )
 from diffusion.device import resolve_device
@@ -228,9 +227,9 @@ def publish_run(
     nothing when the gate fails; the staging folder then stays for a rerun.
     """
     logical_date = logical_date.astimezone(UTC).replace(microsecond=0)
-    staged = [read_staged(o.path) for o in sorted(blocks, key=lambda o: o.key)]
+    staged = concat_staged([o.path for o in sorted(blocks, key=lambda o: o.key)])
     counts = spec.cfg.counts()
-    unfiltered = with_created_at(pa.concat_tables(staged).combine_chunks(), logical_date)
+    unfiltered = with_created_at(staged, logical_date)
     try:
         train = accepted_rows(unfiltered, counts)
     except ValueError as err:  # the staged shards hold fewer accepted rows than their outcomes counted

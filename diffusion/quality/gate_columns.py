@@ -1,8 +1,10 @@
-"""The frames the publish gate validates: each split's columns plus columns derived from the bytes.
+"""The frames the publish gate validates: each split's columns plus columns derived from the bytes, built
+chunk by chunk so that memory follows the chunk, not the version.
 
 Every image is decoded once per gate, however many splits hold it (the accepted rows are a subset of the
-unfiltered ones): `decode_images` memoises by PNG bytes. The nearest-training-digit search runs batched on
-the device that holds the training pixels (`nearest_rms_distance`).
+unfiltered ones): `ImageMemo` keeps, per distinct PNG (keyed by the SHA-256 of its bytes), the few facts
+the gate needs, never the pixels. The nearest-training-digit search runs batched, a chunk at a time, on the
+device that holds the training pixels (`nearest_rms_distance`).
 
 Derived columns of every split:
 
@@ -16,12 +18,15 @@ of the `train` split (the accepted rows, what the product is) also:
     pixel_sha256      str      hash of the decoded grayscale pixels (null if they do not decode)
     nearest_train_rms float64  RMS pixel distance (pixels in [0, 1]) to the nearest training digit
     is_copy           int64    1 where nearest_train_rms < copy_distance
-    label_count       float64  rows with this row's label (NaN where the label is null)
+    label_count       float64  rows of the whole split with this row's label (NaN where the label is null)
     label_requested   number   rows requested for this row's label (0 for a class not requested)
 
 and of the `unfiltered` split (every sampled row):
 
     filter_verdict    bool     what the filter's thresholds say of the row's scores (null if a score is)
+
+`split_frame` holds what only the whole split can tell (uniqueness, row and class counts, the share of
+copies): `id`, and for `train` also `label`, `pixel_sha256` and `is_copy`, gathered from the chunks.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -50,6 +55,7 @@ TRAIN_COLUMNS = (
     "label_requested",
 )
 UNFILTERED_COLUMNS = (*IMAGE_COLUMNS, "filter_verdict")
+SPLIT_COLUMNS = {"train": ("id", "label", "pixel_sha256", "is_copy"), "unfiltered": ("id",)}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLORS = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}  # PNG color type -> PIL-style mode
 
@@ -79,6 +85,26 @@ class Decoded:
         return hashlib.sha256(f"{self.pixels.shape}".encode() + self.pixels.tobytes()).hexdigest()
 
 
+@dataclass
+class Facts:
+    """What the gate keeps of one distinct PNG: its header, whether and to what pixels it decodes, and
+    (once a `train` chunk has searched for it) its distance to the nearest training digit."""
+
+    mode: str
+    height: int
+    width: int
+    ok: bool
+    pixel_sha256: str | None
+    nearest: float = math.nan
+
+
+@dataclass
+class ImageMemo:
+    """Facts per distinct PNG (key: SHA-256 of the bytes) shared by the splits of one gate call."""
+
+    facts: dict[bytes, Facts] = field(default_factory=dict)
+
+
 def _decode(blob: bytes | None) -> Decoded:
     mode, height, width = png_header(blob)
     pixels = None
@@ -98,16 +124,34 @@ def image_blobs(table: pa.Table) -> list[bytes | None]:
     return [None] * table.num_rows
 
 
-def decode_images(blobs: list[bytes | None], memo: dict[bytes, Decoded]) -> list[Decoded]:
-    """Decode every blob, each distinct one once across calls that share `memo`."""
-    out = []
+def image_facts(blobs: list[bytes | None], memo: ImageMemo, train: torch.Tensor | None = None) -> list[Facts]:
+    """The facts of each blob, decoding each distinct blob once across calls that share `memo`.
+
+    With `train` (float (M, 784) in [0, 1] on the device to search on), the square 28x28 images this call
+    decodes also get their nearest-training-digit distance, searched in one batch. Call it for the `train`
+    split first: a blob first decoded without `train` keeps a NaN distance.
+    """
+    out: list[Facts] = []
+    pixels: dict[bytes, np.ndarray] = {}  # square images decoded by this call, for the search
     for blob in blobs:
         if blob is None:
-            out.append(_decode(None))
+            out.append(Facts("", 0, 0, False, None))
             continue
-        if blob not in memo:
-            memo[blob] = _decode(blob)
-        out.append(memo[blob])
+        key = hashlib.sha256(blob).digest()
+        facts = memo.facts.get(key)
+        if facts is None:
+            decoded = _decode(blob)
+            facts = Facts(
+                decoded.mode, decoded.height, decoded.width, decoded.pixels is not None, decoded.sha256
+            )
+            memo.facts[key] = facts
+            if train is not None and facts.ok and decoded.pixels.shape == (IMAGE_SIZE, IMAGE_SIZE):
+                pixels[key] = decoded.pixels
+        out.append(facts)
+    if pixels:
+        distances = nearest_rms_distance(np.stack(list(pixels.values())), train)
+        for key, distance in zip(pixels, distances, strict=True):
+            memo.facts[key].nearest = float(distance)
     return out
 
 
@@ -155,43 +199,48 @@ def numeric(frame: pd.DataFrame, name: str) -> np.ndarray:
     return pd.to_numeric(frame[name].astype(object), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
 
 
-def _base_frame(table: pa.Table, decoded: list[Decoded]) -> pd.DataFrame:
+def label_counts(table: pa.Table) -> dict[int, int]:
+    """Rows per label of a whole split, read as `numeric` reads them (null or non-numbers count nowhere)."""
+    if "label" not in table.column_names:
+        return {}
+    labels = pd.Series(numeric(table.select(["label"]).to_pandas(types_mapper=pd.ArrowDtype), "label"))
+    return {int(k): int(n) for k, n in labels.dropna().value_counts().items()}
+
+
+def _base_frame(table: pa.Table, facts: list[Facts]) -> pd.DataFrame:
     frame = table.flatten().to_pandas(types_mapper=pd.ArrowDtype)
-    frame["png_ok"] = np.array([d.pixels is not None for d in decoded], dtype=bool)
-    frame["image_mode"] = [d.mode for d in decoded]
-    frame["image_height"] = np.array([d.height for d in decoded], dtype=np.int64)
-    frame["image_width"] = np.array([d.width for d in decoded], dtype=np.int64)
+    frame["png_ok"] = np.array([f.ok for f in facts], dtype=bool)
+    frame["image_mode"] = [f.mode for f in facts]
+    frame["image_height"] = np.array([f.height for f in facts], dtype=np.int64)
+    frame["image_width"] = np.array([f.width for f in facts], dtype=np.int64)
     return frame
 
 
 def train_frame(
-    table: pa.Table,
-    decoded: list[Decoded],
+    chunk: pa.Table,
+    facts: list[Facts],
     counts: dict[int, int],
+    split_counts: dict[int, int],
     copy_distance: float,
-    train: np.ndarray | torch.Tensor,
 ) -> pd.DataFrame:
-    """The accepted rows with TRAIN_COLUMNS: Arrow dtypes kept (`image` flattened into its fields)."""
-    frame = _base_frame(table, decoded)
-    square = [
-        i for i, d in enumerate(decoded) if d.pixels is not None and d.pixels.shape == (IMAGE_SIZE,) * 2
-    ]
-    nearest = np.full(len(frame), np.nan)
-    if square:
-        nearest[square] = nearest_rms_distance(np.stack([decoded[i].pixels for i in square]), train)
+    """A chunk of the accepted rows with TRAIN_COLUMNS: Arrow dtypes kept (`image` flattened into its fields).
+
+    counts: rows requested per class; split_counts: rows per label in the whole split (`label_counts`).
+    """
+    frame = _base_frame(chunk, facts)
+    nearest = np.array([f.nearest if f.ok else math.nan for f in facts], dtype=float)
     labels = numeric(frame, "label")
-    label_series = pd.Series(labels)
-    frame["pixel_sha256"] = pd.Series([d.sha256 for d in decoded], dtype=object)
+    frame["pixel_sha256"] = pd.Series([f.pixel_sha256 for f in facts], dtype=object)
     frame["nearest_train_rms"] = nearest
     frame["is_copy"] = (nearest < copy_distance).astype(np.int64)  # NaN compares False
-    frame["label_count"] = label_series.map(label_series.value_counts()).to_numpy(dtype=float)
+    frame["label_count"] = [math.nan if math.isnan(x) else float(split_counts.get(int(x), 0)) for x in labels]
     frame["label_requested"] = [np.nan if math.isnan(x) else counts.get(int(x), 0) for x in labels]
     return frame
 
 
-def unfiltered_frame(table: pa.Table, decoded: list[Decoded], filter: FilterConfig) -> pd.DataFrame:
-    """Every sampled row with UNFILTERED_COLUMNS; `filter_verdict` re-applies the filter to the scores."""
-    frame = _base_frame(table, decoded)
+def unfiltered_frame(chunk: pa.Table, facts: list[Facts], filter: FilterConfig) -> pd.DataFrame:
+    """A chunk of every sampled row with UNFILTERED_COLUMNS; `filter_verdict` re-applies the filter."""
+    frame = _base_frame(chunk, facts)
     checks = [  # in float32, as the filter compared them (`diffusion.judges.scoring.keep_mask`)
         numeric(frame, key.removeprefix("min_")).astype(np.float32) >= np.float32(bound)
         for key in ("min_clip_score", "min_clip_margin", "min_classifier_prob")
@@ -206,3 +255,15 @@ def unfiltered_frame(table: pa.Table, decoded: list[Decoded], filter: FilterConf
         [None if m else bool(v) for v, m in zip(verdict, missing, strict=True)], dtype="boolean"
     )
     return frame
+
+
+def split_part(split: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """The SPLIT_COLUMNS of one chunk frame (those it has), kept while the chunk itself is dropped."""
+    return frame[[c for c in SPLIT_COLUMNS[split] if c in frame]].copy()
+
+
+def split_frame(split: str, parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """The whole split's SPLIT_COLUMNS from its chunks' `split_part`s (no rows: the columns, empty)."""
+    if not parts:
+        return pd.DataFrame({c: pd.Series([], dtype=object) for c in SPLIT_COLUMNS[split]})
+    return pd.concat(parts, ignore_index=True)
