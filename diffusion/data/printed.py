@@ -1,0 +1,148 @@
+"""Printed digits rendered from real fonts, drawn the way MNIST digits were prepared.
+
+    fonts = default_fonts()                              # the text faces matplotlib installs with the project
+    raw = render_font_digits(fonts, per_font=20, seed=0) # RawDigits, source "fonts", details = font family
+
+Each digit is drawn white on black at a large size, with a seeded small rotation, scale and stroke width,
+then prepared as LeCun et al. (1998) describe MNIST's: the glyph's bounding box fitted into a 20x20 box
+(aspect ratio kept, anti-aliased), placed in a 28x28 image so that its centre of mass sits at the centre.
+
+A font that cannot be loaded, or lacks a glyph for one of the ten digits, raises DataError naming the file.
+Nothing here reads the network or the system's font folders: the default fonts are files inside the
+matplotlib package (DejaVu Sans, Serif and Mono with their bold and oblique cuts, STIX General, Computer
+Modern), so rendering needs no system package. Extra fonts are any TrueType/OpenType files or folders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from fontTools.ttLib import TTFont, TTLibError
+from PIL import Image, ImageDraw, ImageFont
+
+from diffusion.data.images import BOX, mnist_layout
+from diffusion.data.sources import RawDigits
+from diffusion.errors import DataError
+
+DIGITS = "0123456789"
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
+CANVAS = 160  # pixels of the large drawing; the glyph is drawn at half of it
+
+
+@dataclass(frozen=True)
+class Jitter:
+    """Seeded variation of each rendering: rotation (degrees, +-), scale of the 20x20 box, extra stroke
+    (pixels of the large drawing, 0 to this)."""
+
+    rotation: float = 8.0
+    min_scale: float = 0.8
+    stroke: int = 3
+
+
+@dataclass(frozen=True)
+class Font:
+    """One font file and the family name each of its rows keeps (e.g. "DejaVu Sans Bold")."""
+
+    path: Path
+    family: str
+
+
+def _digit_glyphs(font: TTFont) -> list[str | None]:
+    """The glyph name each digit maps to in the font's best Unicode cmap (None where it has none)."""
+    cmap = font.getBestCmap() or {}
+    return [cmap.get(ord(d)) for d in DIGITS]
+
+
+def load_font(path: str | Path) -> Font:
+    """A font file that has a glyph for every digit; DataError (one line naming the file) otherwise."""
+    path = Path(path)
+    try:
+        tt = TTFont(str(path), lazy=True, fontNumber=0)
+        glyphs = _digit_glyphs(tt)
+        names = tt["name"]
+        family = " ".join(
+            part
+            for part in (names.getDebugName(1), names.getDebugName(2))
+            if part and part not in ("Regular", "Book")
+        )
+    except (TTLibError, OSError, KeyError, AssertionError) as err:
+        raise DataError(f"{path}: cannot load the font ({err}); give a TrueType or OpenType file") from None
+    missing = [d for d, g in zip(DIGITS, glyphs, strict=True) if g is None]
+    if missing:
+        raise DataError(f"{path}: the font has no glyph for the digit(s) {', '.join(missing)}; leave it out")
+    return Font(path, family or path.stem)
+
+
+def default_fonts() -> list[Font]:
+    """The text faces matplotlib installs: its fonts whose digits are glyphs named as digits ("zero",
+    "sevenoldstyle"), which leaves out symbol and fallback faces that map 0-9 to other signs."""
+    import matplotlib
+
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    fonts = []
+    for path in sorted(folder.glob("*.ttf")):
+        glyphs = _digit_glyphs(TTFont(str(path), lazy=True))
+        if all(g and g.startswith(name) for g, name in zip(glyphs, DIGIT_NAMES, strict=True)):
+            fonts.append(load_font(path))
+    return fonts
+
+
+def font_files(paths: Iterable[str | Path]) -> list[Font]:
+    """Fonts from files and folders (a folder: its .ttf, .otf and .ttc files, recursively, sorted)."""
+    fonts = []
+    for entry in map(Path, paths):
+        if entry.is_dir():
+            found = sorted(p for p in entry.rglob("*") if p.suffix.lower() in FONT_SUFFIXES)
+            if not found:
+                raise DataError(f"{entry}: no font files ({', '.join(FONT_SUFFIXES)}) in this folder")
+            fonts += [load_font(p) for p in found]
+        elif entry.is_file():
+            fonts.append(load_font(entry))
+        else:
+            raise DataError(f"{entry}: font file or folder not found")
+    return fonts
+
+
+def render_digit(font: Font, digit: int, rng: np.random.Generator, jitter: Jitter = Jitter()) -> np.ndarray:
+    """One digit in one font, uint8 (28, 28), with this generator's rotation, scale and stroke."""
+    angle = rng.uniform(-jitter.rotation, jitter.rotation)
+    scale = rng.uniform(jitter.min_scale, 1.0)
+    stroke = int(rng.integers(0, jitter.stroke + 1))
+    face = ImageFont.truetype(str(font.path), size=CANVAS // 2)
+    canvas = Image.new("L", (CANVAS, CANVAS), 0)
+    ImageDraw.Draw(canvas).text(
+        (CANVAS / 2, CANVAS / 2), DIGITS[digit], fill=255, font=face, anchor="mm", stroke_width=stroke,
+        stroke_fill=255,
+    )  # fmt: skip
+    canvas = canvas.rotate(angle, resample=Image.Resampling.BICUBIC, fillcolor=0)
+    return mnist_layout(np.asarray(canvas), box=max(1, round(BOX * scale)))
+
+
+def render_font_digits(fonts: list[Font], per_font: int, seed: int, jitter: Jitter = Jitter()) -> RawDigits:
+    """`per_font` renderings of each digit in each font: 10 x per_font x len(fonts) rows, labels balanced.
+
+    The rendering of (font i, digit d, copy k) comes from its own generator, seeded by (seed, i, d, k), so
+    adding a font or copies leaves the others' images as they were. ids are "font-<family>-<d>-<k>" with the
+    family slugged; `details` holds each row's family.
+    """
+    if not fonts:
+        raise DataError("fonts: no font to render (give at least one font file or folder)")
+    if per_font < 1:
+        raise DataError(f"fonts: per_font must be >= 1, got {per_font}")
+    images, labels, ids, details = [], [], [], []
+    for i, font in enumerate(fonts):
+        slug = "-".join(font.family.lower().split())
+        for digit in range(10):
+            for k in range(per_font):
+                rng = np.random.default_rng([seed, i, digit, k])
+                images.append(render_digit(font, digit, rng, jitter))
+                labels.append(digit)
+                ids.append(f"font-{slug}-{digit}-{k}")
+                details.append(font.family)
+    if len(set(ids)) != len(ids):
+        raise DataError("fonts: two fonts share a family name; give each family once")
+    return RawDigits(np.stack(images), np.asarray(labels, np.int64), ids, "fonts", details)
