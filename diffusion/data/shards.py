@@ -21,7 +21,7 @@ import hashlib
 import io
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -114,18 +114,30 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def split_files(split: str, table: pa.Table, shard_rows: int) -> list[tuple[str, bytes, int]]:
-    """(relative path, Parquet bytes, rows) of each shard of one split, named as Hugging Face expects."""
+def split_files(split: str, table: pa.Table, shard_rows: int) -> Iterator[tuple[str, bytes, int]]:
+    """(relative path, Parquet bytes, rows) of each shard of one split, named as Hugging Face expects; made
+    one at a time, so that only one shard's bytes are held."""
     n = max(1, -(-table.num_rows // shard_rows))
-    return [
-        (
+    for i in range(n):
+        rows = min(shard_rows, table.num_rows - i * shard_rows)
+        yield (
             f"data/{split}-{i:05d}-of-{n:05d}.parquet",
-            _parquet_bytes(table.slice(i * shard_rows, shard_rows)),
+            _parquet_bytes(table.slice(i * shard_rows, rows)),
             rows,
         )
-        for i in range(n)
-        for rows in [min(shard_rows, table.num_rows - i * shard_rows)]
-    ]
+
+
+def _shard_files(splits: dict[str, pa.Table], shard_rows: int) -> Iterator[tuple[str, bytes, int]]:
+    for split, table in splits.items():
+        yield from split_files(split, table, shard_rows)
+
+
+def _listing(path: str, data: bytes, rows: int) -> dict[str, Any]:
+    return {"path": path, "sha256": hashlib.sha256(data).hexdigest(), "rows": rows}
+
+
+def _content(listed: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(listed, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -183,39 +195,69 @@ def publish_version(
     Raises DataError when the version exists with other content: versions are never overwritten.
     """
     fs, base = _fs(root)
-    files = [f for split, table in splits.items() for f in split_files(split, table, shard_rows)]
-    listed = [{"path": p, "sha256": hashlib.sha256(b).hexdigest(), "rows": r} for p, b, r in files]
-    content = hashlib.sha256(json.dumps(listed, sort_keys=True).encode()).hexdigest()
-    manifest = {**manifest, "files": listed, "content_sha256": content}
     target = f"{base}/{name}/{version}"
     url = _url(root, base, name, version)
+    documents = [*(extra_files or {}).items(), (CARD, card.encode())]
 
-    existing = read_manifest(fs, target)
-    if existing is not None:
+    def finished(listed: list[dict[str, Any]]) -> tuple[dict[str, Any], bytes]:
+        full = {**manifest, "files": listed, "content_sha256": _content(listed)}
+        return full, (json.dumps(full, indent=2, sort_keys=True) + "\n").encode()
+
+    def existing_version(content: str) -> PublishedVersion | None:
+        existing = read_manifest(fs, target)
+        if existing is None:
+            return None
         if existing.get("content_sha256") == content:
             return PublishedVersion(url, version, existing, reused=True)
         raise DataError(f"{url}: version exists with other content; versions are never overwritten")
 
-    documents = [*((p, b) for p, b, _ in files), *(extra_files or {}).items(), (CARD, card.encode())]
-    manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    if isinstance(fs, LocalFileSystem):
+    if isinstance(fs, LocalFileSystem):  # shards written to a hidden folder one at a time, then one rename
         tmp = f"{base}/{name}/.tmp-{version}-{uuid.uuid4().hex[:8]}"
         try:
+            listed = []
+            for rel, data in _with_listing(_shard_files(splits, shard_rows), listed):
+                _write_local(fs, f"{tmp}/{rel}", data)
+            full, manifest_bytes = finished(listed)
+            if (reused := existing_version(full["content_sha256"])) is not None:
+                fs.rm(tmp, recursive=True)
+                return reused
             for rel, data in [*documents, (MANIFEST, manifest_bytes)]:
-                fs.makedirs(f"{tmp}/{Path(rel).parent}", exist_ok=True)
-                with atomic_path(f"{tmp}/{rel}") as part:
-                    part.write_bytes(data)
+                _write_local(fs, f"{tmp}/{rel}", data)
             Path(tmp).rename(target)  # atomic; fails if the target appeared meanwhile
-        except OSError as err:
+        except (OSError, DataError) as err:
             if fs.exists(tmp):
                 fs.rm(tmp, recursive=True)
+            if isinstance(err, DataError):
+                raise
             # the cause stays: a transient I/O error is retried (`diffusion.errors.is_transient`)
             raise DataError(f"{url}: could not publish ({err})") from err
-    else:  # object stores: the manifest, written last, is what makes the folder a version
-        for rel, data in documents:
-            fs.pipe_file(f"{target}/{rel}", data)
-        fs.pipe_file(f"{target}/{MANIFEST}", manifest_bytes)
-    return PublishedVersion(url, version, manifest, reused=False)
+        return PublishedVersion(url, version, full, reused=False)
+    # object stores: a first pass hashes the shards, a second uploads them (one shard's bytes held at a
+    # time); the manifest, written last, is what makes the folder a version
+    full, manifest_bytes = finished([_listing(*f) for f in _shard_files(splits, shard_rows)])
+    if (reused := existing_version(full["content_sha256"])) is not None:
+        return reused
+    for rel, data, _ in _shard_files(splits, shard_rows):
+        fs.pipe_file(f"{target}/{rel}", data)
+    for rel, data in documents:
+        fs.pipe_file(f"{target}/{rel}", data)
+    fs.pipe_file(f"{target}/{MANIFEST}", manifest_bytes)
+    return PublishedVersion(url, version, full, reused=False)
+
+
+def _with_listing(
+    files: Iterator[tuple[str, bytes, int]], listed: list[dict[str, Any]]
+) -> Iterator[tuple[str, bytes]]:
+    """(path, bytes) of each file, appending its manifest entry (path, sha256, rows) to `listed`."""
+    for rel, data, rows in files:
+        listed.append(_listing(rel, data, rows))
+        yield rel, data
+
+
+def _write_local(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    fs.makedirs(str(Path(path).parent), exist_ok=True)
+    with atomic_path(path) as part:
+        part.write_bytes(data)
 
 
 def read_manifest(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, Any] | None:
