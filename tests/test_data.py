@@ -173,7 +173,7 @@ def test_failed_prepare_leaves_nothing_half_written(tmp_path: Path) -> None:
     _write_idx(src / "train-images-idx3-ubyte", images, gz=False)
     _write_idx(src / "train-labels-idx1-ubyte", labels, gz=False)
     out = tmp_path / "prepared"
-    cfg = DataConfig(source="idx", idx_dir=str(src))
+    cfg = DataConfig(sources=[{"kind": "idx", "idx_dir": str(src)}])
     prepare(cfg, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     (src / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x63")  # corrupt

@@ -10,8 +10,9 @@ import torch
 import diffusion.model.distill as distill_module
 from diffusion.checkpoint import CheckpointError
 from diffusion.config import ConfigError, DistillConfig, SamplerConfig, parse_params
-from diffusion.model.distill import Grid, distill, guided_v
+from diffusion.model.distill import Grid, distill
 from diffusion.model.samplers import ddim_sample, distilled_sample, sample
+from diffusion.model.samplers.guidance import guided_output
 from diffusion.model.samplers.spacing import trailing_timesteps
 from diffusion.model.saved import load_diffusion
 from diffusion.model.student import check_student, load_student, student_config
@@ -146,7 +147,7 @@ def test_distillation_writes_a_student_per_step_count_and_learns_the_guided_teac
     w = torch.full((16,), 2.5)
     student, _ = load_student(tmp_path / "out", 4)
     with torch.no_grad():
-        target = guided_v(model, x, t, labels, w)
+        target = guided_output(model, x, t, labels, w)
         before = (model(x, t, labels) - target).pow(2).mean()
         after = (student(x, t, labels, w) - target).pow(2).mean()
     assert after < 0.5 * before, (after, before)

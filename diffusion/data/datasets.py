@@ -35,7 +35,8 @@ def _reason(err: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
-def _read_one(path: str, columns: Sequence[str]) -> pa.Table:
+def _read_one(path: str, columns: Sequence[str], optional: Sequence[str] = ()) -> pa.Table:
+    """`columns` of one Parquet file, and those of `optional` that it has."""
     try:
         opened = fsspec.open(path, "rb")
     except (ValueError, ImportError) as err:  # an unknown protocol, or its package is not installed
@@ -44,7 +45,9 @@ def _read_one(path: str, columns: Sequence[str]) -> pa.Table:
         ) from None
     try:
         with opened as f:
-            return pq.read_table(f, columns=list(columns))
+            parquet = pq.ParquetFile(f)
+            present = [c for c in optional if c in parquet.schema_arrow.names]
+            return parquet.read(columns=[*columns, *present])
     except FileNotFoundError:
         raise DataError(f"{path}: Parquet file not found") from None
     except (pa.ArrowException, KeyError, OSError, ValueError) as err:
@@ -85,18 +88,38 @@ def _decode(path: str, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 def load_arrays(paths: str | Path | Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray]:
     """Read digits Parquet into (images uint8 (N, 28, 28), labels int64 (N,)). Raises DataError naming a bad file."""
+    images, labels, _ = load_digits(paths)
+    return images, labels
+
+
+def load_digits(paths: str | Path | Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images uint8 (N, 28, 28), labels int64 (N,), style codes int64 (N,)) of digits Parquet files.
+
+    Files written before styles existed hold MNIST handwriting: their rows read as style 0. Raises DataError
+    naming a bad file.
+    """
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    parts = [(path, *_decode(path, _read_one(path, ["image", "label"]))) for path in map(str, paths)]
+    parts = []
+    for path in map(str, paths):
+        table = _read_one(path, ["image", "label"], optional=["style"])
+        images, labels = _decode(path, table)
+        if "style" in table.column_names:
+            if table.column("style").null_count:
+                raise DataError(f"{path}: null styles; {_FIX}")
+            styles = table.column("style").to_numpy().astype(np.int64)
+        else:
+            styles = np.zeros(len(labels), np.int64)
+        parts.append((path, images, labels, styles))
     if not parts:
         raise DataError("no Parquet files given")
     first, size = parts[0][0], parts[0][1].shape[1:]
-    for path, images, _ in parts:
+    for path, images, _, _ in parts:
         if images.shape[1:] != size and len(images) and len(parts[0][1]):
             raise DataError(
                 f"{path}: {images.shape[1:]} images, but {first} holds {size}; give one image size"
             )
-    return np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+    return tuple(np.concatenate([p[i] for p in parts]) for i in (1, 2, 3))  # type: ignore[return-value]
 
 
 def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -114,13 +137,15 @@ class DigitsDataset(Dataset):
     """Decoded digits held in memory.
 
     Item: (image float32 (1, H, W) in [-1, 1], label int64 scalar tensor).
-    The whole tensors are also exposed as `.images` (N, 1, H, W) and `.labels` (N,) for fast batching.
+    The whole tensors are also exposed as `.images` (N, 1, H, W), `.labels` (N,) and `.styles` (N,) (style
+    codes of diffusion.styles.STYLES) for fast batching.
     """
 
     def __init__(self, paths: str | Path | Sequence[str | Path]):
-        images, labels = load_arrays(paths)
+        images, labels, styles = load_digits(paths)
         self.images = to_model_range(images)
         self.labels = torch.from_numpy(labels)
+        self.styles = torch.from_numpy(styles)
 
     def __len__(self) -> int:
         return self.labels.shape[0]

@@ -1,7 +1,9 @@
-"""The `prepare` stage: a deterministic stratified split of a real source into Parquet files.
+"""The `prepare` stage: the configured real sources, mixed, split deterministically into Parquet files.
 
-Writes `<out>/{train,val,test}.parquet` in DIGITS_SCHEMA. The test split is held out: no model of
-the pipeline trains on it. The folder is written whole and atomically (nothing half-written).
+Writes `<out>/{train,val,test}.parquet` in DIGITS_SCHEMA, every row with its `style` and `source_detail`.
+The split is stratified by (digit, style), so every split holds each style's digits in the same shares.
+The test split is held out: no model of the pipeline trains on it. The folder is written whole and
+atomically (nothing half-written).
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ import pyarrow.parquet as pq
 from diffusion.checkpoint import atomic_path
 from diffusion.config import DataConfig
 from diffusion.data.schema import digits_table
-from diffusion.data.sources import RawDigits, load_source
+from diffusion.data.sources import RawDigits, load_sources
+from diffusion.errors import DataError
+from diffusion.styles import style_code
 
 SPLITS = ("train", "val", "test")
 
 
 def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
-    """Split row indices per class by `fractions` (in SPLITS order), deterministically for a seed.
+    """Split row indices per stratum by `fractions` (in SPLITS order), deterministically for a seed.
 
-    Each class is shuffled by its own generator (seeded by (seed, class)), so adding rows of one class
-    never moves rows of another. Counts are rounded per class; the last split takes the remainder.
+    `labels` (N,) int are the strata (`strata` makes them of (digit, style)). Each stratum is shuffled by its
+    own generator (seeded by (seed, stratum)), so adding rows of one stratum never moves rows of another. Counts are rounded per class; the last split takes the remainder.
     Returns split name -> sorted int64 indices; the splits are disjoint and cover every row.
     """
     out: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
@@ -40,31 +44,78 @@ def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int)
     return {name: np.sort(np.concatenate(parts)).astype(np.int64) for name, parts in out.items()}
 
 
+def strata(labels: np.ndarray, styles: np.ndarray) -> np.ndarray:
+    """One stratum per (digit, style): style code x 10 + digit, so handwritten-mnist's (code 0) strata are the
+    digits themselves and an MNIST-only split is the split of the digits alone."""
+    return styles.astype(np.int64) * 10 + labels
+
+
+@dataclass(frozen=True)
+class Mixed:
+    """The configured sources concatenated: images (N, 28, 28) uint8, labels and style codes (N,) int64,
+    ids, sources and details (N,) (a detail is None where a source tells nothing more)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    styles: np.ndarray
+    ids: list[str]
+    sources: list[str]
+    details: list[str | None]
+
+
+def mix(parts: list[tuple[str, RawDigits]]) -> Mixed:
+    """Concatenate (style, digits) parts in order. DataError when two sources give the same id."""
+    ids = [i for _, raw in parts for i in raw.ids]
+    if len(set(ids)) != len(ids):
+        raise DataError("data.sources: two sources give rows of the same id; keep one of them")
+    return Mixed(
+        np.concatenate([raw.images for _, raw in parts]),
+        np.concatenate([raw.labels for _, raw in parts]),
+        np.concatenate([np.full(len(raw.labels), style_code(style), np.int64) for style, raw in parts]),
+        ids,
+        [raw.source for _, raw in parts for _ in raw.ids],
+        [d for _, raw in parts for d in (raw.details or [None] * len(raw.ids))],
+    )
+
+
 @dataclass(frozen=True)
 class SplitSummary:
-    """metrics: the headline numbers (source, total, <split>_count); class_rows: one row per class with
-    its count in each split (a DVC plot, kept out of the metrics so `dvc metrics show` stays short)."""
+    """metrics: the headline numbers (source, total, <split>_count, <style>_count per configured style);
+    class_rows: one row per class with its count in each split (a DVC plot, kept out of the metrics so
+    `dvc metrics show` stays short)."""
 
     metrics: dict[str, int | str]
     class_rows: list[dict[str, int]]
 
 
-def write_splits(raw: RawDigits, cfg: DataConfig, out_dir: Path) -> SplitSummary:
+def write_splits(data: Mixed, cfg: DataConfig, out_dir: Path) -> SplitSummary:
     """Write the three split files into `out_dir` atomically and summarise them."""
-    parts = stratified_split(raw.labels, cfg.split.model_dump(), cfg.seed)
-    metrics: dict[str, int | str] = {"source": raw.source, "total": int(len(raw.labels))}
+    parts = stratified_split(strata(data.labels, data.styles), cfg.split.model_dump(), cfg.seed)
+    metrics: dict[str, int | str] = {
+        "source": "+".join(dict.fromkeys(data.sources)),
+        "total": int(len(data.labels)),
+    }
+    for style in cfg.styles:
+        metrics[f"{style}_count"] = int((data.styles == style_code(style)).sum())
     rows = [{"class": c} for c in range(10)]
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         for name, idx in parts.items():
-            table = digits_table([raw.ids[i] for i in idx], raw.images[idx], raw.labels[idx], raw.source)
+            table = digits_table(
+                [data.ids[i] for i in idx],
+                data.images[idx],
+                data.labels[idx],
+                [data.sources[i] for i in idx],
+                style=data.styles[idx],
+                source_detail=[data.details[i] for i in idx],
+            )
             pq.write_table(table, tmp / f"{name}.parquet", compression="zstd")
             metrics[f"{name}_count"] = int(len(idx))
             for row in rows:
-                row[name] = int((raw.labels[idx] == row["class"]).sum())
+                row[name] = int((data.labels[idx] == row["class"]).sum())
     return SplitSummary(metrics, rows)
 
 
 def prepare(cfg: DataConfig, out_dir: Path) -> SplitSummary:
-    """Load the configured source, split it and write the Parquet files."""
-    return write_splits(load_source(cfg), cfg, Path(out_dir))
+    """Load the configured sources, mix and split them, and write the Parquet files."""
+    return write_splits(mix(load_sources(cfg)), cfg, Path(out_dir))

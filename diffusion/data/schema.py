@@ -4,7 +4,9 @@ Columns (named, never positional; every generation and quality column is null fo
     id               string   stable across runs, unique within a dataset
     image            struct<bytes: binary, path: string>   PNG bytes (Hugging Face `Image` convention)
     label            int64    0-9 (a `ClassLabel` for Hugging Face `datasets`)
-    source           string   where the digit came from: "mnist", "fashion-mnist", "synthetic", ...
+    source           string   where the digit came from: "mnist", "fonts", "uci-digits", "synthetic", ...
+    style            int64    the digit's style, a `ClassLabel` of diffusion.styles.STYLES (codes never change)
+    source_detail    string   what the source tells of the row: the font family, or the id in the original set
     sampler          string   sampler name
     steps            int64    sampler steps (network calls per image, x2 with guidance)
     guidance         float32  classifier-free guidance scale w
@@ -22,7 +24,7 @@ Every field is nullable on the Arrow level because `datasets` only honours its m
 fields equal to its own (always nullable) ones; `digits_table` and the data checks enforce that
 id, image, label and source are present. The schema metadata carries the `huggingface` key so
 `datasets.load_dataset("parquet", ...)` decodes `image` as a PIL image and `label` as a ClassLabel.
-This module imports nothing of ours.
+This module imports nothing of ours but `diffusion.styles`.
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from diffusion.styles import STYLES
+
 CLASS_NAMES = [str(i) for i in range(10)]
 IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
-REQUIRED = ("id", "image", "label", "source")  # never null, in real and synthetic rows alike
+REQUIRED = ("id", "image", "label", "source", "style")  # never null, in real and synthetic rows alike
 
 # name -> (Arrow type, Hugging Face feature); the one place a column is declared.
 _COLUMNS: dict[str, tuple[pa.DataType, dict]] = {
@@ -45,6 +49,8 @@ _COLUMNS: dict[str, tuple[pa.DataType, dict]] = {
     "image": (IMAGE_TYPE, {"_type": "Image"}),
     "label": (pa.int64(), {"names": CLASS_NAMES, "_type": "ClassLabel"}),
     "source": (pa.string(), {"dtype": "string", "_type": "Value"}),
+    "style": (pa.int64(), {"names": list(STYLES), "_type": "ClassLabel"}),
+    "source_detail": (pa.string(), {"dtype": "string", "_type": "Value"}),
     "sampler": (pa.string(), {"dtype": "string", "_type": "Value"}),
     "steps": (pa.int64(), {"dtype": "int64", "_type": "Value"}),
     "guidance": (pa.float32(), {"dtype": "float32", "_type": "Value"}),
@@ -85,7 +91,7 @@ def digits_table(
     ids: Sequence[str],
     images: np.ndarray,
     labels: np.ndarray,
-    source: str,
+    source: str | Sequence[str],
     **columns: Sequence | np.ndarray,
 ) -> pa.Table:
     """Build a table in DIGITS_SCHEMA, every column by name.
@@ -94,9 +100,9 @@ def digits_table(
         ids: one unique string id per image.
         images: uint8 array of shape (N, H, W), stored as PNG.
         labels: int array of shape (N,) with values 0-9.
-        source: the source of every row.
+        source: the source of every row, or one per row.
         columns: further schema columns by name (N values each, or one scalar for every row);
-            the columns not given stay null.
+            the columns not given stay null, but for `style`, which defaults to handwritten-mnist (code 0).
     """
     n = len(ids)
     if images.shape[0] != n or labels.shape[0] != n:
@@ -110,11 +116,15 @@ def digits_table(
         "id": list(ids),
         "image": [{"bytes": encode_png(img), "path": None} for img in images],
         "label": np.asarray(labels, dtype=np.int64),
-        "source": [source] * n,
+        "source": [source] * n if isinstance(source, str) else list(source),
+        "style": [0] * n,
     }
     for name, values in columns.items():
         scalar = isinstance(values, (str, int, float, bool)) or values is None or np.ndim(values) == 0
         given[name] = [values] * n if scalar else values
+    styles = np.asarray(given["style"], dtype=np.int64)
+    if n and (styles.min() < 0 or styles.max() >= len(STYLES)):
+        raise ValueError(f"style codes must lie in 0-{len(STYLES) - 1} ({', '.join(STYLES)})")
     arrays = [
         pa.array(given[name], type=field.type) if name in given else pa.nulls(n, field.type)
         for name, field in zip(DIGITS_SCHEMA.names, DIGITS_SCHEMA, strict=True)

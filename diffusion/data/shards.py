@@ -36,6 +36,7 @@ from fsspec.implementations.local import LocalFileSystem
 from diffusion.checkpoint import atomic_path
 from diffusion.data.schema import DIGITS_SCHEMA
 from diffusion.errors import DataError
+from diffusion.styles import cell_digit, cell_name, cell_style
 
 MANIFEST = "manifest.json"
 CARD = "README.md"
@@ -89,15 +90,16 @@ def concat_staged(paths: Sequence[str | Path], group: int = 100) -> pa.Table:
 def accepted_rows(rows: pa.Table, counts: dict[int, int]) -> pa.Table:
     """The first counts[c] accepted rows of each class c, class by class, each in the staged order.
 
-    rows: the run's staged rows in work-key order (class, then block). Raises ValueError when a class has
-    fewer accepted rows than it asks for.
+    rows: the run's staged rows in work-key order (class, then block); a class is a (digit, style) cell,
+    keyed 10 x style + digit (`diffusion.styles.cell`). Raises ValueError when a class has fewer accepted
+    rows than it asks for.
     """
     accepted = rows.filter(pc.field("accepted"))
     parts = []
-    for digit, n in sorted(counts.items()):
-        of_class = accepted.filter(pc.field("label") == digit)
+    for key, n in sorted(counts.items()):
+        of_class = accepted.filter((pc.field("label") == cell_digit(key)) & (pc.field("style") == cell_style(key)))
         if of_class.num_rows < n:
-            raise ValueError(f"class {digit}: {of_class.num_rows} accepted rows, {n} requested")
+            raise ValueError(f"class {cell_name(key)}: {of_class.num_rows} accepted rows, {n} requested")
         parts.append(of_class.slice(0, n))
     return pa.concat_tables(parts).combine_chunks()
 

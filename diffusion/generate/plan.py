@@ -1,9 +1,10 @@
 """How a generation run is cut into work: seed blocks, tasks, rounds, run keys and the attempt cap.
 
 Three sizes, three meanings:
-- a **seed block** (class c, index j) is `generate.seed_block` images of digit c drawn from one generator
+- a **seed block** (class c, index j) is `generate.seed_block` images of class c drawn from one generator
   seeded by `block_seed(seed, c, j)`; it alone decides the images, and it is the unit that is staged
-  (`c<c>-j<j>.parquet`), reused after a crash and counted;
+  (`c<c>-j<j>.parquet`), reused after a crash and counted. A class is a cell of the request, a (digit,
+  style) pair keyed 10 x style code + digit (`diffusion.styles.cell`): handwritten-mnist's are the digits;
 - a **task** is up to `generate.task_size / seed_block` blocks that one Prefect task makes together (a
   round's blocks in (class, block) order, so a top-up of a few blocks of many classes is one task);
 - the **network batch** (`hardware.network_batch`) is how many images one forward pass holds.
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 from diffusion.config import GenerateConfig
 from diffusion.errors import DigitsError
+from diffusion.styles import cell_name
 
 
 class GenerationError(DigitsError):
@@ -32,15 +34,15 @@ class GenerationError(DigitsError):
 
 @dataclass(frozen=True, order=True)
 class WorkKey:
-    """One seed block: block `block` of digit `digit`."""
+    """One seed block: block `block` of class `cell` (10 x style code + digit)."""
 
-    digit: int
+    cell: int
     block: int
 
     @property
     def name(self) -> str:
         """The staged shard's stem, e.g. 'c3-j00012'."""
-        return f"c{self.digit}-j{self.block:05d}"
+        return f"c{self.cell}-j{self.block:05d}"
 
 
 @dataclass(frozen=True)
@@ -55,9 +57,9 @@ class TaskKey:
         return f"{self.blocks[0].name}-{self.blocks[-1].name}-{len(self.blocks)}b"
 
 
-def block_seed(seed: int, digit: int, block: int) -> int:
-    """A 63-bit generator seed for block `block` of `digit`: a hash, so nearby keys give unrelated streams."""
-    digest = hashlib.sha256(f"digits-generate/{seed}/{digit}/{block}".encode()).digest()
+def block_seed(seed: int, cell: int, block: int) -> int:
+    """A 63-bit generator seed for block `block` of class `cell`: a hash, so nearby keys give unrelated streams."""
+    digest = hashlib.sha256(f"digits-generate/{seed}/{cell}/{block}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
 
 
@@ -127,17 +129,17 @@ def plan_round(
     with no blocks left.
     """
     wanted: list[WorkKey] = []
-    for digit, p in sorted(progress.items()):
+    for cell, p in sorted(progress.items()):
         if not p.short:
             continue
         cap = max_blocks(p.requested, seed_block, max_attempts)
         if p.blocks >= cap:
             raise GenerationError(
-                f"class {digit}: {p.accepted} of {p.requested} accepted after {p.sampled} samples "
+                f"class {cell_name(cell)}: {p.accepted} of {p.requested} accepted after {p.sampled} samples "
                 f"(acceptance rate {p.acceptance_rate:.1%}); the cap of generate.max_attempts = {max_attempts:g} "
                 f"x {p.requested} is spent: relax generate.filter or raise the cap"
             )
         rate = max(p.acceptance_rate, MIN_RATE) if p.sampled else 1.0
         more = range(p.blocks, min(p.blocks + math.ceil(p.short / (rate * seed_block)), cap))
-        wanted += [WorkKey(digit, j) for j in more]
+        wanted += [WorkKey(cell, j) for j in more]
     return [TaskKey(tuple(wanted[i : i + task_blocks])) for i in range(0, len(wanted), task_blocks)]

@@ -44,6 +44,7 @@ from diffusion.judges.clip import WEIGHTS_FILE
 from diffusion.model.student import check_student, student_steps, weights_name
 from diffusion.precision import Precision
 from diffusion.quality.expectations import GateError, GateSpec, validate_rows
+from diffusion.styles import STYLES, cell_digit, cell_name, cell_style
 
 PACKAGES = (
     "digits-diffusion",
@@ -145,6 +146,12 @@ def prepare_run(
             _weights(student_dir, weights_name(steps)),
         )
         model_dir = student_dir
+    styled = [c for c in cfg.counts() if cell_style(c)]
+    if styled and not diffusion["config"].get("unet", {}).get("num_styles"):
+        raise GenerationError(
+            f"generate.per_style asks for {cell_name(styled[0])}, but the model {model_dir} knows one style:"
+            " train it on data.sources of several styles"
+        )
     timesteps = diffusion["config"].get("process", {}).get("timesteps", 1000)
     if cfg.sampler.steps > timesteps:
         raise GenerationError(
@@ -181,7 +188,7 @@ def tally(spec: RunSpec, blocks: list[BlockOutcome]) -> dict[int, ClassProgress]
     """Per-class progress from the staged blocks so far (requested from the config)."""
     progress = {c: ClassProgress(requested=n) for c, n in spec.cfg.counts().items()}
     for o in blocks:
-        p = progress[o.key.digit]
+        p = progress[o.key.cell]
         p.blocks, p.sampled, p.accepted = p.blocks + 1, p.sampled + o.sampled, p.accepted + o.accepted
     return progress
 
@@ -258,8 +265,10 @@ def publish_run(
         "params": spec.cfg.model_dump(mode="json"),
         "hardware": {**spec.hardware.model_dump(mode="json"), "precision": spec.precision},
         "quality": quality.model_dump(mode="json"),
-        "counts": {
+        "counts": {  # per class: a (digit, style) cell keyed 10 x style code + digit (diffusion.styles.cell)
             str(c): {
+                "digit": cell_digit(c),
+                "style": STYLES[cell_style(c)],
                 "requested": p.requested,
                 "sampled": p.sampled,
                 "accepted": p.accepted,

@@ -32,6 +32,7 @@ from diffusion.judges.scoring import Scores, best_of_n, keep_mask
 from diffusion.model.samplers import sample_blocks
 from diffusion.model.student import student_steps
 from diffusion.precision import Precision
+from diffusion.styles import cell_digit, cell_style
 
 
 @dataclass(frozen=True)
@@ -134,10 +135,13 @@ def _make_blocks(job: TaskJob, keys: list[WorkKey], seconds: dict[str, float]) -
     lap("load")
 
     per_block = job.seed_block * job.best_of_n
-    seeds = [block_seed(job.seed, key.digit, key.block) for key in keys]
+    seeds = [block_seed(job.seed, key.cell, key.block) for key in keys]
     generators = [torch.Generator().manual_seed(s) for s in seeds]  # on the CPU: the same x_T on any device
-    digits = torch.tensor([key.digit for key in keys], dtype=torch.int64)
+    digits = torch.tensor([cell_digit(key.cell) for key in keys], dtype=torch.int64)
     labels = digits.repeat_interleave(per_block)
+    if model.null_style is not None:  # a two-condition model: rows of (digit, style)
+        styles = torch.tensor([cell_style(key.cell) for key in keys], dtype=torch.int64)
+        labels = torch.stack([labels, styles.repeat_interleave(per_block)], dim=1)
     images = sample_blocks(
         model, process, labels, job.sampler, generators, device, job.precision, job.network_batch
     )  # (blocks * per_block, 1, 28, 28)
@@ -173,8 +177,9 @@ def _table(job: TaskJob, key: WorkKey, pixels, scores: Scores, keep: torch.Tenso
     return digits_table(
         [f"{job.run_id}-{key.name}-{i:04d}" for i in range(n)],
         pixels,
-        torch.full((n,), key.digit).numpy(),
+        torch.full((n,), cell_digit(key.cell)).numpy(),
         "synthetic",
+        style=cell_style(key.cell),
         sampler=job.sampler.name,
         steps=job.sampler.steps,
         guidance=job.sampler.guidance,

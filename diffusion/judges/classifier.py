@@ -58,9 +58,16 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class DigitClassifier(JudgeNet):
-    """28x28 digits -> 10 logits. Inputs are (N, 1, 28, 28) in [-1, 1], the project's model range."""
+    """28x28 digits -> `num_classes` logits (10 digits; the style judge: one per style). Inputs are
+    (N, 1, 28, 28) in [-1, 1], the project's model range."""
 
-    def __init__(self, channels: tuple[int, int] = (32, 64), hidden: int = 128, dropout: float = 0.25):
+    def __init__(
+        self,
+        channels: tuple[int, int] = (32, 64),
+        hidden: int = 128,
+        dropout: float = 0.25,
+        num_classes: int = NUM_CLASSES,
+    ):
         super().__init__()
         c1, c2 = channels
         self.body = nn.Sequential(
@@ -72,7 +79,7 @@ class DigitClassifier(JudgeNet):
             nn.Linear(c2 * 3 * 3, hidden),
             nn.ReLU(inplace=True),
         )
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, NUM_CLASSES))
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_classes))
 
     @classmethod
     def from_config(cls, cfg: ClassifierConfig) -> DigitClassifier:

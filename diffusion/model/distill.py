@@ -42,6 +42,7 @@ from diffusion.checkpoint import CheckpointError, load_weights, read_checkpoint_
 from diffusion.config import DistillConfig
 from diffusion.model.process import GaussianDiffusion
 from diffusion.model.resume import flatten_optimizer, unflatten_optimizer
+from diffusion.model.samplers.guidance import guided_output
 from diffusion.model.samplers.spacing import trailing_timesteps
 from diffusion.model.student import save_student
 from diffusion.model.train import Digits, sum_dtype
@@ -87,14 +88,6 @@ def lr_at(cfg: DistillConfig, stage: int, step: int) -> float:
 
 
 # --------------------------------------------------------------------------- the teachers
-def guided_v(teacher: UNet, x: Tensor, t: Tensor, labels: Tensor, w: Tensor) -> Tensor:
-    """The teacher's classifier-free-guided output out_u + w (out_c - out_u) for a (B,) w, one pass of 2B."""
-    null = torch.full_like(labels, teacher.null_class)
-    both = teacher(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).to(x.dtype)
-    cond, uncond = both.chunk(2)
-    return uncond + w.view(-1, 1, 1, 1) * (cond - uncond)
-
-
 def _ddim_step(
     student: UNet, process: GaussianDiffusion, x: Tensor, t: Tensor, labels: Tensor, w: Tensor, alpha, sigma
 ) -> Tensor:
@@ -145,7 +138,7 @@ def guidance_loss(
     t = torch.randint(0, process.num_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
     x_t = process.q_sample(x0, t, noise)
     with torch.no_grad():
-        target = guided_v(teacher, x_t, t, labels, w)
+        target = guided_output(teacher, x_t, t, labels, w)  # the guided v for a (B,) w, one pass of 2B
     return F.mse_loss(student(x_t, t, labels, w).float(), target.float())
 
 

@@ -26,15 +26,24 @@ from diffusion.config import ProcessConfig
 
 
 class Denoiser(Protocol):
-    """A conditional network: (x_t (B,C,H,W), t (B,) int64, labels (B,) int64) -> (B,C,H,W).
+    """A conditional network: (x_t (B,C,H,W), t (B,) int64, labels (B,) or (B, 2) int64) -> (B,C,H,W).
 
-    Its output is eps or v as the process's `prediction` says. Label `null_class` means "no label".
+    Its output is eps or v as the process's `prediction` says. Label `null_class` means "no label"; a
+    two-condition network's labels are rows of (digit, style), and style `null_style` means "no style".
     """
 
     null_class: int
+    null_style: int | None  # None: the network takes digits only
     image_shape: tuple[int, int, int]  # (C, H, W) of one sample
 
     def __call__(self, x: Tensor, t: Tensor, labels: Tensor) -> Tensor: ...
+
+
+def null_labels(model: Denoiser, labels: Tensor) -> Tensor:
+    """labels with every condition dropped: (B,) -> null_class; (B, 2) -> rows of (null_class, null_style)."""
+    if labels.ndim == 1:
+        return torch.full_like(labels, model.null_class)
+    return torch.tensor([model.null_class, model.null_style], device=labels.device).expand_as(labels)
 
 
 def linear_betas(timesteps: int, beta_start: float, beta_end: float) -> Tensor:
@@ -212,16 +221,21 @@ class GaussianDiffusion:
     ) -> Tensor:
         """Ho et al. eq. 14 (L_simple): MSE between the network output and its target (eps, or v), a scalar.
 
-        x0 (B,C,H,W) in [-1, 1], labels (B,) int64. Timesteps t ~ U[0, T), noise and the context mask are drawn
-        from `generator` on its own device, then moved to x0's device (so a CPU generator reproduces across
-        devices). With probability p_uncond a label becomes `model.null_class`: the unconditional half of
-        classifier-free guidance (Ho & Salimans 2022).
+        x0 (B,C,H,W) in [-1, 1], labels (B,) or (B, 2) int64. Timesteps t ~ U[0, T), noise and the context mask
+        are drawn from `generator` on its own device, then moved to x0's device (so a CPU generator reproduces
+        across devices). With probability p_uncond a row's whole condition is dropped (`null_labels`): the
+        unconditional half of classifier-free guidance (Ho & Salimans 2022). A (digit, style) row then also
+        drops each condition alone with probability p_uncond, so the network learns p(x | digit) and
+        p(x | style) beside p(x | digit, style) and p(x), and guidance may use any of them.
         """
         b, dev = x0.shape[0], generator.device
         t = torch.randint(0, self.num_timesteps, (b,), generator=generator, device=dev).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype).to(x0.device)
         drop = (torch.rand(b, generator=generator, device=dev) < p_uncond).to(x0.device)
-        labels = torch.where(drop, torch.full_like(labels, model.null_class), labels)
+        if labels.ndim == 2:
+            alone = (torch.rand(labels.shape, generator=generator, device=dev) < p_uncond).to(x0.device)
+            drop = drop[:, None] | alone
+        labels = torch.where(drop, null_labels(model, labels), labels)
         output = model(self.q_sample(x0, t, noise), t, labels)
         target = noise if self.prediction == "eps" else self.v_target(x0, noise, t)
         return F.mse_loss(output.float(), target)  # float32 even when the network ran under bf16 autocast

@@ -7,6 +7,10 @@ All randomness (batches, timesteps, noise, label masks) comes from one CPU torch
 cfg.train.seed, and the model is initialised from the same seed, so a run is reproducible on CPU and a
 killed run resumed from its last state in `resume_dir` ends with the same weights as an uninterrupted one.
 
+Training data of more than one style (diffusion.styles) makes a two-condition model: labels become rows of
+(digit, style), `unet.num_styles` is set to len(STYLES), and each batch draws a style's rows with probability
+proportional to that style's weight in `data.sources`, whatever the sizes of the sources.
+
 The losses stay on the device: they are summed there and read back (a host sync) only for a history row
 every `log_every` steps and for a resume state every `checkpoint_every` steps.
 """
@@ -30,6 +34,7 @@ from diffusion.model.resume import TrainState, load_state, save_state
 from diffusion.model.saved import new_model, save_diffusion
 from diffusion.model.unet import UNet
 from diffusion.precision import Precision, autocast
+from diffusion.styles import STYLES
 
 
 class Digits(Protocol):
@@ -37,6 +42,39 @@ class Digits(Protocol):
 
     images: Tensor  # float (N, 1, H, W) in [-1, 1]
     labels: Tensor  # int64 (N,)
+
+
+@dataclass(frozen=True)
+class Conditioned:
+    """Training rows as the network sees them: images float (N, 1, H, W), labels int64 (N,) digits or (N, 2)
+    rows of (digit, style), and `weights` float64 (N,), each row's chance of a draw (None: uniform)."""
+
+    images: Tensor
+    labels: Tensor
+    weights: Tensor | None = None
+
+
+def styled(data: Digits) -> bool:
+    """Whether `data` holds more than one style (DigitsDataset.styles), so training makes a two-condition model."""
+    styles = getattr(data, "styles", None)
+    return styles is not None and styles.unique().numel() > 1
+
+
+def conditioned(
+    data: Digits, two_conditions: bool, style_weights: dict[str, float] | None = None
+) -> Conditioned:
+    """`data` as training draws it. Two conditions: labels (N, 2) = (digit, style) and, when `style_weights`
+    (style name -> weight, `data.sources`) are given, each row weighted weight(style) / rows of its style, so
+    a style's share of the draws is its weight's share of the total (a style without a weight: 1)."""
+    if not two_conditions:
+        return Conditioned(data.images, data.labels)
+    styles = data.styles  # type: ignore[attr-defined]
+    labels = torch.stack([data.labels, styles], dim=1)
+    if style_weights is None:
+        return Conditioned(data.images, labels)
+    counts = torch.bincount(styles, minlength=len(STYLES)).double()
+    per_style = torch.tensor([style_weights.get(name, 1.0) for name in STYLES], dtype=torch.float64)
+    return Conditioned(data.images, labels, (per_style / counts.clamp(min=1))[styles])
 
 
 @dataclass
@@ -62,14 +100,17 @@ def sum_dtype(device: torch.device) -> torch.dtype:
 def train_step(
     state: TrainState,
     process: GaussianDiffusion,
-    data: Digits,
+    data: Conditioned,
     cfg: DiffusionTrainConfig,
     precision: Precision = "fp32",
 ) -> Tensor:
-    """One optimiser step on a batch drawn with replacement; returns the batch loss, a detached 0-dim
-    float32 tensor on the model's device (not read back: no host sync)."""
+    """One optimiser step on a batch drawn with replacement (by `data.weights` where given); returns the batch
+    loss, a detached 0-dim float32 tensor on the model's device (not read back: no host sync)."""
     device = next(state.model.parameters()).device
-    idx = torch.randint(0, data.labels.shape[0], (cfg.batch_size,), generator=state.generator)
+    if data.weights is None:
+        idx = torch.randint(0, data.labels.shape[0], (cfg.batch_size,), generator=state.generator)
+    else:
+        idx = torch.multinomial(data.weights, cfg.batch_size, replacement=True, generator=state.generator)
     x0, labels = data.images[idx].to(device), data.labels[idx].to(device)
     for group in state.optimizer.param_groups:
         group["lr"] = lr_at(cfg, state.step)
@@ -85,7 +126,7 @@ def train_step(
 
 @torch.no_grad()
 def validation_loss(
-    model: UNet, process: GaussianDiffusion, data: Digits, cfg: DiffusionTrainConfig
+    model: UNet, process: GaussianDiffusion, data: Conditioned, cfg: DiffusionTrainConfig
 ) -> float:
     """The training objective on the first val_batches batches, with noise, timesteps and masks from a fixed
     seed. Summed on the device, read back once."""
@@ -111,13 +152,20 @@ def train_diffusion(
     progress: bool = True,
     device: torch.device | str = "cpu",
     precision: Precision = "fp32",
+    style_weights: dict[str, float] | None = None,
 ) -> TrainResult:
     """Train (or resume) to cfg.train.steps on `device` with the network in `precision` (`hardware`), then
     write the checkpoint folder `out_dir` (EMA + raw weights).
 
-    Every checkpoint_every steps and at the end the full training state goes to `resume_dir`; a state there
-    with the same unet/process/train config is continued from, any other is ignored (fresh start).
+    `train` of more than one style trains a two-condition model, drawing styles by `style_weights` (style
+    name -> weight, `data.sources`). Every checkpoint_every steps and at the end the full training state goes
+    to `resume_dir`; a state there with the same unet/process/train config is continued from, any other is
+    ignored (fresh start).
     """
+    two = styled(train)
+    if two:
+        cfg = cfg.model_copy(update={"unet": cfg.unet.model_copy(update={"num_styles": len(STYLES)})})
+    train, val = conditioned(train, two, style_weights), conditioned(val, two)
     tc = cfg.train
     device = torch.device(device)
     process = GaussianDiffusion(cfg.process).to(device)
@@ -147,7 +195,7 @@ def train_diffusion(
 def _train_loop(
     state: TrainState,
     process: GaussianDiffusion,
-    data: Digits,
+    data: Conditioned,
     cfg: DiffusionConfig,
     resume_dir: Path,
     progress: bool,

@@ -4,7 +4,9 @@
                 -> GroupNorm, SiLU, conv_out -> (B,C,H,W)
 
 Every residual block receives emb = MLP(sinusoid(t)) + Embedding(label), so time and class condition each
-block. Label `num_classes` is the null class (no label) used for classifier-free guidance. A distilled
+block. Label `num_classes` is the null class (no label) used for classifier-free guidance. A two-condition
+model (`num_styles` > 0) adds Embedding(style) with its own null row `num_styles`; its labels are (B, 2)
+rows of (digit, style), and (B,) digits alone mean "any style" (the null style). A distilled
 student (`guidance_input`) adds MLP(sinusoid(GUIDANCE_SCALE w)) for its guidance strength w, the Fourier
 embedding of w that Meng et al. (2023, sec. 4.1) add to the time embedding; its last layer starts at zero,
 so a student copied from its teacher starts as the teacher's conditional model. With
@@ -72,21 +74,25 @@ class SelfAttention(nn.Module):
 
 
 class UNet(nn.Module):
-    """forward(x (B,C,H,W) float, t (B,) int64 in [0, T), labels (B,) int64 in [0, num_classes],
-    guidance (B,) float, a student's only) -> (B,C,H,W).
+    """forward(x (B,C,H,W) float, t (B,) int64 in [0, T), labels (B,) int64 in [0, num_classes] or, for a
+    two-condition model, (B, 2) rows of (digit, style in [0, num_styles]), guidance (B,) float, a student's
+    only) -> (B,C,H,W).
 
-    Attributes used by the process and samplers: `null_class` (= num_classes) and `image_shape` (C, H, W).
+    Attributes used by the process and samplers: `null_class` (= num_classes), `null_style` (= num_styles, or
+    None for a digit-only model) and `image_shape` (C, H, W).
     """
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()
         self.cfg = cfg
         self.null_class = cfg.num_classes
+        self.null_style = cfg.num_styles or None
         self.image_shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
         base, g, p = cfg.base_channels, cfg.groups, cfg.dropout
         emb_dim = 4 * base
         self.time_mlp = nn.Sequential(nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim)
+        self.style_emb = nn.Embedding(cfg.num_styles + 1, emb_dim) if cfg.num_styles else None
         self.guidance_mlp = None
         if cfg.guidance_input:
             self.guidance_mlp = nn.Sequential(
@@ -129,8 +135,17 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)  # start as the zero predictor: loss starts at E[eps^2] = 1
         nn.init.zeros_(self.conv_out.bias)
 
+    def _condition(self, labels: Tensor) -> Tensor:
+        """The condition's embedding (B, E): the digit's, plus for a two-condition model the style's."""
+        if labels.ndim == 1:
+            emb = self.label_emb(labels)
+            return emb if self.style_emb is None else emb + self.style_emb.weight[self.null_style]
+        if self.style_emb is None:
+            raise ValueError("this network knows no styles: give labels of shape (B,), digits only")
+        return self.label_emb(labels[:, 0]) + self.style_emb(labels[:, 1])
+
     def forward(self, x: Tensor, t: Tensor, labels: Tensor, guidance: Tensor | None = None) -> Tensor:
-        emb = self.time_mlp(timestep_embedding(t, self.cfg.base_channels).to(x.dtype)) + self.label_emb(
+        emb = self.time_mlp(timestep_embedding(t, self.cfg.base_channels).to(x.dtype)) + self._condition(
             labels
         )
         if self.guidance_mlp is not None:

@@ -65,6 +65,7 @@ from diffusion.quality.gate_columns import (
     unfiltered_frame,
     unit_pixels,
 )
+from diffusion.styles import STYLES, cell_digit
 
 if TYPE_CHECKING:
     from great_expectations.core import ExpectationSuiteValidationResult
@@ -72,7 +73,7 @@ if TYPE_CHECKING:
 
 NAME = "publish_gate"
 FLAT_SCHEMA = pa.Table.from_batches([], DIGITS_SCHEMA).flatten().schema  # image -> image.bytes, image.path
-NULLABLE = ("image.path",)  # the only column a synthetic row may leave null
+NULLABLE = ("image.path", "source_detail")  # the only columns a synthetic row may leave null
 CHUNK_ROWS = 5000  # rows validated at once: bounds the gate's memory (GX's metrics of one chunk)
 
 
@@ -84,14 +85,14 @@ class GateError(DigitsError):
 class GateSpec:
     """What the published rows must satisfy: the request, the filter thresholds, the copy limits."""
 
-    counts: dict[int, int]  # accepted images per class; a class left out must have no rows
+    counts: dict[int, int]  # accepted images per class (a cell: 10 x style + digit); one left out has no rows
     filter: FilterConfig  # the thresholds every row was generated under
     quality: QualityConfig  # copy_distance and max_memorization
 
     def __post_init__(self) -> None:
-        bad = {c: n for c, n in self.counts.items() if not 0 <= c <= 9 or n < 0}
+        bad = {c: n for c, n in self.counts.items() if not 0 <= c < 10 * len(STYLES) or n < 0}
         if bad:
-            raise DigitsError(f"gate counts must map classes 0-9 to counts >= 0, got {bad}")
+            raise DigitsError(f"gate counts must map classes (10 x style + digit) to counts >= 0, got {bad}")
 
     @classmethod
     def from_config(cls, counts: Mapping[int, int], filter: FilterConfig, quality: QualityConfig) -> GateSpec:
@@ -127,7 +128,7 @@ def _dtype(dtype: pa.DataType) -> str:
 
 def _common(derived: tuple[str, ...]) -> list[tuple[gxe.Expectation, str]]:
     """What every chunk of every split must be: the schema's columns (then `derived`), types, nulls,
-    labels 0-9, 28x28 grayscale PNGs that decode, scores in their ranges."""
+    labels 0-9, known styles, 28x28 grayscale PNGs that decode, scores in their ranges."""
     cols, digits, size = FLAT_SCHEMA.names, list(range(10)), [IMAGE_SIZE]
     in_set, between = gxe.ExpectColumnValuesToBeInSet, gxe.ExpectColumnValuesToBeBetween
     return [
@@ -142,6 +143,7 @@ def _common(derived: tuple[str, ...]) -> list[tuple[gxe.Expectation, str]]:
             if c not in NULLABLE
         ),
         (in_set(column="label", value_set=digits), "label is a digit 0-9"),
+        (in_set(column="style", value_set=list(range(len(STYLES)))), "style is a known style's code"),
         (in_set(column="png_ok", value_set=[True]), "every image is a PNG that decodes"),
         (in_set(column="image_mode", value_set=["L"]), "every image is 8-bit grayscale (L)"),
         (in_set(column="image_height", value_set=size), f"every image is {IMAGE_SIZE} pixels high"),
@@ -173,7 +175,8 @@ def _train_suite(spec: GateSpec) -> list[tuple[gxe.Expectation, str, str, str]]:
     if spec.filter.require_pred_match:
         match = gxe.ExpectColumnPairValuesToBeEqual(column_A="classifier_pred", column_B="label", **PAIRS)
         tail.append((match, "the classifier predicts the intended label"))
-    requested, total = sorted(c for c, k in spec.counts.items() if k > 0), sum(spec.counts.values())
+    requested = sorted({cell_digit(c) for c, k in spec.counts.items() if k > 0})
+    total = sum(spec.counts.values())
     copies = f"at most {spec.quality.max_memorization:.1%} of rows within RMS {spec.quality.copy_distance:g} of a training digit"
     classes = gxe.ExpectColumnDistinctValuesToEqualSet(column="label", value_set=requested)
     per_class = gxe.ExpectColumnPairValuesToBeEqual(

@@ -18,8 +18,9 @@ of the `train` split (the accepted rows, what the product is) also:
     pixel_sha256      str      hash of the decoded grayscale pixels (null if they do not decode)
     nearest_train_rms float64  RMS pixel distance (pixels in [0, 1]) to the nearest training digit
     is_copy           int64    1 where nearest_train_rms < copy_distance
-    label_count       float64  rows of the whole split with this row's label (NaN where the label is null)
-    label_requested   number   rows requested for this row's label (0 for a class not requested)
+    label_count       float64  rows of the whole split of this row's class, its (label, style) cell (NaN where
+                               the label or style is null)
+    label_requested   number   rows requested for this row's class (0 for a class not requested)
 
 and of the `unfiltered` split (every sampled row):
 
@@ -199,12 +200,18 @@ def numeric(frame: pd.DataFrame, name: str) -> np.ndarray:
     return pd.to_numeric(frame[name].astype(object), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
 
 
+def cells(frame: pd.DataFrame) -> np.ndarray:
+    """float64 (N,) class keys of the rows, 10 x style + label (`diffusion.styles.cell`); NaN where either is
+    null or missing."""
+    return numeric(frame, "label") + 10 * numeric(frame, "style")
+
+
 def label_counts(table: pa.Table) -> dict[int, int]:
-    """Rows per label of a whole split, read as `numeric` reads them (null or non-numbers count nowhere)."""
-    if "label" not in table.column_names:
-        return {}
-    labels = pd.Series(numeric(table.select(["label"]).to_pandas(types_mapper=pd.ArrowDtype), "label"))
-    return {int(k): int(n) for k, n in labels.dropna().value_counts().items()}
+    """Rows per class, a (label, style) cell, of a whole split, read as `numeric` reads them (null or
+    non-numbers count nowhere)."""
+    names = [c for c in ("label", "style") if c in table.column_names]
+    keys = pd.Series(cells(table.select(names).to_pandas(types_mapper=pd.ArrowDtype)))
+    return {int(k): int(n) for k, n in keys.dropna().value_counts().items()}
 
 
 def _base_frame(table: pa.Table, facts: list[Facts]) -> pd.DataFrame:
@@ -225,11 +232,11 @@ def train_frame(
 ) -> pd.DataFrame:
     """A chunk of the accepted rows with TRAIN_COLUMNS: Arrow dtypes kept (`image` flattened into its fields).
 
-    counts: rows requested per class; split_counts: rows per label in the whole split (`label_counts`).
+    counts: rows requested per class (cell); split_counts: rows per cell in the whole split (`label_counts`).
     """
     frame = _base_frame(chunk, facts)
     nearest = np.array([f.nearest if f.ok else math.nan for f in facts], dtype=float)
-    labels = numeric(frame, "label")
+    labels = cells(frame)
     frame["pixel_sha256"] = pd.Series([f.pixel_sha256 for f in facts], dtype=object)
     frame["nearest_train_rms"] = nearest
     frame["is_copy"] = (nearest < copy_distance).astype(np.int64)  # NaN compares False

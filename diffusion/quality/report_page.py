@@ -32,6 +32,7 @@ from diffusion.quality import charts, report_view
 from diffusion.quality.report_digits import SCALE, grids, histograms, label_issues, read_split
 from diffusion.quality.report_html import markup, render
 from diffusion.quality.trajectory import PAD, draw_trajectory, save_trajectory_grid
+from diffusion.styles import cell_digit
 
 TRAJECTORY_COLUMNS = 5
 PAGE = "index.html"
@@ -187,7 +188,7 @@ def write_page(
     if train is None:
         raise DataError(f"{version.path}: the version has no train split")
     counts = manifest.get("counts", {})
-    classes = sorted({*map(int, counts), *train.column("label").to_pylist()})
+    classes = sorted({*(cell_digit(int(c)) for c in counts), *train.column("label").to_pylist()})
     name = manifest.get("name", version.path.rstrip("/").rsplit("/", 2)[-2])
     link_dir = page_dir if page_dir is not None else str(out_dir)
     trajectory, trajectory_status = _trajectory(version, model, out_dir)

@@ -39,14 +39,18 @@ def step_noise(x: Tensor, generators: Generators) -> Tensor:
 class NetworkBatches:
     """A Denoiser that passes at most `size` images through `model` at once and concatenates the outputs.
 
-    x (B,C,H,W), t (B,), labels (B,) -> (B,C,H,W), as `model` would return for the whole batch: each image's
+    x (B,C,H,W), t (B,), labels (B,) or (B, 2) -> (B,C,H,W), as `model` would return for the whole batch: each image's
     output depends only on its own inputs (per-image GroupNorm and attention), so cutting the batch changes
     memory and speed, not results (the generation tests check the published bytes).
     """
 
     def __init__(self, model: Denoiser, size: int):
         self.model, self.size = model, size
-        self.null_class, self.image_shape = model.null_class, model.image_shape
+        self.null_class, self.null_style, self.image_shape = (
+            model.null_class,
+            model.null_style,
+            model.image_shape,
+        )
 
     def __call__(self, x: Tensor, t: Tensor, labels: Tensor, *per_image: Tensor) -> Tensor:
         """`per_image`: further (B,) inputs cut like labels (a distilled student's guidance strength)."""

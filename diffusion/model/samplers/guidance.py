@@ -5,11 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffusion.model.process import Denoiser
+from diffusion.model.process import Denoiser, null_labels
 
 
-def guided_output(model: Denoiser, x: Tensor, t: Tensor, labels: Tensor, guidance: float) -> Tensor:
+def guided_output(model: Denoiser, x: Tensor, t: Tensor, labels: Tensor, guidance: float | Tensor) -> Tensor:
     """out_uncond + w (out_cond - out_uncond) for x (B,C,H,W), timesteps t (B,) and labels (B,) -> (B,C,H,W).
+
+    With (B, 2) labels of (digit, style) the guidance is joint: out_cond conditions on both, out_uncond on
+    neither, eps(∅,∅) + w (eps(c,s) - eps(∅,∅)). It costs the same 2B images per step as digits alone (the
+    compositional eps(∅,∅) + w_c (eps(c,∅) - eps(∅,∅)) + w_s (eps(∅,s) - eps(∅,∅)) of Liu et al. 2022 costs
+    3B), and a distilled student's single w input stays one number.
 
     This is the guided eps, eps_uncond + w (eps_cond - eps_uncond), written in the network's own
     parameterisation: for v-prediction eps = sqrt(ab) v + sqrt(1 - ab) x_t is affine in v with the same
@@ -18,11 +23,14 @@ def guided_output(model: Denoiser, x: Tensor, t: Tensor, labels: Tensor, guidanc
     w = 1 is the plain conditional model and w = 0 the unconditional one; both take one pass of B images.
     Otherwise the conditional and null-label halves go through the network as one batch of 2B.
     The output has x's dtype even when the network runs under bf16 autocast, so the samplers' updates do too.
+    `guidance` is one w, or one per image (B,) (distillation's teacher, `diffusion.model.distill`).
     """
-    if guidance in (0.0, 1.0):
-        label = labels if guidance == 1.0 else torch.full_like(labels, model.null_class)
+    if isinstance(guidance, Tensor):
+        guidance = guidance.view(-1, 1, 1, 1)
+    elif guidance in (0.0, 1.0):
+        label = labels if guidance == 1.0 else null_labels(model, labels)
         return model(x, t, label).to(x.dtype)
-    null = torch.full_like(labels, model.null_class)
+    null = null_labels(model, labels)
     both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).to(x.dtype)
     out_cond, out_uncond = both.chunk(2)
     return out_uncond + guidance * (out_cond - out_uncond)

@@ -1,0 +1,142 @@
+"""Quality per style: does each style's published digit show its digit, look like its style, and train a
+classifier as well as real digits of that style do?
+
+    judge = fit_style_judge(real_train, real_val, settings)     # real digits only: image -> style
+    report = style_quality(published, real_train, real_val, real_test, evaluator, judge, cas_cfg)
+
+For every style s of the published rows:
+    rows                       published digits of style s
+    conditional_accuracy       share the independent evaluator reads as the digit they were asked for
+    style_accuracy             share the style judge reads as style s
+    real_style_accuracy        the style judge on real test digits of style s (its own reference)
+    cas_accuracy / real_baseline_accuracy / cas_ratio (+ _interval), cas_size
+                               `diffusion.quality.cas` trained on cas_size of the style's published digits vs
+                               as many real training digits of the style (cas_size: the smaller of the two
+                               counts), both tested on the style's real test digits
+
+`style_interpolation` draws one digit between two styles, from the same x_T, with the style embedding
+blended (`blended`): the report's picture of what the style condition learnt.
+
+The style judge is the filtering classifier's CNN with one output per style (`diffusion.styles.STYLES`),
+trained on the real training split and picked on the real val split: it never sees a synthetic digit.
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from diffusion.config import CasConfig, JudgeTraining, SamplerConfig
+from diffusion.judges.classifier import DigitClassifier
+from diffusion.judges.training import accuracy, fit_cross_entropy, predict
+from diffusion.model.process import GaussianDiffusion
+from diffusion.model.samplers import sample
+from diffusion.model.unet import UNet
+from diffusion.quality.cas import balanced_subset, cas
+from diffusion.styles import STYLES
+
+
+@dataclass(frozen=True)
+class Styled:
+    """Digits with their styles: images float (N, 1, 28, 28) in [-1, 1], labels and styles int64 (N,)
+    (`diffusion.data.datasets.DigitsDataset` fits)."""
+
+    images: Tensor
+    labels: Tensor
+    styles: Tensor
+
+    def of_style(self, code: int) -> Styled:
+        keep = self.styles == code
+        return Styled(self.images[keep], self.labels[keep], self.styles[keep])
+
+    def by_style(self) -> Styled:
+        """The same digits labelled by their style instead of their digit (what the style judge learns)."""
+        return Styled(self.images, self.styles, self.styles)
+
+
+def fit_style_judge(
+    train: Styled, val: Styled, settings: JudgeTraining, device: torch.device | str = "cpu"
+) -> nn.Module:
+    """The style judge (module docstring) fitted on real digits, best val epoch kept, in eval mode."""
+    model, _ = fit_cross_entropy(
+        lambda: DigitClassifier(num_classes=len(STYLES)),
+        settings,
+        0.0,
+        train.by_style(),
+        val=val.by_style(),
+        desc="style judge",
+        device=device,
+    )
+    return model
+
+
+def style_quality(
+    published: Styled,
+    real_train: Styled,
+    real_val: Styled,
+    real_test: Styled,
+    evaluator: nn.Module,
+    judge: nn.Module,
+    cas_cfg: CasConfig,
+    device: torch.device | str = "cpu",
+) -> dict[str, dict[str, float | int | tuple[float, float]]]:
+    """style name -> its measures (module docstring), for every style among the published rows."""
+    out = {}
+    for code in sorted(set(published.styles.tolist())):
+        ours, test = published.of_style(code), real_test.of_style(code)
+        digits = predict(evaluator, ours.images).cpu()
+        styles = predict(judge, ours.images).cpu()
+        train = real_train.of_style(code)
+        size = min(len(ours.labels), len(train.labels))  # equal size: a style may have few real digits
+        synthetic = balanced_subset(ours, size, torch.Generator().manual_seed(0))
+        scores = cas(synthetic, train, real_val.of_style(code), test, cas_cfg, device, gain=False)
+        out[STYLES[code]] = {
+            "rows": int(len(ours.labels)),
+            "cas_size": size,
+            "conditional_accuracy": (digits == ours.labels).float().mean().item(),
+            "style_accuracy": (styles == code).float().mean().item(),
+            "real_style_accuracy": accuracy(judge, test.by_style()),
+            **scores.means,
+            **{f"{k}_interval": v for k, v in scores.intervals.items()},
+        }
+    return out
+
+
+# --------------------------------------------------------------------------- between two styles
+def blended(model: UNet, a: int, b: int, mix: float) -> UNet:
+    """A copy of a two-condition `model` whose style `a` embeds as (1 - mix) e_a + mix e_b: asking it for
+    style a draws the blend of the two styles' embeddings."""
+    if model.style_emb is None:
+        raise ValueError("the model knows one style: nothing to blend")
+    copy = deepcopy(model)
+    with torch.no_grad():
+        weight = copy.style_emb.weight
+        weight[a] = (1.0 - mix) * model.style_emb.weight[a] + mix * model.style_emb.weight[b]
+    return copy
+
+
+def style_interpolation(
+    model: UNet,
+    process: GaussianDiffusion,
+    digit: int,
+    a: int,
+    b: int,
+    mixes: list[float],
+    sampler: SamplerConfig,
+    seed: int,
+    per_mix: int = 4,
+) -> Tensor:
+    """`per_mix` images of `digit` for each blend of styles a -> b (`blended`), all from the same x_T (one CPU
+    generator seeded by `seed` per blend): float (len(mixes) * per_mix, 1, H, W) in [-1, 1], blend-major."""
+    labels = torch.tensor([[digit, a]] * per_mix)
+    device = next(model.parameters()).device
+    rows = [
+        sample(
+            blended(model, a, b, mix), process, labels, sampler, torch.Generator().manual_seed(seed), device
+        )
+        for mix in mixes
+    ]
+    return torch.cat(rows)

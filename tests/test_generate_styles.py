@@ -1,0 +1,90 @@
+"""Generation per (digit, style): a two-condition model asked for exact counts per pair publishes them, the
+gate checks them, the card lists them; a digits-only model asked for a style stops before any work."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from diffusion.config import ConfigError, GenerateConfig, HardwareConfig, parse_params
+from diffusion.data.shards import version_files
+from diffusion.generate.plan import GenerationError
+from diffusion.generate.run import prepare_run
+from diffusion.model.saved import new_model, save_diffusion
+from diffusion.styles import STYLES, cell, cell_name
+from tests.generate_fixtures import TINY_DIFFUSION, run_generate, tiny_generate
+
+PER_STYLE = {"printed": {0: 3, 7: 2}, "handwritten-mnist": {7: 2}}
+
+
+@pytest.fixture(scope="module")
+def styled_models(tiny_models: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The tiny judges and data, with a random-weight two-condition U-Net."""
+    cfg = TINY_DIFFUSION.model_copy(
+        update={"unet": TINY_DIFFUSION.unet.model_copy(update={"num_styles": len(STYLES)})}
+    )
+    folder = tmp_path_factory.mktemp("styled") / "diffusion"
+    unet = new_model(cfg, torch.device("cpu"))
+    save_diffusion(folder, cfg, unet.state_dict(), unet.state_dict(), {"steps": 0})
+    return {**tiny_models, "model": str(folder)}
+
+
+def test_counts_are_per_digit_and_style() -> None:
+    cfg = GenerateConfig(per_style=PER_STYLE)
+    assert cfg.counts() == {7: 2, cell(0, 1): 3, cell(7, 1): 2}
+    assert [cell_name(c) for c in cfg.counts()] == ["7", "printed/0", "printed/7"]
+    assert GenerateConfig(per_class={3: 4}).counts() == {3: 4}  # handwritten-mnist: the digits themselves
+
+
+@pytest.mark.parametrize(
+    ("generate", "expected"),
+    [
+        ({"per_style": {"cursive": 3}}, "generate: per_style: unknown style 'cursive'"),
+        ({"per_style": {"printed": 3}, "per_class": 2}, "generate: give per_class or per_style, not both"),
+        ({"per_style": {"printed": {11: 3}}}, "generate: per_style.printed: class 11 is outside 0-9"),
+        ({"per_style": {"printed": 0}}, "generate: per_style.printed must be >= 1"),
+        ({"per_style": {"printed": {3: 0}}}, "generate: per_style: ask for at least one digit"),
+    ],
+)
+def test_bad_style_requests_are_one_line(generate: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_params({"generate": generate})
+    assert str(err.value).startswith(f"params: {expected}") and "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_exact_counts_per_digit_and_style_are_published(
+    prefect_server, styled_models: dict[str, str], tmp_path: Path
+) -> None:
+    cfg = tiny_generate(styled_models, tmp_path, per_class=None, per_style=PER_STYLE)
+    result = run_generate(cfg, styled_models, hardware=HardwareConfig(precision="fp32"))
+    rows = pd.concat([pd.read_parquet(f) for f in version_files(result.version)], ignore_index=True)
+    pairs = Counter(zip(rows["label"], rows["style"], strict=True))
+    assert pairs == {(0, 1): 3, (7, 1): 2, (7, 0): 2}
+    manifest = result.version.manifest
+    assert manifest["counts"]["17"] == {
+        **manifest["counts"]["17"],
+        "digit": 7,
+        "style": "printed",
+        "requested": 2,
+    }
+    card = (Path(result.version.path) / "README.md").read_text()
+    assert "| printed/7 | 2 |" in card and "| 7 | 2 |" in card and "rendered from font files" in card
+    styles = json.loads((Path(result.version.path) / "manifest.json").read_text())["counts"]
+    assert {v["style"] for v in styles.values()} == {"printed", "handwritten-mnist"}
+
+
+def test_a_style_asked_of_a_digits_only_model_stops_before_any_work(
+    tiny_models: dict[str, str], tmp_path: Path
+) -> None:
+    cfg = tiny_generate(tiny_models, tmp_path, per_class=None, per_style={"printed": 2})
+    with pytest.raises(GenerationError, match=r"asks for printed/0, but the model .* knows one style"):
+        prepare_run(
+            cfg, HardwareConfig(), tiny_models["model"], tiny_models["classifier"], tiny_models["train"]
+        )
+    assert not (tmp_path / "staging").exists() and not (tmp_path / "published").exists()

@@ -1,0 +1,121 @@
+"""One model, two conditions: digit and style, each with its own null row, trained on a mix of styles and
+guided jointly; single-style data and checkpoints stay exactly what they were."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from diffusion.config import SamplerConfig, parse_params
+from diffusion.data.datasets import to_uint8
+from diffusion.model.process import GaussianDiffusion, null_labels
+from diffusion.model.samplers import sample
+from diffusion.model.saved import load_diffusion
+from diffusion.model.train import train_diffusion
+from diffusion.model.unet import UNet
+from diffusion.quality.styles import blended, style_interpolation
+
+
+def _config(steps: int, **unet: object):
+    raw = {
+        "unet": {"image_size": 16, "base_channels": 16, "channel_mults": [1, 2], "attention": False}
+        | {"num_classes": 4}
+        | unet,
+        "process": {"timesteps": 200},
+        "train": {"batch_size": 32, "steps": steps, "lr": 5e-3, "warmup_steps": 10, "ema_decay": 0.9}
+        | {"checkpoint_every": 1000, "log_every": 25, "val_batches": 1, "p_uncond": 0.2},
+    }
+    return parse_params({"diffusion": raw}).diffusion
+
+
+def _two_styles(copies: int) -> SimpleNamespace:
+    """Four strokes (labels 0-3) in two styles: 0 white on black, 1 black on white. (8 * copies) images."""
+    z = -torch.ones(4, 16, 16)
+    z[0, 4:12, 4:12] = 1
+    z[1, :, 7:9] = 1
+    z[2, 7:9, :] = 1
+    z[3, torch.arange(16), torch.arange(16)] = 1
+    images = torch.cat([z, -z]).unsqueeze(1).repeat(copies, 1, 1, 1)
+    styles = torch.tensor([0] * 4 + [1] * 4).repeat(copies)
+    return SimpleNamespace(images=images, labels=torch.arange(4).repeat(2 * copies), styles=styles)
+
+
+def test_null_labels_drop_each_condition() -> None:
+    net = UNet(_config(1).unet.model_copy(update={"num_styles": 3}))
+    assert net.null_class == 4 and net.null_style == 3
+    assert torch.equal(null_labels(net, torch.tensor([1, 2])), torch.tensor([4, 4]))
+    assert torch.equal(null_labels(net, torch.tensor([[1, 0], [2, 2]])), torch.tensor([[4, 3], [4, 3]]))
+    plain = UNet(_config(1).unet)
+    assert plain.null_style is None and plain.style_emb is None
+    assert not any("style" in name for name in plain.state_dict())  # today's checkpoints, key for key
+
+
+def test_two_condition_model_draws_the_requested_style(tmp_path: Path) -> None:
+    cfg, data = _config(250), _two_styles(copies=8)
+    result = train_diffusion(cfg, data, data, tmp_path / "model", tmp_path / "state", progress=False)
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())["config"]["unet"]
+    assert saved["num_styles"] == 3 and result.metrics["val_loss"] < 0.3
+
+    model, process = load_diffusion(tmp_path / "model")
+    assert model.null_style == 3
+    digits = torch.arange(4).repeat(4)
+    for style, ink_is_bright in ((0, True), (1, False)):
+        labels = torch.stack([digits, torch.full_like(digits, style)], dim=1)
+        for guidance in (1.0, 2.0):
+            x = sample(model, process, labels, SamplerConfig(name="ddim", steps=20, guidance=guidance),
+                       torch.Generator().manual_seed(0), "cpu")  # fmt: skip
+            mean = to_uint8(x).astype(float).mean()
+            # style 0 is mostly black (ink < 1/4 of the pixels); style 1 mostly white
+            assert (mean < 100) if ink_is_bright else (mean > 155), (style, guidance, mean)
+    # between the two styles (same x_T, style embedding blended): from dark to bright
+    row = style_interpolation(
+        model, process, 2, 0, 1, [0.0, 0.5, 1.0], SamplerConfig(name="ddim", steps=20), 0
+    )
+    means = to_uint8(row).reshape(3, -1).astype(float).mean(axis=1)
+    assert row.shape == (12, 1, 16, 16) and means[0] < 100 < 155 < means[2], means
+    with pytest.raises(ValueError, match="knows one style"):
+        blended(UNet(_config(1).unet), 0, 1, 0.5)
+    # digits alone mean "any style": the null style row, and still a digit-shaped image
+    x = sample(model, process, digits, SamplerConfig(name="ddim", steps=20, guidance=2.0),
+               torch.Generator().manual_seed(0), "cpu")  # fmt: skip
+    assert x.shape == (16, 1, 16, 16) and torch.isfinite(x).all()
+
+
+def test_single_style_data_trains_todays_model(tmp_path: Path) -> None:
+    """One style (or none recorded): no style condition, the checkpoint in today's format, the same weights."""
+    cfg, data = _config(8), _two_styles(copies=1)
+    one = SimpleNamespace(
+        images=data.images[:4], labels=data.labels[:4], styles=torch.zeros(4, dtype=torch.long)
+    )
+    bare = SimpleNamespace(images=data.images[:4], labels=data.labels[:4])
+    train_diffusion(cfg, one, one, tmp_path / "a", tmp_path / "sa", progress=False)
+    train_diffusion(cfg, bare, bare, tmp_path / "b", tmp_path / "sb", progress=False)
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())["config"]["unet"]
+    assert "num_styles" not in saved
+    assert (tmp_path / "a" / "ema.safetensors").read_bytes() == (
+        tmp_path / "b" / "ema.safetensors"
+    ).read_bytes()
+
+
+def test_loss_drops_digit_and_style_alone_and_together() -> None:
+    """p_uncond drops a row's whole condition; a (digit, style) row also drops each alone."""
+    seen: list[torch.Tensor] = []
+
+    class Spy(UNet):
+        def forward(self, x, t, labels, guidance=None):  # noqa: ANN001, ANN201
+            seen.append(labels)
+            return super().forward(x, t, labels, guidance)
+
+    net = Spy(_config(1).unet.model_copy(update={"num_styles": 3}))
+    process = GaussianDiffusion(_config(1).process)
+    labels = torch.stack([torch.arange(4000) % 4, torch.arange(4000) % 3], dim=1)
+    process.loss(net, torch.zeros(4000, 1, 16, 16), labels, torch.Generator().manual_seed(0), p_uncond=0.2)
+    digit_null, style_null = (seen[0][:, 0] == 4), (seen[0][:, 1] == 3)
+    both = (digit_null & style_null).float().mean().item()
+    assert abs(both - (0.2 + 0.8 * 0.04)) < 0.03  # the joint null, for guidance
+    assert abs((digit_null & ~style_null).float().mean().item() - 0.8 * 0.16) < 0.03
+    assert abs((style_null & ~digit_null).float().mean().item() - 0.8 * 0.16) < 0.03
