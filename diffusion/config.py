@@ -55,10 +55,11 @@ class SplitConfig(Section):
 
 
 class _Source(Section):
-    """One real source of digits. `weight`: its share of every training draw (diffusion model and judges):
-    a training batch takes a source's rows with probability weight / sum of weights, whatever its size."""
+    """One real source of digits. `weight`: its share of the diffusion model's training draws: a batch takes
+    a source's rows with probability weight / sum of weights, whatever its size (the judges train on every
+    row once per epoch)."""
 
-    weight: float = Field(1.0, gt=0.0)
+    weight: float = Field(1.0, gt=0.0, allow_inf_nan=False)
 
 
 class MnistSource(_Source):
@@ -67,7 +68,7 @@ class MnistSource(_Source):
 
 class IdxSource(_Source):
     kind: Literal["idx"]
-    idx_dir: str  # folder of MNIST-format IDX files (gzipped or not)
+    idx_dir: str = Field(min_length=1)  # folder of MNIST-format IDX files (gzipped or not)
 
 
 class FontJitter(Section):
@@ -116,6 +117,10 @@ class DataConfig(Section):
         for style in set(styles):
             if styles.count(style) > 1:
                 kinds = [s.kind for s in self.sources if SOURCE_STYLE[s.kind] == style]
+                if len(set(kinds)) == 1:
+                    raise ValueError(
+                        f"sources: {kinds[0]} is listed {len(kinds)} times; list each source once"
+                    )
                 raise ValueError(f"sources: {' and '.join(kinds)} both draw the style {style}; keep one")
         return self
 
@@ -411,10 +416,9 @@ class GenerateConfig(Section):
     """One generation run: what to make, how to sample, score and filter it, and where to publish it."""
 
     name: str = Field("synthetic-digits", pattern=r"^[a-z0-9][a-z0-9._-]*$")  # the dataset's folder name
-    per_class: int | dict[int, int] = (
-        200  # accepted handwritten-mnist images of every digit, or digit -> count
-    )
-    # or, for a model trained on several styles: style -> (count for every digit, or digit -> count)
+    # accepted handwritten-mnist digits of every class, or digit -> count; null when per_style is given
+    per_class: int | dict[int, int] | None = 200
+    # per style: style -> (count for every digit, or digit -> count)
     per_style: dict[str, int | dict[int, int]] | None = None
     sampler: SamplerConfig = SamplerConfig()  # omitted in params.yaml: the diffusion.sampler section
     # Three sizes, three meanings (the network batch, images per forward pass, is hardware.network_batch):
@@ -438,18 +442,24 @@ class GenerateConfig(Section):
                 f"task_size ({self.task_size}) must hold whole seed blocks of seed_block = {self.seed_block}"
             )
         if self.per_style is not None:
-            if "per_class" in self.model_fields_set:
-                raise ValueError("give per_class or per_style, not both (per_style counts every digit too)")
+            if self.per_class is not None and "per_class" in self.model_fields_set:
+                raise ValueError(
+                    "set per_class: null when per_style is given (per_style counts every digit too)"
+                )
             for style, counts in self.per_style.items():
                 if style not in STYLES:
                     raise ValueError(
                         f"per_style: unknown style {style!r}; the styles are {', '.join(STYLES)}"
                     )
                 _check_digit_counts(counts, f"per_style.{style}")
+        elif self.per_class is None:
+            raise ValueError("per_class: give a count (or per_class: null and per_style)")
         else:
             _check_digit_counts(self.per_class, "per_class")
         if not any(self.counts().values()):
-            raise ValueError(f"{'per_style' if self.per_style else 'per_class'}: ask for at least one digit")
+            raise ValueError(
+                f"{'per_class' if self.per_style is None else 'per_style'}: ask for at least one digit"
+            )
         return self
 
     def counts(self) -> dict[int, int]:

@@ -96,9 +96,7 @@ def tiny_generate(paths: dict[str, str], root: Path, **over: object) -> Generate
         "staging_dir": str(root / "staging"),
         "max_attempts": 20,
     }
-    return GenerateConfig.model_validate(
-        {k: v for k, v in {**raw, **over}.items() if v is not None}
-    )  # None: drop
+    return GenerateConfig.model_validate({**raw, **over})
 
 
 DATE = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)

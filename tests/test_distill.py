@@ -95,6 +95,7 @@ class Counting(torch.nn.Module):
     def __init__(self, net: UNet):
         super().__init__()
         self.net, self.calls, self.null_class, self.image_shape = net, [], net.null_class, net.image_shape
+        self.null_style = net.null_style
 
     def forward(self, x, t, labels, *rest):
         self.calls.append((x.shape[0], sorted(set(t.tolist()))))

@@ -30,7 +30,7 @@ def styled_models(tiny_models: dict[str, str], tmp_path_factory: pytest.TempPath
     )
     folder = tmp_path_factory.mktemp("styled") / "diffusion"
     unet = new_model(cfg, torch.device("cpu"))
-    save_diffusion(folder, cfg, unet.state_dict(), unet.state_dict(), {"steps": 0})
+    save_diffusion(folder, cfg, unet.state_dict(), unet.state_dict(), {"steps": 0}, list(STYLES))
     return {**tiny_models, "model": str(folder)}
 
 
@@ -45,7 +45,12 @@ def test_counts_are_per_digit_and_style() -> None:
     ("generate", "expected"),
     [
         ({"per_style": {"cursive": 3}}, "generate: per_style: unknown style 'cursive'"),
-        ({"per_style": {"printed": 3}, "per_class": 2}, "generate: give per_class or per_style, not both"),
+        (
+            {"per_style": {"printed": 3}, "per_class": 2},
+            "generate: set per_class: null when per_style is given",
+        ),
+        ({"per_class": None}, "generate: per_class: give a count"),
+        ({"per_style": {}, "per_class": None}, "generate: per_style: ask for at least one digit"),
         ({"per_style": {"printed": {11: 3}}}, "generate: per_style.printed: class 11 is outside 0-9"),
         ({"per_style": {"printed": 0}}, "generate: per_style.printed must be >= 1"),
         ({"per_style": {"printed": {3: 0}}}, "generate: per_style: ask for at least one digit"),
@@ -83,8 +88,29 @@ def test_a_style_asked_of_a_digits_only_model_stops_before_any_work(
     tiny_models: dict[str, str], tmp_path: Path
 ) -> None:
     cfg = tiny_generate(tiny_models, tmp_path, per_class=None, per_style={"printed": 2})
-    with pytest.raises(GenerationError, match=r"asks for printed/0, but the model .* knows one style"):
+    with pytest.raises(
+        GenerationError, match=r"per_style asks for printed/0, but the model .* handwritten-mnist only"
+    ):
         prepare_run(
             cfg, HardwareConfig(), tiny_models["model"], tiny_models["classifier"], tiny_models["train"]
         )
     assert not (tmp_path / "staging").exists() and not (tmp_path / "published").exists()
+
+
+def test_a_model_trained_on_other_styles_refuses_the_digits_it_never_saw(
+    tiny_models: dict[str, str], tmp_path: Path
+) -> None:
+    cfg = TINY_DIFFUSION.model_copy(
+        update={"unet": TINY_DIFFUSION.unet.model_copy(update={"num_styles": len(STYLES)})}
+    )
+    folder = tmp_path / "printed-only"
+    unet = new_model(cfg, torch.device("cpu"))
+    save_diffusion(folder, cfg, unet.state_dict(), unet.state_dict(), {"steps": 0}, styles=["printed"])
+    models = {**tiny_models, "model": str(folder)}
+    args = (HardwareConfig(), models["model"], models["classifier"], models["train"])
+    with pytest.raises(
+        GenerationError, match=r"per_class \(handwritten-mnist\) asks for 0, but .* printed only"
+    ):
+        prepare_run(tiny_generate(models, tmp_path), *args)
+    spec = prepare_run(tiny_generate(models, tmp_path, per_class=None, per_style={"printed": 2}), *args)
+    assert spec.trained_styles == ("printed",)

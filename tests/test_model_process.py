@@ -140,6 +140,7 @@ class _Recorder(torch.nn.Module):
     """Predicts zeros and remembers the last labels and timesteps it saw."""
 
     null_class = 10
+    null_style = None
     image_shape = (1, 4, 4)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -164,6 +164,7 @@ class _Counting(torch.nn.Module):
     def __init__(self, net: UNet):
         super().__init__()
         self.net, self.null_class, self.image_shape, self.batches = net, net.null_class, net.image_shape, []
+        self.null_style = net.null_style
 
     def forward(self, x, t, labels):
         self.batches.append(x.shape[0])

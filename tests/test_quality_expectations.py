@@ -115,7 +115,9 @@ DEFECTS: dict[str, tuple[Callable[[pa.Table, np.ndarray], pa.Table], set[str]]] 
         },
     ),
     "column of wrong type": (
-        lambda t, _: t.set_column(7, "seed", pc.cast(t.column("seed"), pa.float64())),
+        lambda t, _: t.set_column(
+            t.schema.get_field_index("seed"), "seed", pc.cast(t.column("seed"), pa.float64())
+        ),
         {"expect_column_type_to_be(seed)"},
     ),
     "image not a PNG": (
@@ -316,8 +318,9 @@ def test_spec_from_config_and_gate_error() -> None:
     spec = GateSpec.from_config({3: 5}, FilterConfig(), QualityConfig())
     assert spec.counts == {3: 5} and spec.filter.min_clip_score is None and spec.filter.require_pred_match
     assert spec.quality.copy_distance == QualityConfig().copy_distance
-    with pytest.raises(ValueError, match="classes 0-9"):
-        GateSpec.from_config({10: 1}, FilterConfig(), QualityConfig())
+    assert GateSpec.from_config({17: 1}, FilterConfig(), QualityConfig()).counts == {17: 1}  # printed 7
+    with pytest.raises(ValueError, match=r"classes \(10 x style \+ digit\)"):
+        GateSpec.from_config({30: 1}, FilterConfig(), QualityConfig())
     assert issubclass(GateError, ValueError)
 
 

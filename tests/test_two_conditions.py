@@ -119,3 +119,48 @@ def test_loss_drops_digit_and_style_alone_and_together() -> None:
     assert abs(both - (0.2 + 0.8 * 0.04)) < 0.03  # the joint null, for guidance
     assert abs((digit_null & ~style_null).float().mean().item() - 0.8 * 0.16) < 0.03
     assert abs((style_null & ~digit_null).float().mean().item() - 0.8 * 0.16) < 0.03
+
+
+def test_a_two_condition_teacher_distils_into_a_student_of_styles(tmp_path: Path) -> None:
+    from diffusion.model.distill import distill
+    from diffusion.model.samplers import distilled_sample
+    from diffusion.model.student import load_student
+    from tests.test_distill import _distill_cfg
+
+    cfg, data = _config(20), _two_styles(copies=2)
+    train_diffusion(cfg, data, data, tmp_path / "teacher", tmp_path / "state", progress=False)
+    teacher, process = load_diffusion(tmp_path / "teacher")
+    distill(
+        teacher,
+        process,
+        _distill_cfg(),
+        data,
+        "sha",
+        tmp_path / "student",
+        tmp_path / "resume",
+        progress=False,
+    )
+    student, _ = load_student(tmp_path / "student", 2)
+    assert student.null_style == 3 and student.cfg.guidance_input
+    labels = torch.tensor([[1, 0], [1, 1]])
+    x = distilled_sample(student, process, torch.randn(2, 1, 16, 16), labels, 1.5, 2)
+    assert x.shape == (2, 1, 16, 16) and torch.isfinite(x).all()
+
+
+def test_other_style_weights_never_resume_a_state(tmp_path: Path) -> None:
+    """The style weights decide the draws, so a state saved under other weights is not continued."""
+    cfg, data = _config(6), _two_styles(copies=1)
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"checkpoint_every": 3})})
+    runs = {}
+    for name, weights, state in (
+        ("even", None, "s"),
+        ("skewed", {"printed": 50.0}, "s"),
+        ("fresh", {"printed": 50.0}, "f"),
+    ):
+        train_diffusion(
+            cfg, data, data, tmp_path / name, tmp_path / state, progress=False, style_weights=weights
+        )
+        runs[name] = (tmp_path / name / "ema.safetensors").read_bytes()
+    assert runs["skewed"] == runs["fresh"] != runs["even"]
+    meta = json.loads((tmp_path / "even" / "config.json").read_text())["meta"]
+    assert meta["styles"] == ["handwritten-mnist", "printed"]

@@ -27,10 +27,13 @@ STYLE_SOURCES = {
 }
 
 
-def _sources(splits: dict[str, pa.Table]) -> str:
-    """The real sources behind the styles that the version's rows carry."""
-    codes = sorted({c for t in splits.values() for c in t.column("style").to_pylist() if c is not None})
-    return "; ".join(STYLE_SOURCES[STYLES[c]] for c in codes) or "real digits"
+def _sources(manifest: dict[str, Any], splits: dict[str, pa.Table]) -> str:
+    """The real sources the model was trained on (the manifest's `model.styles`; in manifests written before
+    it, the styles the version's rows carry)."""
+    styles = manifest["model"].get("styles") or sorted(
+        {STYLES[c] for t in splits.values() for c in t.column("style").to_pylist() if c is not None}, key=STYLES.index
+    )
+    return "; ".join(STYLE_SOURCES[s] for s in styles) or "real digits"
 
 
 def _yaml_feature(name: str, feature: dict[str, Any]) -> dict[str, Any]:
@@ -92,7 +95,7 @@ were asked for, scored by two judges and kept only when they pass the filter bel
 - **Splits**: `train` holds the {split_rows.get("train", 0)} accepted digits (exact counts per class);
   `unfiltered` holds all {split_rows.get("unfiltered", 0)} digits the run sampled, accepted or not, for audits.
 - **Model**: diffusion weights sha256 `{manifest["model"]["sha256"]}`{_rev(manifest)}, trained on
-  {_sources(splits)}.
+  {_sources(manifest, splits)}.
 - **Sampler**: {sampler["name"]}, {sampler["steps"]} steps, classifier-free guidance w = {sampler["guidance"]},
   best of {params["best_of_n"]} by CLIP score, seed {params["seed"]}, seed blocks of {params["seed_block"]}.
 - **Filter**: `{json.dumps(params["filter"])}` (CLIP `{params["clip"]["model"]}`; the downstream MNIST classifier).

@@ -41,6 +41,7 @@ from diffusion.generate import staging, workers
 from diffusion.generate.plan import ClassProgress, GenerationError, TaskKey, run_key
 from diffusion.generate.task import BlockOutcome, TaskJob, TaskOutcome, file_sha256
 from diffusion.judges.clip import WEIGHTS_FILE
+from diffusion.model.saved import trained_styles
 from diffusion.model.student import check_student, student_steps, weights_name
 from diffusion.precision import Precision
 from diffusion.quality.expectations import GateError, GateSpec, validate_rows
@@ -69,6 +70,7 @@ class RunSpec:
     checksums: dict[str, str]  # model, classifier, clip, train
     precision: Precision  # hardware.precision resolved for the device
     key: str
+    trained_styles: tuple[str, ...]  # the styles the diffusion model was trained on (its config.json)
 
     @property
     def run_id(self) -> str:
@@ -112,6 +114,24 @@ def _weights(directory: str, name: str) -> str:
     return file_sha256(path)
 
 
+def _check_styles(cfg: GenerateConfig, diffusion: dict[str, Any], model_dir: str) -> tuple[str, ...]:
+    """The styles the diffusion model (its config document) was trained on; a GenerationError when the
+    request asks for a (digit, style) cell of another style, which the model would draw as noise."""
+    trained = tuple(trained_styles(diffusion))
+    unseen = [c for c in cfg.counts() if STYLES[cell_style(c)] not in trained]
+    if unseen:
+        asked = (
+            f"generate.per_style asks for {cell_name(unseen[0])}"
+            if cfg.per_style is not None
+            else f"generate.per_class ({STYLES[0]}) asks for {cell_digit(unseen[0])}"
+        )
+        raise GenerationError(
+            f"{asked}, but the model {model_dir} was trained on {', '.join(trained)} only:"
+            " ask for its styles, or train it on data.sources with that style"
+        )
+    return trained
+
+
 def prepare_run(
     cfg: GenerateConfig,
     hardware: HardwareConfig,
@@ -133,6 +153,7 @@ def prepare_run(
         "model": _weights(model_dir, "ema.safetensors"),
         "classifier": _weights(classifier_dir, "model.safetensors"),
     }
+    trained = _check_styles(cfg, diffusion, model_dir)
     steps = student_steps(cfg.sampler)
     if steps is not None:
         if not student_dir:
@@ -146,12 +167,6 @@ def prepare_run(
             _weights(student_dir, weights_name(steps)),
         )
         model_dir = student_dir
-    styled = [c for c in cfg.counts() if cell_style(c)]
-    if styled and not diffusion["config"].get("unet", {}).get("num_styles"):
-        raise GenerationError(
-            f"generate.per_style asks for {cell_name(styled[0])}, but the model {model_dir} knows one style:"
-            " train it on data.sources of several styles"
-        )
     timesteps = diffusion["config"].get("process", {}).get("timesteps", 1000)
     if cfg.sampler.steps > timesteps:
         raise GenerationError(
@@ -174,7 +189,15 @@ def prepare_run(
     precision = hardware.resolved_precision()
     key = run_key(cfg, device.type, precision, checksums, hardware.compile)
     spec = RunSpec(
-        cfg, hardware, str(model_dir), str(classifier_dir), str(train_data), checksums, precision, key
+        cfg,
+        hardware,
+        str(model_dir),
+        str(classifier_dir),
+        str(train_data),
+        checksums,
+        precision,
+        key,
+        trained,
     )
     spec.staging.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
@@ -277,7 +300,12 @@ def publish_run(
             }
             for c, p in progress.items()
         },
-        "model": {"path": spec.model_dir, "sha256": spec.checksums["model"], "git_revision": model_revision},
+        "model": {
+            "path": spec.model_dir,
+            "sha256": spec.checksums["model"],
+            "git_revision": model_revision,
+            "styles": list(spec.trained_styles),
+        },
         "judges": {"classifier_sha256": spec.checksums["classifier"], "clip": spec.checksums["clip"]},
         "gate": {
             "memorization_rate": gate.memorization_rate,

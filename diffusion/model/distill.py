@@ -45,7 +45,7 @@ from diffusion.model.resume import flatten_optimizer, unflatten_optimizer
 from diffusion.model.samplers.guidance import guided_output
 from diffusion.model.samplers.spacing import trailing_timesteps
 from diffusion.model.student import save_student
-from diffusion.model.train import Digits, sum_dtype
+from diffusion.model.train import Digits, conditioned, sum_dtype
 from diffusion.model.unet import UNet
 from diffusion.precision import Precision, autocast
 
@@ -180,11 +180,14 @@ def distill(
 ) -> DistillResult:
     """Run (or resume) every stage on `device`, then write the student folder `out_dir` (`save_student`).
 
-    teacher: the EMA teacher (eval mode); data: training digits (images (N,1,H,W) in [-1, 1], labels (N,)).
+    teacher: the EMA teacher (eval mode); data: training digits (images (N,1,H,W) in [-1, 1], labels (N,),
+    and for a two-condition teacher `styles` (N,): its student then learns (digit, style) rows, drawn
+    uniformly).
     """
     device = torch.device(device)
     process = process.to(device)
     teacher = teacher.to(device).eval().requires_grad_(False)
+    data = conditioned(data, teacher.null_style is not None)  # a two-condition teacher: (digit, style) rows
     student_cfg = teacher.cfg.model_copy(update={"guidance_input": True})
     config = {  # what decides the weights: checkpoint_every and log_every never restart a run
         "distill": cfg.model_dump(mode="json", exclude={"checkpoint_every", "log_every"}),

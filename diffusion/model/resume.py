@@ -42,10 +42,14 @@ class TrainState:
     seconds: float = 0.0  # training wall time over all sessions
 
 
-def training_config(cfg: DiffusionConfig, precision: Precision = "fp32") -> dict[str, Any]:
-    """What determines the trained weights, as JSON: the unet, process and train sections and the precision
-    the network trains in (`hardware.precision`, resolved)."""
-    return {**cfg.model_dump(mode="json", include={"unet", "process", "train"}), "precision": precision}
+def training_config(
+    cfg: DiffusionConfig, precision: Precision = "fp32", draws: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """What determines the trained weights, as JSON: the unet, process and train sections, the precision
+    the network trains in (`hardware.precision`, resolved) and, for a two-condition model, `draws` (style ->
+    its weight in the training draws, `data.sources`)."""
+    config = {**cfg.model_dump(mode="json", include={"unet", "process", "train"}), "precision": precision}
+    return config if draws is None else {**config, "style_draws": draws}
 
 
 def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -71,7 +75,11 @@ def unflatten_optimizer(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dic
 
 
 def save_state(
-    directory: Path, cfg: DiffusionConfig, state: TrainState, precision: Precision = "fp32"
+    directory: Path,
+    cfg: DiffusionConfig,
+    state: TrainState,
+    precision: Precision = "fp32",
+    draws: dict[str, float] | None = None,
 ) -> None:
     """Write the whole state atomically (a kill leaves the previous state or this one)."""
     opt_tensors, opt_meta = flatten_optimizer(state.optimizer.state_dict())
@@ -92,12 +100,16 @@ def save_state(
         "rng": rng,
     }
     save_checkpoint(
-        directory, kind=STATE_KIND, config=training_config(cfg, precision), weights=weights, meta=meta
+        directory, kind=STATE_KIND, config=training_config(cfg, precision, draws), weights=weights, meta=meta
     )
 
 
 def load_state(
-    directory: Path, cfg: DiffusionConfig, state: TrainState, precision: Precision = "fp32"
+    directory: Path,
+    cfg: DiffusionConfig,
+    state: TrainState,
+    precision: Precision = "fp32",
+    draws: dict[str, float] | None = None,
 ) -> bool:
     """Restore `state` in place from `directory` if it holds a state of the same training config.
 
@@ -108,7 +120,7 @@ def load_state(
         return False
     try:
         doc = read_checkpoint_config(directory, STATE_KIND)
-        if doc["config"] != training_config(cfg, precision):
+        if doc["config"] != training_config(cfg, precision, draws):
             log.info("%s: saved state has another config, starting fresh", directory)
             return False
         device = next(state.model.parameters()).device

@@ -19,6 +19,7 @@ from diffusion.checkpoint import CheckpointError, load_weights, read_checkpoint_
 from diffusion.config import DiffusionConfig, ProcessConfig, UNetConfig
 from diffusion.model.process import GaussianDiffusion
 from diffusion.model.unet import UNet
+from diffusion.styles import STYLES
 
 KIND = "diffusion"
 
@@ -36,19 +37,27 @@ def save_diffusion(
     model: dict[str, Tensor],
     ema: dict[str, Tensor],
     metrics: dict[str, Any],
+    styles: list[str] | None = None,
 ) -> None:
     """The final checkpoint folder: ema and model weights beside config.json.
 
     config.json holds kind "diffusion", `config` {unet, process} (what rebuilds the network and its
-    process) and `meta` (the metrics and the training settings, never read back by loading).
+    process) and `meta` (the metrics, the training settings and `styles`, the styles it was trained on,
+    never read back by loading; generation checks a request against `styles`, `trained_styles`).
     """
     save_checkpoint(
         directory,
         kind=KIND,
         config={"unet": cfg.unet.model_dump(mode="json"), "process": cfg.process.model_dump(mode="json")},
         weights={"ema": ema, "model": model},
-        meta={**metrics, "train": cfg.train.model_dump(mode="json")},
+        meta={**metrics, "train": cfg.train.model_dump(mode="json"), "styles": styles or [STYLES[0]]},
     )
+
+
+def trained_styles(doc: dict[str, Any]) -> list[str]:
+    """The styles a diffusion checkpoint's config document (`read_checkpoint_config`) was trained on; folders
+    written before styles existed were trained on MNIST handwriting."""
+    return list(doc.get("meta", {}).get("styles") or [STYLES[0]])
 
 
 def load_diffusion(

@@ -54,10 +54,15 @@ class Conditioned:
     weights: Tensor | None = None
 
 
-def styled(data: Digits) -> bool:
-    """Whether `data` holds more than one style (DigitsDataset.styles), so training makes a two-condition model."""
+def present_styles(data: Digits) -> list[str]:
+    """The styles `data` holds (DigitsDataset.styles), in STYLES order; data without styles is MNIST's."""
     styles = getattr(data, "styles", None)
-    return styles is not None and styles.unique().numel() > 1
+    return [STYLES[int(c)] for c in styles.unique().tolist()] if styles is not None else [STYLES[0]]
+
+
+def styled(data: Digits) -> bool:
+    """Whether `data` holds more than one style, so training makes a two-condition model."""
+    return len(present_styles(data)) > 1
 
 
 def conditioned(
@@ -159,10 +164,12 @@ def train_diffusion(
 
     `train` of more than one style trains a two-condition model, drawing styles by `style_weights` (style
     name -> weight, `data.sources`). Every checkpoint_every steps and at the end the full training state goes
-    to `resume_dir`; a state there with the same unet/process/train config is continued from, any other is
-    ignored (fresh start).
+    to `resume_dir`; a state there with the same unet/process/train config (and style weights) is continued
+    from, any other is ignored (fresh start). The checkpoint's meta records the styles it was trained on.
     """
-    two = styled(train)
+    styles = present_styles(train)
+    two = len(styles) > 1
+    draws = {s: (style_weights or {}).get(s, 1.0) for s in styles} if two else None  # decides the weights
     if two:
         cfg = cfg.model_copy(update={"unet": cfg.unet.model_copy(update={"num_styles": len(STYLES)})})
     train, val = conditioned(train, two, style_weights), conditioned(val, two)
@@ -175,8 +182,8 @@ def train_diffusion(
     # The global CPU RNG (dropout's) is seeded here and saved and restored with the state; the caller's is kept.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tc.seed)
-        load_state(Path(resume_dir), cfg, state, precision)
-        _train_loop(state, process, train, cfg, Path(resume_dir), progress, precision)
+        load_state(Path(resume_dir), cfg, state, precision, draws)
+        _train_loop(state, process, train, cfg, Path(resume_dir), progress, precision, draws)
 
     ema_model = new_model(cfg, device)
     ema_model.load_state_dict(state.ema.state_dict())
@@ -188,7 +195,7 @@ def train_diffusion(
         "images_per_second": state.step * tc.batch_size / max(state.seconds, 1e-9),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    save_diffusion(out_dir, cfg, model=model.state_dict(), ema=state.ema.state_dict(), metrics=metrics)
+    save_diffusion(out_dir, cfg, state.model.state_dict(), state.ema.state_dict(), metrics, styles)
     return TrainResult(metrics=metrics, history=list(state.history))
 
 
@@ -200,8 +207,9 @@ def _train_loop(
     resume_dir: Path,
     progress: bool,
     precision: Precision,
+    draws: dict[str, float] | None = None,
 ) -> None:
-    """Steps to tc.steps. The loss window (state.window_sum, a float in the saved state) is summed on the
+    """Steps to tc.steps (`draws`: the two-condition model's style weights, saved with each state). The loss window (state.window_sum, a float in the saved state) is summed on the
     device in `window` and read back only for a history row or a resume state."""
     tc = cfg.train
     state.model.train()
@@ -226,5 +234,5 @@ def _train_loop(
                 now = time.perf_counter()
                 state.seconds, mark = state.seconds + now - mark, now
                 state.window_sum = window.item()
-                save_state(resume_dir, cfg, state, precision)
+                save_state(resume_dir, cfg, state, precision, draws)
             bar.update()

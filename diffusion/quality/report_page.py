@@ -32,7 +32,7 @@ from diffusion.quality import charts, report_view
 from diffusion.quality.report_digits import SCALE, grids, histograms, label_issues, read_split
 from diffusion.quality.report_html import markup, render
 from diffusion.quality.trajectory import PAD, draw_trajectory, save_trajectory_grid
-from diffusion.styles import cell_digit
+from diffusion.styles import cell_digit, cell_name
 
 TRAJECTORY_COLUMNS = 5
 PAGE = "index.html"
@@ -64,13 +64,13 @@ def _acceptance(counts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     totals: dict[str, Any] = {f: sum(v.get(f) or 0 for v in counts.values()) for f in summed}
     totals["acceptance_rate"] = totals["accepted"] / totals["sampled"] if totals["sampled"] else None
     chart = charts.bars_svg(
-        [c for c, _ in ordered],
+        [cell_name(int(c)) for c, _ in ordered],
         {"acceptance rate": [v.get("acceptance_rate") for _, v in ordered]},
         "acceptance-bars",
         "Acceptance rate per class",
         (0.0, 1.0),
     )
-    rows = [{"class": c, "cells": {f: v.get(f) for f in fields}} for c, v in ordered]
+    rows = [{"class": cell_name(int(c)), "cells": {f: v.get(f) for f in fields}} for c, v in ordered]
     return {"fields": fields, "rows": rows, "totals": totals, "chart": markup(chart)}
 
 

@@ -49,7 +49,8 @@ def sample_blocks(
     network_batch: int | None = None,
     callback: StepCallback | None = None,
 ) -> Tensor:
-    """Generate one image per label, the batch made of seed blocks: labels (N,) int64, N = k x rows for k
+    """Generate one image per label, the batch made of seed blocks: labels (N,) int64 (or (N, 2) rows of
+    (digit, style) for a two-condition model), N = k x rows for k
     generators -> x_0 float32 (N, C, H, W) in [-1, 1] on `device`.
 
     Block i (rows i*rows ... (i+1)*rows - 1) takes its starting points x_T from `generators[i]` on that

@@ -39,9 +39,9 @@ def step_noise(x: Tensor, generators: Generators) -> Tensor:
 class NetworkBatches:
     """A Denoiser that passes at most `size` images through `model` at once and concatenates the outputs.
 
-    x (B,C,H,W), t (B,), labels (B,) or (B, 2) -> (B,C,H,W), as `model` would return for the whole batch: each image's
-    output depends only on its own inputs (per-image GroupNorm and attention), so cutting the batch changes
-    memory and speed, not results (the generation tests check the published bytes).
+    x (B,C,H,W), t (B,), labels (B,) or (B, 2) -> (B,C,H,W), as `model` would return for the whole batch:
+    each image's output depends only on its own inputs (per-image GroupNorm and attention), so cutting the
+    batch changes memory and speed, not results (the generation tests check the published bytes).
     """
 
     def __init__(self, model: Denoiser, size: int):

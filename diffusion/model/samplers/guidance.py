@@ -9,7 +9,7 @@ from diffusion.model.process import Denoiser, null_labels
 
 
 def guided_output(model: Denoiser, x: Tensor, t: Tensor, labels: Tensor, guidance: float | Tensor) -> Tensor:
-    """out_uncond + w (out_cond - out_uncond) for x (B,C,H,W), timesteps t (B,) and labels (B,) -> (B,C,H,W).
+    """out_uncond + w (out_cond - out_uncond) for x (B,C,H,W), timesteps t (B,), labels (B,) -> (B,C,H,W).
 
     With (B, 2) labels of (digit, style) the guidance is joint: out_cond conditions on both, out_uncond on
     neither, eps(∅,∅) + w (eps(c,s) - eps(∅,∅)). It costs the same 2B images per step as digits alone (the
