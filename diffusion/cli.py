@@ -190,10 +190,12 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
 
 def _write_generation(result: GenerationResult, args: argparse.Namespace) -> None:
     """The generate command's outputs (metrics, per-class plot, the version handed on) and its summary line."""
+    from diffusion.generate.run import named_rows
+
     if args.metrics:
         write_json_atomic(args.metrics, headline(result.metrics))
     if args.classes:
-        write_csv_atomic(args.classes, result.classes)
+        write_csv_atomic(args.classes, named_rows(result.classes))
     if args.published:
         write_json_atomic(args.published, {"path": result.version.path, "version": result.version.version})
     m = result.metrics

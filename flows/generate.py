@@ -41,11 +41,18 @@ from diffusion.data.evaluations import quality_dir, write_document
 from diffusion.data.shards import PublishedVersion
 from diffusion.errors import QualityAlert, is_transient
 from diffusion.generate.plan import GenerationError, TaskKey, plan_round
-from diffusion.generate.run import RunSpec, class_rows, prepare_run, publish_run, run_metrics, tally
+from diffusion.generate.run import (
+    RunSpec,
+    class_rows,
+    named_rows,
+    prepare_run,
+    publish_run,
+    run_metrics,
+    tally,
+)
 from diffusion.generate.task import BlockOutcome, TaskJob, TaskOutcome, make_task
 from diffusion.quality.grading import Grading, grade_version
 from diffusion.quality.monitor import raise_if_flagged
-from diffusion.styles import cell_name
 
 
 def task_runner(cfg: TaskRunnerConfig) -> TaskRunner:
@@ -191,7 +198,7 @@ def generate_dataset(
     metrics = run_metrics(spec, tasks, time.perf_counter() - start)
     classes = class_rows(spec, _blocks(tasks))
     create_table_artifact(
-        _named(classes), key=_key(spec.cfg.name, "classes"), description="accepted digits per class"
+        named_rows(classes), key=_key(spec.cfg.name, "classes"), description="accepted digits per class"
     )
     create_markdown_artifact(
         f"## {spec.cfg.name} {version.version}\n\n"
@@ -240,11 +247,6 @@ def _blocks(tasks: list[TaskOutcome]) -> list[BlockOutcome]:
     return [b for t in tasks for b in t.blocks]
 
 
-def _named(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The per-class table as people read it: "7" for a handwritten-mnist digit, "printed/7" for another style."""
-    return [{**row, "class": cell_name(row["class"])} for row in rows]
-
-
 def _plan(spec: RunSpec, tasks: list[TaskOutcome]) -> list[TaskKey]:
     """The next round's tasks; on a class that cannot finish, record the per-class table, then fail."""
     try:
@@ -252,7 +254,9 @@ def _plan(spec: RunSpec, tasks: list[TaskOutcome]) -> list[TaskKey]:
             tally(spec, _blocks(tasks)), spec.cfg.seed_block, spec.task_blocks, spec.cfg.max_attempts
         )
     except GenerationError:
-        create_table_artifact(_named(class_rows(spec, _blocks(tasks))), key=_key(spec.cfg.name, "classes"))
+        create_table_artifact(
+            named_rows(class_rows(spec, _blocks(tasks))), key=_key(spec.cfg.name, "classes")
+        )
         raise
 
 

@@ -370,3 +370,9 @@ def class_rows(spec: RunSpec, blocks: list[BlockOutcome]) -> list[dict[str, Any]
         }
         for c, p in tally(spec, blocks).items()
     ]
+
+
+def named_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`class_rows` as people read them (artifacts, the DVC plot): "7" for a handwritten-mnist digit,
+    "printed/7" for a digit of another style."""
+    return [{**row, "class": cell_name(row["class"])} for row in rows]
