@@ -28,15 +28,14 @@ from diffusion.data.datasets import DigitsDataset, published_files, to_uint8
 from diffusion.data.images import save_grid
 from diffusion.judges.evaluator import load_evaluator
 from diffusion.model.saved import load_diffusion
-from diffusion.quality.styles import Styled, fit_style_judge, style_interpolation, style_quality
+from diffusion.quality.styles import Styled, fit_style_judge, style_grid, style_interpolation, style_quality
 from diffusion.styles import STYLES
 
 MIXES = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
 def styled(paths: str | Path | list[str]) -> Styled:
-    data = DigitsDataset(paths)
-    return Styled(data.images, data.labels, data.styles)
+    return Styled.of(DigitsDataset(paths))
 
 
 def main() -> None:
@@ -59,30 +58,21 @@ def main() -> None:
     published = styled(published_files(version))
 
     start = time.perf_counter()
-    judge = fit_style_judge(train, val, params.classifier.train, device)
+    judge = fit_style_judge(train, val, params.evaluate.style_judge, device)
     judge_seconds = time.perf_counter() - start
     evaluator = load_evaluator(args.run / "data" / "models" / "evaluator", device)
     report = style_quality(published, train, val, test, evaluator, judge, params.evaluate.cas, device)
 
-    rows = []
-    for code in sorted(set(published.styles.tolist())):
-        for digit in range(10):
-            pick = ((published.styles == code) & (published.labels == digit)).nonzero().flatten()[:8]
-            rows.append(
-                np.concatenate(
-                    [to_uint8(published.images[pick]), np.zeros((8 - len(pick), 28, 28), np.uint8)]
-                )
-            )
-    save_grid(np.concatenate(rows), args.grid, ncols=8)
+    images, labels, styles = to_uint8(published.images), published.labels.numpy(), published.styles.numpy()
+    grid = [style_grid(images, labels, styles, code, 8) for code in sorted(set(styles.tolist()))]
+    save_grid(np.concatenate(grid), args.grid, ncols=8)
 
     model, process = load_diffusion(args.run / "data" / "models" / "diffusion", device)
     a, b = (STYLES.index(s) for s in args.between)
-    sampler = params.generate.sampler
-    pictures = [
-        style_interpolation(model, process, digit, a, b, MIXES, sampler, seed=digit, per_mix=1)
-        for digit in range(10)
-    ]
-    save_grid(to_uint8(torch.cat(pictures)), args.interpolation, ncols=len(MIXES), scale=3)
+    pictures = style_interpolation(
+        model, process, list(range(10)), a, b, list(MIXES), params.generate.sampler, params.generate.seed
+    )
+    save_grid(to_uint8(pictures), args.interpolation, ncols=len(MIXES), scale=3)
 
     settings = {
         "run": str(args.run),

@@ -516,6 +516,9 @@ class EvaluateConfig(Section):
     label_issue_method: Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning"] = (
         "prune_by_noise_rate"  # cleanlab.filter.find_label_issues(filter_by=...)
     )
+    # the style judge of versions drawn from several styles (diffusion/quality/styles.py): the filtering
+    # classifier's CNN with one output per style, fitted on the real training digits with these settings
+    style_judge: JudgeTraining = JudgeTraining(epochs=4)
 
 
 class MonitorConfig(Section):

@@ -11,11 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from diffusion.config import ConfigError, GenerateConfig, HardwareConfig, parse_params
+from diffusion.config import ConfigError, EvaluateConfig, GenerateConfig, HardwareConfig, parse_params
+from diffusion.data.evaluations import quality_dir
 from diffusion.data.shards import version_files
 from diffusion.generate.plan import GenerationError
 from diffusion.generate.run import prepare_run
 from diffusion.model.saved import new_model, save_diffusion
+from diffusion.quality.grading import Grading
 from diffusion.styles import STYLES, cell, cell_name
 from tests.generate_fixtures import TINY_DIFFUSION, run_generate, tiny_generate
 
@@ -67,7 +69,13 @@ def test_exact_counts_per_digit_and_style_are_published(
     prefect_server, styled_models: dict[str, str], tmp_path: Path
 ) -> None:
     cfg = tiny_generate(styled_models, tmp_path, per_class=None, per_style=PER_STYLE)
-    result = run_generate(cfg, styled_models, hardware=HardwareConfig(precision="fp32"))
+    grading = Grading(
+        evaluator=styled_models["evaluator"],
+        val_data=styled_models["val"],
+        test_data=styled_models["test"],
+        evaluate=EvaluateConfig.model_validate({"cas": {"seeds": [0], "max_epochs": 1, "patience": 1}}),
+    )
+    result = run_generate(cfg, styled_models, hardware=HardwareConfig(precision="fp32"), grading=grading)
     rows = pd.concat([pd.read_parquet(f) for f in version_files(result.version)], ignore_index=True)
     pairs = Counter(zip(rows["label"], rows["style"], strict=True))
     assert pairs == {(0, 1): 3, (7, 1): 2, (7, 0): 2}
@@ -82,6 +90,17 @@ def test_exact_counts_per_digit_and_style_are_published(
     assert "| printed/7 | 2 |" in card and "| 7 | 2 |" in card and "rendered from font files" in card
     styles = json.loads((Path(result.version.path) / "manifest.json").read_text())["counts"]
     assert {v["style"] for v in styles.values()} == {"printed", "handwritten-mnist"}
+    assert manifest["model"]["styles"] == list(STYLES)
+    # the page: a grid per published style, the interpolation between the model's first two styles, and no
+    # per-style measures (the tiny real digits are of one style: no style judge to fit)
+    assert "per_style" not in result.evaluation
+    page_dir = Path(quality_dir(cfg.output_root, cfg.name)) / result.version.version
+    page = (page_dir / "index.html").read_text()
+    assert (
+        'data-style-grid="printed" data-count="5"' in page and 'data-style-grid="handwritten-mnist"' in page
+    )
+    assert 'id="per-style-status"' in page and 'data-from="handwritten-mnist" data-to="printed"' in page
+    assert (page_dir / "style-printed.png").is_file() and (page_dir / "style-interpolation.png").is_file()
 
 
 def test_a_style_asked_of_a_digits_only_model_stops_before_any_work(

@@ -3,12 +3,17 @@ style as wrong; each style gets its own conditional accuracy and CAS."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
 import torch
 
-from diffusion.config import CasConfig, JudgeTraining
-from diffusion.data.datasets import to_model_range
+from diffusion.config import CasConfig, EvaluateConfig, JudgeTraining
+from diffusion.data.datasets import to_model_range, to_uint8
+from diffusion.data.schema import digits_table
 from diffusion.judges.classifier import DigitClassifier
-from diffusion.quality.styles import Styled, fit_style_judge, style_quality
+from diffusion.quality.styles import Styled, fit_style_judge, grade_styles, style_grid, style_quality
 from tests.judges_fixtures import render_digits
 
 
@@ -41,3 +46,36 @@ def test_style_judge_and_per_style_measures() -> None:
         assert 0 <= measures["conditional_accuracy"] <= 1 and measures["cas_ratio"] > 0
         low, high = measures["cas_ratio_interval"]
         assert low <= measures["cas_ratio"] <= high
+
+
+def _parquet(data: Styled, path: Path) -> list[str]:
+    ids = [f"d{i}" for i in range(len(data.labels))]
+    table = digits_table(ids, to_uint8(data.images), data.labels.numpy(), "test", style=data.styles.numpy())
+    pq.write_table(table, path)
+    return [str(path)]
+
+
+def test_grading_per_style_needs_real_digits_of_several_styles(tmp_path: Path) -> None:
+    train, val, test = _styled(400, 0), _styled(120, 1), _styled(120, 2)
+    published = _parquet(test, tmp_path / "published.parquet")
+    evaluator = DigitClassifier(channels=(8, 16), hidden=32).eval()
+    cfg = EvaluateConfig.model_validate(
+        {
+            "cas": {"seeds": [0], "max_epochs": 1, "patience": 1},
+            "style_judge": {"epochs": 2, "augment": False},
+        }
+    )
+    report = grade_styles(published, train, val, test, evaluator, cfg)
+    assert set(report) == {"handwritten-mnist", "handwritten-uci"}
+    assert report["handwritten-uci"]["style_accuracy"] > 0.95 and report["handwritten-uci"]["rows"] == 60
+    one = train.of_style(0)
+    assert grade_styles(published, one, val.of_style(0), test.of_style(0), evaluator, cfg) is None
+
+
+def test_a_style_grid_has_a_row_per_digit_padded_with_black() -> None:
+    images = np.full((5, 28, 28), 255, np.uint8)
+    labels, styles = np.array([3, 3, 3, 7, 3]), np.array([1, 1, 1, 1, 0])
+    grid = style_grid(images, labels, styles, 1, per_digit=2)
+    assert grid.shape == (20, 28, 28)
+    filled = [int(grid[i].max() > 0) for i in range(20)]
+    assert filled == [0] * 6 + [1, 1] + [0] * 6 + [1, 0] + [0] * 4  # 3: two of three; 7: one of one

@@ -73,9 +73,9 @@ def test_two_condition_model_draws_the_requested_style(tmp_path: Path) -> None:
             assert (mean < 100) if ink_is_bright else (mean > 155), (style, guidance, mean)
     # between the two styles (same x_T, style embedding blended): from dark to bright
     row = style_interpolation(
-        model, process, 2, 0, 1, [0.0, 0.5, 1.0], SamplerConfig(name="ddim", steps=20), 0
-    )
-    means = to_uint8(row).reshape(3, -1).astype(float).mean(axis=1)
+        model, process, [2, 2, 2, 2], 0, 1, [0.0, 0.5, 1.0], SamplerConfig(name="ddim", steps=20), 0
+    )  # digit-major: four rows of three blends
+    means = to_uint8(row).reshape(4, 3, -1).astype(float).mean(axis=(0, 2))
     assert row.shape == (12, 1, 16, 16) and means[0] < 100 < 155 < means[2], means
     with pytest.raises(ValueError, match="knows one style"):
         blended(UNet(_config(1).unet), 0, 1, 0.5)

@@ -158,7 +158,7 @@ def cas_run(
         "seed": seed,
         "cas_accuracy": synthetic_score,
         "real_baseline_accuracy": real_score,
-        "cas_ratio": synthetic_score / real_score,
+        "cas_ratio": synthetic_score / real_score if real_score > 0 else math.nan,  # nothing to compare with
     }
     if gain:
         both = Digits(

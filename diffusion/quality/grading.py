@@ -12,6 +12,8 @@ every publish (`diffusion.data.evaluations`), and what report pages and the inde
     label_issues                            ids of the digits cleanlab flags as mislabelled
     monitor                                 the floors and ceilings it was checked against
     flags, flagged                          the bounds it broke ({metric, value, bound, kind}), and whether any
+    per_style                               only when the real digits are of several styles: per style,
+                                            conditional accuracy, style accuracy and CAS (`grade_styles`)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from diffusion.config import EvaluateConfig, HardwareConfig, MonitorConfig
-from diffusion.data.shards import PublishedVersion
+from diffusion.data.shards import PublishedVersion, version_files
 from diffusion.quality.monitor import check
 
 
@@ -76,18 +78,28 @@ def grade_version(
     from diffusion.judges.classifier import load_classifier
     from diffusion.judges.evaluator import load_evaluator
     from diffusion.quality.evaluate import evaluate_version
+    from diffusion.quality.styles import Styled, grade_styles
 
     device = hardware.device
+    train, val, test = (DigitsDataset(p) for p in (train_data, grading.val_data, grading.test_data))
+    evaluator = load_evaluator(grading.evaluator, device)
     result = evaluate_version(
         version,
-        DigitsDataset(train_data),
-        DigitsDataset(grading.val_data),
-        DigitsDataset(grading.test_data),
-        load_evaluator(grading.evaluator, device),
+        train,
+        val,
+        test,
+        evaluator,
         load_classifier(classifier, device),
         grading.evaluate,
         device,
         hardware.network_batch,
+    )
+    per_style = grade_styles(
+        version_files(version),
+        *(Styled.of(d) for d in (train, val, test)),
+        evaluator,
+        grading.evaluate,
+        device,
     )
     flags = check(result.metrics, grading.monitor)
     return {
@@ -104,4 +116,5 @@ def grade_version(
         "monitor": grading.monitor.model_dump(mode="json"),
         "flags": [f.as_dict() for f in flags],
         "flagged": bool(flags),
+        **({"per_style": per_style} if per_style is not None else {}),
     }

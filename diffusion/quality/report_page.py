@@ -31,6 +31,7 @@ from diffusion.errors import DataError
 from diffusion.quality import charts, report_view
 from diffusion.quality.report_digits import SCALE, grids, histograms, label_issues, read_split
 from diffusion.quality.report_html import markup, render
+from diffusion.quality.report_styles import styles_section
 from diffusion.quality.trajectory import PAD, draw_trajectory, save_trajectory_grid
 from diffusion.styles import cell_digit, cell_name
 
@@ -103,15 +104,14 @@ def load_model(folder: str | Path, device: str = "cpu") -> _Model:
     return _Model(network, process, _sha256(Path(folder) / "ema.safetensors"), resolved)
 
 
-def _trajectory(version: PublishedVersion, model: _Model | None, out_dir: Path) -> tuple[dict | None, str]:
-    """Draw and save `trajectory.png` with the version's sampler and seed; what the page says of it, or
-    None and why it was not drawn."""
+def _drawing(version: PublishedVersion, model: _Model | None) -> tuple[_Model, SamplerConfig, int] | str:
+    """(the model, the version's sampler, its seed) for a fresh draw like the version's, or why not."""
     if model is None:
-        return None, "not drawn: the report was built without the diffusion model"
+        return "not drawn: the report was built without the diffusion model"
     manifest = version.manifest
     expected = manifest.get("model", {}).get("sha256")
     if expected and expected != model.sha256:
-        return None, (
+        return (
             f"not drawn: the model given (sha256 {model.sha256[:12]}) is not the one that drew this version "
             f"(sha256 {expected[:12]})"
         )
@@ -119,8 +119,16 @@ def _trajectory(version: PublishedVersion, model: _Model | None, out_dir: Path) 
     try:
         cfg = SamplerConfig.model_validate(params.get("sampler") or {})
     except ValidationError:
-        return None, "not drawn: the manifest's sampler settings are not valid ones"
-    seed = params.get("seed") if isinstance(params.get("seed"), int) else 0
+        return "not drawn: the manifest's sampler settings are not valid ones"
+    return model, cfg, params.get("seed") if isinstance(params.get("seed"), int) else 0
+
+
+def _trajectory(drawing: tuple[_Model, SamplerConfig, int] | str, out_dir: Path) -> tuple[dict | None, str]:
+    """Draw and save `trajectory.png` with the version's sampler and seed (`_drawing`); what the page says
+    of it, or None and why it was not drawn."""
+    if isinstance(drawing, str):
+        return None, drawing
+    model, cfg, seed = drawing
     try:
         traj = draw_trajectory(model.network, model.process, cfg, seed, TRAJECTORY_COLUMNS, model.device)
     except ValueError as err:
@@ -191,7 +199,8 @@ def write_page(
     classes = sorted({*(cell_digit(int(c)) for c in counts), *train.column("label").to_pylist()})
     name = manifest.get("name", version.path.rstrip("/").rsplit("/", 2)[-2])
     link_dir = page_dir if page_dir is not None else str(out_dir)
-    trajectory, trajectory_status = _trajectory(version, model, out_dir)
+    drawing = _drawing(version, model)
+    trajectory, trajectory_status = _trajectory(drawing, out_dir)
     context = {
         "title": f"{name} {version.version}: data quality",
         "name": name,
@@ -217,6 +226,9 @@ def write_page(
         "acceptance": _acceptance(counts),
         "trajectory": trajectory,
         "trajectory_status": trajectory_status,
+        "styles": styles_section(
+            version, document, out_dir, None if isinstance(drawing, str) else drawing, SCALE
+        ),
         "grids": grids(train, unfiltered, classes, out_dir),
         "histograms": histograms(
             unfiltered if unfiltered is not None else train,

@@ -14,8 +14,10 @@ For every style s of the published rows:
                                as many real training digits of the style (cas_size: the smaller of the two
                                counts), both tested on the style's real test digits
 
-`style_interpolation` draws one digit between two styles, from the same x_T, with the style embedding
-blended (`blended`): the report's picture of what the style condition learnt.
+`grade_styles` is what `evaluate` (and every graded run) adds as `per_style` when the real digits are of
+several styles. `style_grid` lays out a style's digits, one row per digit, and `style_interpolation` draws
+digits between two styles, from the same x_T, with the style embedding blended (`blended`): the report's
+pictures of what the style condition learnt.
 
 The style judge is the filtering classifier's CNN with one output per style (`diffusion.styles.STYLES`),
 trained on the real training split and picked on the real val split: it never sees a synthetic digit.
@@ -25,13 +27,16 @@ from __future__ import annotations
 
 from copy import deepcopy
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from diffusion.config import CasConfig, JudgeTraining, SamplerConfig
+from diffusion.config import CasConfig, EvaluateConfig, JudgeTraining, SamplerConfig
+from diffusion.data.datasets import DigitsDataset
 from diffusion.judges.classifier import DigitClassifier
-from diffusion.judges.training import accuracy, fit_cross_entropy, predict
+from diffusion.judges.training import NUM_CLASSES, accuracy, fit_cross_entropy, predict
 from diffusion.model.process import GaussianDiffusion
 from diffusion.model.samplers import sample
 from diffusion.model.unet import UNet
@@ -47,6 +52,11 @@ class Styled:
     images: Tensor
     labels: Tensor
     styles: Tensor
+
+    @classmethod
+    def of(cls, data: Any) -> Styled:
+        """The images, labels and styles of a `DigitsDataset` (or anything with those tensors)."""
+        return cls(data.images, data.labels, data.styles)
 
     def of_style(self, code: int) -> Styled:
         keep = self.styles == code
@@ -105,6 +115,30 @@ def style_quality(
     return out
 
 
+def grade_styles(
+    published_files: list[str],
+    real_train: Styled,
+    real_val: Styled,
+    real_test: Styled,
+    evaluator: nn.Module,
+    cfg: EvaluateConfig,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any] | None:
+    """What `evaluate` reports per style of the published rows (`published_files`, Parquet): {style name:
+    measures (`style_quality`)}, the style judge fitted
+    with `cfg.style_judge` and CAS with `cfg.cas`; None when the real training digits are of one style (no
+    style judge to fit: a version of one source is graded by the headline metrics alone). A published style
+    with no real digits is left out, with nothing to compare it with."""
+    real_styles = set(real_train.styles.tolist())
+    if len(real_styles) < 2:
+        return None
+    published = Styled.of(DigitsDataset(published_files))
+    judge = fit_style_judge(real_train, real_val, cfg.style_judge, device)
+    known = torch.isin(published.styles, torch.tensor(sorted(real_styles)))
+    kept = Styled(published.images[known], published.labels[known], published.styles[known])
+    return style_quality(kept, real_train, real_val, real_test, evaluator, judge, cfg.cas, device)
+
+
 # --------------------------------------------------------------------------- between two styles
 def blended(model: UNet, a: int, b: int, mix: float) -> UNet:
     """A copy of a two-condition `model` whose style `a` embeds as (1 - mix) e_a + mix e_b: asking it for
@@ -121,22 +155,43 @@ def blended(model: UNet, a: int, b: int, mix: float) -> UNet:
 def style_interpolation(
     model: UNet,
     process: GaussianDiffusion,
-    digit: int,
+    digits: list[int],
     a: int,
     b: int,
     mixes: list[float],
     sampler: SamplerConfig,
     seed: int,
-    per_mix: int = 4,
 ) -> Tensor:
-    """`per_mix` images of `digit` for each blend of styles a -> b (`blended`), all from the same x_T (one CPU
-    generator seeded by `seed` per blend): float (len(mixes) * per_mix, 1, H, W) in [-1, 1], blend-major."""
-    labels = torch.tensor([[digit, a]] * per_mix)
+    """`digits` drawn for each blend of styles a -> b (`blended`), every blend from the same x_T (one CPU
+    generator seeded by `seed` per blend): float (len(digits) * len(mixes), 1, H, W) in [-1, 1], digit-major
+    (row i of a grid with len(mixes) columns is digits[i] from style a to style b)."""
+    labels = torch.tensor([[digit, a] for digit in digits])
     device = next(model.parameters()).device
-    rows = [
-        sample(
-            blended(model, a, b, mix), process, labels, sampler, torch.Generator().manual_seed(seed), device
-        )
-        for mix in mixes
-    ]
-    return torch.cat(rows)
+    by_mix = torch.stack(
+        [
+            sample(
+                blended(model, a, b, mix),
+                process,
+                labels,
+                sampler,
+                torch.Generator().manual_seed(seed),
+                device,
+            )
+            for mix in mixes
+        ],
+        dim=1,
+    )  # (D, M, 1, H, W)
+    return by_mix.flatten(0, 1)
+
+
+def style_grid(
+    images: np.ndarray, labels: np.ndarray, styles: np.ndarray, code: int, per_digit: int
+) -> np.ndarray:
+    """uint8 (10 * per_digit, H, W): the first `per_digit` digits of style `code` for each digit 0-9, one
+    row per digit, black where a digit has fewer (`diffusion.data.images.save_grid` with ncols=per_digit)."""
+    rows = []
+    for digit in range(NUM_CLASSES):
+        pick = np.flatnonzero((styles == code) & (labels == digit))[:per_digit]
+        blank = np.zeros((per_digit - len(pick), *images.shape[1:]), np.uint8)
+        rows.append(np.concatenate([images[pick], blank]))
+    return np.concatenate(rows)
