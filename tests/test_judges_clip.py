@@ -23,11 +23,13 @@ from diffusion.judges.clip import (
     PROMPT,
     ClipJudge,
     JudgeError,
+    caption_classes,
     captions,
     domain_model_config,
     load_clip,
     train_clip,
 )
+from diffusion.judges.prompts import WORDINGS, caption_group
 from tests.judges_fixtures import digits_split, one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,11 +69,20 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     return result, tmp / "clip", splits[2]
 
 
-def test_captions_cover_every_digit_and_template() -> None:
-    texts = captions()
-    assert len(texts) == 10 * len(CAPTION_TEMPLATES) == len(set(texts))
-    assert texts[7 * len(CAPTION_TEMPLATES)] == PROMPT.format(c="7")
-    assert "the number seven" in texts
+def test_captions_cover_every_digit_template_and_style_wording() -> None:
+    texts, t = captions(), len(CAPTION_TEMPLATES)
+    assert len(texts) == len(WORDINGS) * 10 * t and len(set(texts[: 10 * t])) == 10 * t
+    assert texts[7 * t] == PROMPT.format(c="7")
+    assert "the number seven" in texts and "the digit seven, written by hand" in texts
+    printed = caption_group("printed")
+    assert caption_group("handwritten-uci") == caption_group("handwritten-mnist") == 0 and printed == 1
+    assert texts[(printed * 10 + 7) * t + 1] == "a printed digit 7"  # the template's style named
+    rows = caption_classes(torch.tensor([7, 7, 7]), torch.tensor([0, 1, 2]))  # what training draws from
+    assert [texts[r * t + 1] for r in rows] == [
+        "a handwritten digit 7",
+        "a printed digit 7",
+        "a handwritten digit 7",
+    ]
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=TINY.context_length)
     assert (tokenizer(texts)[:, -1] == 0).all()  # every caption fits the context, end token included
 

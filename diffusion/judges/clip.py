@@ -31,8 +31,9 @@ from diffusion.config import ClipConfig
 from diffusion.data.datasets import DigitsDataset
 from diffusion.data.schema import CLASS_NAMES
 from diffusion.errors import DigitsError
-from diffusion.judges.prompts import CAPTION_TEMPLATES, PROMPT, captions, prompts
+from diffusion.judges.prompts import CAPTION_TEMPLATES, PROMPT, caption_group, captions, prompts
 from diffusion.judges.training import accuracy_report, fit
+from diffusion.styles import STYLES
 
 WEIGHTS_FILE = "open_clip_model.safetensors"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -215,6 +216,13 @@ class ClipResult:
     history: list[dict[str, float]]
 
 
+def caption_classes(labels: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+    """(N,) digits and (N,) style codes -> (N,) rows of `captions()` divided by T: wording * 10 + digit,
+    so each digit is captioned in the words of its style (prompts.STYLE_WORDS): "a printed digit 7"."""
+    wording = torch.tensor([caption_group(s) for s in STYLES], device=styles.device)[styles]
+    return wording * len(CLASS_NAMES) + labels
+
+
 def _create_domain_model(cfg: ClipConfig, device: torch.device) -> ClipJudge:
     """Register the architecture under `cfg.model` and build it, randomly initialised, through open_clip."""
     if cfg.model in open_clip.list_models() and open_clip.list_pretrained_tags_by_model(cfg.model):
@@ -262,10 +270,12 @@ def _train(
     # The 49,408-row token table is most of the parameters, and our captions use a few dozen rows:
     # it stays at its (saved) random init, which saves a dense gradient and AdamW update per step.
     net.token_embedding.requires_grad_(False)
-    tokens = judge.tokenize(captions())  # (10 * T, L)
+    tokens = judge.tokenize(captions())  # (wordings * 10 * T, L)
     loss_fn = open_clip.ClipLoss()
+    caption_class = caption_classes(train.labels, train.styles)
 
     def batch_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """y: caption classes (wording * 10 + digit); a random template of each."""
         pick = y * n_templates + torch.randint(n_templates, y.shape, generator=generator).to(device)
         unique, inverse = torch.unique(pick, return_inverse=True)  # encode each distinct caption once
         image = net.encode_image(judge.preprocess(x), normalize=True)
@@ -284,7 +294,7 @@ def _train(
         net,
         batch_loss,
         train.images.to(device),
-        train.labels.to(device),
+        caption_class.to(device),
         cfg.train,
         generator,
         evaluate=val_accuracy,

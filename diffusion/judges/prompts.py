@@ -10,16 +10,30 @@ from diffusion.data.schema import CLASS_NAMES
 
 PROMPT = 'a photo of the number: "{c}".'  # the zero-shot prompt of every judge (the open_clip MNIST one)
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-CAPTION_TEMPLATES = (  # {c}: the digit, {w}: its name
+# How captions name a style of diffusion/styles.py: {a} its adjective, {p} a phrase. The two handwritten
+# styles read alike ("a handwritten digit 7" is true of both); with MNIST alone the captions are the ones
+# the domain CLIP was always trained on.
+STYLE_WORDS = {
+    "handwritten-mnist": {"a": "handwritten", "p": "written by hand"},
+    "printed": {"a": "printed", "p": "set in type"},
+    "handwritten-uci": {"a": "handwritten", "p": "written by hand"},
+}
+CAPTION_TEMPLATES = (  # {c}: the digit, {w}: its name, {a} and {p}: its style (STYLE_WORDS)
     PROMPT,
-    "a handwritten digit {c}",
+    "a {a} digit {c}",
     "the number {w}",
     "a drawing of a {c}",
-    "a handwritten {w}",
+    "a {a} {w}",
     "an image of the digit {c}",
-    "the digit {w}, written by hand",
+    "the digit {w}, {p}",
     "a scan of the number {c}",
 )
+WORDINGS = tuple(dict.fromkeys(tuple(w.items()) for w in STYLE_WORDS.values()))  # distinct, in STYLES order
+
+
+def caption_group(style: str) -> int:
+    """The caption wording (index into WORDINGS) of a style name."""
+    return WORDINGS.index(tuple(STYLE_WORDS[style].items()))
 
 
 def prompts(template: str = PROMPT) -> list[str]:
@@ -28,9 +42,13 @@ def prompts(template: str = PROMPT) -> list[str]:
 
 
 def captions() -> list[str]:
-    """All 10 x T training captions, class-major: caption `label * T + t` uses template t."""
+    """All len(WORDINGS) x 10 x T training captions, wording-major then class-major: caption
+    `(wording * 10 + label) * T + t` uses template t."""
     return [
-        t.format(c=c, w=w) for c, w in zip(CLASS_NAMES, NUMBER_WORDS, strict=True) for t in CAPTION_TEMPLATES
+        t.format(c=c, w=w, **dict(wording))
+        for wording in WORDINGS
+        for c, w in zip(CLASS_NAMES, NUMBER_WORDS, strict=True)
+        for t in CAPTION_TEMPLATES
     ]
 
 
