@@ -28,7 +28,8 @@ from diffusion.data.datasets import DigitsDataset, published_files, to_uint8
 from diffusion.data.images import save_grid
 from diffusion.judges.evaluator import load_evaluator
 from diffusion.model.saved import load_diffusion
-from diffusion.quality.styles import Styled, fit_style_judge, style_grid, style_interpolation, style_quality
+from diffusion.quality.report_styles import style_grid, style_interpolation
+from diffusion.quality.styles import Styled, fit_style_judge, style_quality
 from diffusion.styles import STYLES
 
 MIXES = [0.0, 0.25, 0.5, 0.75, 1.0]

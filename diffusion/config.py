@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
     field_validator,
     model_serializer,
@@ -419,7 +420,7 @@ class GenerateConfig(Section):
     # accepted handwritten-mnist digits of every class, or digit -> count; null when per_style is given
     per_class: int | dict[int, int] | None = 200
     # per style: style -> (count for every digit, or digit -> count)
-    per_style: dict[str, int | dict[int, int]] | None = None
+    per_style: dict[str, StrictInt | dict[int, StrictInt]] | None = None  # StrictInt: `true` is no count
     sampler: SamplerConfig = SamplerConfig()  # omitted in params.yaml: the diffusion.sampler section
     # Three sizes, three meanings (the network batch, images per forward pass, is hardware.network_batch):
     seed_block: int = Field(10, ge=1)  # images of one class from one generator: decides the images

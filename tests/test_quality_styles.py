@@ -13,7 +13,8 @@ from diffusion.config import CasConfig, EvaluateConfig, JudgeTraining
 from diffusion.data.datasets import to_model_range, to_uint8
 from diffusion.data.schema import digits_table
 from diffusion.judges.classifier import DigitClassifier
-from diffusion.quality.styles import Styled, fit_style_judge, grade_styles, style_grid, style_quality
+from diffusion.quality.report_styles import style_grid
+from diffusion.quality.styles import Styled, fit_style_judge, grade_styles, style_quality
 from tests.judges_fixtures import render_digits
 
 

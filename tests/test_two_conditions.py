@@ -17,7 +17,7 @@ from diffusion.model.samplers import sample
 from diffusion.model.saved import load_diffusion
 from diffusion.model.train import train_diffusion
 from diffusion.model.unet import UNet
-from diffusion.quality.styles import blended, style_interpolation
+from diffusion.quality.report_styles import _interpolation, blended, style_interpolation
 
 
 def _config(steps: int, **unet: object):
@@ -79,6 +79,14 @@ def test_two_condition_model_draws_the_requested_style(tmp_path: Path) -> None:
     assert row.shape == (12, 1, 16, 16) and means[0] < 100 < 155 < means[2], means
     with pytest.raises(ValueError, match="knows one style"):
         blended(UNet(_config(1).unet), 0, 1, 0.5)
+    # the report's picture: drawn with the version's sampler, or a line saying why not (never a traceback)
+    drawn = SimpleNamespace(network=model, process=process)
+    styles = ["handwritten-mnist", "printed"]
+    picture, _ = _interpolation(styles, (drawn, SamplerConfig(name="ddim", steps=4), 0), tmp_path, 1)
+    assert picture["from"] == "handwritten-mnist" and (tmp_path / picture["src"]).is_file()
+    distilled = SamplerConfig(name="distilled", steps=4)
+    picture, status = _interpolation(styles, (drawn, distilled, 0), tmp_path, 1)
+    assert picture is None and status.startswith("not drawn: this network has no guidance input")
     # digits alone mean "any style": the null style row, and still a digit-shaped image
     x = sample(model, process, digits, SamplerConfig(name="ddim", steps=20, guidance=2.0),
                torch.Generator().manual_seed(0), "cpu")  # fmt: skip

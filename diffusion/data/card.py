@@ -27,13 +27,10 @@ STYLE_SOURCES = {
 }
 
 
-def _sources(manifest: dict[str, Any], splits: dict[str, pa.Table]) -> str:
-    """The real sources the model was trained on (the manifest's `model.styles`; in manifests written before
-    it, the styles the version's rows carry)."""
-    styles = manifest["model"].get("styles") or sorted(
-        {STYLES[c] for t in splits.values() for c in t.column("style").to_pylist() if c is not None}, key=STYLES.index
-    )
-    return "; ".join(STYLE_SOURCES[s] for s in styles) or "real digits"
+def _sources(manifest: dict[str, Any]) -> str:
+    """The real sources the model was trained on (the manifest's `model.styles`)."""
+    styles = manifest["model"].get("styles") or [STYLES[0]]
+    return "; ".join(STYLE_SOURCES[s] for s in styles)
 
 
 def _yaml_feature(name: str, feature: dict[str, Any]) -> dict[str, Any]:
@@ -95,7 +92,7 @@ were asked for, scored by two judges and kept only when they pass the filter bel
 - **Splits**: `train` holds the {split_rows.get("train", 0)} accepted digits (exact counts per class);
   `unfiltered` holds all {split_rows.get("unfiltered", 0)} digits the run sampled, accepted or not, for audits.
 - **Model**: diffusion weights sha256 `{manifest["model"]["sha256"]}`{_rev(manifest)}, trained on
-  {_sources(manifest, splits)}.
+  {_sources(manifest)}.
 - **Sampler**: {sampler["name"]}, {sampler["steps"]} steps, classifier-free guidance w = {sampler["guidance"]},
   best of {params["best_of_n"]} by CLIP score, seed {params["seed"]}, seed blocks of {params["seed_block"]}.
 - **Filter**: `{json.dumps(params["filter"])}` (CLIP `{params["clip"]["model"]}`; the downstream MNIST classifier).

@@ -28,7 +28,8 @@ def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int)
     """Split row indices per stratum by `fractions` (in SPLITS order), deterministically for a seed.
 
     `labels` (N,) int are the strata (`strata` makes them of (digit, style)). Each stratum is shuffled by its
-    own generator (seeded by (seed, stratum)), so adding rows of one stratum never moves rows of another. Counts are rounded per class; the last split takes the remainder.
+    own generator (seeded by (seed, stratum)), so adding rows of one stratum never moves rows of another.
+    Counts are rounded per stratum; the last split takes the remainder.
     Returns split name -> sorted int64 indices; the splits are disjoint and cover every row.
     """
     out: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}

@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 
 from diffusion.config import GenerateConfig
+from diffusion.data.schema import DIGITS_SCHEMA
 from diffusion.errors import DigitsError
 from diffusion.styles import cell_name
 
@@ -72,7 +73,7 @@ def run_key(
 ) -> str:
     """A hash of everything that decides a staged block's bytes: sampling, seed block, scoring, filter, seed,
     the device type, precision and compile mode the networks run in (a compiled network may round
-    differently), and the checksums of the model and judges.
+    differently), the checksums of the model and judges, and the schema the blocks are staged in.
 
     Counts, naming, sharding, task size, network batch and the runner are left out: they only decide which
     blocks are made and how, so a run asking for more digits reuses the blocks of one asking for fewer.
@@ -88,6 +89,7 @@ def run_key(
         "precision": precision,
         "compile": compile_mode,
         "checksums": checksums,
+        "schema": DIGITS_SCHEMA.to_string(),  # staged blocks of another schema are not reused
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 

@@ -70,7 +70,8 @@ def conditioned(
 ) -> Conditioned:
     """`data` as training draws it. Two conditions: labels (N, 2) = (digit, style) and, when `style_weights`
     (style name -> weight, `data.sources`) are given, each row weighted weight(style) / rows of its style, so
-    a style's share of the draws is its weight's share of the total (a style without a weight: 1)."""
+    a style's share of the draws is its weight's share of the total (a style without a weight: 1); None
+    leaves rows uniform (validation, distillation)."""
     if not two_conditions:
         return Conditioned(data.images, data.labels)
     styles = data.styles  # type: ignore[attr-defined]
@@ -172,7 +173,7 @@ def train_diffusion(
     draws = {s: (style_weights or {}).get(s, 1.0) for s in styles} if two else None  # decides the weights
     if two:
         cfg = cfg.model_copy(update={"unet": cfg.unet.model_copy(update={"num_styles": len(STYLES)})})
-    train, val = conditioned(train, two, style_weights), conditioned(val, two)
+    train, val = conditioned(train, two, style_weights or {}), conditioned(val, two)  # val: every row once
     tc = cfg.train
     device = torch.device(device)
     process = GaussianDiffusion(cfg.process).to(device)
@@ -209,8 +210,9 @@ def _train_loop(
     precision: Precision,
     draws: dict[str, float] | None = None,
 ) -> None:
-    """Steps to tc.steps (`draws`: the two-condition model's style weights, saved with each state). The loss window (state.window_sum, a float in the saved state) is summed on the
-    device in `window` and read back only for a history row or a resume state."""
+    """Steps to tc.steps (`draws`: the two-condition model's style weights, saved with each state). The
+    loss window (state.window_sum, a float in the saved state) is summed on the device in `window` and read
+    back only for a history row or a resume state."""
     tc = cfg.train
     state.model.train()
     device = next(state.model.parameters()).device

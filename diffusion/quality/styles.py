@@ -15,9 +15,8 @@ For every style s of the published rows:
                                counts), both tested on the style's real test digits
 
 `grade_styles` is what `evaluate` (and every graded run) adds as `per_style` when the real digits are of
-several styles. `style_grid` lays out a style's digits, one row per digit, and `style_interpolation` draws
-digits between two styles, from the same x_T, with the style embedding blended (`blended`): the report's
-pictures of what the style condition learnt.
+several styles. The pictures of styles (grids, the interpolation between two) are the report's:
+diffusion/quality/report_styles.py.
 
 The style judge is the filtering classifier's CNN with one output per style (`diffusion.styles.STYLES`),
 trained on the real training split and picked on the real val split: it never sees a synthetic digit.
@@ -25,21 +24,16 @@ trained on the real training split and picked on the real val split: it never se
 
 from __future__ import annotations
 
-from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from diffusion.config import CasConfig, EvaluateConfig, JudgeTraining, SamplerConfig
+from diffusion.config import CasConfig, EvaluateConfig, JudgeTraining
 from diffusion.data.datasets import DigitsDataset
 from diffusion.judges.classifier import DigitClassifier
-from diffusion.judges.training import NUM_CLASSES, accuracy, fit_cross_entropy, predict
-from diffusion.model.process import GaussianDiffusion
-from diffusion.model.samplers import sample
-from diffusion.model.unet import UNet
+from diffusion.judges.training import accuracy, fit_cross_entropy, predict
 from diffusion.quality.cas import balanced_subset, cas
 from diffusion.styles import STYLES
 
@@ -137,61 +131,3 @@ def grade_styles(
     known = torch.isin(published.styles, torch.tensor(sorted(real_styles)))
     kept = Styled(published.images[known], published.labels[known], published.styles[known])
     return style_quality(kept, real_train, real_val, real_test, evaluator, judge, cfg.cas, device)
-
-
-# --------------------------------------------------------------------------- between two styles
-def blended(model: UNet, a: int, b: int, mix: float) -> UNet:
-    """A copy of a two-condition `model` whose style `a` embeds as (1 - mix) e_a + mix e_b: asking it for
-    style a draws the blend of the two styles' embeddings."""
-    if model.style_emb is None:
-        raise ValueError("the model knows one style: nothing to blend")
-    copy = deepcopy(model)
-    with torch.no_grad():
-        weight = copy.style_emb.weight
-        weight[a] = (1.0 - mix) * model.style_emb.weight[a] + mix * model.style_emb.weight[b]
-    return copy
-
-
-def style_interpolation(
-    model: UNet,
-    process: GaussianDiffusion,
-    digits: list[int],
-    a: int,
-    b: int,
-    mixes: list[float],
-    sampler: SamplerConfig,
-    seed: int,
-) -> Tensor:
-    """`digits` drawn for each blend of styles a -> b (`blended`), every blend from the same x_T (one CPU
-    generator seeded by `seed` per blend): float (len(digits) * len(mixes), 1, H, W) in [-1, 1], digit-major
-    (row i of a grid with len(mixes) columns is digits[i] from style a to style b)."""
-    labels = torch.tensor([[digit, a] for digit in digits])
-    device = next(model.parameters()).device
-    by_mix = torch.stack(
-        [
-            sample(
-                blended(model, a, b, mix),
-                process,
-                labels,
-                sampler,
-                torch.Generator().manual_seed(seed),
-                device,
-            )
-            for mix in mixes
-        ],
-        dim=1,
-    )  # (D, M, 1, H, W)
-    return by_mix.flatten(0, 1)
-
-
-def style_grid(
-    images: np.ndarray, labels: np.ndarray, styles: np.ndarray, code: int, per_digit: int
-) -> np.ndarray:
-    """uint8 (10 * per_digit, H, W): the first `per_digit` digits of style `code` for each digit 0-9, one
-    row per digit, black where a digit has fewer (`diffusion.data.images.save_grid` with ncols=per_digit)."""
-    rows = []
-    for digit in range(NUM_CLASSES):
-        pick = np.flatnonzero((styles == code) & (labels == digit))[:per_digit]
-        blank = np.zeros((per_digit - len(pick), *images.shape[1:]), np.uint8)
-        rows.append(np.concatenate([images[pick], blank]))
-    return np.concatenate(rows)
