@@ -523,6 +523,14 @@ class EvaluateConfig(Section):
     # read 0.62 of real printed test digits as printed, without it 0.998: benchmarks/RESULTS.md, "Styles")
     style_judge: JudgeTraining = JudgeTraining(epochs=4, augment=False)
 
+    @field_validator("style_judge", mode="before")
+    @classmethod
+    def _style_judge_keeps_its_defaults(cls, raw: object) -> object:
+        """A mapping that leaves keys out keeps these defaults (augment false), not JudgeTraining's."""
+        if isinstance(raw, dict):
+            return {**cls.model_fields["style_judge"].default.model_dump(), **raw}
+        return raw
+
 
 class MonitorConfig(Section):
     """Drift alarms on every graded version (diffusion/quality/monitor.py): a version whose headline metric

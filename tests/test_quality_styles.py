@@ -80,3 +80,8 @@ def test_a_style_grid_has_a_row_per_digit_padded_with_black() -> None:
     assert grid.shape == (20, 28, 28)
     filled = [int(grid[i].max() > 0) for i in range(20)]
     assert filled == [0] * 6 + [1, 1] + [0] * 6 + [1, 0] + [0] * 4  # 3: two of three; 7: one of one
+
+
+def test_a_partial_style_judge_section_keeps_its_defaults() -> None:
+    cfg = EvaluateConfig.model_validate({"style_judge": {"epochs": 8}})
+    assert cfg.style_judge.epochs == 8 and cfg.style_judge.augment is False  # not JudgeTraining's True
