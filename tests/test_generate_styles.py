@@ -18,6 +18,7 @@ from diffusion.generate.plan import GenerationError
 from diffusion.generate.run import prepare_run
 from diffusion.model.saved import new_model, save_diffusion
 from diffusion.quality.grading import Grading
+from diffusion.quality.report_page import write_page
 from diffusion.styles import STYLES, cell, cell_name
 from tests.generate_fixtures import TINY_DIFFUSION, run_generate, tiny_generate
 
@@ -101,6 +102,10 @@ def test_exact_counts_per_digit_and_style_are_published(
     )
     assert 'id="per-style-status"' in page and 'data-from="handwritten-mnist" data-to="printed"' in page
     assert (page_dir / "style-printed.png").is_file() and (page_dir / "style-interpolation.png").is_file()
+    # built without the model: the grids, and a line saying why there is no interpolation
+    bare = (write_page(result.version, result.evaluation, tmp_path / "bare")).read_text()
+    assert 'data-style-grid="printed"' in bare and 'id="style-interpolation-status"' in bare
+    assert "not drawn: the report was built without the diffusion model" in bare
 
 
 def test_a_style_asked_of_a_digits_only_model_stops_before_any_work(

@@ -226,9 +226,7 @@ def write_page(
         "acceptance": _acceptance(counts),
         "trajectory": trajectory,
         "trajectory_status": trajectory_status,
-        "styles": styles_section(
-            version, document, out_dir, None if isinstance(drawing, str) else drawing, SCALE
-        ),
+        "styles": styles_section(version, document, out_dir, drawing, SCALE),
         "grids": grids(train, unfiltered, classes, out_dir),
         "histograms": histograms(
             unfiltered if unfiltered is not None else train,
