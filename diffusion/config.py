@@ -286,6 +286,14 @@ class JudgeTraining(Section):
     precision: Precision = "fp32"  # bf16: autocast forward and backward, float32 weights and loss
 
 
+def _over_default(model: type[BaseModel], field: str, raw: object) -> object:
+    """A mapping given for a JudgeTraining field, laid over that field's own default: keys left out keep this
+    section's defaults, not JudgeTraining's (a `mode="before"` field validator's body)."""
+    if isinstance(raw, dict):
+        return {**model.model_fields[field].default.model_dump(), **raw}
+    return raw
+
+
 class JudgeSection(Section):
     """A judge's section: the network's fields at the top level, the shared training settings under `train`.
 
@@ -299,9 +307,8 @@ class JudgeSection(Section):
     @model_validator(mode="before")
     @classmethod
     def _train_keeps_the_judges_defaults(cls, raw: object) -> object:
-        if isinstance(raw, dict) and isinstance(raw.get("train"), dict):
-            defaults = cls.model_fields["train"].default.model_dump()
-            raw = {**raw, "train": {**defaults, **raw["train"]}}
+        if isinstance(raw, dict) and "train" in raw:
+            raw = {**raw, "train": _over_default(cls, "train", raw["train"])}
         return raw
 
     def architecture(self) -> dict[str, Any]:
@@ -527,9 +534,7 @@ class EvaluateConfig(Section):
     @classmethod
     def _style_judge_keeps_its_defaults(cls, raw: object) -> object:
         """A mapping that leaves keys out keeps these defaults (augment false), not JudgeTraining's."""
-        if isinstance(raw, dict):
-            return {**cls.model_fields["style_judge"].default.model_dump(), **raw}
-        return raw
+        return _over_default(cls, "style_judge", raw)
 
 
 class MonitorConfig(Section):

@@ -38,8 +38,8 @@ def check_compile_mode(mode: str, key: str = "compile") -> str:
 def compiled(model: nn.Module, mode: str | None, key: str = "compile") -> nn.Module:
     """`model` itself when `mode` is None (eager), else `torch.compile(model, mode=mode)`.
 
-    The compiled module shares the weights and forwards attribute reads (`null_class`, `null_style`, `image_shape`) to
-    `model`, so it is a Denoiser wherever the eager one is. "reduce-overhead" and "max-autotune" use CUDA
+    The compiled module shares the weights and forwards attribute reads (`null_class`, `null_style`,
+    `image_shape`) to `model`, so it is a Denoiser wherever the eager one is. "reduce-overhead" and "max-autotune" use CUDA
     graphs on a GPU; on the CPU they compile as the default mode does.
     """
     if mode is None:

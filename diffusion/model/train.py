@@ -173,7 +173,7 @@ def train_diffusion(
     draws = {s: (style_weights or {}).get(s, 1.0) for s in styles} if two else None  # decides the weights
     if two:
         cfg = cfg.model_copy(update={"unet": cfg.unet.model_copy(update={"num_styles": len(STYLES)})})
-    train, val = conditioned(train, two, style_weights or {}), conditioned(val, two)  # val: every row once
+    train, val = conditioned(train, two, draws), conditioned(val, two)  # val: every row once
     tc = cfg.train
     device = torch.device(device)
     process = GaussianDiffusion(cfg.process).to(device)

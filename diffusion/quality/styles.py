@@ -119,10 +119,10 @@ def grade_styles(
     device: torch.device | str = "cpu",
 ) -> dict[str, Any] | None:
     """What `evaluate` reports per style of the published rows (`published_files`, Parquet): {style name:
-    measures (`style_quality`)}, the style judge fitted
-    with `cfg.style_judge` and CAS with `cfg.cas`; None when the real training digits are of one style (no
-    style judge to fit: a version of one source is graded by the headline metrics alone). A published style
-    with no real digits is left out, with nothing to compare it with."""
+    measures (`style_quality`)}, the style judge fitted with `cfg.style_judge` and CAS with `cfg.cas`; None
+    when the real training digits are of one style (no style judge to fit: a version of one source is graded
+    by the headline metrics alone). A published style with no real digits is left out, with nothing to
+    compare it with."""
     real_styles = set(real_train.styles.tolist())
     if len(real_styles) < 2:
         return None
