@@ -1,14 +1,16 @@
 """Choose the shipped guidance and filter by CAS, not by judged accuracy.
 
-For each guidance w, sample `--sample` digits per class (DPM-Solver++, the default model), score them with
-both judges, and build one dataset per filter: the first `--keep` accepted digits of each class (fewer when
+For each sampler of `--samplers` (default DPM-Solver++ 20) and each guidance w, sample `--sample` digits
+per class with the default model, score them with both judges, and build one dataset per filter: the first `--keep` accepted digits of each class (fewer when
 a class runs short). Each dataset is graded by the independent evaluator (never the filtering judge) and by
 CAS: the LeNet-5-style classifier of diffusion/quality/cas.py trained only on it to convergence (the
 `evaluate.cas` recipe: early stopping on the real val split), tested on the real test split, against the
 same trained on as many real training digits (mean and 95% t-interval half-width over `--seeds`; null
-with one seed). A "mix" row takes half of each class from w = 1 and half from w = 2.
+with one seed). A "mix" row takes half of each class from w = 1 and half from w = 2 (first sampler). Rows of
+a sampler other than DPM-Solver++ 20 name it ("ddim50/eta1 w=1.5 none").
 
     python benchmarks/guidance_sweep.py --models data/models --out benchmarks/results/guidance-sweep.json
+    python benchmarks/guidance_sweep.py ... --samplers dpm-solver++:20 dpm-solver++:50 ddim:50:1
 """
 
 from __future__ import annotations
@@ -55,12 +57,26 @@ def interval(values: Sequence[float]) -> list[float | None]:
     return [statistics.fmean(values), None if len(values) < 2 else (hi - lo) / 2]
 
 
+def sampler_spec(text: str) -> SamplerConfig:
+    """'name:steps[:eta]' -> a SamplerConfig (guidance set per row); argparse reports a bad spec."""
+    name, steps, *eta = text.split(":")
+    return SamplerConfig(name=name, steps=int(steps), eta=float(eta[0]) if eta else 0.0)
+
+
+def tag(cfg: SamplerConfig) -> str:
+    """A row's sampler prefix: empty for the shipped DPM-Solver++ 20."""
+    if (cfg.name, cfg.steps) == ("dpm-solver++", 20):
+        return ""
+    return f"{cfg.name}{cfg.steps}" + (f"/eta{cfg.eta:g} " if cfg.name == "ddim" else " ")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=Path("data/models"))
     parser.add_argument("--prepared", type=Path, default=Path("data/prepared"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
+    parser.add_argument("--samplers", type=sampler_spec, nargs="+", default=[sampler_spec("dpm-solver++:20")])
     parser.add_argument("--sample", type=int, default=150, help="digits sampled per class and guidance")
     parser.add_argument("--keep", type=int, default=100, help="digits kept per class")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -79,32 +95,36 @@ def main() -> None:
     )
     recipe = params.evaluate.cas.model_copy(update={"seeds": tuple(args.seeds)})
     labels = torch.arange(10).repeat_interleave(args.sample)
-    sampled: dict[float, tuple[torch.Tensor, object]] = {}
+    sampled: dict[str, tuple[torch.Tensor, object]] = {}
     rows = []
-    for w in args.guidance:
-        start = time.perf_counter()
-        cfg = SamplerConfig(name="dpm-solver++", steps=20, guidance=w)
-        generator = torch.Generator().manual_seed(1234)
-        images = sample(model, process, labels, cfg, generator, device, 250, args.precision)
-        sampled[w] = (images, scorer(images, labels))
-        print(f"w={w}: sampled {len(labels)} in {time.perf_counter() - start:.0f} s", flush=True)
+    for base in args.samplers:
+        for w in args.guidance:
+            start = time.perf_counter()
+            cfg = base.model_copy(update={"guidance": w})
+            generator = torch.Generator().manual_seed(1234)
+            images = sample(model, process, labels, cfg, generator, device, 250, args.precision)
+            sampled[f"{tag(cfg)}w={w:g}"] = (images, scorer(images, labels))
+            print(
+                f"{tag(cfg)}w={w}: sampled {len(labels)} in {time.perf_counter() - start:.0f} s", flush=True
+            )
     sets: dict[str, Digits] = {}
     acceptance: dict[str, float] = {}
-    for w, (images, scores) in sampled.items():
+    for prefix, (images, scores) in sampled.items():
         for name, rule in FILTERS.items():
             mask = keep_mask(scores, labels, **{"require_classifier_agrees": False, **rule})
-            sets[f"w={w:g} {name}"] = first_kept(images, labels, mask, args.keep)
-            acceptance[f"w={w:g} {name}"] = mask.float().mean().item()
-    if 1.0 in sampled and 2.0 in sampled:
+            sets[f"{prefix} {name}"] = first_kept(images, labels, mask, args.keep)
+            acceptance[f"{prefix} {name}"] = mask.float().mean().item()
+    first = tag(args.samplers[0])
+    if f"{first}w=1" in sampled and f"{first}w=2" in sampled:
         half = args.keep // 2
         parts = [
-            first_kept(sampled[w][0], labels, torch.ones_like(labels, dtype=torch.bool), half)
-            for w in (1.0, 2.0)
+            first_kept(sampled[f"{first}w={w}"][0], labels, torch.ones_like(labels, dtype=torch.bool), half)
+            for w in (1, 2)
         ]
-        sets["mix w=1+2 none"] = Digits(
+        sets[f"{first}mix w=1+2 none"] = Digits(
             torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts])
         )
-        acceptance["mix w=1+2 none"] = 1.0
+        acceptance[f"{first}mix w=1+2 none"] = 1.0
     for name, data in sets.items():
         runs = cas(data, train, val, test, recipe, device, gain=False).runs
         row = {
@@ -125,7 +145,8 @@ def main() -> None:
             {
                 "date": datetime.now(UTC).isoformat(),
                 "args": vars(args)
-                | {"models": str(args.models), "prepared": str(args.prepared), "out": str(args.out)},
+                | {"models": str(args.models), "prepared": str(args.prepared), "out": str(args.out)}
+                | {"samplers": [cfg.model_dump() for cfg in args.samplers]},
                 "rows": rows,
             },
             indent=2,

@@ -47,3 +47,9 @@ def cell_name(key: int) -> str:
     """'7' for handwritten-mnist's cells (as before styles), 'printed/7' for the others."""
     digit, style = cell_digit(key), cell_style(key)
     return str(digit) if style == 0 else f"{STYLES[style]}/{digit}"
+
+
+def manifest_styles(manifest: dict) -> list[str]:
+    """The styles a published version's model was trained on (its manifest's `model.styles`); a version
+    published before styles existed was drawn by an MNIST-only model."""
+    return list(manifest.get("model", {}).get("styles") or [STYLES[0]])

@@ -14,7 +14,7 @@ import pyarrow as pa
 import yaml
 
 from diffusion.data.schema import HF_FEATURES
-from diffusion.styles import STYLES, cell_name
+from diffusion.styles import STYLES, cell_name, manifest_styles
 
 # Where the real digits of each style come from, with their licences.
 STYLE_SOURCES = {
@@ -29,8 +29,7 @@ STYLE_SOURCES = {
 
 def _sources(manifest: dict[str, Any]) -> str:
     """The real sources the model was trained on (the manifest's `model.styles`)."""
-    styles = manifest["model"].get("styles") or [STYLES[0]]
-    return "; ".join(STYLE_SOURCES[s] for s in styles)
+    return "; ".join(STYLE_SOURCES[s] for s in manifest_styles(manifest))
 
 
 def _yaml_feature(name: str, feature: dict[str, Any]) -> dict[str, Any]:

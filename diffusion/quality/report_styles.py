@@ -27,7 +27,7 @@ from diffusion.data.shards import PublishedVersion, version_files
 from diffusion.model.process import GaussianDiffusion
 from diffusion.model.samplers import sample
 from diffusion.model.unet import UNet
-from diffusion.styles import STYLES
+from diffusion.styles import STYLES, manifest_styles
 
 GRID_PER_DIGIT = 8
 MIXES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -143,7 +143,7 @@ def styles_section(
     """What the page's Styles section shows (module docstring), its PNGs saved into `out_dir`; None when the
     version's model was trained on MNIST handwriting alone (so every row is). `drawing`: (the loaded model
     that drew the version, its sampler, its seed), or why the page is built without it."""
-    trained = list(version.manifest.get("model", {}).get("styles") or [STYLES[0]])
+    trained = manifest_styles(version.manifest)
     if trained == [STYLES[0]]:
         return None
     images, labels, styles = load_digits(version_files(version))
