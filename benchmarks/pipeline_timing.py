@@ -14,12 +14,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from benchmarks.samplers import machine  # noqa: E402
+from diffusion.precision import native_bf16  # noqa: E402
 
 STAGE = re.compile(r"Running stage '([\w@.-]+)'")
 
@@ -59,7 +68,8 @@ def main() -> None:
     stages = {name: round(nxt - at, 1) for (at, name), (nxt, _) in zip(starts, starts[1:], strict=False)}
     metrics = {p.stem: json.loads(p.read_text()) for p in sorted((args.clone / "metrics").glob("*.json"))}
     doc = {
-        "machine": platform.processor() or platform.machine(),
+        "machine": machine(torch.device("cpu")),
+        "native_bf16": native_bf16("cpu"),  # what hardware.precision: auto picks
         "cpus": len(os.sched_getaffinity(0)),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "make run",

@@ -283,7 +283,8 @@ class JudgeTraining(Section):
     weight_decay: float = Field(1e-4, ge=0.0)  # AdamW, on weight matrices and kernels only
     augment: bool = True  # random rotation, zoom, shear and shift of every training batch
     seed: int = Field(0, ge=0)  # weight init, dropout, shuffling and augmentation
-    precision: Precision = "fp32"  # bf16: autocast forward and backward, float32 weights and loss
+    # bf16: autocast forward and backward, float32 weights and loss; auto: bf16 where the device has bf16 units
+    precision: PrecisionChoice = "fp32"
 
 
 def _over_default(model: type[BaseModel], field: str, raw: object) -> object:

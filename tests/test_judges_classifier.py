@@ -118,3 +118,21 @@ def test_a_folder_whose_config_holds_the_earlier_flat_training_fields_loads(tmp_
     save_checkpoint(tmp_path / "old", "classifier", flat, {"model": net.state_dict()})
     x = torch.rand(3, 1, 28, 28) * 2 - 1
     assert torch.equal(load_classifier(tmp_path / "old")(x), net(x))
+
+
+def test_precision_auto_trains_as_the_precision_it_resolves_to(tmp_path: Path) -> None:
+    """`train.precision: auto` is bf16 on a CPU with bf16 units and fp32 elsewhere: the same weights as the
+    explicit setting it resolves to on this machine."""
+    from diffusion.precision import resolve_precision
+
+    train, val, test = (
+        digits_split(tmp_path, name, n, n) for name, n in [("train", 64), ("val", 32), ("test", 32)]
+    )
+    weights = []
+    for precision in ("auto", resolve_precision("auto", "cpu")):
+        cfg = TINY.model_copy(
+            update={"train": TINY.train.model_copy(update={"epochs": 1, "precision": precision})}
+        )
+        model = train_classifier(cfg, train, val, test, progress=False).model
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(weights[0], weights[1])

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from diffusion.checkpoint import CheckpointError, load_weights, read_checkpoint_config, save_checkpoint
 from diffusion.config import JudgeSection, JudgeTraining
-from diffusion.precision import autocast
+from diffusion.precision import autocast, resolve_precision
 
 NUM_CLASSES = 10
 S = TypeVar("S", bound=JudgeSection)
@@ -162,6 +162,7 @@ def fit(
     opt = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=total, pct_start=0.15)
     best = FitResult(best_state={}, best_score=-math.inf, best_epoch=0)
+    precision = resolve_precision(settings.precision, images.device)
     bar = tqdm(range(1, math.ceil(total / per_epoch) + 1), desc=desc, disable=not progress, unit="epoch")
     done = 0
     for epoch in bar:
@@ -171,7 +172,7 @@ def fit(
         for step in range(count):
             idx = order[step * settings.batch_size : (step + 1) * settings.batch_size]
             x = random_affine(images[idx], generator) if settings.augment else images[idx]
-            with autocast(images.device, settings.precision):
+            with autocast(images.device, precision):
                 loss = batch_loss(x, labels[idx]).float()
             opt.zero_grad(set_to_none=True)
             loss.backward()
