@@ -18,23 +18,27 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
-from diffusion.config import SamplerConfig, load_params
-from diffusion.data.datasets import DigitsDataset
-from diffusion.judges.classifier import load_classifier
-from diffusion.judges.clip import load_clip
-from diffusion.judges.evaluator import load_evaluator
-from diffusion.judges.scoring import Scorer, keep_mask
-from diffusion.model.samplers import sample
-from diffusion.model.saved import load_diffusion
-from diffusion.quality.cas import Digits, cas, t_interval
-from diffusion.quality.evaluate import conditional_accuracy
+REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as a script: the repository root is importable
+    sys.path.insert(0, str(REPO))
+
+from diffusion.config import SamplerConfig, load_params  # noqa: E402
+from diffusion.data.datasets import DigitsDataset  # noqa: E402
+from diffusion.judges.classifier import load_classifier  # noqa: E402
+from diffusion.judges.clip import load_clip  # noqa: E402
+from diffusion.judges.evaluator import load_evaluator  # noqa: E402
+from diffusion.judges.scoring import Scorer, keep_mask  # noqa: E402
+from diffusion.model.samplers import sample  # noqa: E402
+from diffusion.model.saved import load_diffusion  # noqa: E402
+from diffusion.quality.cas import Digits, cas, t_interval  # noqa: E402
+from diffusion.quality.evaluate import conditional_accuracy  # noqa: E402
 
 FILTERS = {
     "none": {},
@@ -139,14 +143,16 @@ def main() -> None:
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
+    from benchmarks.common import header  # here: benchmarks.samplers imports this module's `interval`
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
             {
-                "date": datetime.now(UTC).isoformat(),
+                **header(device, False, {}),  # machine, cores, threads, torch, date, command
                 "args": vars(args)
                 | {"models": str(args.models), "prepared": str(args.prepared), "out": str(args.out)}
-                | {"samplers": [cfg.model_dump() for cfg in args.samplers]},
+                | {"samplers": [cfg.model_dump(exclude={"guidance"}) for cfg in args.samplers]},
                 "rows": rows,
             },
             indent=2,
