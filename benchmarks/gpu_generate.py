@@ -289,8 +289,9 @@ def run(args: argparse.Namespace) -> None:
         clip = TINY_CLIP.model_copy(update={"model": "bench-smoke-clip"}).model_dump(mode="json")
         raw["clip"] = {**clip, "train": {"batch_size": 32}}
         raw["evaluate"] = {"cas": {"batch_size": 32, "max_epochs": 2, "patience": 1, "seeds": [0]}}
-        # 4 steps, and seed blocks of 10: 20 digits a class are 2 blocks, not a 50-digit block's surplus
-        sampler = {**raw.get("generate", {}).get("sampler", {}), "steps": 4}
+        # 4 steps, and seed blocks of 10: 20 digits a class are 2 blocks, not a 50-digit block's surplus;
+        # guidance on, so the smoke run takes the doubled-evaluations path of the FLOPs floor
+        sampler = {**raw.get("generate", {}).get("sampler", {}), "steps": 4, "guidance": 1.5}
         raw["generate"] = {**raw.get("generate", {}), "sampler": sampler, "seed_block": 10}
     params = parse_params(raw, where=str(args.params))
     device = torch.device(hardware.device)

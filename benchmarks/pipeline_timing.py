@@ -25,11 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-
-from benchmarks.samplers import machine  # noqa: E402
-from diffusion.precision import native_bf16  # noqa: E402
-
 STAGE = re.compile(r"Running stage '([\w@.-]+)'")
 
 
@@ -67,6 +62,11 @@ def main() -> None:
     code, starts = timed_run(["make", "run"], args.clone, args.out.with_suffix(".log"))
     stages = {name: round(nxt - at, 1) for (at, name), (nxt, _) in zip(starts, starts[1:], strict=False)}
     metrics = {p.stem: json.loads(p.read_text()) for p in sorted((args.clone / "metrics").glob("*.json"))}
+    import torch  # after the run: the timed `make run` shares the machine with nothing of ours
+
+    from benchmarks.samplers import machine
+    from diffusion.precision import native_bf16
+
     doc = {
         "machine": machine(torch.device("cpu")),
         "native_bf16": native_bf16("cpu"),  # what hardware.precision: auto picks

@@ -120,19 +120,25 @@ def test_a_folder_whose_config_holds_the_earlier_flat_training_fields_loads(tmp_
     assert torch.equal(load_classifier(tmp_path / "old")(x), net(x))
 
 
-def test_precision_auto_trains_as_the_precision_it_resolves_to(tmp_path: Path) -> None:
-    """`train.precision: auto` is bf16 on a CPU with bf16 units and fp32 elsewhere: the same weights as the
-    explicit setting it resolves to on this machine."""
-    from diffusion.precision import resolve_precision
+def test_precision_auto_is_bf16_on_a_device_with_bf16_units(tmp_path: Path, monkeypatch) -> None:
+    """`train.precision: auto` trains in bf16 where the device has bf16 units (faked here, so the test means the
+    same on every CPU; bf16 autocast runs emulated where the units are missing) and in fp32 elsewhere."""
+    import diffusion.precision
 
     train, val, test = (
         digits_split(tmp_path, name, n, n) for name, n in [("train", 64), ("val", 32), ("test", 32)]
     )
-    weights = []
-    for precision in ("auto", resolve_precision("auto", "cpu")):
+
+    def weights(precision: str) -> torch.Tensor:
         cfg = TINY.model_copy(
             update={"train": TINY.train.model_copy(update={"epochs": 1, "precision": precision})}
         )
         model = train_classifier(cfg, train, val, test, progress=False).model
-        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
-    assert torch.equal(weights[0], weights[1])
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    fp32, bf16 = weights("fp32"), weights("bf16")
+    assert not torch.equal(fp32, bf16)
+    monkeypatch.setattr(diffusion.precision, "native_bf16", lambda device: True)
+    assert torch.equal(weights("auto"), bf16)
+    monkeypatch.setattr(diffusion.precision, "native_bf16", lambda device: False)
+    assert torch.equal(weights("auto"), fp32)
