@@ -75,6 +75,7 @@ TINY = {
         "shard_rows": 8,
     },
     "distill": {
+        "guidance_range": [1.0, 3.0],  # w an input of the students: generation below asks for 1.5
         "teacher_steps": 4,
         "guidance_steps": 3,
         "round_steps": 2,
