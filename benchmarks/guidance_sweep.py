@@ -5,9 +5,10 @@ per class with the default model, score them with both judges, and build one dat
 `--keep` accepted digits of each class (fewer when a class runs short). Each dataset is graded by the
 independent evaluator (never the filtering judge) and by CAS: the LeNet-5-style classifier of
 diffusion/quality/cas.py trained only on it to convergence (the `evaluate.cas` recipe: early stopping on
-the real val split), tested on the real test split, against the same trained on as many real training digits (mean and 95% t-interval half-width over `--seeds`; null
-with one seed). A "mix" row takes half of each class from w = 1 and half from w = 2 (first sampler). Rows of
-a sampler other than DPM-Solver++ 20 name it ("ddim50/eta1 w=1.5 none").
+the real val split), tested on the real test split, against the same trained on as many real training
+digits (mean and 95% t-interval half-width over `--seeds`; null with one seed). A "mix" row takes half of
+each class from w = 1 and half from w = 2 (first sampler). Rows of a sampler other than DPM-Solver++ 20
+name it ("ddim50/eta1 w=1.5 none").
 
     python benchmarks/guidance_sweep.py --models data/models --out benchmarks/results/guidance-sweep.json
     python benchmarks/guidance_sweep.py ... --samplers dpm-solver++:20 dpm-solver++:50 ddim:50:1
