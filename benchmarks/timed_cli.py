@@ -1,8 +1,8 @@
-"""`digits generate` with a stopwatch: the CLI's own `main`, plus the wall-clock time each phase ends.
+"""`digits generate` with a stopwatch: the CLI's own entry point, plus the wall-clock time each phase ends.
 
     python -m benchmarks.timed_cli MARKS.json generate --params ... --metrics ...   # = digits generate ...
 
-This runs `diffusion.cli.main`, which is all the `digits` console script does, unchanged but for two
+This runs `diffusion.cli.run`, which is all the `digits` console script does, unchanged but for two
 things that add no work:
 - the --metrics file keeps `task_seconds` and `task_share` (where each task's time went), the nested
   mappings the CLI leaves out of DVC's metrics file (`diffusion.cli.headline`);
@@ -113,7 +113,7 @@ def _hook_flow(flow: Any) -> None:
     _timed_task(flow)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str]) -> None:
     marks_path, cli_args = Path(argv[0]), argv[1:]
     sys.meta_path.insert(0, _AfterImport({"diffusion.generate.run": _hook_run, "flows.generate": _hook_flow}))
     import diffusion.cli as cli
@@ -122,7 +122,7 @@ def main(argv: list[str]) -> int:
     cli.headline = lambda metrics: metrics  # keep task_seconds / task_share in the --metrics file
     _around(cli, "load_params", None, "params")
     try:
-        return cli.main(cli_args)
+        cli.run(cli_args)  # exits, as the console script does
     finally:
         _mark("end")
         marks_path.write_text(json.dumps(MARKS, indent=1) + "\n")
@@ -133,4 +133,4 @@ if __name__ == "__main__":
         sys.exit(
             f"usage: python -m benchmarks.timed_cli MARKS.json generate [digits generate flags]\n{__doc__}"
         )
-    sys.exit(main(sys.argv[1:]))
+    main(sys.argv[1:])

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +75,18 @@ def test_a_broken_gzip_idx_file_is_one_line(tmp_path: Path, name: str, make, why
         read_idx(path)
     assert str(info.value).startswith(f"{path}: cannot read IDX file")
     assert str(info.value).endswith("replace it with an intact copy")
+
+
+def test_the_console_script_exits_with_the_status_and_line_of_main(tmp_path: Path) -> None:
+    """`digits` is `diffusion.cli.run`: `main`'s status and one-line error survive its fast exit."""
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"generate": {"per_class": 0}}))
+    argv = [sys.executable, "-m", "diffusion.cli", *_prepare(tmp_path), "--params", str(path)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "per_class must be >= 1" in proc.stderr
+    assert not (tmp_path / "prepared").exists()
 
 
 def test_prepare_on_a_corrupt_gzip_idx_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
