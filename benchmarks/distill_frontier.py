@@ -188,25 +188,10 @@ def table(doc: dict[str, Any]) -> str:
 
 def smoke(args: argparse.Namespace, work: Path) -> None:
     """Tiny random models, a student distilled for a few steps, rendered digits: every part runs."""
-    from diffusion.config import DistillConfig
-    from diffusion.generate.task import file_sha256
-    from diffusion.model.distill import distill
-    from tests.generate_fixtures import write_tiny_models
+    from tests.generate_fixtures import distill_tiny_student, write_tiny_models
 
     paths = write_tiny_models(work / "models")
-    teacher, process = load_diffusion(paths["model"])
-    cfg = DistillConfig(teacher_steps=8, guidance_steps=2, round_steps=2, batch_size=4, log_every=1)
-    sha = file_sha256(Path(paths["model"]) / "ema.safetensors")
-    distill(
-        teacher,
-        process,
-        cfg,
-        DigitsDataset(paths["train"]),
-        sha,
-        work / "student",
-        work / "resume",
-        progress=False,
-    )
+    distill_tiny_student(paths, work / "student", work / "resume")
     args.teacher, args.student, args.evaluator = paths["model"], str(work / "student"), paths["evaluator"]
     args.prepared, args.count, args.seeds = str(Path(paths["train"]).parent), 40, [0]
     args.teacher_steps, args.student_steps = [2], [2, 1]

@@ -190,12 +190,20 @@ def params_for(base: dict[str, Any], per_class: int, root: Path) -> dict[str, An
 
 
 def measure(
-    count: int, base: dict[str, Any], model, process, args: argparse.Namespace, work: Path
+    count: int,
+    base: dict[str, Any],
+    model,
+    process,
+    args: argparse.Namespace,
+    work: Path,
+    student: str | None = None,
 ) -> dict[str, Any]:
-    """The ceiling, then the command, for `count` digits; every figure of one count."""
+    """The ceiling, then the command, for `count` digits; every figure of one count. With `student` (the
+    folder of the distilled students; `model` is then the student the params' sampler names), the command
+    samples with it (`--student`)."""
     if count % 10:
         raise SystemExit(f"--counts: {count} is not 10 x a per-class count")
-    root = work / f"n{count}"
+    root = work / (f"n{count}-student" if student else f"n{count}")
     root.mkdir(parents=True)
     raw = params_for(base, count // 10, root)
     params = parse_params(raw, where=f"params for {count}")
@@ -206,6 +214,7 @@ def measure(
     # --no-grade: the engine against its sampler's ceiling; grading a version is measured on its own
     flags = ["--params", str(root / "params.yaml"), "--no-grade", "--model", args.model]
     flags += ["--classifier", args.classifier, "--train", args.train, "--metrics", str(root / "metrics.json")]
+    flags += ["--student", student] if student else []
     python = Path(sys.executable)
     if args.plain:
         argv = [str(python.with_name("digits")), "generate", *flags]

@@ -81,6 +81,22 @@ def write_tiny_models(root: Path) -> dict[str, str]:
     }
 
 
+def distill_tiny_student(paths: dict[str, str], folder: Path, resume: Path) -> str:
+    """A few optimiser steps of distillation of the tiny teacher (`write_tiny_models`) into students for 4,
+    2 and 1 steps at w in the default range, written to `folder`; its path."""
+    from diffusion.config import DistillConfig
+    from diffusion.data.datasets import DigitsDataset
+    from diffusion.generate.task import file_sha256
+    from diffusion.model.distill import distill
+    from diffusion.model.saved import load_diffusion
+
+    teacher, process = load_diffusion(paths["model"])
+    cfg = DistillConfig(teacher_steps=8, guidance_steps=2, round_steps=2, batch_size=4, log_every=1)
+    sha = file_sha256(Path(paths["model"]) / "ema.safetensors")
+    distill(teacher, process, cfg, DigitsDataset(paths["train"]), sha, folder, resume, progress=False)
+    return str(folder)
+
+
 def tiny_generate(paths: dict[str, str], root: Path, **over: object) -> GenerateConfig:
     """A generation config for the tiny models: a few small seed blocks, publishing under `root`."""
     raw = {

@@ -1,5 +1,6 @@
 """The generation benchmarks run end to end in their smoke mode (tiny random models on the CPU) and write
-the figures they promise: benchmarks/generate_ceiling.py, gpu_generate.py and distill_frontier.py."""
+the figures they promise: benchmarks/generate_ceiling.py, generate_student.py, gpu_generate.py and
+distill_frontier.py."""
 
 from __future__ import annotations
 
@@ -168,6 +169,21 @@ def test_few_real_smoke_and_its_rerun_reuses_every_part(tmp_path: Path) -> None:
     # the rerun trains nothing, generates nothing and fits nothing: every part is reused, every figure kept
     assert set(again["parts"]) == parts and all(p["reused"] for p in again["parts"].values())
     assert again["arms"] == first["arms"] and again["generate"] == first["generate"]
+
+
+@pytest.mark.slow
+def test_generate_student_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "student.json"
+    run_benchmark("generate_student.py", "--out", str(out), "--work", str(tmp_path / "work"))
+    doc = json.loads(out.read_text())
+    assert {"machine", "date", "command", "setting", "runs"} <= set(doc) and doc["smoke"] is True
+    assert doc["setting"]["student_sampler"] == {"name": "distilled", "steps": 2, "guidance": 1.0, "eta": 0.0}
+    (row,) = doc["runs"]
+    assert row["count"] == 20 and positive(row["speedup"], row["ceiling_speedup"])
+    for side in ("teacher", "student"):
+        assert row[side]["command"]["exit_code"] == 0 and row[side]["accepted"] == 20
+    assert "--student" in row["student"]["command"]["argv"]
+    assert "--student" not in row["teacher"]["command"]["argv"]
 
 
 @pytest.mark.slow
