@@ -12,6 +12,7 @@ to the end); the install is everything before the first stage. The JSON also hol
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -49,17 +50,42 @@ def timed_run(command: list[str], cwd: Path, log: Path) -> tuple[int, list[tuple
     return code, starts
 
 
+def read_log(log: Path) -> list[tuple[float, str]]:
+    """The (seconds, stage) starts of a `timed_run` log, and its last line's seconds as the end."""
+    starts: list[tuple[float, str]] = []
+    last = 0.0
+    for line in log.read_text().splitlines():
+        head = line[:8].strip()
+        if not head:
+            continue
+        last = float(head)
+        if match := STAGE.search(line):
+            starts.append((last, match.group(1)))
+    return [*starts, (last, "<end>")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--clone", type=Path, default=Path("/tmp/digits-fresh-clone"))
     parser.add_argument("--source", type=Path, default=Path(__file__).resolve().parents[1])
+    parser.add_argument(
+        "--from-log",
+        type=Path,
+        default=None,
+        help="no run: the figures from this earlier run's log (its --out .log) and its --clone",
+    )
     args = parser.parse_args()
-    subprocess.run(["git", "clone", "-q", str(args.source), str(args.clone)], check=True)
+    if importlib.util.find_spec("torch") is None:  # needed after the run, for the machine's name
+        raise SystemExit("run this with the project's Python (.venv/bin/python): torch is not importable")
+    if args.from_log:
+        code, starts = 0, read_log(args.from_log)
+    else:
+        subprocess.run(["git", "clone", "-q", str(args.source), str(args.clone)], check=True)
+        code, starts = timed_run(["make", "run"], args.clone, args.out.with_suffix(".log"))
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=args.clone, capture_output=True, text=True, check=True
     ).stdout.strip()
-    code, starts = timed_run(["make", "run"], args.clone, args.out.with_suffix(".log"))
     stages = {name: round(nxt - at, 1) for (at, name), (nxt, _) in zip(starts, starts[1:], strict=False)}
     metrics = {p.stem: json.loads(p.read_text()) for p in sorted((args.clone / "metrics").glob("*.json"))}
     import torch  # after the run: the timed `make run` shares the machine with nothing of ours
