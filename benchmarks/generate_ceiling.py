@@ -16,7 +16,7 @@ For each count N (generate.per_class = N / 10), in this order:
    then --ceiling-images (rounded up to whole batches) timed. images/s.
 2. the command, as a subprocess: `digits generate --params <a copy of --params with per_class, output_root
    and staging_dir set, the latter two in a temporary folder> --model --classifier --train --metrics`,
-   cold (nothing staged). It runs through benchmarks/timed_cli.py, which is `digits`' own `main` plus
+   cold (nothing staged). It runs through benchmarks/timed_cli.py, which is `digits`' own entry point plus
    phase marks and the task timings kept in the metrics file (`--plain` runs `<venv>/bin/digits` itself:
    no phases, and task parts only if the CLI writes them). Wall time from spawn to exit. Peak resident
    memory: the kernel's high-water mark of the command's process (`os.wait4` rusage ru_maxrss, the largest

@@ -5,7 +5,7 @@ whole command's wall time, on the same machine.
 
     python benchmarks/generate_student.py --counts 2000 --student data/models/distilled --steps 4 \
         --out benchmarks/results/generate-student-cpu.json
-    python benchmarks/generate_student.py --smoke --out /tmp/student.json    # tiny random models, a minute
+    python benchmarks/generate_student.py --smoke --out /tmp/student.json    # tiny random models, a minute or two
 
 For each count N, in this order, with benchmarks/generate_ceiling.py's `measure` (the sampler-only
 ceiling, then `digits generate --no-grade` as a subprocess from a cold staging folder, its phases and
@@ -40,6 +40,7 @@ if __package__ in (None, ""):  # run as a script: the repository root is importa
 from benchmarks.compile_sampler import cpu_model_name  # noqa: E402
 from benchmarks.generate_ceiling import measure, summary  # noqa: E402
 from diffusion.config import parse_params  # noqa: E402
+from diffusion.model.compile import compiled  # noqa: E402
 from diffusion.model.saved import load_diffusion  # noqa: E402
 from diffusion.model.student import load_student  # noqa: E402
 
@@ -65,7 +66,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=None, help="run folders (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the published versions and logs")
-    parser.add_argument("--smoke", action="store_true", help="tiny random models, a tiny student, seconds")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny random models, a tiny student (a minute or two)"
+    )
     args = parser.parse_args()
     args.plain, args.prefect_home = False, None  # what generate_ceiling.measure reads besides the above
 
@@ -84,8 +87,10 @@ def main() -> None:
     student_base = with_student(base, args.steps)
     params = parse_params(student_base, where=str(args.params))  # the student's params, checked
     device = torch.device(params.hardware.device)
-    teacher, process = load_diffusion(args.model, device)
+    teacher, process = load_diffusion(args.model, device)  # compiled as a worker compiles them
+    teacher = compiled(teacher, params.hardware.compile)
     student, student_process = load_student(args.student, args.steps, device)
+    student = compiled(student, params.hardware.compile)
 
     rows = []
     for count in args.counts:

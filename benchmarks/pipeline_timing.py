@@ -6,7 +6,8 @@ Clones the repository's HEAD into a new folder (or uses `--clone`, which must no
 `make run` there (the virtualenv install, then `dvc repro`), and stamps each line of its output with the
 seconds since the start. A stage's time runs from its "Running stage" line to the next stage's (the last
 to the end); the install is everything before the first stage. The JSON also holds the run's
-`metrics/*.json`, so a fresh clone's figures can be compared with the committed ones.
+`metrics/*.json`, so a fresh clone's figures can be compared with the committed ones. `--from-log LOG`
+runs nothing: it reads the figures from an earlier run's log and its --clone (exit status unknown, null).
 """
 
 from __future__ import annotations
@@ -51,10 +52,11 @@ def timed_run(command: list[str], cwd: Path, log: Path) -> tuple[int, list[tuple
 
 
 def read_log(log: Path) -> list[tuple[float, str]]:
-    """The (seconds, stage) starts of a `timed_run` log, and its last line's seconds as the end."""
+    """The (seconds, stage) starts of a `timed_run` log, and its last line's seconds as the end (the exit
+    itself is not logged: the total is short by the time from the last line to the exit)."""
     starts: list[tuple[float, str]] = []
     last = 0.0
-    for line in log.read_text().splitlines():
+    for line in log.read_text().split("\n"):  # not splitlines: progress bars hold other line breaks
         head = line[:8].strip()
         if not head:
             continue
@@ -79,7 +81,7 @@ def main() -> None:
     if importlib.util.find_spec("torch") is None:  # needed after the run, for the machine's name
         raise SystemExit("run this with the project's Python (.venv/bin/python): torch is not importable")
     if args.from_log:
-        code, starts = 0, read_log(args.from_log)
+        code, starts = None, read_log(args.from_log)  # the log does not hold the exit status
     else:
         subprocess.run(["git", "clone", "-q", str(args.source), str(args.clone)], check=True)
         code, starts = timed_run(["make", "run"], args.clone, args.out.with_suffix(".log"))

@@ -81,7 +81,8 @@ def test_the_console_script_exits_with_the_status_and_line_of_main(tmp_path: Pat
     """`digits` is `diffusion.cli.run`: `main`'s status and one-line error survive its fast exit."""
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({"generate": {"per_class": 0}}))
-    argv = [sys.executable, "-m", "diffusion.cli", *_prepare(tmp_path), "--params", str(path)]
+    script = Path(sys.executable).with_name("digits")  # what pyproject's [project.scripts] installed
+    argv = [str(script), *_prepare(tmp_path), "--params", str(path)]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr

@@ -182,8 +182,11 @@ def test_generate_student_smoke(tmp_path: Path) -> None:
     assert row["count"] == 20 and positive(row["speedup"], row["ceiling_speedup"])
     for side in ("teacher", "student"):
         assert row[side]["command"]["exit_code"] == 0 and row[side]["accepted"] == 20
-    assert "--student" in row["student"]["command"]["argv"]
-    assert "--student" not in row["teacher"]["command"]["argv"]
+    teacher, student = row["teacher"]["command"]["argv"], row["student"]["command"]["argv"]
+    assert "--student" not in teacher and student[student.index("--student") + 1].endswith("student")
+    assert teacher[teacher.index("--model") + 1] == student[student.index("--model") + 1]  # the teacher
+    assert row["student"]["ceiling"]["sampler"]["name"] == "distilled"
+    assert row["teacher"]["ceiling"]["sampler"]["name"] == "dpm-solver++"
 
 
 @pytest.mark.slow
