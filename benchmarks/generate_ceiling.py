@@ -303,6 +303,19 @@ def summary(row: dict[str, Any]) -> str:
     )
 
 
+def run_header(device: torch.device, smoke: bool) -> dict[str, Any]:
+    """The JSON's first keys: machine (the CPU's model name or the card's), cores, torch, date, command."""
+    return {
+        "machine": cpu_model_name() if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "cpus": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "smoke": smoke,
+    }
+
+
 # --------------------------------------------------------------------------- smoke mode
 def smoke_setup(work: Path, base: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """Tiny random-weight models (tests/generate_fixtures.py) and params that use them, the filter off;
@@ -368,13 +381,7 @@ def main() -> None:
     small, large = min(rows, key=lambda r: r["count"]), max(rows, key=lambda r: r["count"])
     memory_ratio = large["command"]["peak_rss_mib"] / small["command"]["peak_rss_mib"]
     doc = {
-        "machine": cpu_model_name() if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "cpus": len(os.sched_getaffinity(0)),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "smoke": args.smoke,
+        **run_header(device, args.smoke),
         "note": args.note,
         "setting": {
             "hardware": params.hardware.model_dump(mode="json"),

@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import shutil
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: the repository root is importable
     sys.path.insert(0, str(REPO))
 
-from benchmarks.compile_sampler import cpu_model_name  # noqa: E402
-from benchmarks.generate_ceiling import measure, summary  # noqa: E402
+from benchmarks.generate_ceiling import measure, run_header, summary  # noqa: E402
 from diffusion.config import parse_params  # noqa: E402
 from diffusion.model.compile import compiled  # noqa: E402
 from diffusion.model.saved import load_diffusion  # noqa: E402
@@ -113,13 +109,7 @@ def main() -> None:
             flush=True,
         )
     doc = {
-        "machine": cpu_model_name() if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "cpus": len(os.sched_getaffinity(0)),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "smoke": args.smoke,
+        **run_header(device, args.smoke),
         "setting": {
             "hardware": params.hardware.model_dump(mode="json"),
             "precision": params.hardware.resolved_precision(),
