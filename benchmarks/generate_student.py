@@ -41,10 +41,9 @@ from diffusion.model.saved import load_diffusion  # noqa: E402
 from diffusion.model.student import load_student  # noqa: E402
 
 
-def with_student(base: dict[str, Any], steps: int) -> dict[str, Any]:
-    """`base` (raw params) with generate.sampler the `steps`-step student at the teacher's guidance."""
+def with_student(base: dict[str, Any], steps: int, guidance: float) -> dict[str, Any]:
+    """`base` (raw params) with generate.sampler the `steps`-step student at the teacher's `guidance`."""
     generate = base.get("generate", {})
-    guidance = parse_params(base, where="params").generate.sampler.guidance
     sampler = {"name": "distilled", "steps": steps, "guidance": guidance}
     return {**base, "generate": {**generate, "sampler": sampler}}
 
@@ -80,7 +79,8 @@ def main() -> None:
         args.student = distill_tiny_student(paths, work / "student", work / "resume")
         args.counts, args.ceiling_images, args.steps = [20], 20, 2
         args.prefect_home = work / "prefect-home"
-    student_base = with_student(base, args.steps)
+    teacher_sampler = parse_params(base, where=str(args.params)).generate.sampler
+    student_base = with_student(base, args.steps, teacher_sampler.guidance)
     params = parse_params(student_base, where=str(args.params))  # the student's params, checked
     device = torch.device(params.hardware.device)
     teacher, process = load_diffusion(args.model, device)  # compiled as a worker compiles them
@@ -113,7 +113,7 @@ def main() -> None:
         "setting": {
             "hardware": params.hardware.model_dump(mode="json"),
             "precision": params.hardware.resolved_precision(),
-            "teacher_sampler": parse_params(base, where="params").generate.sampler.model_dump(mode="json"),
+            "teacher_sampler": teacher_sampler.model_dump(mode="json"),
             "student_sampler": params.generate.sampler.model_dump(mode="json"),
             "teacher": args.model,
             "student": args.student,
