@@ -156,7 +156,7 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
                 **params.model_dump(mode="json"),
                 "generate": {**cfg.model_dump(mode="json"), "output_root": args.output_root},
             }
-            cfg = parse_params(raw, where="--output-root").generate
+            cfg = parse_params(raw, where="--output-root", libraries=LIBRARY_RULES["generate"]).generate
         model, revision = args.model, None
         if args.rev:
             folder, revision = fetch_pinned(
@@ -443,6 +443,14 @@ STAGES: dict[str, tuple[Callable[[Params, argparse.Namespace], None], dict[str, 
     ),
 }
 
+# The libraries whose rules check the params their command reads (diffusion/library_rules.py); a command
+# not named here checks every section's types and ranges but imports none of them.
+LIBRARY_RULES: dict[str, frozenset[str]] = {
+    "train-clip": frozenset({"open_clip"}),  # clip.context_length: the tokenizer it builds
+    "generate": frozenset({"prefect", "fsspec"}),  # generate.output_root, and the schedule of its flow
+    "serve": frozenset({"prefect", "fsspec"}),  # generate.schedule: the deployment's cron and timezone
+}
+
 HELP = {
     "rev": "a git revision: generate from the diffusion checkpoint its dvc.lock pins",
     "output_root": "publish here instead of generate.output_root",
@@ -489,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        params = load_params(args.params)
+        params = load_params(args.params, LIBRARY_RULES.get(args.stage, frozenset()))
         STAGES[args.stage][0](params, args)
     except DigitsError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -10,6 +10,7 @@ section's validators `diffusion.device` and `diffusion.model.compile` (which imp
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -26,7 +27,7 @@ from pydantic import (
 )
 
 from diffusion.errors import DigitsError
-from diffusion.library_rules import ClipContextLength, FsspecUrl, PrefectCron, PrefectTimezone
+from diffusion.library_rules import LIBRARIES, ClipContextLength, FsspecUrl, PrefectCron, PrefectTimezone
 from diffusion.precision import Precision, PrecisionChoice, resolve_precision
 from diffusion.styles import SOURCE_STYLE, STYLES, cell
 
@@ -711,22 +712,29 @@ def _moved_key(raw: dict) -> str | None:
     return None
 
 
-def parse_params(raw: object, where: str = "params") -> Params:
-    """Validate a parsed params mapping. Raises ConfigError with one line."""
+def parse_params(raw: object, where: str = "params", libraries: Iterable[str] | None = None) -> Params:
+    """Validate a parsed params mapping. Raises ConfigError with one line.
+
+    `libraries`: whose rules check the keys a library reads later (`diffusion.library_rules.LIBRARIES`);
+    None: every library's. The types, ranges and cross-field rules of every section always apply."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of sections at top level, got {type(raw).__name__}")
     if moved := _moved_key(raw):
         raise ConfigError(f"{where}: {moved}")
+    context = None if libraries is None else {"libraries": frozenset(libraries)}
+    if context is not None and (unknown := context["libraries"] - LIBRARIES):
+        raise ValueError(f"libraries: {sorted(unknown)} are not among {sorted(LIBRARIES)}")
     try:
-        return Params.model_validate(raw)
+        return Params.model_validate(raw, context=context)
     except ValidationError as err:
         raise ConfigError(_one_line(err, where)) from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate `params.yaml`; every section is checked before any work starts."""
+def load_params(path: str | Path = "params.yaml", libraries: Iterable[str] | None = None) -> Params:
+    """Read and validate `params.yaml`; every section is checked before any work starts (the keys a library
+    reads later by the rules of `libraries`, None: of every library; see `parse_params`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
@@ -734,4 +742,4 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    return parse_params(raw, where=str(path))
+    return parse_params(raw, where=str(path), libraries=libraries)

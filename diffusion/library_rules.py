@@ -4,10 +4,17 @@ Each `Annotated` type below carries a pydantic after-validator for a field of di
 returns the value or raises ValueError with one line, which config.py turns into a ConfigError naming the
 key. The library is imported inside the check (only when params set the key) and the verdict is cached:
 
-    PrefectCron         Prefect's CronSchedule accepts it, and Prefect's croniter finds a next fire time
-    PrefectTimezone     Prefect's CronSchedule accepts it (a name in zoneinfo.available_timezones())
-    FsspecUrl           a local path, or a URL whose every protocol fsspec knows and can import
-    ClipContextLength   open_clip's tokenizer fits every prompt and caption of diffusion/judges/prompts.py
+    PrefectCron         (prefect)   Prefect's CronSchedule accepts it, and Prefect's croniter finds a next fire time
+    PrefectTimezone     (prefect)   Prefect's CronSchedule accepts it (a name in zoneinfo.available_timezones())
+    FsspecUrl           (fsspec)    a local path, or a URL whose every protocol fsspec knows and can import
+    ClipContextLength   (open_clip) open_clip's tokenizer fits every prompt and caption of diffusion/judges/prompts.py
+
+A check runs when its library is among the validation context's "libraries" (`parse_params(raw,
+libraries=...)`), and always without a context. The `digits` commands name the libraries that read those
+keys in their own work (`diffusion.cli.LIBRARY_RULES`: train-clip open_clip, generate and serve Prefect and
+fsspec), so a stage that never builds a CLIP or a schedule does not import open_clip (2 s) or Prefect
+(1 s) just to check a key it does not read; every key is still checked, by its library, before the work
+of the command that reads it.
 """
 
 from __future__ import annotations
@@ -17,14 +24,24 @@ from collections.abc import Callable
 from functools import cache
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, ValidationInfo
+
+LIBRARIES = frozenset({"prefect", "fsspec", "open_clip"})
 
 
-def _raising(problem: Callable[[str], str | None]) -> Callable[[str], str]:
-    """A pydantic after-validator from a function that names a value's problem (None: no problem)."""
+def applies(library: str, info: ValidationInfo) -> bool:
+    """Whether this validation checks by `library`'s rules: the context's "libraries" name it, or there is
+    no context (every library's rules)."""
+    context = info.context
+    return context is None or library in context.get("libraries", LIBRARIES)
 
-    def check(value: str) -> str:
-        if (found := problem(value)) is not None:
+
+def _raising(library: str, problem: Callable[[str], str | None]) -> Callable[[str, ValidationInfo], str]:
+    """A pydantic after-validator from a function that names a value's problem (None: no problem), run when
+    the validation applies `library`'s rules."""
+
+    def check(value: str, info: ValidationInfo) -> str:
+        if applies(library, info) and (found := problem(value)) is not None:
             raise ValueError(found)
         return value
 
@@ -62,7 +79,7 @@ def _cron_problem(cron: str) -> str | None:
     return None
 
 
-check_prefect_cron = _raising(_cron_problem)
+check_prefect_cron = _raising("prefect", _cron_problem)
 
 
 @cache
@@ -82,7 +99,7 @@ def _timezone_problem(timezone: str) -> str | None:
     return None
 
 
-check_prefect_timezone = _raising(_timezone_problem)
+check_prefect_timezone = _raising("prefect", _timezone_problem)
 
 
 # --------------------------------------------------------------------------- fsspec
@@ -102,7 +119,7 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
-check_fsspec_url = _raising(_url_problem)
+check_fsspec_url = _raising("fsspec", _url_problem)
 
 
 # --------------------------------------------------------------------------- open_clip
@@ -121,7 +138,9 @@ def clip_tokens_needed() -> tuple[int, str]:
     return max((len(tokenizer.encode(text)) + 2, text) for text in tokenized_texts())
 
 
-def check_clip_context_length(length: int) -> int:
+def check_clip_context_length(length: int, info: ValidationInfo) -> int:
+    if not applies("open_clip", info):
+        return length
     needed, text = clip_tokens_needed()
     if length < needed:
         raise ValueError(

@@ -24,6 +24,7 @@ from diffusion.data.datasets import load_arrays, published_files
 from diffusion.data.schema import digits_table
 from diffusion.data.sources import read_idx
 from diffusion.errors import DataError
+from tests.conftest import REPO
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
@@ -278,6 +279,45 @@ def test_an_output_root_whose_package_is_missing_is_one_line() -> None:
 def test_serve_with_a_cron_prefect_rejects_exits_2_before_prefect(tmp_path: Path, capsys) -> None:
     err = _run(tmp_path, {"generate": {"schedule": {"cron": "61 3 * * *"}}}, ["serve"], capsys)
     assert "generate.schedule.cron" in err
+
+
+def test_train_clip_checks_the_context_length_that_a_diffusion_stage_does_not_read(
+    tmp_path: Path, capsys
+) -> None:
+    bad = {"clip": {"context_length": 8}, "generate": {"schedule": {"cron": "61 3 * * *"}}}
+    err = _run(
+        tmp_path, bad, ["train-clip", "--train=t", "--val=v", "--test=t", "--out=o", "--metrics=m"], capsys
+    )
+    assert err.startswith("error: ") and "clip.context_length" in err
+    # a stage that reads neither key checks their types and ranges only, not by open_clip's or Prefect's rules
+    assert parse_params(bad, libraries=()).clip.context_length == 8
+    with pytest.raises(
+        ConfigError, match=r"clip\.context_length: Input should be greater than or equal to 8"
+    ):
+        parse_params({"clip": {"context_length": 7}}, libraries=())
+    with pytest.raises(ValueError, match="not among"):
+        parse_params({}, libraries=["torch"])
+
+
+def test_a_stage_without_clip_or_a_schedule_imports_neither_to_check_params() -> None:
+    """The params check of `digits train-diffusion` (and every stage not in LIBRARY_RULES) imports no
+    open_clip, Prefect or fsspec; `digits train-clip`'s imports open_clip, `digits serve`'s Prefect."""
+    probe = (
+        "import sys; from diffusion.cli import LIBRARY_RULES; from diffusion.config import load_params;"
+        "load_params('params.yaml', LIBRARY_RULES.get(sys.argv[1], frozenset()));"
+        "print(sorted(m for m in ('open_clip', 'prefect', 'fsspec') if m in sys.modules))"
+    )
+    seen = {
+        stage: subprocess.run(
+            [sys.executable, "-c", probe, stage], capture_output=True, text=True, check=True, cwd=REPO
+        ).stdout.strip()
+        for stage in ("train-diffusion", "train-clip", "serve")
+    }
+    assert seen == {
+        "train-diffusion": "[]",
+        "train-clip": "['open_clip']",
+        "serve": "['fsspec', 'prefect']",
+    }
 
 
 def test_clip_context_length_must_fit_every_prompt_and_caption() -> None:
