@@ -18,6 +18,7 @@ from diffusion.judges.classifier import (
     train_classifier,
 )
 from diffusion.judges.training import accuracy_report, random_affine
+from diffusion.precision import resolve_precision
 from tests.judges_fixtures import digits_split, one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -64,6 +65,8 @@ def test_training_learns_and_reports(trained) -> None:
     assert m["val_accuracy"] == max(h["val"] for h in result.history)
     assert m["parameters"] == sum(p.numel() for p in DigitClassifier.from_config(TINY).parameters())
     assert len(result.confusion) == 100 and sum(r["count"] for r in result.confusion) == len(test)
+    # what `precision: auto` resolved to on this device is recorded, not "auto"
+    assert m["trained_on"] == {"device": "cpu", "precision": resolve_precision(TINY.train.precision, "cpu")}
 
 
 def test_training_is_seeded_and_leaves_the_global_rng_alone(tmp_path: Path) -> None:

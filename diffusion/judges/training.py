@@ -106,12 +106,14 @@ def random_affine(
 @dataclass
 class FitResult:
     """The kept weights (CPU tensors: the best-val epoch's, or the last step's without a val score), the best
-    val score (nan without one) and the per-epoch history {epoch, loss[, val]}."""
+    val score (nan without one), the per-epoch history {epoch, loss[, val]} and the precision the steps ran
+    in (`settings.precision` resolved on the device: "auto" becomes "bf16" or "fp32")."""
 
     best_state: dict[str, torch.Tensor]
     best_score: float
     best_epoch: int
     history: list[dict[str, float]] = field(default_factory=list)
+    precision: str = "fp32"
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -161,8 +163,8 @@ def fit(
     total = steps if steps is not None else settings.epochs * per_epoch
     opt = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=total, pct_start=0.15)
-    best = FitResult(best_state={}, best_score=-math.inf, best_epoch=0)
     precision = resolve_precision(settings.precision, images.device)
+    best = FitResult(best_state={}, best_score=-math.inf, best_epoch=0, precision=precision)
     bar = tqdm(range(1, math.ceil(total / per_epoch) + 1), desc=desc, disable=not progress, unit="epoch")
     done = 0
     for epoch in bar:
@@ -311,7 +313,8 @@ def train_judge(
     device: torch.device | str = "cpu",
 ) -> JudgeFit:
     """Fit a cross-entropy judge on `train` on `device`, keep its best-val-accuracy epoch, score it once on
-    `test`."""
+    `test`. The metrics record the device and the precision the training ran in (`trained_on`; the
+    checkpoint's meta keeps them, the DVC metrics file leaves nested mappings out)."""
     model, run = fit_cross_entropy(
         build, cfg.train, cfg.label_smoothing, train, val=val, progress=progress, desc=desc, device=device
     )
@@ -324,6 +327,7 @@ def train_judge(
         "epochs": cfg.train.epochs,
         "best_epoch": run.best_epoch,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "trained_on": {"device": str(torch.device(device)), "precision": run.precision},  # what "auto" became
     }
     return JudgeFit(model, metrics, confusion_rows(test.labels, predicted), run.history)
 
