@@ -58,6 +58,10 @@ def test_generate_ceiling_smoke(tmp_path: Path) -> None:
             row["accepted_per_s"],
             row["ratio"],
         )
+        c = row["ceiling"]  # drawn before and after the command; ratios divide by the mean
+        assert c["images_per_s"] == pytest.approx(
+            (c["before"]["images_per_s"] + c["after"]["images_per_s"]) / 2
+        )
         share = row["share_of_wall"]
         assert set(share) == {"load", "sample", "score", "encode", "write", "rest"}
         assert share["sample"] > 0 and 0 < share["rest"] < 1
