@@ -1,7 +1,7 @@
 """Params that a library only reads later, checked in the params check by that library's own rules.
 
-Each `Annotated` type below carries a pydantic after-validator for a field of diffusion/config.py: it
-returns the value or raises ValueError with one line, which config.py turns into a ConfigError naming the
+Each `Annotated` type below carries a pydantic after-validator for a field of diffusion/config/: it
+returns the value or raises ValueError with one line, which `parse_params` turns into a ConfigError naming the
 key. The library is imported inside the check (only when params set the key) and the verdict is cached:
 
     PrefectCron         (prefect)   Prefect's CronSchedule accepts it, and Prefect's croniter finds a next fire time

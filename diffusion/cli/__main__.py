@@ -1,0 +1,5 @@
+"""`python -m diffusion.cli ...` is `digits ...`."""
+
+from diffusion.cli import run
+
+run()

@@ -1,0 +1,228 @@
+"""The commands of the generation half: generate (the Prefect flow), serve it on a schedule, grade a
+published version, train a classifier on versions, report, and clean up abandoned staging."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from diffusion.checkpoint import write_csv_atomic, write_json_atomic
+from diffusion.config import Params, parse_params
+from diffusion.errors import DigitsError, QualityAlert
+
+if TYPE_CHECKING:
+    from diffusion.quality.grading import Grading
+    from flows.generate import GenerationResult
+
+from diffusion.cli.train import headline
+
+
+def cmd_generate(params: Params, args: argparse.Namespace) -> None:
+    from flows.server import temporary_api
+
+    with temporary_api() as api:  # Prefect's temporary server (if no API is set) starts beside what follows
+        from diffusion.generate.pinned import fetch_pinned
+        from diffusion.generate.run import prepare_run
+        from flows.generate import generate_dataset, task_runner
+
+        cfg = params.generate
+        if args.output_root:  # validated by the same rules as generate.output_root in params.yaml
+            from diffusion.cli import LIBRARY_RULES
+
+            raw = {
+                **params.model_dump(mode="json"),
+                "generate": {**cfg.model_dump(mode="json"), "output_root": args.output_root},
+            }
+            cfg = parse_params(raw, where="--output-root", libraries=LIBRARY_RULES["generate"]).generate
+        model, revision = args.model, None
+        if args.rev:
+            folder, revision = fetch_pinned(
+                args.rev, args.model, cache=Path(params.data.cache_dir) / "pinned"
+            )
+            model = str(folder)
+        # bad input fails here in one line, before any flow runs; the flow takes the prepared run as it is
+        grading = None if args.no_grade else grading_of(params, args)
+        spec = prepare_run(cfg, params.hardware, model, args.classifier, args.train, args.student)
+        runnable = generate_dataset.with_options(task_runner=task_runner(cfg.task_runner))
+        try:
+            with api.ready():
+                result = runnable(
+                    cfg=cfg,
+                    hardware=params.hardware,
+                    model=model,
+                    classifier=args.classifier,
+                    train_data=args.train,
+                    quality=params.quality,
+                    model_revision=revision,
+                    progress=True,
+                    prepared=spec,
+                    grading=grading,
+                    student=args.student,
+                )
+        except QualityAlert as alert:  # flagged, but published (for audit): write what was published, exit 1
+            if alert.result is not None:
+                _write_generation(alert.result, args)
+            raise
+        _write_generation(result, args)
+
+
+def _write_generation(result: GenerationResult, args: argparse.Namespace) -> None:
+    """The generate command's outputs (metrics, per-class plot, the version handed on) and its summary line."""
+    from diffusion.generate.run import named_rows
+
+    if args.metrics:
+        write_json_atomic(args.metrics, headline(result.metrics))
+    if args.classes:
+        write_csv_atomic(args.classes, named_rows(result.classes))
+    if args.published:
+        write_json_atomic(args.published, {"path": result.version.path, "version": result.version.version})
+    m = result.metrics
+    print(
+        f"{'already published' if result.version.reused else 'published'} {result.version.path}: "
+        f"{m['accepted']} digits, acceptance rate {m['acceptance_rate']:.3f}, {m['images_per_second']:.1f} digits/s"
+    )
+
+
+def grading_of(params: Params, args: argparse.Namespace) -> Grading:
+    """The grading of a version from the `evaluate` and `monitor` sections and the command's paths, its
+    inputs checked before any work."""
+    from diffusion.quality.grading import Grading
+
+    grading = Grading(
+        evaluator=args.evaluator,
+        val_data=args.val,
+        test_data=args.test,
+        evaluate=params.evaluate,
+        monitor=params.monitor,
+    )
+    grading.check_inputs(", or --no-grade to publish without grading" if args.stage == "generate" else "")
+    return grading
+
+
+def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
+    from diffusion.data.datasets import open_version
+    from diffusion.data.evaluations import json_safe
+    from diffusion.quality.grading import grade_version
+    from diffusion.quality.monitor import raise_if_flagged
+
+    version = open_version(published_path(args.version))
+    grading = grading_of(params, args)
+    doc = grade_version(version, params.generate.name, grading, params.hardware, args.train, args.classifier)
+    m = doc["metrics"]
+    write_json_atomic(args.document, json_safe(doc))
+    write_json_atomic(
+        args.metrics, json_safe({"version": version.version, **m, "flagged": int(doc["flagged"])})
+    )
+    write_csv_atomic(args.classes, doc["per_class"])
+    write_csv_atomic(args.confusion, doc["confusion"])
+    print(
+        f"{version.version}: evaluator accuracy {m['conditional_accuracy_published']:.4f}, "
+        f"CAS ratio {m['cas_ratio']:.4f}, coverage {m['coverage']:.3f}, DCR share {m['dcr_share']:.3f}"
+    )
+    try:
+        raise_if_flagged(doc)
+    except QualityAlert as alert:  # the pipeline goes on: its metrics and report carry the flag
+        print(f"alert: {alert}", file=sys.stderr)
+
+
+def read_json_object(path: str, what: str) -> dict:
+    """A JSON object from `path`; DataError (one line naming the file and `what` it should be) otherwise."""
+    from diffusion.errors import DataError
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file ({what})") from None
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read {what} ({err})") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: expected {what}, a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def published_path(given: str) -> str:
+    """A version folder (path or URL), or the JSON file `digits generate --published` wrote naming one."""
+    from diffusion.errors import DataError
+
+    if not given.endswith(".json"):
+        return given
+    doc = read_json_object(given, "the version the generate stage published: `dvc repro generate` writes it")
+    if not isinstance(doc.get("path"), str):
+        raise DataError(f"{given}: not a published-version file (JSON with a 'path')")
+    return doc["path"]
+
+
+def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
+    from diffusion.data.datasets import DigitsDataset, MixedDigits, published_dataset
+    from diffusion.data.evaluations import json_safe
+    from diffusion.judges.training import accuracy
+    from diffusion.quality.cas import t_interval, train_to_convergence
+
+    data = published_dataset(args.data.split(","))
+    if args.real:
+        data = MixedDigits(data, DigitsDataset(args.real), float(args.real_fraction), seed=0)
+    val, test = DigitsDataset(args.val), DigitsDataset(args.test)
+    cfg, device = params.evaluate.cas, params.hardware.device
+    fits = [train_to_convergence(data, val, cfg, seed, device) for seed in cfg.seeds]
+    scores = [accuracy(fit.model, test) for fit in fits]
+    result = {
+        "test_accuracy": sum(scores) / len(scores),
+        "interval": list(t_interval(scores)),
+        "per_seed": scores,
+        "epochs": [fit.epochs for fit in fits],
+        "train_images": len(data),
+    }
+    if args.metrics:
+        write_json_atomic(args.metrics, json_safe(result))
+    print(f"trained on {len(data)} digits, real test accuracy {result['test_accuracy']:.4f} (seeds {scores})")
+
+
+def cmd_report(params: Params, args: argparse.Namespace) -> None:
+    from diffusion.data.evaluations import quality_dir
+    from diffusion.quality.report import build_reports
+
+    evaluation = read_json_object(args.evaluation, "an evaluation document") if args.evaluation else None
+    version = published_path(args.version) if args.version else None
+    name = params.generate.name
+    beside = quality_dir(args.versions, name)
+    out = f"{args.out.rstrip('/')}/{name}" if args.out else beside
+    dataset = f"{args.versions.rstrip('/')}/{name}"
+    inside = Path(dataset).resolve() in (Path(out).resolve(), *Path(out).resolve().parents)
+    if "://" not in out and out != beside and inside:
+        raise DigitsError(
+            f"--out: {args.out} puts pages inside the versions of {dataset}; leave --out out to"
+            f" write them beside the versions ({beside}), or name a folder elsewhere"
+        )
+    index = build_reports(
+        args.versions,
+        name,
+        out,
+        version=version,
+        evaluation=evaluation,
+        model=args.model or None,
+        device=params.hardware.device,
+    )
+    print(f"report index: {index}")
+
+
+def cmd_gc(params: Params, args: argparse.Namespace) -> None:
+    from diffusion.generate.staging import collect_garbage
+
+    try:
+        days = float(args.older_than)
+    except ValueError:
+        days = math.nan
+    if not math.isfinite(days) or days < 0:
+        raise DigitsError(f"--older-than: expected a number of days >= 0, got {args.older_than!r}")
+    removed = collect_garbage(params.generate.staging_dir, days)
+    print(f"removed {len(removed)} staging folder(s) from {params.generate.staging_dir}")
+
+
+def cmd_serve(params: Params, args: argparse.Namespace) -> None:
+    from flows.deploy import serve_generation
+
+    serve_generation(params, args.model, args.classifier, args.train, grading_of(params, args), args.student)

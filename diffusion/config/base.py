@@ -1,0 +1,17 @@
+"""What every section model shares: one-line errors, no unknown keys, immutable values."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from diffusion.errors import DigitsError
+
+
+class ConfigError(DigitsError):
+    """A params file or section is invalid. The message is one line naming the key."""
+
+
+class Section(BaseModel):
+    """Base for every config model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
