@@ -47,6 +47,26 @@ def test_repo_params_are_valid() -> None:
         ({"data": {"split": {"train": 0.7, "val": 0.1, "test": 0.1}}}, r"data\.split: .*sum to 1, got 0\.9"),
         ({"data": {"sources": [{"kind": "idx"}]}}, r"data\.sources\.0\.idx\.idx_dir: Field required"),
         ({"surprise": {}}, r"surprise: Extra inputs are not permitted"),
+        (
+            {"generate": {"max_attempts": float("inf")}},
+            r"generate\.max_attempts: Input should be a finite number",
+        ),
+        (
+            {"generate": {"sampler": {"guidance": float("inf")}}},
+            r"generate\.sampler\.guidance: .* finite number",
+        ),
+        (
+            {"diffusion": {"train": {"lr": float("nan")}}},
+            r"diffusion\.train\.lr: Input should be a finite number",
+        ),
+        (
+            {"generate": {"per_class": True}},
+            r"generate\.per_class: per_class must be a whole count .*got True",
+        ),
+        (
+            {"generate": {"per_class": "20"}},
+            r"generate\.per_class: per_class must be a whole count .*got '20'",
+        ),
         ({"classifier": {"epochs": 3}}, r"classifier\.epochs: Extra inputs are not permitted"),
         ({"classifier": {"train": {"lr": 0}}}, r"classifier\.train\.lr: Input should be greater than 0"),
         ({"clip": {"train": {"batch_size": 1}}}, r"clip: train\.batch_size must be >= 2"),

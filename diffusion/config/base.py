@@ -12,6 +12,7 @@ class ConfigError(DigitsError):
 
 
 class Section(BaseModel):
-    """Base for every config model: unknown keys are errors, values are immutable."""
+    """Base for every config model: unknown keys are errors, values are immutable, and a float is finite
+    (`.inf` or `.nan` in YAML is an error naming the key, not a crash or a saturated image later)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import (
-    Field,
-    StrictInt,
-    model_validator,
-)
+from pydantic import Field, StrictInt, field_validator, model_validator
 
 from diffusion.config.base import Section
 from diffusion.config.model import SamplerConfig
@@ -57,7 +53,7 @@ class GenerateConfig(Section):
 
     name: str = Field("synthetic-digits", pattern=r"^[a-z0-9][a-z0-9._-]*$")  # the dataset's folder name
     # accepted handwritten-mnist digits of every class, or digit -> count; null when per_style is given
-    per_class: int | dict[int, int] | None = 200
+    per_class: StrictInt | dict[int, StrictInt] | None = 200  # StrictInt: `true` or '20' is no count
     # per style: style -> (count for every digit, or digit -> count)
     per_style: dict[str, StrictInt | dict[int, StrictInt]] | None = None  # StrictInt: `true` is no count
     sampler: SamplerConfig = SamplerConfig()  # omitted in params.yaml: the diffusion.sampler section
@@ -74,6 +70,13 @@ class GenerateConfig(Section):
     max_attempts: float = Field(5.0, ge=1.0)  # per class, at most this many x its count are sampled
     task_runner: TaskRunnerConfig = TaskRunnerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+
+    @field_validator("per_class", mode="before")
+    @classmethod
+    def _per_class_is_a_count(cls, raw: object) -> object:
+        if isinstance(raw, bool | str | float):
+            raise ValueError("per_class must be a whole count or a mapping digit -> count")
+        return raw
 
     @model_validator(mode="after")
     def _counts(self) -> GenerateConfig:
