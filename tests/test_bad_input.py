@@ -281,6 +281,23 @@ def test_serve_with_a_cron_prefect_rejects_exits_2_before_prefect(tmp_path: Path
     assert "generate.schedule.cron" in err
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--real=r.parquet", "--real-fraction=abc"],
+            "error: --real-fraction: expected a number in [0, 1), got 'abc'",
+        ),
+        (["--real-fraction=0.3"], "error: --real-fraction: give --real too"),
+    ],
+)
+def test_train_on_takes_a_real_fraction_as_a_number_with_real_digits(
+    tmp_path: Path, capsys, flags: list[str], message: str
+) -> None:
+    err = _run(tmp_path, {}, ["train-on", f"--data={tmp_path / 'none'}", *flags], capsys)
+    assert err.startswith(message)
+
+
 def test_train_clip_checks_the_context_length_that_a_diffusion_stage_does_not_read(
     tmp_path: Path, capsys
 ) -> None:

@@ -162,9 +162,17 @@ def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
     from diffusion.judges.training import accuracy
     from diffusion.quality.cas import t_interval, train_to_convergence
 
+    if args.real_fraction is not None and not args.real:
+        raise DigitsError("--real-fraction: give --real too, the real digits it is the share of")
+    try:
+        fraction = float(args.real_fraction or 0.5)
+    except ValueError:
+        raise DigitsError(
+            f"--real-fraction: expected a number in [0, 1), got {args.real_fraction!r}"
+        ) from None
     data = published_dataset(args.data.split(","))
     if args.real:
-        data = MixedDigits(data, DigitsDataset(args.real), float(args.real_fraction), seed=0)
+        data = MixedDigits(data, DigitsDataset(args.real), fraction, seed=0)
     val, test = DigitsDataset(args.val), DigitsDataset(args.test)
     cfg, device = params.evaluate.cas, params.hardware.device
     fits = [train_to_convergence(data, val, cfg, seed, device) for seed in cfg.seeds]
