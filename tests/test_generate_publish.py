@@ -8,6 +8,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from diffusion.cli import main
+from diffusion.cli.generate import published_path
 from diffusion.config import QualityConfig
 from diffusion.data.shards import list_versions
 from diffusion.errors import DataError, is_transient
@@ -262,4 +264,13 @@ def test_one_cli_run_prepares_once(prefect_server, tiny_models, tmp_path: Path, 
     ]
     assert main(argv) == 0
     assert len(calls) == 1
-    assert json.loads(handed.read_text())["version"] == list_versions(cfg.output_root, cfg.name)[0].version
+    named = json.loads(handed.read_text())
+    assert named["version"] == list_versions(cfg.output_root, cfg.name)[0].version
+    # the folder is named relative to the JSON file's, so a checkout moved elsewhere still finds its own copy
+    assert not Path(named["path"]).is_absolute()
+    assert Path(published_path(str(handed))).resolve() == Path(
+        list_versions(cfg.output_root, cfg.name)[0].path
+    )
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path, moved, ignore=shutil.ignore_patterns("moved"))
+    assert Path(published_path(str(moved / "generated.json"))).is_relative_to(moved)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,7 +80,8 @@ def _write_generation(result: GenerationResult, args: argparse.Namespace) -> Non
     if args.classes:
         write_csv_atomic(args.classes, named_rows(result.classes))
     if args.published:
-        write_json_atomic(args.published, {"path": result.version.path, "version": result.version.version})
+        path = handed_on_path(result.version.path, args.published)
+        write_json_atomic(args.published, {"path": path, "version": result.version.version})
     m = result.metrics
     print(
         f"{'already published' if result.version.reused else 'published'} {result.version.path}: "
@@ -144,16 +146,29 @@ def read_json_object(path: str, what: str) -> dict:
     return doc
 
 
+def handed_on_path(version: str, json_file: str) -> str:
+    """How `digits generate --published` names a version: a local folder relative to the folder of the JSON
+    file that names it (a checkout or a `dvc pull` elsewhere finds its own copy, where an absolute path
+    would name the first machine's), a URL as it is."""
+    if "://" in version:
+        return version
+    return os.path.relpath(Path(version).resolve(), Path(json_file).resolve().parent)
+
+
 def published_path(given: str) -> str:
-    """A version folder (path or URL), or the JSON file `digits generate --published` wrote naming one."""
+    """A version folder (path or URL), or the JSON file `digits generate --published` wrote naming one (a
+    relative path there is relative to the JSON file's folder)."""
     from diffusion.errors import DataError
 
     if not given.endswith(".json"):
         return given
     doc = read_json_object(given, "the version the generate stage published: `dvc repro generate` writes it")
-    if not isinstance(doc.get("path"), str):
+    path = doc.get("path")
+    if not isinstance(path, str):
         raise DataError(f"{given}: not a published-version file (JSON with a 'path')")
-    return doc["path"]
+    if "://" in path or Path(path).is_absolute():
+        return path
+    return str(Path(given).parent / path)
 
 
 def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
