@@ -11,7 +11,8 @@ side on two cores, and the command's process never imports the server applicatio
 The subprocess is the one Prefect runs itself (`prefect.server.api.server.SubprocessASGIServer`, Prefect 3):
 uvicorn serving `prefect.server.api.server:create_app` on 127.0.0.1 with the UI off and the ephemeral flags
 set, in the command's environment plus the current Prefect settings. Where an API is configured, or Prefect's
-ephemeral mode is off, nothing is started and Prefect behaves as it always does.
+ephemeral mode is off, nothing is started and Prefect behaves as it always does. On Linux the server also
+ends when the command is killed outright (SIGKILL runs none of the cleanup below): it watches its parent.
 
     with temporary_api() as api:      # the subprocess starts now (or nothing, with an API configured)
         ...                           # imports, params, prepare_run: the server comes up meanwhile
@@ -36,6 +37,16 @@ from pathlib import Path
 
 UVICORN_PORT_IN_USE = 3  # uvicorn's exit status when it cannot bind its port (Prefect retries on it too)
 STOP_SECONDS = 5.0
+# On Linux the server asks the kernel for SIGTERM when the thread that started it dies (prctl
+# PR_SET_PDEATHSIG), so a command killed with SIGKILL, which runs no cleanup, leaves no server behind.
+# The parent's pid comes as the first argument: a parent gone before the prctl call is seen, not missed.
+WATCH_PARENT = (
+    "import ctypes, os, runpy, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"
+    "if os.getppid() != int(sys.argv.pop(1)):\n"
+    "    sys.exit(0)\n"
+    "runpy.run_module('uvicorn', run_name='__main__', alter_sys=True)\n"
+)
 
 
 class TemporaryApi:
@@ -58,11 +69,12 @@ class TemporaryApi:
         with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
             sock.bind(("127.0.0.1", 0))  # a free port, chosen by the kernel
             self.port = sock.getsockname()[1]
+        # `python -m uvicorn`, watching its parent where the OS can (Linux)
+        run = ["-c", WATCH_PARENT, str(os.getpid())] if sys.platform == "linux" else ["-m", "uvicorn"]
         self.process = subprocess.Popen(  # the command and environment of Prefect's SubprocessASGIServer
             [
                 sys.executable,
-                "-m",
-                "uvicorn",
+                *run,
                 "--app-dir",
                 str(Path(prefect_path).parent),
                 "--factory",

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,3 +72,40 @@ def test_with_an_api_configured_nothing_is_started(tmp_path: Path, prefect_serve
     lines, _, _ = _run(tmp_path, PREFECT_API_URL=prefect_server)
     assert lines["started"] == "False"
     assert lines["runs"].startswith("[") and "COMPLETED" in lines["runs"]
+
+
+KILLED = textwrap.dedent(
+    """
+    import time
+    from flows.server import temporary_api
+
+    with temporary_api() as api:
+        with api.ready():
+            print(api.process.pid, flush=True)
+            time.sleep(600)
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the server watches its parent through Linux's prctl")
+def test_a_command_killed_outright_leaves_no_server_behind(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), OMP_NUM_THREADS="1")
+    command = subprocess.Popen(
+        [sys.executable, "-c", KILLED], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True
+    )
+    server = int(command.stdout.readline())  # the server answers /health
+    os.kill(command.pid, signal.SIGKILL)  # no cleanup runs in the command
+    command.wait()
+    deadline = time.monotonic() + 30
+    while _alive(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(server)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, ended but not yet reaped by init, counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
