@@ -133,3 +133,25 @@ def test_the_mixed_stream_holds_the_real_fraction_across_workers(tmp_path: Path)
     synthetic = sorted(k for k in numbers if k < 10_000)
     real = [k for k in numbers if k >= 10_000]
     assert synthetic == list(range(ROWS)) and len(real) == ROWS  # every worker mixes half and half
+
+
+def test_train_on_takes_the_json_file_that_names_a_version(tmp_path: Path) -> None:
+    """`digits train-on --data data/generated.json`: the version `dvc repro` published, by its handed-on name."""
+    import json
+
+    import yaml
+
+    from diffusion.cli import main
+    from diffusion.cli.generate import handed_on_path
+
+    version = publish(str(tmp_path / "generated"), "v1", 0)
+    named = tmp_path / "generated.json"
+    named.write_text(json.dumps({"path": handed_on_path(version, str(named)), "version": "v1"}))
+    real_digits(tmp_path, 20)
+    real = str(tmp_path / "real-20.parquet")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"evaluate": {"cas": {"max_epochs": 1, "seeds": [0], "batch_size": 8}}}))
+    metrics = tmp_path / "m.json"
+    argv = ["train-on", "--params", str(params), "--data", str(named), "--metrics", str(metrics)]
+    assert main([*argv, "--val", real, "--test", real]) == 0
+    assert json.loads(metrics.read_text())["train_images"] == ROWS

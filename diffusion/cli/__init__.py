@@ -150,7 +150,8 @@ HELP = {
     "version": "a published version folder, or the JSON file `digits generate --published` wrote",
     "published": "write the published version's path and name here (JSON)",
     "older_than": "days since a staging folder was last written",
-    "data": "published version folders or URLs, comma-separated",
+    "data": "published version folders or URLs (or <root>/<name>/latest, or the JSON file generate --published"
+    " wrote), comma-separated",
     "real": "real digits (Parquet) to mix in",
     "real_fraction": "share of real digits in the mix, in [0, 1) (with --real; default 0.5)",
     "evaluation": "the evaluation document (JSON) of one version (`digits evaluate --document`)",

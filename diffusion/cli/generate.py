@@ -185,7 +185,7 @@ def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
         raise DigitsError(
             f"--real-fraction: expected a number in [0, 1), got {args.real_fraction!r}"
         ) from None
-    data = published_dataset(args.data.split(","))
+    data = published_dataset([published_path(d) for d in args.data.split(",")])
     if args.real:
         data = MixedDigits(data, DigitsDataset(args.real), fraction, seed=0)
     val, test = DigitsDataset(args.val), DigitsDataset(args.test)

@@ -109,5 +109,6 @@ def latest_version(
     why = ", ".join(f"{n} {what}" for what, n in skipped.items() if n)
     raise DataError(
         f"{output_root}/{name}: none of its {len(versions)} published versions is graded and unflagged ({why});"
-        " name a version folder instead"
+        " name a version folder instead (or the JSON file `digits generate --published` wrote, such as the"
+        " data/generated.json of `dvc repro`)"
     )
