@@ -16,7 +16,6 @@ from one x_T (style embedding blended), one row per digit.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import header, load_recipe, write_json
+from diffusion.cli.generate import published_path
 from diffusion.data.datasets import DigitsDataset, published_files, to_uint8
 from diffusion.data.images import save_grid
 from diffusion.judges.evaluator import load_evaluator
@@ -55,7 +55,7 @@ def main() -> None:
     device = torch.device(params.hardware.device)
     prepared = args.run / "data" / "prepared"
     train, val, test = (styled(prepared / f"{s}.parquet") for s in ("train", "val", "test"))
-    version = json.loads((args.run / "data" / "generated.json").read_text())["path"]
+    version = published_path(str(args.run / "data" / "generated.json"))  # relative to that file's folder
     published = styled(published_files(version))
 
     start = time.perf_counter()

@@ -289,6 +289,8 @@ def test_serve_with_a_cron_prefect_rejects_exits_2_before_prefect(tmp_path: Path
             "error: --real-fraction: expected a number in [0, 1), got 'abc'",
         ),
         (["--real-fraction=0.3"], "error: --real-fraction: give --real too"),
+        (["--real=r.parquet", "--real-fraction=1.5"], "error: --real-fraction: expected a number in [0, 1)"),
+        (["--real=r.parquet", "--real-fraction=nan"], "error: --real-fraction: expected a number in [0, 1)"),
     ],
 )
 def test_train_on_takes_a_real_fraction_as_a_number_with_real_digits(

@@ -67,6 +67,7 @@ def test_repo_params_are_valid() -> None:
             {"generate": {"per_class": "20"}},
             r"generate\.per_class: per_class must be a whole count .*got '20'",
         ),
+        ({"generate": {"per_class": {1: True}}}, r"generate\.per_class: per_class must be a whole count"),
         ({"classifier": {"epochs": 3}}, r"classifier\.epochs: Extra inputs are not permitted"),
         ({"classifier": {"train": {"lr": 0}}}, r"classifier\.train\.lr: Input should be greater than 0"),
         ({"clip": {"train": {"batch_size": 1}}}, r"clip: train\.batch_size must be >= 2"),

@@ -155,3 +155,15 @@ def test_train_on_takes_the_json_file_that_names_a_version(tmp_path: Path) -> No
     argv = ["train-on", "--params", str(params), "--data", str(named), "--metrics", str(metrics)]
     assert main([*argv, "--val", real, "--test", real]) == 0
     assert json.loads(metrics.read_text())["train_images"] == ROWS
+
+
+def test_a_handed_on_name_keeps_urls_and_old_absolute_paths(tmp_path: Path) -> None:
+    import json
+
+    from diffusion.cli.generate import handed_on_path, published_path
+
+    assert handed_on_path("s3://bucket/d/v1", str(tmp_path / "g.json")) == "s3://bucket/d/v1"
+    assert handed_on_path(str(tmp_path / "out" / "v1"), str(tmp_path / "data" / "g.json")) == "../out/v1"
+    for path in ["s3://bucket/d/v1", str(tmp_path / "elsewhere" / "v1")]:  # as written before relative names
+        (tmp_path / "g.json").write_text(json.dumps({"path": path, "version": "v1"}))
+        assert published_path(str(tmp_path / "g.json")) == path

@@ -273,4 +273,5 @@ def test_one_cli_run_prepares_once(prefect_server, tiny_models, tmp_path: Path, 
     )
     moved = tmp_path / "moved"
     shutil.copytree(tmp_path, moved, ignore=shutil.ignore_patterns("moved"))
-    assert Path(published_path(str(moved / "generated.json"))).is_relative_to(moved)
+    found = Path(published_path(str(moved / "generated.json"))).resolve()
+    assert found.is_relative_to(moved.resolve()) and (found / "manifest.json").is_file()

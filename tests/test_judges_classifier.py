@@ -17,7 +17,7 @@ from diffusion.judges.classifier import (
     save_classifier,
     train_classifier,
 )
-from diffusion.judges.training import accuracy_report, random_affine
+from diffusion.judges.training import accuracy_report, fit_cross_entropy, random_affine
 from diffusion.precision import resolve_precision
 from tests.judges_fixtures import digits_split, one_thread  # noqa: F401
 
@@ -67,6 +67,18 @@ def test_training_learns_and_reports(trained) -> None:
     assert len(result.confusion) == 100 and sum(r["count"] for r in result.confusion) == len(test)
     # what `precision: auto` resolved to on this device is recorded, not "auto"
     assert m["trained_on"] == {"device": "cpu", "precision": resolve_precision(TINY.train.precision, "cpu")}
+
+
+def test_the_fit_records_what_auto_became(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import diffusion.precision
+
+    split = digits_split(tmp_path, "small", 32, 3)
+    auto = TINY.train.model_copy(update={"precision": "auto"})
+    build = lambda: DigitClassifier.from_config(TINY)  # noqa: E731
+    for native, expected in [(True, "bf16"), (False, "fp32")]:
+        monkeypatch.setattr(diffusion.precision, "native_bf16", lambda device, native=native: native)
+        _, run = fit_cross_entropy(build, auto, 0.0, split, steps=2)
+        assert run.precision == expected
 
 
 def test_training_is_seeded_and_leaves_the_global_rng_alone(tmp_path: Path) -> None:

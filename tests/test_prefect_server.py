@@ -95,12 +95,16 @@ def test_a_command_killed_outright_leaves_no_server_behind(tmp_path: Path) -> No
         [sys.executable, "-c", KILLED], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True
     )
     server = int(command.stdout.readline())  # the server answers /health
-    os.kill(command.pid, signal.SIGKILL)  # no cleanup runs in the command
-    command.wait()
-    deadline = time.monotonic() + 30
-    while _alive(server) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _alive(server)
+    try:
+        os.kill(command.pid, signal.SIGKILL)  # no cleanup runs in the command
+        command.wait()
+        deadline = time.monotonic() + 30
+        while _alive(server) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(server)
+    finally:
+        if _alive(server):  # a failed test leaves no server behind either
+            os.kill(server, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:

@@ -148,7 +148,8 @@ HELP = {
     "classes": "per-class CSV (DVC plot)",
     "versions": "the output root holding <name>/<version> folders",
     "version": "a published version folder, or the JSON file `digits generate --published` wrote",
-    "published": "write the published version's path and name here (JSON)",
+    "published": "write the published version's path and name here (JSON; a local path relative to this"
+    " file's folder, a URL as it is)",
     "older_than": "days since a staging folder was last written",
     "data": "published version folders or URLs (or <root>/<name>/latest, or the JSON file generate --published"
     " wrote), comma-separated",
@@ -212,7 +213,3 @@ def run(argv: list[str] | None = None) -> None:
     code = main(argv)
     gc.freeze()
     sys.exit(code)
-
-
-if __name__ == "__main__":
-    run()

@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diffusion.checkpoint import write_csv_atomic, write_json_atomic
+from diffusion.cli.train import headline
 from diffusion.config import Params, parse_params
 from diffusion.errors import DigitsError, QualityAlert
 
 if TYPE_CHECKING:
     from diffusion.quality.grading import Grading
     from flows.generate import GenerationResult
-
-from diffusion.cli.train import headline
 
 
 def cmd_generate(params: Params, args: argparse.Namespace) -> None:
@@ -152,7 +151,10 @@ def handed_on_path(version: str, json_file: str) -> str:
     would name the first machine's), a URL as it is."""
     if "://" in version:
         return version
-    return os.path.relpath(Path(version).resolve(), Path(json_file).resolve().parent)
+    try:
+        return os.path.relpath(Path(version).resolve(), Path(json_file).resolve().parent)
+    except ValueError:  # another drive (Windows): no relative path exists
+        return str(Path(version).resolve())
 
 
 def published_path(given: str) -> str:
@@ -182,9 +184,9 @@ def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
     try:
         fraction = float(args.real_fraction or 0.5)
     except ValueError:
-        raise DigitsError(
-            f"--real-fraction: expected a number in [0, 1), got {args.real_fraction!r}"
-        ) from None
+        fraction = math.nan
+    if not 0.0 <= fraction < 1.0:  # nan fails too
+        raise DigitsError(f"--real-fraction: expected a number in [0, 1), got {args.real_fraction!r}")
     data = published_dataset([published_path(d) for d in args.data.split(",")])
     if args.real:
         data = MixedDigits(data, DigitsDataset(args.real), fraction, seed=0)

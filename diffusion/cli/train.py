@@ -6,15 +6,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from diffusion.checkpoint import write_csv_atomic, write_json_atomic
 from diffusion.config import Params
-
-if TYPE_CHECKING:
-    pass
 
 
 def cmd_prepare(params: Params, args: argparse.Namespace) -> None:

@@ -31,7 +31,7 @@ class _Source(Section):
     a source's rows with probability weight / sum of weights, whatever its size (the judges train on every
     row once per epoch)."""
 
-    weight: float = Field(1.0, gt=0.0, allow_inf_nan=False)
+    weight: float = Field(1.0, gt=0.0)
 
 
 class MnistSource(_Source):

@@ -74,7 +74,8 @@ class GenerateConfig(Section):
     @field_validator("per_class", mode="before")
     @classmethod
     def _per_class_is_a_count(cls, raw: object) -> object:
-        if isinstance(raw, bool | str | float):
+        counts = raw.values() if isinstance(raw, dict) else [raw]
+        if any(isinstance(n, bool | str | float) for n in counts):
             raise ValueError("per_class must be a whole count or a mapping digit -> count")
         return raw
 

@@ -107,8 +107,8 @@ were asked for, scored by two judges and kept only when they pass the filter bel
   Near-copies of training digits: {_rate(manifest, "memorization_rate")}; repeated images: {_rate(manifest, "duplicate_rate")}.
 - **Grading**: this version's measures against real digits (independent evaluator, CAS, precision, recall,
   density, coverage, DCR, label audit) and the monitor's verdict are written after publishing, never in this
-  folder. A run that grades what it publishes (`digits generate`, scheduled runs), and `digits evaluate` and
-  `digits report` by hand, write them beside the versions: `../_quality/{manifest["version"]}/evaluation.json` and its
+  folder. A run that grades what it publishes (`digits generate`, scheduled runs), or by hand `digits evaluate`
+  and then `digits report --evaluation` without `--out`, writes them beside the versions: `../_quality/{manifest["version"]}/evaluation.json` and its
   page `../_quality/{manifest["version"]}/index.html`. A version that `dvc repro` published (`--no-grade`) is graded by
   the pipeline's `evaluate` and `report` stages instead, into that checkout's `data/evaluation.json` and
   `reports/{manifest["name"]}/{manifest["version"]}/index.html`, and named by its `data/generated.json`.
