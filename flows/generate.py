@@ -33,6 +33,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from tqdm.auto import tqdm
 
@@ -150,7 +151,7 @@ def generate_dataset(
     prepared: RunSpec | None = None,
     grading: Grading | None = None,
     student: str | None = None,
-) -> GenerationResult:
+) -> GenerationResult | State:
     """Generate, filter, gate and publish `cfg.counts()` digits per class as a new dataset version.
 
     Args:
@@ -171,6 +172,9 @@ def generate_dataset(
             pipeline grades its version in its own evaluate and report stages).
         student: the distilled student's folder, for `generate.sampler.name: distilled` (the digits come
             from it; `model` is its teacher, whose checksum it must carry).
+
+    Returns the GenerationResult, or, for a flagged version, the run's Failed state holding the QualityAlert
+    (which calling the flow raises: Prefect logs no traceback for a verdict).
 
     Raises:
         QualityAlert: the graded version broke a floor or ceiling of `grading.monitor` (after its
@@ -213,14 +217,21 @@ def generate_dataset(
     out = grading.out or quality_dir(root, name)
     doc = evaluate(version, name, grading, hardware, train_data, classifier, out)
     result = GenerationResult(version, metrics, classes, tasks, doc)
+    report_error: Exception | None = None
     try:
         _grading_artifact(doc, out, report(version, root, name, out, model, hardware.device))
-    finally:  # a failed report never hides the verdict: the alert wins, the report error is its context
-        try:
-            raise_if_flagged(doc)
-        except QualityAlert as alert:
-            alert.result = result  # what the run published, for the CLI's outputs
+    except Exception as err:  # a failed report never hides the verdict: the alert wins, this is its context
+        if not doc.get("flagged"):
             raise
+        report_error = err
+    try:
+        raise_if_flagged(doc)
+    except QualityAlert as alert:
+        alert.result = result  # what the run published, for the CLI's outputs
+        alert.__context__ = report_error
+        # The run's Failed state, returned: a raised exception would have Prefect log its traceback, and a
+        # verdict is no crash. Calling the flow still raises this QualityAlert; `state.result()` too.
+        return Failed(message=str(alert), data=alert)
     return result
 
 

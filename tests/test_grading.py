@@ -85,6 +85,9 @@ def test_a_version_below_a_floor_fails_the_run_naming_metric_and_version(graded)
     message = str(alert.value)
     assert "conditional_accuracy_published" in message and "below its floor 0.99" in message
     assert "\n" not in message
+    # the run's state is the verdict itself, returned by the flow, not "Flow run encountered an exception"
+    # (a raised exception, whose traceback Prefect logs, as it would for a crash)
+    assert state.message == message
     flagged = [v for v in latest_version_all(cfg) if v.version != first.version.version]
     assert len(flagged) == 1 and flagged[0].version in message  # published, for audit
     doc = read_document(quality_dir(cfg.output_root, cfg.name), flagged[0].version)
