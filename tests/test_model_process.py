@@ -181,3 +181,34 @@ def test_loss_target_is_v_for_v_prediction():
             Oracle(process), x0, torch.zeros(8, dtype=torch.long), torch.Generator().manual_seed(0)
         )
         assert loss.item() < 1e-10
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_min_snr_loss_weighs_the_x0_error_by_min_snr_gamma(prediction: str):
+    """Hang et al. 2023: the weighted loss of an output whose x_0 is off by delta is min(SNR_t, gamma) x the
+    mean squared delta, for either target; without gamma it is L_simple (SNR_t, or SNR_t + 1, x that)."""
+    process = GaussianDiffusion(ProcessConfig(timesteps=100, prediction=prediction))
+    x0 = torch.rand(64, 1, 4, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    delta = torch.linspace(-0.3, 0.3, 64).view(64, 1, 1, 1).expand_as(x0)
+
+    class OffByDelta(_Recorder):
+        def forward(self, x, t, labels):  # the target for x_0 + delta, given x_t
+            super().forward(x, t, labels)
+            eps = process.eps_from_x0(x, t, x0 + delta)
+            return eps if prediction == "eps" else process.v_target(x0 + delta, eps, t)
+
+    model = OffByDelta()
+    labels = torch.zeros(64, dtype=torch.long)
+    weighted = process.loss(model, x0, labels, torch.Generator().manual_seed(0), min_snr_gamma=5.0)
+    alpha_bar = process.alphas_cumprod[model.t]
+    snr = alpha_bar / (1 - alpha_bar)
+    per_image = delta.pow(2).mean(dim=(1, 2, 3)).double()
+    assert weighted.item() == pytest.approx((snr.clamp(max=5.0) * per_image).mean().item(), rel=1e-4)
+    assert (snr < 5).any() and (snr > 5).any()  # both sides of the clamp were drawn
+
+    model = OffByDelta()
+    plain = process.loss(model, x0, labels, torch.Generator().manual_seed(0))
+    alpha_bar = process.alphas_cumprod[model.t]
+    snr = alpha_bar / (1 - alpha_bar)
+    factor = snr if prediction == "eps" else snr + 1
+    assert plain.item() == pytest.approx((factor * per_image).mean().item(), rel=1e-4)

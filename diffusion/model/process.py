@@ -218,8 +218,10 @@ class GaussianDiffusion:
         labels: Tensor,
         generator: torch.Generator,
         p_uncond: float = 0.0,
+        min_snr_gamma: float | None = None,
     ) -> Tensor:
-        """Ho et al. eq. 14 (L_simple): MSE between the network output and its target (eps, or v), a scalar.
+        """Ho et al. eq. 14 (L_simple): MSE between the network output and its target (eps, or v), a scalar;
+        with `min_snr_gamma`, each image's MSE weighted by `min_snr_weights` (Hang et al. 2023), then averaged.
 
         x0 (B,C,H,W) in [-1, 1], labels (B,) or (B, 2) int64. Timesteps t ~ U[0, T), noise and the context mask
         are drawn from `generator` on its own device, then moved to x0's device (so a CPU generator reproduces
@@ -238,4 +240,20 @@ class GaussianDiffusion:
         labels = torch.where(drop, null_labels(model, labels), labels)
         output = model(self.q_sample(x0, t, noise), t, labels)
         target = noise if self.prediction == "eps" else self.v_target(x0, noise, t)
-        return F.mse_loss(output.float(), target)  # float32 even when the network ran under bf16 autocast
+        if min_snr_gamma is None:
+            return F.mse_loss(output.float(), target)  # float32 even when the network ran under bf16 autocast
+        per_image = F.mse_loss(output.float(), target, reduction="none").mean(dim=(1, 2, 3))
+        return (self.min_snr_weights(t, min_snr_gamma, target) * per_image).mean()
+
+    def min_snr_weights(self, t: Tensor, gamma: float, like: Tensor) -> Tensor:
+        """Min-SNR-gamma loss weights (Hang et al., "Efficient Diffusion Training via Min-SNR Weighting
+        Strategy", ICCV 2023, eq. 10 and sec. 3.4): (B,) in `like`'s dtype and device for timesteps t (B,).
+
+        Weighting the x_0 error by min(SNR_t, gamma), SNR_t = alpha_bar_t / (1 - alpha_bar_t), stops the
+        nearly clean timesteps from dominating the gradient. An eps error is an x_0 error times SNR_t and a
+        v error one times SNR_t + 1, so the weight on this process's own target is min(SNR_t, gamma) / SNR_t
+        (eps) or min(SNR_t, gamma) / (SNR_t + 1) (v).
+        """
+        alpha_bar = self._at("alphas_cumprod", t, like).view(-1)
+        snr = alpha_bar / (1.0 - alpha_bar)
+        return snr.clamp(max=gamma) / (snr if self.prediction == "eps" else snr + 1.0)

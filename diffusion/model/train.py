@@ -121,7 +121,9 @@ def train_step(
     for group in state.optimizer.param_groups:
         group["lr"] = lr_at(cfg, state.step)
     with autocast(device, precision):
-        loss = process.loss(state.model, x0, labels, state.generator, p_uncond=cfg.p_uncond)
+        loss = process.loss(
+            state.model, x0, labels, state.generator, p_uncond=cfg.p_uncond, min_snr_gamma=cfg.min_snr_gamma
+        )
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
@@ -134,8 +136,8 @@ def train_step(
 def validation_loss(
     model: UNet, process: GaussianDiffusion, data: Conditioned, cfg: DiffusionTrainConfig
 ) -> float:
-    """The training objective on the first val_batches batches, with noise, timesteps and masks from a fixed
-    seed. Summed on the device, read back once."""
+    """L_simple on the first val_batches batches, with noise, timesteps and masks from a fixed seed, unweighted
+    whatever `cfg.min_snr_gamma` (so runs of either weighting compare). Summed on the device, read back once."""
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(cfg.seed)
     total, count = torch.zeros((), dtype=sum_dtype(device), device=device), 0
