@@ -22,11 +22,12 @@ from __future__ import annotations
 import datetime
 from collections.abc import Callable
 from functools import cache
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from pydantic import AfterValidator, ValidationInfo
 
 LIBRARIES = frozenset({"prefect", "fsspec", "open_clip"})
+V = TypeVar("V", str, int)
 
 
 def applies(library: str, info: ValidationInfo) -> bool:
@@ -36,11 +37,11 @@ def applies(library: str, info: ValidationInfo) -> bool:
     return context is None or library in context.get("libraries", LIBRARIES)
 
 
-def _raising(library: str, problem: Callable[[str], str | None]) -> Callable[[str, ValidationInfo], str]:
+def _raising(library: str, problem: Callable[[V], str | None]) -> Callable[[V, ValidationInfo], V]:
     """A pydantic after-validator from a function that names a value's problem (None: no problem), run when
     the validation applies `library`'s rules."""
 
-    def check(value: str, info: ValidationInfo) -> str:
+    def check(value: V, info: ValidationInfo) -> V:
         if applies(library, info) and (found := problem(value)) is not None:
             raise ValueError(found)
         return value
@@ -138,16 +139,17 @@ def clip_tokens_needed() -> tuple[int, str]:
     return max((len(tokenizer.encode(text)) + 2, text) for text in tokenized_texts())
 
 
-def check_clip_context_length(length: int, info: ValidationInfo) -> int:
-    if not applies("open_clip", info):
-        return length
+def _context_length_problem(length: int) -> str | None:
     needed, text = clip_tokens_needed()
-    if length < needed:
-        raise ValueError(
-            f"context_length must be >= {needed}: open_clip's tokenizer makes {needed} tokens (start and end"
-            f" included) of {text!r}, and a shorter context cuts the ten prompts to the same tokens"
-        )
-    return length
+    if length >= needed:
+        return None
+    return (
+        f"context_length must be >= {needed}: open_clip's tokenizer makes {needed} tokens (start and end"
+        f" included) of {text!r}, and a shorter context cuts the ten prompts to the same tokens"
+    )
+
+
+check_clip_context_length = _raising("open_clip", _context_length_problem)
 
 
 PrefectCron = Annotated[str, AfterValidator(check_prefect_cron)]

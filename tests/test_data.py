@@ -13,11 +13,13 @@ import pytest
 import torch
 
 from diffusion.config import DataConfig
+from diffusion.data.card import STYLE_LICENSES, card_license
 from diffusion.data.datasets import DigitsDataset, load_arrays, read_table
 from diffusion.data.prepare import SPLITS, prepare, stratified_split
 from diffusion.data.schema import DIGITS_SCHEMA, digits_table, table_arrays
 from diffusion.data.sources import NPM_TARBALL, fetch_npm_tarball, load_idx, read_idx, read_npm_tarball
 from diffusion.errors import DataError
+from diffusion.styles import STYLES
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -181,3 +183,18 @@ def test_failed_prepare_leaves_nothing_half_written(tmp_path: Path) -> None:
         prepare(cfg, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "prepared"]  # no temp leftovers
+
+
+@pytest.mark.parametrize(
+    "styles, expected",
+    [
+        (None, "cc-by-sa-3.0"),  # a version from before styles: an MNIST model
+        (["handwritten-mnist", "printed"], "cc-by-sa-3.0"),
+        (["printed", "handwritten-uci"], "cc-by-4.0"),
+        (["printed"], "unknown"),
+    ],
+)
+def test_the_card_licence_is_the_sources_not_made_up(styles: list[str] | None, expected: str) -> None:
+    """Digits drawn by a model of MNIST handwriting stay under its share-alike licence (no invented MIT)."""
+    assert card_license({"model": {"styles": styles}}) == expected
+    assert set(STYLE_LICENSES) == set(STYLES)  # a new style must state its licence

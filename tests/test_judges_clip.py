@@ -20,6 +20,7 @@ from diffusion.config import ClipConfig
 from diffusion.data.datasets import to_uint8
 from diffusion.judges.clip import (
     CAPTION_TEMPLATES,
+    OPEN_CLIP_CONFIG,
     PROMPT,
     ClipJudge,
     JudgeError,
@@ -30,6 +31,7 @@ from diffusion.judges.clip import (
     train_clip,
 )
 from diffusion.judges.prompts import WORDINGS, caption_group
+from diffusion.precision import resolve_precision
 from tests.judges_fixtures import digits_split, one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -96,6 +98,7 @@ def test_training_learns_to_match_digits_and_captions(trained) -> None:
     assert m["epochs"] == TINY.train.epochs and m["parameters"] > 0
     assert set(m["per_class_zero_shot_accuracy"]) == {str(c) for c in range(10)}
     assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert m["trained_on"] == {"device": "cpu", "precision": resolve_precision(TINY.train.precision, "cpu")}
 
 
 def test_saved_folder_loads_through_open_clip(trained) -> None:
@@ -116,6 +119,9 @@ def test_saved_folder_loads_through_open_clip(trained) -> None:
     # ... and local-dir: carries the normalisation, so its PIL preprocessing matches ours (PIL resizes
     # 28 -> 32 px in uint8: within one grey level, scaled by the normalisation's std).
     _, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{directory}")
+    assert (
+        json.loads((directory / OPEN_CLIP_CONFIG).read_text())["trained_on"] == result.metrics["trained_on"]
+    )
     pil = torch.stack([preprocess(Image.fromarray(img, mode="L")) for img in to_uint8(test.images[:8])])
     assert torch.allclose(pil, x, atol=1.01 / 255 / judge.std.min().item())
 

@@ -55,3 +55,13 @@ def test_an_unwritable_output_root_fails_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="generate.output_root: cannot write") as err:
         check_writable(str(tmp_path / "a-file" / "below"), "ds")
     assert "\n" not in str(err.value)
+
+
+def test_the_write_check_leaves_no_folder_behind(tmp_path: Path) -> None:
+    """A run stopped by later bad input must not leave an empty dataset folder: the check removes what it
+    created, and only that."""
+    check_writable(str(tmp_path / "new" / "root"), "ds")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept" / "ds").mkdir(parents=True)
+    check_writable(str(tmp_path / "kept"), "ds")
+    assert (tmp_path / "kept" / "ds").is_dir() and list((tmp_path / "kept" / "ds").iterdir()) == []

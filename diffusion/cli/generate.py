@@ -8,13 +8,14 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diffusion.checkpoint import write_csv_atomic, write_json_atomic
 from diffusion.cli.train import headline
 from diffusion.config import Params, parse_params
-from diffusion.errors import DigitsError, QualityAlert
+from diffusion.errors import DataError, DigitsError, QualityAlert
 
 if TYPE_CHECKING:
     from diffusion.quality.grading import Grading
@@ -132,8 +133,6 @@ def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
 
 def read_json_object(path: str, what: str) -> dict:
     """A JSON object from `path`; DataError (one line naming the file and `what` it should be) otherwise."""
-    from diffusion.errors import DataError
-
     try:
         doc = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -160,8 +159,6 @@ def handed_on_path(version: str, json_file: str) -> str:
 def published_path(given: str) -> str:
     """A version folder (path or URL), or the JSON file `digits generate --published` wrote naming one (a
     relative path there is relative to the JSON file's folder)."""
-    from diffusion.errors import DataError
-
     if not given.endswith(".json"):
         return given
     doc = read_json_object(given, "the version the generate stage published: `dvc repro generate` writes it")
@@ -173,6 +170,18 @@ def published_path(given: str) -> str:
     return str(Path(given).parent / path)
 
 
+def number_option(flag: str, given: str, expected: str, within: Callable[[float], bool]) -> float:
+    """The option's value as a finite float inside `within`; else DigitsError "<flag>: expected <expected>,
+    got <given>" (one line, exit 2)."""
+    try:
+        value = float(given)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and within(value)):
+        raise DigitsError(f"{flag}: expected {expected}, got {given!r}")
+    return value
+
+
 def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
     from diffusion.data.datasets import DigitsDataset, MixedDigits, published_dataset
     from diffusion.data.evaluations import json_safe
@@ -181,12 +190,9 @@ def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
 
     if args.real_fraction is not None and not args.real:
         raise DigitsError("--real-fraction: give --real too, the real digits it is the share of")
-    try:
-        fraction = float(args.real_fraction or 0.5)
-    except ValueError:
-        fraction = math.nan
-    if not 0.0 <= fraction < 1.0:  # nan fails too
-        raise DigitsError(f"--real-fraction: expected a number in [0, 1), got {args.real_fraction!r}")
+    fraction = number_option(
+        "--real-fraction", args.real_fraction or "0.5", "a number in [0, 1)", lambda x: 0.0 <= x < 1.0
+    )
     data = published_dataset([published_path(d) for d in args.data.split(",")])
     if args.real:
         data = MixedDigits(data, DigitsDataset(args.real), fraction, seed=0)
@@ -237,12 +243,7 @@ def cmd_report(params: Params, args: argparse.Namespace) -> None:
 def cmd_gc(params: Params, args: argparse.Namespace) -> None:
     from diffusion.generate.staging import collect_garbage
 
-    try:
-        days = float(args.older_than)
-    except ValueError:
-        days = math.nan
-    if not math.isfinite(days) or days < 0:
-        raise DigitsError(f"--older-than: expected a number of days >= 0, got {args.older_than!r}")
+    days = number_option("--older-than", args.older_than, "a number of days >= 0", lambda x: x >= 0)
     removed = collect_garbage(params.generate.staging_dir, days)
     print(f"removed {len(removed)} staging folder(s) from {params.generate.staging_dir}")
 

@@ -78,7 +78,9 @@ class DiffusionTrainConfig(Section):
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     grad_clip: float = Field(1.0, gt=0.0)
     p_uncond: float = Field(0.1, ge=0.0, lt=1.0)  # probability a label is replaced by the null class
-    min_snr_gamma: float | None = Field(None, gt=0.0)  # Min-SNR-gamma loss weights (Hang et al. 2023); None: L_simple
+    min_snr_gamma: float | None = Field(
+        None, gt=0.0
+    )  # Min-SNR-gamma loss weights (Hang et al. 2023); None: L_simple
     seed: int = Field(0, ge=0)
     checkpoint_every: int = Field(200, ge=1)
     log_every: int = Field(25, ge=1)

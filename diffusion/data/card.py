@@ -14,7 +14,7 @@ import pyarrow as pa
 import yaml
 
 from diffusion.data.schema import HF_FEATURES
-from diffusion.styles import STYLES, cell_name, manifest_styles
+from diffusion.styles import cell_name, manifest_styles
 
 # Where the real digits of each style come from, with their licences.
 STYLE_SOURCES = {
@@ -25,6 +25,22 @@ STYLE_SOURCES = {
     "handwritten-uci": "the UCI optical recognition of handwritten digits (E. Alpaydin, C. Kaynak, 1998; "
     "CC BY 4.0), 1,797 digits as scikit-learn bundles them",
 }
+
+
+# The licence of each style's real digits as a Hugging Face licence id; None: none reaches the images
+# (the fonts' licences cover the font files, not renderings of their glyphs).
+STYLE_LICENSES: dict[str, str | None] = {
+    "handwritten-mnist": "cc-by-sa-3.0",
+    "printed": None,
+    "handwritten-uci": "cc-by-4.0",
+}
+
+
+def card_license(manifest: dict[str, Any]) -> str:
+    """The card's `license`: the share-alike licence of MNIST when the model learnt from it (its adaptations
+    stay CC BY-SA), else CC BY 4.0 when it learnt from UCI digits, else "unknown" (fonts alone)."""
+    licenses = {STYLE_LICENSES[s] for s in manifest_styles(manifest)}
+    return next((lic for lic in ("cc-by-sa-3.0", "cc-by-4.0") if lic in licenses), "unknown")
 
 
 def _sources(manifest: dict[str, Any]) -> str:
@@ -55,7 +71,7 @@ def dataset_card(manifest: dict[str, Any], splits: dict[str, pa.Table]) -> str:
     params = manifest["params"]
     split_rows = {s: t.num_rows for s, t in splits.items()}
     front = {
-        "license": "mit",
+        "license": card_license(manifest),
         "pretty_name": f"{manifest['name']} {manifest['version']}",
         "task_categories": ["image-classification"],
         "tags": ["synthetic", "mnist", "diffusion"],

@@ -169,15 +169,32 @@ def _url(root: str, base: str, *parts: str) -> str:
 
 
 def check_writable(root: str, name: str) -> None:
-    """Fail early, before any generation, when `<root>/<name>` cannot be written (one-line DataError)."""
+    """Fail early, before any generation, when `<root>/<name>` cannot be written (one-line DataError).
+
+    Writes and removes a probe file there, and removes the folders it had to create for it, so a run that
+    stops later on other bad input leaves no empty dataset folder (publishing creates them again).
+    """
     fs, base = _fs(root)
-    probe = f"{base}/{name}/.write-probe-{uuid.uuid4().hex}"
+    folder = f"{base}/{name}"
+    created = []  # the folders makedirs will create, deepest first
+    if isinstance(fs, LocalFileSystem):
+        missing = Path(folder)
+        while not missing.exists() and missing != missing.parent:
+            created.append(missing)
+            missing = missing.parent
+    probe = f"{folder}/.write-probe-{uuid.uuid4().hex}"
     try:
-        fs.makedirs(f"{base}/{name}", exist_ok=True)
+        fs.makedirs(folder, exist_ok=True)
         fs.pipe_file(probe, b"")
         fs.rm_file(probe)
     except (OSError, PermissionError) as err:
         raise DataError(f"generate.output_root: cannot write to {_url(root, base, name)} ({err})") from None
+    finally:
+        for path in created:
+            try:
+                path.rmdir()  # only if still empty: never another run's files
+            except OSError:
+                break
 
 
 def publish_version(

@@ -130,11 +130,17 @@ class ClipJudge:
         return 100 * self.encode_images(images) @ self.class_embeddings(template).T
 
 
-def save_clip(directory: str | Path, cfg: ClipConfig, model: nn.Module) -> Path:
-    """Write the domain CLIP folder atomically; return the weights file to pass as `pretrained=`."""
+def save_clip(
+    directory: str | Path, cfg: ClipConfig, model: nn.Module, trained_on: dict[str, str] | None = None
+) -> Path:
+    """Write the domain CLIP folder atomically; return the weights file to pass as `pretrained=`.
+    `trained_on`: the device and precision the training ran in, kept beside the training settings (as the
+    other judges keep theirs in their checkpoint's meta)."""
     model_cfg = domain_model_config(cfg)
     preprocess_cfg = {"mean": list(MNIST_MEAN), "std": list(MNIST_STD), "interpolation": "bilinear"}
     doc = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg, "train_cfg": cfg.model_dump(mode="json")}
+    if trained_on is not None:
+        doc["trained_on"] = trained_on
     with atomic_path(directory) as tmp:
         tmp.mkdir()
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -315,6 +321,7 @@ def _train(
         "parameters": sum(p.numel() for p in net.parameters()),
         "epochs": cfg.train.epochs,
         "best_epoch": run.best_epoch,
+        "trained_on": {"device": str(device), "precision": run.precision},  # what "auto" became
     }
-    weights = save_clip(out_dir, cfg, net)
+    weights = save_clip(out_dir, cfg, net, metrics["trained_on"])
     return ClipResult(metrics=metrics, weights=weights, history=run.history)
