@@ -48,6 +48,10 @@ def test_repo_params_are_valid() -> None:
         ({"data": {"sources": [{"kind": "idx"}]}}, r"data\.sources\.0\.idx\.idx_dir: Field required"),
         ({"surprise": {}}, r"surprise: Extra inputs are not permitted"),
         (
+            {"generate": {"name": "d" * 97}},
+            r"generate\.name: String should have at most 96 characters",
+        ),
+        (
             {"generate": {"max_attempts": float("inf")}},
             r"generate\.max_attempts: Input should be a finite number",
         ),

@@ -58,10 +58,14 @@ def test_an_unwritable_output_root_fails_in_one_line(tmp_path: Path) -> None:
 
 
 def test_the_write_check_leaves_no_folder_behind(tmp_path: Path) -> None:
-    """A run stopped by later bad input must not leave an empty dataset folder: the check removes what it
-    created, and only that."""
+    """A run stopped by later bad input must not leave an empty dataset folder: the check writes a probe
+    into the deepest folder that exists and creates none."""
     check_writable(str(tmp_path / "new" / "root"), "ds")
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "kept" / "ds").mkdir(parents=True)
     check_writable(str(tmp_path / "kept"), "ds")
-    assert (tmp_path / "kept" / "ds").is_dir() and list((tmp_path / "kept" / "ds").iterdir()) == []
+    assert list((tmp_path / "kept" / "ds").iterdir()) == []
+    (tmp_path / "kept" / "a-file").write_text("")
+    with pytest.raises(DataError, match="cannot write"):
+        check_writable(str(tmp_path / "kept" / "a-file" / "below"), "ds")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a-file", "ds", "kept"]

@@ -51,7 +51,8 @@ class ScheduleConfig(Section):
 class GenerateConfig(Section):
     """One generation run: what to make, how to sample, score and filter it, and where to publish it."""
 
-    name: str = Field("synthetic-digits", pattern=r"^[a-z0-9][a-z0-9._-]*$")  # the dataset's folder name
+    # the dataset's folder name (at most 96 characters, like a Hugging Face repository name)
+    name: str = Field("synthetic-digits", pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=96)
     # accepted handwritten-mnist digits of every class, or digit -> count; null when per_style is given
     per_class: StrictInt | dict[int, StrictInt] | None = 200  # StrictInt: `true` or '20' is no count
     # per style: style -> (count for every digit, or digit -> count)

@@ -171,30 +171,29 @@ def _url(root: str, base: str, *parts: str) -> str:
 def check_writable(root: str, name: str) -> None:
     """Fail early, before any generation, when `<root>/<name>` cannot be written (one-line DataError).
 
-    Writes and removes a probe file there, and removes the folders it had to create for it, so a run that
-    stops later on other bad input leaves no empty dataset folder (publishing creates them again).
+    Writes and removes a probe file and creates no folder: on a local disk the probe goes into `<root>/<name>`
+    or, where that does not exist yet, its deepest existing parent (publishing creates the rest), so a run
+    stopped later by other bad input leaves nothing behind, and two runs' checks never race over a folder.
+    Elsewhere (an fsspec URL) the folder is made as the store makes folders, and the probe written there.
     """
     fs, base = _fs(root)
     folder = f"{base}/{name}"
-    created = []  # the folders makedirs will create, deepest first
-    if isinstance(fs, LocalFileSystem):
-        missing = Path(folder)
-        while not missing.exists() and missing != missing.parent:
-            created.append(missing)
-            missing = missing.parent
-    probe = f"{folder}/.write-probe-{uuid.uuid4().hex}"
+    probe = f".write-probe-{uuid.uuid4().hex}"
     try:
-        fs.makedirs(folder, exist_ok=True)
-        fs.pipe_file(probe, b"")
-        fs.rm_file(probe)
-    except (OSError, PermissionError) as err:
+        if isinstance(fs, LocalFileSystem):
+            where = Path(folder)
+            while not where.exists() and where != where.parent:
+                where = where.parent
+            if not where.is_dir():
+                raise NotADirectoryError(f"{where} is not a folder")
+            (where / probe).write_bytes(b"")
+            (where / probe).unlink()
+        else:
+            fs.makedirs(folder, exist_ok=True)
+            fs.pipe_file(f"{folder}/{probe}", b"")
+            fs.rm_file(f"{folder}/{probe}")
+    except OSError as err:  # PermissionError, NotADirectoryError, ... included
         raise DataError(f"generate.output_root: cannot write to {_url(root, base, name)} ({err})") from None
-    finally:
-        for path in created:
-            try:
-                path.rmdir()  # only if still empty: never another run's files
-            except OSError:
-                break
 
 
 def publish_version(

@@ -77,6 +77,7 @@ TABLES = (
     "alphas_cumprod_prev",
     "sqrt_alphas_cumprod",
     "sqrt_one_minus_alphas_cumprod",
+    "snr",
     "posterior_variance",
     "posterior_mean_coef_x0",
     "posterior_mean_coef_xt",
@@ -106,6 +107,7 @@ class GaussianDiffusion:
         self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
         self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
         self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
+        self.snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)  # signal-to-noise ratio of x_t
         # Posterior q(x_{t-1} | x_t, x_0) = N(coef_x0 x_0 + coef_xt x_t, variance): Ho et al. eqs. 6-7.
         one_minus = 1.0 - self.alphas_cumprod
         self.posterior_variance = self.betas * (1.0 - self.alphas_cumprod_prev) / one_minus
@@ -250,10 +252,10 @@ class GaussianDiffusion:
         Strategy", ICCV 2023, eq. 10 and sec. 3.4): (B,) in `like`'s dtype and device for timesteps t (B,).
 
         Weighting the x_0 error by min(SNR_t, gamma), SNR_t = alpha_bar_t / (1 - alpha_bar_t), stops the
-        nearly clean timesteps from dominating the gradient. An eps error is an x_0 error times SNR_t and a
-        v error one times SNR_t + 1, so the weight on this process's own target is min(SNR_t, gamma) / SNR_t
-        (eps) or min(SNR_t, gamma) / (SNR_t + 1) (v).
+        nearly clean timesteps from dominating the gradient. A squared eps error is a squared x_0 error
+        times SNR_t and a v one times SNR_t + 1, so the weight on this process's own target is
+        min(SNR_t, gamma) / SNR_t (eps: 1 wherever SNR_t <= gamma) or min(SNR_t, gamma) / (SNR_t + 1) (v:
+        about SNR_t at the noisiest timesteps, so those weigh far less than in L_simple).
         """
-        alpha_bar = self._at("alphas_cumprod", t, like).view(-1)
-        snr = alpha_bar / (1.0 - alpha_bar)
+        snr = self._at("snr", t, like).view(-1)
         return snr.clamp(max=gamma) / (snr if self.prediction == "eps" else snr + 1.0)
