@@ -77,7 +77,6 @@ TABLES = (
     "alphas_cumprod_prev",
     "sqrt_alphas_cumprod",
     "sqrt_one_minus_alphas_cumprod",
-    "snr",
     "posterior_variance",
     "posterior_mean_coef_x0",
     "posterior_mean_coef_xt",
@@ -107,7 +106,6 @@ class GaussianDiffusion:
         self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
         self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
         self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
-        self.snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)  # signal-to-noise ratio of x_t
         # Posterior q(x_{t-1} | x_t, x_0) = N(coef_x0 x_0 + coef_xt x_t, variance): Ho et al. eqs. 6-7.
         one_minus = 1.0 - self.alphas_cumprod
         self.posterior_variance = self.betas * (1.0 - self.alphas_cumprod_prev) / one_minus
@@ -257,5 +255,6 @@ class GaussianDiffusion:
         min(SNR_t, gamma) / SNR_t (eps: 1 wherever SNR_t <= gamma) or min(SNR_t, gamma) / (SNR_t + 1) (v:
         about SNR_t at the noisiest timesteps, so those weigh far less than in L_simple).
         """
-        snr = self._at("snr", t, like).view(-1)
+        alpha_bar = self._at("alphas_cumprod", t, like).view(-1)
+        snr = alpha_bar / (1.0 - alpha_bar)  # like's dtype: float32 in training, as the shipped model
         return snr.clamp(max=gamma) / (snr if self.prediction == "eps" else snr + 1.0)
