@@ -4,7 +4,7 @@
         --evaluator data/models/evaluator --prepared data/prepared --count 2000 --seeds 0 1 2
     python benchmarks/distill_frontier.py --smoke --out /tmp/frontier.json     # tiny models, a minute
 
-For each sampler (default: teacher DPM-Solver++ at 10 and 20 steps, students at 8, 4, 2 and 1 steps, all at
+For each sampler (default: teacher DPM-Solver++ at 10 and 20 steps, the student at every step count it has, all at
 generate.sampler.guidance), `--count` class-balanced digits are drawn raw (no filter: every sampler on equal
 footing) from seed blocks as generation draws them (`sample_blocks`, hardware.network_batch, precision), and
 judged by the independent evaluator and the CAS recipe of params.yaml's `evaluate` section:
@@ -40,7 +40,7 @@ from diffusion.judges.evaluator import load_evaluator  # noqa: E402
 from diffusion.judges.training import in_batches  # noqa: E402
 from diffusion.model.samplers import sample_blocks  # noqa: E402
 from diffusion.model.saved import load_diffusion  # noqa: E402
-from diffusion.model.student import load_student  # noqa: E402
+from diffusion.model.student import load_student, student_config  # noqa: E402
 from diffusion.quality.cas import Digits, balanced_indices, cas  # noqa: E402
 from diffusion.quality.evaluate import conditional_accuracy, frechet_per_class  # noqa: E402
 from diffusion.quality.measures import prdc_with_reference  # noqa: E402
@@ -113,7 +113,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     teacher, process = load_diffusion(args.teacher, device)
     rows = []
     samplers = [SamplerConfig(name="dpm-solver++", steps=n, guidance=guidance) for n in args.teacher_steps]
-    samplers += [SamplerConfig(name="distilled", steps=n, guidance=guidance) for n in args.student_steps]
+    student_steps = args.student_steps or student_config(args.student)["steps"]
+    samplers += [SamplerConfig(name="distilled", steps=n, guidance=guidance) for n in student_steps]
     for sampler in samplers:
         model = (
             teacher if sampler.name != "distilled" else load_student(args.student, sampler.steps, device)[0]
@@ -213,7 +214,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="CAS seeds (default: params')")
     parser.add_argument("--guidance", type=float, default=None, help="default: generate.sampler.guidance")
     parser.add_argument("--teacher-steps", type=int, nargs="+", default=[10, 20])
-    parser.add_argument("--student-steps", type=int, nargs="+", default=[8, 4, 2, 1])
+    parser.add_argument(
+        "--student-steps", type=int, nargs="+", default=None, help="default: every step count the student has"
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/distill-frontier.json")
     parser.add_argument("--smoke", action="store_true", help="tiny random models and rendered digits")
