@@ -77,6 +77,7 @@ TINY = {
     "distill": {
         "guidance_range": [1.0, 3.0],  # w an input of the students: generation below asks for 1.5
         "teacher_steps": 4,
+        "min_steps": 1,  # students for 4, 2 and 1 steps (params.yaml stops at 4)
         "guidance_steps": 3,
         "round_steps": 2,
         "batch_size": 8,
