@@ -17,8 +17,10 @@ section's bounds ends the run Failed with one line naming the metric and the ver
 
 from __future__ import annotations
 
+import functools
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -40,7 +42,7 @@ from tqdm.auto import tqdm
 from diffusion.config import GenerateConfig, HardwareConfig, QualityConfig, TaskRunnerConfig
 from diffusion.data.evaluations import quality_dir, write_document
 from diffusion.data.shards import PublishedVersion
-from diffusion.errors import QualityAlert, is_transient
+from diffusion.errors import DigitsError, QualityAlert, is_transient
 from diffusion.generate.plan import GenerationError, TaskKey, plan_round
 from diffusion.generate.run import (
     RunSpec,
@@ -136,7 +138,24 @@ def _key(name: str, what: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"{name}-{what}".lower())
 
 
+def _one_line_failures(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` with a DigitsError (bad input, or a verdict on the run: a class that cannot reach its count, a
+    failed gate) returned as the run's Failed state instead of raised. Raised, Prefect's flow engine logs it
+    with a traceback, and those errors are no crash: their one line says it all. Calling the flow still
+    raises the error (`state.result()` too), so `digits generate` prints it and exits 2."""
+
+    @functools.wraps(fn)  # Prefect reads the parameters through __wrapped__
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DigitsError as err:
+            return Failed(message=str(err), data=err)
+
+    return run
+
+
 @flow(name="generate-dataset")
+@_one_line_failures
 def generate_dataset(
     cfg: GenerateConfig,
     hardware: HardwareConfig = HardwareConfig(),  # noqa: B008  (frozen, immutable)
@@ -173,12 +192,14 @@ def generate_dataset(
         student: the distilled student's folder, for `generate.sampler.name: distilled` (the digits come
             from it; `model` is its teacher, whose checksum it must carry).
 
-    Returns the GenerationResult, or, for a flagged version, the run's Failed state holding the QualityAlert
-    (which calling the flow raises: Prefect logs no traceback for a verdict).
+    Returns the GenerationResult, or the run's Failed state holding the QualityAlert (a flagged version) or
+    the DigitsError (below), which calling the flow raises: Prefect logs no traceback for a verdict.
 
     Raises:
         QualityAlert: the graded version broke a floor or ceiling of `grading.monitor` (after its
             document, page and index are written).
+        DigitsError: bad input (before any work), a class that `generate.max_attempts` cannot fill
+            (GenerationError), a failed gate (GateError); nothing is published.
     """
     start = time.perf_counter()
     logical = (logical_date or flow_run.scheduled_start_time).astimezone(UTC).replace(microsecond=0)

@@ -6,8 +6,10 @@ production path: rounds of tasks of seed blocks, staged shards, the gate, an ato
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -30,6 +32,22 @@ from flows.generate import GenerationResult, generate_dataset
 from tests.generate_fixtures import DATE, LOOSE, run_generate, tiny_generate
 
 _run = run_generate
+
+
+@contextlib.contextmanager
+def prefect_tracebacks():
+    """The log records of Prefect's loggers (flow and task runs propagate to `prefect`) that carry a
+    traceback, collected while the block runs."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("prefect")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        records[:] = [r for r in records if r.exc_info and r.exc_info[0] is not None]
 
 
 def _train_rows(result: GenerationResult) -> pd.DataFrame:
@@ -201,9 +219,13 @@ def test_an_impossible_threshold_names_the_class_and_publishes_nothing(
         filter={"min_clip_score": 99.0, "require_pred_match": False},
         max_attempts=2,
     )
-    with pytest.raises(GenerationError, match=r"class 2: 0 of 3 accepted .*acceptance rate 0\.0%") as err:
+    with (
+        prefect_tracebacks() as tracebacks,
+        pytest.raises(GenerationError, match=r"class 2: 0 of 3 accepted .*acceptance rate 0\.0%") as err,
+    ):
         _run(cfg, tiny_models)
     assert "\n" not in str(err.value)
+    assert not tracebacks, "a verdict on the run is one line: Prefect logged a traceback"
     assert not list_versions(cfg.output_root, cfg.name)
 
 
@@ -213,7 +235,10 @@ def test_a_failed_gate_publishes_nothing_and_names_the_expectation(
 ) -> None:
     cfg = tiny_generate(tiny_models, tmp_path, per_class={1: 2})
     everything_copies = QualityConfig(copy_distance=10.0, max_memorization=0.0)  # RMS distances are <= 1
-    with pytest.raises(GateError, match=r"train: expect_column_mean_to_be_between\(is_copy") as err:
+    with (
+        prefect_tracebacks() as tracebacks,
+        pytest.raises(GateError, match=r"train: expect_column_mean_to_be_between\(is_copy") as err,
+    ):
         generate_dataset(
             cfg=cfg,
             hardware=HardwareConfig(precision="fp32"),
@@ -224,6 +249,7 @@ def test_a_failed_gate_publishes_nothing_and_names_the_expectation(
             logical_date=DATE,
         )
     assert "\n" not in str(err.value) and "Data Docs" in str(err.value)
+    assert not tracebacks, "a failed gate is one line: Prefect logged a traceback"
     assert not list_versions(cfg.output_root, cfg.name)
     assert not [p for p in Path(cfg.output_root).rglob("*") if p.is_file()]
     assert list(Path(cfg.staging_dir).glob("*/c*.parquet"))  # gated out: staging kept for a rerun
