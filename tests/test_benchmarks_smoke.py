@@ -210,3 +210,14 @@ def test_distill_frontier_smoke(tmp_path: Path) -> None:
         assert 0.0 <= row["evaluator_accuracy"] <= 1.0 and positive(row["digits_per_s"])
         assert "cas_ratio" in row["cas"]["means"]
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_task_thread_speed_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "task-thread.json"
+    run_benchmark("task_thread_speed.py", "--out", str(out))
+    doc = json.loads(out.read_text())
+    assert {"machine", "date", "command", "setting", "rounds"} <= set(doc) and doc["smoke"] is True
+    assert len(doc["rounds"]) == 2 and all(set(r) == {"main", "thread", "prefect"} for r in doc["rounds"])
+    assert all(positive(*r.values()) for r in doc["rounds"])
+    assert doc["relative_to_main"]["main"] == 1.0 and positive(*doc["relative_to_main"].values())
