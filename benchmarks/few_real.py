@@ -269,12 +269,12 @@ def run(args: argparse.Namespace) -> None:
     def generate() -> dict[str, Any]:
         from prefect.testing.utilities import prefect_test_harness
 
-        from flows.generate import generate_dataset, task_runner
+        from flows.generate import generate_dataset
 
         start = time.perf_counter()
         with prefect_test_harness(server_startup_timeout=180):
             prefect_start = time.perf_counter() - start
-            result = generate_dataset.with_options(task_runner=task_runner(gen.task_runner))(
+            result = generate_dataset(
                 cfg=gen,
                 hardware=hardware,
                 model=str(work / "diffusion"),

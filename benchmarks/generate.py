@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: the repository root is importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusion.config import Params, load_params  # noqa: E402
-from flows.generate import generate_dataset, task_runner  # noqa: E402
+from flows.generate import generate_dataset  # noqa: E402
 
 
 def run_once(
@@ -62,7 +62,7 @@ def run_once(
         raise SystemExit(f"--task-sizes: {task_size} is not whole seed blocks of {cfg.seed_block}")
     hardware = params.hardware.model_copy(update={"network_batch": network_batch})
     start = time.perf_counter()
-    result = generate_dataset.with_options(task_runner=task_runner(cfg.task_runner))(
+    result = generate_dataset(
         cfg=cfg,
         hardware=hardware,
         model=paths.model,

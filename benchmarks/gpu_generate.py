@@ -271,7 +271,7 @@ def run(args: argparse.Namespace) -> None:
     from diffusion.model.saved import load_diffusion
     from diffusion.model.train import train_diffusion
     from diffusion.quality.evaluate import evaluate_version
-    from flows.generate import generate_dataset, task_runner
+    from flows.generate import generate_dataset
 
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls of the judges; bf16 autocast is unaffected
     torch.backends.cudnn.allow_tf32 = True
@@ -402,7 +402,7 @@ def run(args: argparse.Namespace) -> None:
         stack.enter_context(prefect_test_harness(server_startup_timeout=180))
         report.doc["parts"]["prefect_start"] = {"seconds": time.perf_counter() - start, "card": card}
         with report.part("generate", device):
-            result = generate_dataset.with_options(task_runner=task_runner(gen.task_runner))(
+            result = generate_dataset(
                 cfg=gen,
                 hardware=hardware,
                 model=str(work / "diffusion"),

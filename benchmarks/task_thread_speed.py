@@ -9,9 +9,11 @@ the temporary API server that `digits generate` starts up the whole time:
   main     the main thread;
   thread   a plain Python thread (no Prefect);
   prefect  a Prefect task, submitted from a flow on `ThreadPoolTaskRunner(max_workers=1)`, as the flow's are.
-Each round runs the three in a rotated order (round r starts with condition r mod 3), so the VM's drift
-within a round falls on each condition alike. JSON: machine, date, command, settings, images/s per round
-and condition, and each condition's mean relative to `main`.
+Round r runs the three in the r-th of their six orders (--rounds a multiple of 6 uses each order alike),
+so neither the VM's drift within a round nor what one condition leaves running for the next (Prefect's log
+and event workers after a flow run) favours a condition. JSON: machine, date, command, settings, images/s
+per round and condition, each condition's mean relative to `main`, and the per-round ratios to `main`
+(median, min, max): the VM's drift shows in their spread.
 
     python benchmarks/task_thread_speed.py --rounds 6 --out benchmarks/results/task-thread-speed-cpu.json
     python benchmarks/task_thread_speed.py --smoke --out /tmp/task-thread.json     # tiny random model
@@ -20,7 +22,9 @@ and condition, and each condition's mean relative to `main`.
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -46,11 +50,20 @@ CONDITIONS = ("main", "thread", "prefect")
 
 def in_thread(measure: Any) -> dict[str, Any]:
     """`measure()` on a plain Python thread; its result."""
-    out: list[dict[str, Any]] = []
-    worker = threading.Thread(target=lambda: out.append(measure()))
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["result"] = measure()
+        except BaseException as err:  # noqa: BLE001  (raised again on the calling thread)
+            out["error"] = err
+
+    worker = threading.Thread(target=run)
     worker.start()
     worker.join()
-    return out[0]
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
 
 
 def in_prefect_task(measure: Any) -> dict[str, Any]:
@@ -75,21 +88,33 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--model", default="data/models/diffusion")
     parser.add_argument("--images", type=int, default=500, help="timed images per measurement")
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=6, help="a multiple of 6 runs every order alike")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="a tiny random model, 2 rounds of 8 images")
     args = parser.parse_args()
 
     base = yaml.safe_load(args.params.read_text()) or {}
-    work = None
-    if args.smoke:
-        work = Path(tempfile.mkdtemp(prefix="task-thread-"))
-        base, paths = smoke_setup(work, base)
-        base = {**base, "hardware": {**base.get("hardware", {}), "network_batch": 4}}
-        args.model, args.images, args.rounds = paths["model"], 8, 2
+    work = Path(tempfile.mkdtemp(prefix="task-thread-")) if args.smoke else None
+    try:
+        if work is not None:
+            base, paths = smoke_setup(work, base)
+            base = {**base, "hardware": {**base.get("hardware", {}), "network_batch": 4}}
+            args.model, args.images, args.rounds = paths["model"], 8, 2
+        doc = measure_places(base, args)
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+    write_json(args.out, doc)
+    means = doc["mean_images_per_s"]
+    print("mean images/s: " + ", ".join(f"{k} {v:.1f}" for k, v in means.items()) + f"; wrote {args.out}")
+
+
+def measure_places(base: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The rounds of the three measurements under the params `base`; the JSON document."""
     params = parse_params(base, where=str(args.params))
     hardware, sampler = params.hardware, params.generate.sampler
     device = torch.device(hardware.device)
+    orders = list(itertools.permutations(CONDITIONS))
 
     with temporary_api() as api:  # the server `digits generate` runs beside its tasks, up throughout
         model, process = load_diffusion(args.model, device)
@@ -106,13 +131,13 @@ def main() -> None:
         rounds: list[dict[str, float]] = []
         with api.ready():
             for r in range(args.rounds):
-                order = CONDITIONS[r % 3 :] + CONDITIONS[: r % 3]
-                row = {name: places[name]()["images_per_s"] for name in order}
+                row = {name: places[name]()["images_per_s"] for name in orders[r % len(orders)]}
                 rounds.append({name: row[name] for name in CONDITIONS})
                 print(f"round {r}: " + ", ".join(f"{k} {v:.1f}" for k, v in rounds[-1].items()), flush=True)
 
-    means = {name: sum(row[name] for row in rounds) / len(rounds) for name in CONDITIONS}
-    doc = {
+    means = {name: statistics.fmean(row[name] for row in rounds) for name in CONDITIONS}
+    ratios = {name: [row[name] / row["main"] for row in rounds] for name in CONDITIONS if name != "main"}
+    return {
         **run_header(device, args.smoke),
         "setting": {
             "model": args.model,
@@ -122,13 +147,13 @@ def main() -> None:
             "images_per_measurement": args.images,
         },
         "rounds": rounds,
+        "orders": [list(orders[r % len(orders)]) for r in range(args.rounds)],
         "mean_images_per_s": means,
         "relative_to_main": {name: means[name] / means["main"] for name in CONDITIONS},
+        "per_round_ratio_to_main": {
+            name: {"median": statistics.median(v), "min": min(v), "max": max(v)} for name, v in ratios.items()
+        },
     }
-    write_json(args.out, doc)
-    print("mean images/s: " + ", ".join(f"{k} {v:.1f}" for k, v in means.items()) + f"; wrote {args.out}")
-    if work is not None:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

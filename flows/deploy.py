@@ -13,7 +13,7 @@ from prefect.schedules import Cron
 
 from diffusion.config import Params
 from diffusion.quality.grading import Grading
-from flows.generate import generate_dataset, task_runner
+from flows.generate import generate_dataset
 
 
 def build_deployment(
@@ -23,8 +23,7 @@ def build_deployment(
     parameter taken from params.yaml (nothing to repeat on the command line or in the UI). Every run
     grades the version it publishes (`grading`): a flagged version ends the run Failed."""
     cfg = params.generate
-    runnable = generate_dataset.with_options(task_runner=task_runner(cfg.task_runner))
-    return runnable.to_deployment(
+    return generate_dataset.to_deployment(
         name=f"{cfg.name}-scheduled",
         schedule=Cron(cfg.schedule.cron, timezone=cfg.schedule.timezone),
         parameters={

@@ -59,7 +59,8 @@ from diffusion.quality.monitor import raise_if_flagged
 
 
 def task_runner(cfg: TaskRunnerConfig) -> TaskRunner:
-    """Threads, a temporary local Dask cluster of `workers` processes, or an existing one at `address`."""
+    """Threads, a temporary local Dask cluster of `workers` processes, or an existing one at `address`: what
+    the flow's generation tasks run on (the flow enters it itself, from its `cfg`)."""
     if cfg.kind == "threads":
         return ThreadPoolTaskRunner(max_workers=cfg.workers)
     from prefect_dask import DaskTaskRunner
@@ -139,16 +140,22 @@ def _key(name: str, what: str) -> str:
 
 
 def _one_line_failures(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn` with a DigitsError (bad input, or a verdict on the run: a class that cannot reach its count, a
-    failed gate) returned as the run's Failed state instead of raised. Raised, Prefect's flow engine logs it
-    with a traceback, and those errors are no crash: their one line says it all. Calling the flow still
-    raises the error (`state.result()` too), so `digits generate` prints it and exits 2."""
+    """`fn` with a DigitsError raised in the flow's own body (bad input, or a verdict on the run: a class that
+    cannot reach its count, a failed gate) returned as the run's Failed state instead of raised: raised,
+    Prefect's flow engine logs it with a traceback, and such an error is no crash, its one line says it all.
+    Calling the flow in-process (`digits generate`, the DVC stage) still raises it, `state.result()` too, so
+    the CLI prints it and exits 2; a served run's engine re-raises it and logs that once. An I/O failure
+    wrapped in a DigitsError (`is_transient`) is raised as it is, with its traceback and cause."""
 
-    @functools.wraps(fn)  # Prefect reads the parameters through __wrapped__
+    # Prefect reads the parameters through __wrapped__ but resolves their (string) annotations in the
+    # globals of `run`: this decorator must live in the flow's own module.
+    @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except DigitsError as err:
+            if is_transient(err):
+                raise
             return Failed(message=str(err), data=err)
 
     return run
@@ -198,8 +205,9 @@ def generate_dataset(
     Raises:
         QualityAlert: the graded version broke a floor or ceiling of `grading.monitor` (after its
             document, page and index are written).
-        DigitsError: bad input (before any work), a class that `generate.max_attempts` cannot fill
-            (GenerationError), a failed gate (GateError); nothing is published.
+        DigitsError: bad input (found before any sampling), a class that `generate.max_attempts` cannot
+            fill (GenerationError) or a failed gate (GateError), when nothing is published; from grading,
+            after the version is published.
     """
     start = time.perf_counter()
     logical = (logical_date or flow_run.scheduled_start_time).astimezone(UTC).replace(microsecond=0)
@@ -213,9 +221,14 @@ def generate_dataset(
         0.0, key=_key(spec.cfg.name, "progress"), description="accepted / requested"
     )
     tasks: list[TaskOutcome] = []
-    with tqdm(total=requested, disable=not progress, desc=f"generate {spec.cfg.name}", unit="digit") as bar:
+    # The tasks run on the run's own `generate.task_runner`, entered here rather than set on the flow with
+    # `with_options`: a served run imports this flow anew from its entrypoint, where such a setting is lost.
+    with (
+        task_runner(spec.cfg.task_runner) as runner,
+        tqdm(total=requested, disable=not progress, desc=f"generate {spec.cfg.name}", unit="digit") as bar,
+    ):
         while keys := _plan(spec, tasks):
-            _run_round(spec, keys, tasks, bar)
+            _run_round(spec, keys, tasks, bar, runner)
             done = sum(row["accepted"] for row in class_rows(spec, _blocks(tasks)))
             update_progress_artifact(progress_id, 100.0 * done / requested)
 
@@ -292,10 +305,13 @@ def _plan(spec: RunSpec, tasks: list[TaskOutcome]) -> list[TaskKey]:
         raise
 
 
-def _run_round(spec: RunSpec, keys: list[TaskKey], tasks: list[TaskOutcome], bar: tqdm) -> None:
-    """Submit one task per key and append each outcome to `tasks` as it lands (the bar counts accepted
-    digits up to each class's request); wait for every task, failed or not, before returning or raising."""
-    futures = [generate_task.submit(spec.job(k)) for k in keys]
+def _run_round(
+    spec: RunSpec, keys: list[TaskKey], tasks: list[TaskOutcome], bar: tqdm, runner: TaskRunner
+) -> None:
+    """Submit one task per key to `runner` and append each outcome to `tasks` as it lands (the bar counts
+    accepted digits up to each class's request); wait for every task, failed or not, before returning or
+    raising."""
+    futures = [runner.submit(generate_task, {"job": spec.job(k)}) for k in keys]
     error: Exception | None = None
     for future in as_completed(futures):
         try:

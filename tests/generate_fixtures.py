@@ -123,10 +123,9 @@ def run_generate(
     cfg: GenerateConfig, models: dict[str, str], quality: QualityConfig = LOOSE, **kw: Any
 ) -> Any:
     """The generation flow on the tiny models, on cfg's task runner, in fp32 unless `hardware` is given."""
-    from flows.generate import generate_dataset, task_runner
+    from flows.generate import generate_dataset
 
-    runnable = generate_dataset.with_options(task_runner=task_runner(cfg.task_runner))
-    return runnable(
+    return generate_dataset(
         cfg=cfg,
         hardware=kw.pop("hardware", HardwareConfig(precision="fp32")),
         model=models["model"],

@@ -1,6 +1,6 @@
-"""The generation benchmarks run end to end in their smoke mode (tiny random models on the CPU) and write
-the figures they promise: benchmarks/generate_ceiling.py, generate_student.py, gpu_generate.py and
-distill_frontier.py."""
+"""The benchmarks run end to end in their smoke mode (tiny random models on the CPU) and write the figures
+they promise: benchmarks/generate_ceiling.py, generate_student.py, gpu_generate.py, data_scaling.py,
+few_real.py, distill_frontier.py and task_thread_speed.py."""
 
 from __future__ import annotations
 
@@ -221,3 +221,7 @@ def test_task_thread_speed_smoke(tmp_path: Path) -> None:
     assert len(doc["rounds"]) == 2 and all(set(r) == {"main", "thread", "prefect"} for r in doc["rounds"])
     assert all(positive(*r.values()) for r in doc["rounds"])
     assert doc["relative_to_main"]["main"] == 1.0 and positive(*doc["relative_to_main"].values())
+    assert doc["orders"] == [["main", "thread", "prefect"], ["main", "prefect", "thread"]]
+    ratio = doc["per_round_ratio_to_main"]["prefect"]
+    assert set(doc["per_round_ratio_to_main"]) == {"thread", "prefect"}
+    assert 0 < ratio["min"] <= ratio["median"] <= ratio["max"]

@@ -28,7 +28,7 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
     with temporary_api() as api:  # Prefect's temporary server (if no API is set) starts beside what follows
         from diffusion.generate.pinned import fetch_pinned
         from diffusion.generate.run import prepare_run
-        from flows.generate import generate_dataset, task_runner
+        from flows.generate import generate_dataset
 
         cfg = params.generate
         if args.output_root:  # validated by the same rules as generate.output_root in params.yaml
@@ -48,10 +48,9 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
         # bad input fails here in one line, before any flow runs; the flow takes the prepared run as it is
         grading = None if args.no_grade else grading_of(params, args)
         spec = prepare_run(cfg, params.hardware, model, args.classifier, args.train, args.student)
-        runnable = generate_dataset.with_options(task_runner=task_runner(cfg.task_runner))
         try:
             with api.ready():
-                result = runnable(
+                result = generate_dataset(
                     cfg=cfg,
                     hardware=params.hardware,
                     model=model,
