@@ -140,12 +140,13 @@ def _key(name: str, what: str) -> str:
 
 
 def _one_line_failures(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn` with a DigitsError raised in the flow's own body (bad input, or a verdict on the run: a class that
-    cannot reach its count, a failed gate) returned as the run's Failed state instead of raised: raised,
-    Prefect's flow engine logs it with a traceback, and such an error is no crash, its one line says it all.
-    Calling the flow in-process (`digits generate`, the DVC stage) still raises it, `state.result()` too, so
-    the CLI prints it and exits 2; a served run's engine re-raises it and logs that once. An I/O failure
-    wrapped in a DigitsError (`is_transient`) is raised as it is, with its traceback and cause."""
+    """`fn` with a verdict raised in the flow's own body returned as the run's Failed state instead of raised:
+    a QualityAlert (a flagged version, published) or a DigitsError (bad input, a class that cannot reach its
+    count, a failed gate). Raised, Prefect's flow engine logs it with a traceback, and a verdict is no crash:
+    its one line says it all. Calling the flow in-process (`digits generate`, the DVC stage) still raises it,
+    `state.result()` too, so the CLI prints it and exits 1 or 2; a served run's engine re-raises it and logs
+    that once. An I/O failure wrapped in a DigitsError (`is_transient`) is raised as it is, with its
+    traceback and cause."""
 
     # Prefect reads the parameters through __wrapped__ but resolves their (string) annotations in the
     # globals of `run`: this decorator must live in the flow's own module.
@@ -153,6 +154,8 @@ def _one_line_failures(fn: Callable[..., Any]) -> Callable[..., Any]:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except QualityAlert as alert:
+            return Failed(message=str(alert), data=alert)
         except DigitsError as err:
             if is_transient(err):
                 raise
@@ -263,9 +266,7 @@ def generate_dataset(
     except QualityAlert as alert:
         alert.result = result  # what the run published, for the CLI's outputs
         alert.__context__ = report_error
-        # The run's Failed state, returned: a raised exception would have Prefect log its traceback, and a
-        # verdict is no crash. Calling the flow still raises this QualityAlert; `state.result()` too.
-        return Failed(message=str(alert), data=alert)
+        raise  # the run's Failed state (`_one_line_failures`)
     return result
 
 
