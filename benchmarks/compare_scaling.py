@@ -9,7 +9,8 @@ the seeds cannot tell from noise.
 
     python benchmarks/compare_scaling.py BEFORE.json AFTER.json [--out compare.json]
 
-Exits 2 with one line when a file is missing or not a data-scaling run, or the real lines differ.
+Exits 2 with one line when a file is missing or not a data-scaling run, when the two share no size, or
+when their real lines differ at a size they share.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,42 +34,61 @@ class CompareError(ValueError):
     """Two runs that cannot be compared: the one line says why."""
 
 
-def _rows(doc: dict[str, Any], source: str) -> dict[int, list[dict[str, Any]]]:
-    """{size: [{seed, accuracy}, ...]} of one line of a data_scaling.py document."""
-    return {
-        r["size"]: [{"seed": s, "accuracy": a} for s, a in zip(r["seeds"], r["per_seed"], strict=True)]
-        for r in doc[source]
-    }
+@dataclass(frozen=True)
+class Run:
+    """One data_scaling.py document: per line ('real', 'synthetic'), {size: [{seed, accuracy}, ...]}, and
+    the mean gap in points at each size of its `gap_points`."""
+
+    path: Path
+    real: dict[int, list[dict[str, Any]]]
+    synthetic: dict[int, list[dict[str, Any]]]
+    gaps: dict[int, float]
 
 
-def load(path: Path) -> dict[str, Any]:
+def load(path: Path) -> Run:
+    """Read a data_scaling.py document; CompareError (one line naming the file) for anything else."""
     try:
         doc = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise CompareError(f"{path}: not a readable JSON file ({err.__class__.__name__})") from None
-    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in ("real", "synthetic")):
-        raise CompareError(f"{path}: not a data_scaling.py document (no 'real' and 'synthetic' rows)")
-    return doc
-
-
-def compare(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per size both runs measured: both gaps' means and the synthetic change paired by seed."""
-    real_before, real_after = _rows(before, "real"), _rows(after, "real")
-    if real_before != real_after:
+        lines = {
+            source: {
+                int(r["size"]): [
+                    {"seed": int(seed), "accuracy": float(acc)}
+                    for seed, acc in zip(r["seeds"], r["per_seed"], strict=True)
+                ]
+                for r in doc[source]
+            }
+            for source in ("real", "synthetic")
+        }
+        gaps = {int(g["size"]): float(g["mean"]) for g in doc.get("gap_points", []) if g["mean"] is not None}
+    except OSError as err:
+        raise CompareError(f"{path}: cannot read it ({err.strerror or err})") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:  # JSONDecodeError is a ValueError
         raise CompareError(
-            "the two runs' real lines differ (seeds, sizes, recipe or thread count): their gaps differ by"
-            " more than their synthetic digits"
+            f"{path}: not a data_scaling.py document ({err.__class__.__name__}: {err})"
+        ) from None
+    return Run(path, lines["real"], lines["synthetic"], gaps)
+
+
+def compare(before: Run, after: Run) -> list[dict[str, Any]]:
+    """One row per size both runs measured on both lines: both gaps' means and the synthetic change
+    paired by seed. CompareError when they share no such size or their real fits differ there."""
+    sizes = sorted(set(before.real) & set(after.real) & set(before.synthetic) & set(after.synthetic))
+    if not sizes:
+        raise CompareError(f"{before.path} and {after.path} measured no size in common on both lines")
+    differ = [n for n in sizes if before.real[n] != after.real[n]]
+    if differ:
+        raise CompareError(
+            f"the two runs' real lines differ at {', '.join(map(str, differ))} digits (seeds, recipe, test"
+            " split or thread count): their gaps differ by more than their synthetic digits"
         )
-    syn_before, syn_after = _rows(before, "synthetic"), _rows(after, "synthetic")
-    gaps = [{g["size"]: g["mean"] for g in doc.get("gap_points", [])} for doc in (before, after)]
     return [
         {
             "size": n,
-            "gap_before": gaps[0].get(n),
-            "gap_after": gaps[1].get(n),
-            "narrower_by": paired_points(syn_before[n], syn_after[n]),
+            "gap_before": before.gaps.get(n),
+            "gap_after": after.gaps.get(n),
+            "narrower_by": paired_points(before.synthetic[n], after.synthetic[n]),
         }
-        for n in sorted(set(syn_before) & set(syn_after) & set(real_before))
+        for n in sizes
     ]
 
 

