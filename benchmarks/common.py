@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -175,3 +176,22 @@ def smoke_splits(folder: Path, count: int = 600, seed: int = 0) -> Path:
     raw = RawDigits(images, labels, [f"rendered-{seed}-{i}" for i in range(count)], "rendered")
     write_splits(mix([("handwritten-mnist", raw)]), DataConfig(), folder)
     return folder
+
+
+def on_worker_thread(measure: Callable[[], Any]) -> Any:
+    """`measure()` on a new plain Python thread (where a Prefect threads runner's tasks run); its result,
+    or its exception raised again here."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["result"] = measure()
+        except BaseException as err:  # noqa: BLE001  (raised again on the calling thread)
+            out["error"] = err
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    if "error" in out:
+        raise out["error"]
+    return out["result"]

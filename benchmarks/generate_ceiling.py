@@ -13,7 +13,8 @@ For each count N (generate.per_class = N / 10), in this order:
    hardware.compile is set), then the shipped sampler (params' generate.sampler, hardware.resolved_precision())
    through `diffusion.model.samplers.sample` on class-balanced batches of hardware.network_batch images,
    network batches of the same size, each from its own seeded CPU generator: one warm-up batch untimed,
-   then --ceiling-images (rounded up to whole batches) timed. images/s.
+   then --ceiling-images (rounded up to whole batches) timed, on a worker thread as the flow's tasks
+   sample. images/s.
 2. the command, as a subprocess: `digits generate --params <a copy of --params with per_class, output_root
    and staging_dir set, the latter two in a temporary folder> --model --classifier --train --metrics`,
    cold (nothing staged). It runs through benchmarks/timed_cli.py, which is `digits`' own entry point plus
@@ -59,6 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: the repository root is importable
     sys.path.insert(0, str(REPO))
 
+from benchmarks.common import on_worker_thread  # noqa: E402
 from benchmarks.compile_sampler import cpu_model_name, synchronize  # noqa: E402
 from diffusion.config import HardwareConfig, SamplerConfig, parse_params  # noqa: E402
 from diffusion.model.compile import compiled  # noqa: E402
@@ -72,9 +74,23 @@ TARGET_RATIO, TARGET_SHARE, TARGET_MEMORY = 0.85, 0.10, 1.2
 
 # --------------------------------------------------------------------------- the ceiling
 def ceiling(
-    model, process, hardware: HardwareConfig, sampler: SamplerConfig, images: int, seed: int = 0
+    model,
+    process,
+    hardware: HardwareConfig,
+    sampler: SamplerConfig,
+    images: int,
+    seed: int = 0,
+    on_thread: bool = True,
 ) -> dict[str, Any]:
-    """Sampler-only images/s: network_batch-sized balanced batches, one warm-up batch, then `images`."""
+    """Sampler-only images/s: network_batch-sized balanced batches, one warm-up batch, then `images`; on a
+    worker thread, where the flow's tasks sample (`on_thread`; False: on the calling thread). On the 2-core
+    Zen 3 VM a worker thread drew 5-20 % more images/s than the main thread (task_thread_speed.py;
+    RESULTS.md, 2026-12-06 night), so a main-thread ceiling sat under the flow's own tasks."""
+    if on_thread:
+        return {
+            **on_worker_thread(lambda: ceiling(model, process, hardware, sampler, images, seed, False)),
+            "thread": "worker",
+        }
     device, precision = torch.device(hardware.device), hardware.resolved_precision()
     batch = hardware.network_batch
     labels = balanced_labels(batch)
@@ -98,6 +114,7 @@ def ceiling(
         "warmup_seconds": warm,
         "seconds": seconds,
         "images_per_s": batches * batch / seconds,
+        "thread": "calling",
     }
 
 
@@ -234,7 +251,7 @@ def measure(
     # the command, and the ratio is taken against the mean of both.
     print(f"[{count}] ceiling again ...", flush=True)
     after = ceiling(model, process, params.hardware, params.generate.sampler, args.ceiling_images)
-    same = ("network_batch", "precision", "sampler")  # the settings, the same both times
+    same = ("network_batch", "precision", "sampler", "thread")  # the settings, the same both times
     top = {
         **{k: top[k] for k in same},
         "images_per_s": (top["images_per_s"] + after["images_per_s"]) / 2,  # the mean: what ratios divide by

@@ -27,7 +27,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: the repository root is importable
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import write_json  # noqa: E402
+from benchmarks.common import on_worker_thread, write_json  # noqa: E402
 from benchmarks.generate_ceiling import ceiling, run_header, smoke_setup  # noqa: E402
 from diffusion.config import parse_params  # noqa: E402
 from diffusion.model.compile import compiled  # noqa: E402
@@ -46,24 +45,6 @@ from diffusion.model.saved import load_diffusion  # noqa: E402
 from flows.server import temporary_api  # noqa: E402
 
 CONDITIONS = ("main", "thread", "prefect")
-
-
-def in_thread(measure: Any) -> dict[str, Any]:
-    """`measure()` on a plain Python thread; its result."""
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            out["result"] = measure()
-        except BaseException as err:  # noqa: BLE001  (raised again on the calling thread)
-            out["error"] = err
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    worker.join()
-    if "error" in out:
-        raise out["error"]
-    return out["result"]
 
 
 def in_prefect_task(measure: Any) -> dict[str, Any]:
@@ -121,11 +102,11 @@ def measure_places(base: dict[str, Any], args: argparse.Namespace) -> dict[str, 
         model = compiled(model, hardware.compile)
 
         def measure() -> dict[str, Any]:
-            return ceiling(model, process, hardware, sampler, args.images)
+            return ceiling(model, process, hardware, sampler, args.images, on_thread=False)
 
         places = {
             "main": measure,
-            "thread": lambda: in_thread(measure),
+            "thread": lambda: on_worker_thread(measure),
             "prefect": lambda: in_prefect_task(measure),
         }
         rounds: list[dict[str, float]] = []

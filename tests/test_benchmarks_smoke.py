@@ -61,6 +61,7 @@ def test_generate_ceiling_smoke(tmp_path: Path) -> None:
             row["ratio"],
         )
         c = row["ceiling"]  # drawn before and after the command; ratios divide by the mean
+        assert c["thread"] == "worker"  # where the flow's tasks sample
         assert c["images_per_s"] == pytest.approx(
             (c["before"]["images_per_s"] + c["after"]["images_per_s"]) / 2
         )
