@@ -189,7 +189,7 @@ def on_worker_thread(measure: Callable[[], Any]) -> Any:
         except BaseException as err:  # noqa: BLE001  (raised again on the calling thread)
             out["error"] = err
 
-    worker = threading.Thread(target=run)
+    worker = threading.Thread(target=run, daemon=True)  # Ctrl-C does not wait for the measurement
     worker.start()
     worker.join()
     if "error" in out:

@@ -84,8 +84,8 @@ def ceiling(
 ) -> dict[str, Any]:
     """Sampler-only images/s: network_batch-sized balanced batches, one warm-up batch, then `images`; on a
     worker thread, where the flow's tasks sample (`on_thread`; False: on the calling thread). On the 2-core
-    Zen 3 VM a worker thread drew 5-20 % more images/s than the main thread (task_thread_speed.py;
-    RESULTS.md, 2026-12-06 night), so a main-thread ceiling sat under the flow's own tasks."""
+    Zen 3 VM a worker thread drew a median 6 % more images/s than the main thread (task_thread_speed.py,
+    0.97-1.15x per round), and the flow's tasks outran a main-thread ceiling (RESULTS.md, 2026-12-06)."""
     if on_thread:
         return {
             **on_worker_thread(lambda: ceiling(model, process, hardware, sampler, images, seed, False)),

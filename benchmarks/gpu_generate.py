@@ -371,7 +371,7 @@ def run(args: argparse.Namespace) -> None:
         {**trained.metrics, "seconds": seconds, "unet": unet.model_dump(mode="json"), "precision": precision},
     )
 
-    # 4. ceiling on the same card, and the FLOPs of one evaluation
+    # 4. ceiling on the same card (on a worker thread, as the flow's tasks sample), and the FLOPs of one evaluation
     sampler = params.generate.sampler
     model, process = load_diffusion(work / "diffusion", device)
     flops = flops_per_evaluation(model, device)

@@ -328,3 +328,18 @@ def test_compare_scaling_pairs_synthetic_by_seed_and_refuses_other_real_lines(tm
         [*script, str(before), str(tmp_path / "no.json")], cwd=REPO, capture_output=True, text=True
     )
     assert missing.returncode == 2 and "no.json" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_on_worker_thread_runs_off_the_calling_thread_and_raises_its_error_here() -> None:
+    import threading
+
+    from benchmarks.common import on_worker_thread
+
+    caller = threading.get_ident()
+    assert on_worker_thread(threading.get_ident) != caller
+
+    def fails() -> None:
+        raise ZeroDivisionError("in the worker")
+
+    with pytest.raises(ZeroDivisionError, match="in the worker"):
+        on_worker_thread(fails)
