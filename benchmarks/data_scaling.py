@@ -220,11 +220,12 @@ def run(args: argparse.Namespace) -> None:
     params = load_recipe(args.params, args.device, {"evaluate": {"cas": SMOKE_CAS}} if args.smoke else None)
     cfg = params.evaluate.cas.model_copy(update={"seeds": tuple(args.seeds)})
     device = resolve_device(params.hardware.device, "hardware.device")
-    if args.test == "mnist-official":  # checked from the ids alone, before any image is decoded
-        refuse_mnist_test_ids(args.prepared)
-    train, val, test = (DigitsDataset(args.prepared / f"{s}.parquet") for s in ("train", "val", "test"))
     if args.test == "mnist-official":
+        refuse_mnist_test_ids(args.prepared)  # checked from the ids alone, before any image is decoded
         test = official_test(REPO / params.data.cache_dir)  # a relative cache_dir is the repository's
+    else:
+        test = DigitsDataset(args.prepared / "test.parquet")
+    train, val = (DigitsDataset(args.prepared / f"{s}.parquet") for s in ("train", "val"))
     versions = [open_version(v).path for v in args.versions]  # .../latest: the version it means now
     pools = {"real": train, "synthetic": published_dataset(versions)}
     sizes = {"real": args.real_sizes, "synthetic": args.synthetic_sizes}
