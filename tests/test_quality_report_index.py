@@ -1,0 +1,179 @@
+"""The data-quality report's index across versions, reports kept across runs and behind fsspec URLs, and
+every page rendered in headless Chromium (the versions and documents of tests/report_fixtures.py)."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+from pathlib import Path
+
+import fsspec
+import pytest
+
+from diffusion.data.shards import list_versions
+from diffusion.errors import DataError
+from diffusion.quality.headline import METRICS
+from diffusion.quality.report import build_reports
+from tests.report_fixtures import (
+    METRIC_VALUES,
+    NAME,
+    OLD_FLAT,
+    PER_CLASS,
+    SAMPLED,
+    publish,
+    rejected_of,
+    svg_data,
+    text_of,
+)
+
+
+def test_index_lists_versions_with_flags_and_a_drift_chart_per_metric(site) -> None:
+    v1, v2, v3 = site["versions"]
+    page = Path(site["index"]).read_text()
+    assert site["index"] == str(site["out"] / "index.html")
+    assert re.findall(r'<tr data-version="([^"]+)"', page) == [v1.version, v2.version, v3.version]
+    for v in (v1, v2, v3):
+        assert f'href="{v.version}/index.html"' in page
+    cells = {
+        f: [html.unescape(x) for x in re.findall(rf'data-field="{f}"[^>]*>([^<]*)<', page)]
+        for f in ["created_at", "published", "acceptance_rate", "cas_ratio", "dcr_share", "flagged"]
+    }
+    assert cells["published"] == [str(10 * PER_CLASS)] * 3
+    assert cells["acceptance_rate"] == ["0.800"] * 3  # 160 of 200 passed the filter
+    assert cells["cas_ratio"] == ["not evaluated", "0.900", "0.991"]
+    assert cells["dcr_share"] == ["not evaluated", "not evaluated", "0.650"]
+    assert cells["flagged"][0] == "not evaluated" and cells["flagged"][1] == "ok"
+    assert cells["flagged"][2].endswith("flagged: recall, dcr_share")
+    assert re.search(rf'<tr data-version="{v3.version}" data-flagged="true" class="flagged">', page)
+    assert text_of(page, "id", "flagged-count") == "1"
+    held = [k for k in METRICS if METRIC_VALUES.get(k) is not None or k in OLD_FLAT]
+    assert re.findall(r'<svg id="trend-([\w]+)"', page) == ["acceptance_rate", *held]
+    dcr = svg_data(page, "trend-dcr_share")
+    assert dcr["values"] == [None, None, 0.65] and dcr["flagged"] == [False, False, True]
+    assert dcr["bound"] == 0.6 and dcr["kind"] == "ceiling"
+    cas = svg_data(page, "trend-cas_ratio")
+    assert cas["values"] == [None, 0.9, 0.991] and cas["bound"] == 0.97 and not any(cas["flagged"])
+    assert "<script" not in page
+
+
+def test_build_reports_keeps_documents_across_runs_and_checks_versions(tmp_path: Path) -> None:
+    root, out = str(tmp_path / "published"), str(tmp_path / "reports")
+    first = publish(root, "v1", "2026-11-25T03:00:00+00:00")
+    build_reports(root, NAME, out, version=first.path, evaluation={**OLD_FLAT, "cas_ratio": 0.8})
+    publish(root, "v2", "2026-11-26T03:00:00+00:00", seed=2)
+    index = build_reports(root, NAME, out)  # every page again; v1's document read back from `out`
+    assert re.findall(r'data-field="cas_ratio"[^>]*>([^<]*)<', Path(index).read_text()) == [
+        "0.800",
+        "not evaluated",
+    ]
+    assert text_of((tmp_path / "reports/v2/index.html").read_text(), "id", "trajectory-status").startswith(
+        "not drawn: the report was built without"
+    )
+    index = build_reports(root, NAME, out, evaluation={**OLD_FLAT, "version": "v2"})
+    assert re.findall(r'data-field="cas_ratio"[^>]*>([^<]*)<', Path(index).read_text()) == ["0.800", "0.900"]
+    assert [v.version for v in list_versions(root, NAME)] == ["v1", "v2"]
+    with pytest.raises(DataError, match="version v9 is not published"):
+        build_reports(root, NAME, out, evaluation={"version": "v9"})
+    with pytest.raises(DataError, match="the evaluation is of version v2, not of v1"):
+        build_reports(root, NAME, out, version=first.path, evaluation={**OLD_FLAT, "version": "v2"})
+    with pytest.raises(DataError, match="names no version"):
+        build_reports(root, NAME, out, evaluation=dict(OLD_FLAT))  # never "the newest folder"
+    with pytest.raises(DataError, match="no published versions"):
+        build_reports(str(tmp_path / "empty"), NAME, out)
+
+
+def test_versions_and_reports_behind_fsspec_urls(tmp_path: Path) -> None:
+    root, out = f"memory://versions-{tmp_path.name}", f"memory://reports-{tmp_path.name}/{NAME}/_quality"
+    version = publish(root, "v1", "2026-11-26T03:00:00+00:00")
+    index = build_reports(root, NAME, out, version=version.path, evaluation={**OLD_FLAT, "cas_ratio": 0.5})
+    assert index == f"{out}/index.html"
+    assert [v.version for v in list_versions(root, NAME)] == ["v1"]  # _quality is no version
+    fs = fsspec.filesystem("memory")
+    page = fs.cat_file(f"{out}/v1/index.html").decode()
+    assert f'href="{version.path}/data_docs/index.html"' in page and version.path.startswith("memory://")
+    assert text_of(page, "id", "cas_ratio") == "0.500"
+    assert text_of(page, "id", "coverage") == "not evaluated"  # a partial evaluation
+    assert len(fs.glob(f"{out}/v1/class-*.png")) == 30
+    assert json.loads(fs.cat_file(f"{out}/v1/evaluation.json"))["cas_ratio"] == 0.5
+    again = build_reports(root, NAME, out)  # the document is read back through fsspec
+    assert re.findall(r'data-field="cas_ratio"[^>]*>([^<]*)<', fs.cat_file(again).decode()) == ["0.500"]
+
+
+def _chromium():
+    """Headless Chromium through Selenium (Debian's chromium and chromium-driver), or a skip saying why."""
+    webdriver = pytest.importorskip(
+        "selenium.webdriver", reason="selenium is not installed (pip install selenium)"
+    )
+    browser, driver = (
+        shutil.which("chromium") or shutil.which("chromium-browser"),
+        shutil.which("chromedriver"),
+    )
+    if not browser or not driver:
+        pytest.skip("chromium or chromedriver not on PATH (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,900",
+    ]:
+        options.add_argument(arg)
+    # the driver's path given, Selenium Manager (which would download drivers) is never started
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+
+
+CHARTS = "return Array.from(document.querySelectorAll('svg.chart')).map(s => [s.id, s.getBoundingClientRect().width])"
+IMAGES = "return Array.from(document.images).map(i => [i.getAttribute('src'), i.naturalWidth])"
+
+
+def test_the_pages_render_in_chromium(site, tmp_path: Path) -> None:
+    v3 = site["versions"][2]
+    driver = _chromium()
+    from selenium.webdriver.common.by import By  # selenium is there once _chromium() did not skip
+
+    try:
+        driver.get(Path(site["index"]).as_uri())
+        charts = driver.execute_script(CHARTS)
+        held = [k for k in METRICS if METRIC_VALUES.get(k) is not None or k in OLD_FLAT]
+        assert len(charts) == 1 + len(held) and all(width > 50 for _, width in charts), charts
+        marker = driver.find_element(
+            By.CSS_SELECTOR, f'tr[data-version="{v3.version}"] td[data-field="flagged"]'
+        )
+        assert marker.is_displayed() and "flagged" in marker.text
+        cell = driver.find_element(
+            By.CSS_SELECTOR, f'td[data-version="{v3.version}"][data-field="cas_ratio"]'
+        )
+        assert cell.is_displayed() and cell.text == "0.991"
+        assert driver.find_element(By.ID, "flagged-count").text == "1"
+
+        driver.find_element(By.LINK_TEXT, v3.version).click()  # the index links to the page
+        assert driver.current_url == (site["out"] / v3.version / "index.html").as_uri()
+        images = driver.execute_script(IMAGES)
+        assert len(images) == 34 and all(width > 0 for _, width in images), images
+        assert {"trajectory.png", "label-issues/0.png"} <= {src for src, _ in images}
+        charts = driver.execute_script(CHARTS)
+        assert {"hist-clip", "hist-classifier-prob", "acceptance-bars"} <= {i for i, _ in charts}
+        assert all(width > 50 for _, width in charts), charts
+        shown = {
+            "cas_ratio": "0.991",
+            "conditional_accuracy_published": "0.973",
+            "gate_memorization_rate": "0.002",
+            "total_accepted": str(sum(SAMPLED - rejected_of(c) for c in range(10))),
+            "label-issue-count": "4",
+        }
+        for key, text in shown.items():
+            element = driver.find_element(By.ID, key)
+            assert element.is_displayed() and element.text == text, key
+        banner = driver.find_element(By.ID, "flags")
+        assert banner.is_displayed() and "dcr_share" in banner.text and "0.6500" in banner.text
+        card = driver.find_element(By.CSS_SELECTOR, '[data-metric="cas_ratio"]')
+        assert card.is_displayed() and card.text == "0.991"
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1280, height)
+        assert driver.save_screenshot(str(tmp_path / "report.png"))
+    finally:
+        driver.quit()
