@@ -207,6 +207,57 @@ def params_for(base: dict[str, Any], per_class: int, root: Path) -> dict[str, An
     return {**base, "generate": generate}
 
 
+def figures(
+    count: int,
+    top: dict[str, Any],
+    cmd: dict[str, Any],
+    m: dict[str, Any],
+    workers: int,
+    marks: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Every figure of one count: the command (`run_command`'s dict, its metrics file `m` and its phase
+    marks, None without them) against the ceiling `top`, task seconds over `workers`, and the targets."""
+    wall = cmd["wall_seconds"]
+    task_seconds = m.get("task_seconds") or {}
+    parts = {k: task_seconds.get(k, 0.0) / workers for k in TASK_PARTS} if task_seconds else {}
+    work_seconds = sum(parts.values())
+    share = {k: v / wall for k, v in parts.items()}
+    if parts:
+        share["rest"] = 1 - work_seconds / wall
+    accepted_per_s = m["accepted"] / wall
+    expected = top["images_per_s"] * m["acceptance_rate"]
+    row: dict[str, Any] = {
+        "count": count,
+        "per_class": count // 10,
+        "ceiling": top,
+        "command": {k: v for k, v in cmd.items() if k not in ("spawned", "exited")},
+        "metrics": m,
+        "accepted": m["accepted"],
+        "acceptance_rate": m["acceptance_rate"],
+        "accepted_per_s": accepted_per_s,
+        "ceiling_accepted_per_s": expected,
+        "ratio": accepted_per_s / expected,
+        "task_seconds": parts or None,
+        "share_of_wall": share or None,
+    }
+    if marks is not None and parts:
+        phase = phases(marks, cmd["spawned"], cmd["exited"], work_seconds)
+        row["phase_seconds"] = phase
+        row["phase_share"] = {k: v / wall for k, v in phase.items()}
+        row["task_calls"] = len(marks["tasks"])
+    # every part but sampling: the task parts, then the phases of the rest (or the rest whole, without marks)
+    over = {k: v for k, v in share.items() if k != "sample"}
+    if "phase_share" in row:
+        over = {k: v for k, v in over.items() if k != "rest"}
+        over |= {k: v for k, v in row["phase_share"].items() if k != "tasks"}
+    row["targets"] = {
+        "ratio_at_least_0.85": row["ratio"] >= TARGET_RATIO,
+        # None: no task timings in the metrics file (--plain), so the parts are unknown
+        "parts_over_10_percent": sorted(k for k, v in over.items() if v > TARGET_SHARE) if share else None,
+    }
+    return row
+
+
 def measure(
     count: int,
     base: dict[str, Any],
@@ -258,47 +309,10 @@ def measure(
         "before": {k: v for k, v in top.items() if k not in same},  # images, seconds, warm-up, images/s
         "after": {k: v for k, v in after.items() if k not in same},
     }
-    m = json.loads((root / "metrics.json").read_text())
-    wall, workers = cmd["wall_seconds"], params.generate.task_runner.workers
-    task_seconds = m.get("task_seconds") or {}
-    parts = {k: task_seconds.get(k, 0.0) / workers for k in TASK_PARTS} if task_seconds else {}
-    work_seconds = sum(parts.values())
-    share = {k: v / wall for k, v in parts.items()}
-    if parts:
-        share["rest"] = 1 - work_seconds / wall
-    accepted_per_s = m["accepted"] / wall
-    expected = top["images_per_s"] * m["acceptance_rate"]
-    row: dict[str, Any] = {
-        "count": count,
-        "per_class": count // 10,
-        "ceiling": top,
-        "command": {k: v for k, v in cmd.items() if k not in ("spawned", "exited")},
-        "metrics": m,
-        "accepted": m["accepted"],
-        "acceptance_rate": m["acceptance_rate"],
-        "accepted_per_s": accepted_per_s,
-        "ceiling_accepted_per_s": expected,
-        "ratio": accepted_per_s / expected,
-        "task_seconds": parts or None,
-        "share_of_wall": share or None,
-    }
+    metrics = json.loads((root / "metrics.json").read_text())
     marks_file = root / "marks.json"
-    if marks_file.is_file() and parts:
-        marks = json.loads(marks_file.read_text())
-        phase = phases(marks, cmd["spawned"], cmd["exited"], work_seconds)
-        row["phase_seconds"] = phase
-        row["phase_share"] = {k: v / wall for k, v in phase.items()}
-        row["task_calls"] = len(marks["tasks"])
-    # every part but sampling: the task parts, then the phases of the rest (or the rest whole, without marks)
-    over = {k: v for k, v in share.items() if k != "sample"}
-    if "phase_share" in row:
-        over = {k: v for k, v in over.items() if k != "rest"}
-        over |= {k: v for k, v in row["phase_share"].items() if k != "tasks"}
-    row["targets"] = {
-        "ratio_at_least_0.85": row["ratio"] >= TARGET_RATIO,
-        # None: no task timings in the metrics file (--plain), so the parts are unknown
-        "parts_over_10_percent": sorted(k for k, v in over.items() if v > TARGET_SHARE) if share else None,
-    }
+    marks = json.loads(marks_file.read_text()) if marks_file.is_file() else None
+    row = figures(count, top, cmd, metrics, params.generate.task_runner.workers, marks)
     if not args.keep:
         shutil.rmtree(root / "published", ignore_errors=True)
         shutil.rmtree(root / "staging", ignore_errors=True)
