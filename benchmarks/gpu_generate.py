@@ -17,9 +17,9 @@ short still reports what it measured), with the card's name beside every figure:
    digits/s over the flow's wall, the tasks' parts as shares of it (task seconds / workers), the rest;
 7. evaluate: `evaluate_version` of the published version (the evaluator, CAS against the real baseline,
    augmentation gain, Frechet distance) on the card;
-8. floor (benchmarks/gpu_card.py): FLOPs of one U-Net forward pass of one image (torch.utils.flop_counter.FlopCounterMode, batch 1)
-   x evaluations per accepted digit (steps x (2 when guidance is not 0 or 1) / acceptance rate) / the
-   card's dense bf16 rate (PEAK_BF16_TFLOPS by torch.cuda.get_device_name(), or --peak-tflops; null when
+8. floor (benchmarks/gpu_card.py): FLOPs of one U-Net forward pass of one image
+   (torch.utils.flop_counter.FlopCounterMode, batch 1) x evaluations per accepted digit (steps x (2 when guidance is not 0 or 1) / acceptance rate) / the
+   card's dense bf16 rate (gpu_card's PEAK_BF16_TFLOPS by torch.cuda.get_device_name(), or --peak-tflops; null when
    unknown): the seconds and digits/s no implementation can beat on this card.
 
     python benchmarks/gpu_generate.py --out benchmarks/results/gpu-generate-h200.json      # on the card
@@ -40,7 +40,7 @@ Expectations, and it reaches no registry):
         --platform manylinux2014_x86_64 -r /tmp/gpu-req.txt  # pure-Python wheels match any platform
     .venv/bin/digits prepare --out data/prepared ...         # or `dvc repro prepare`: the real splits
   (--wheel-list prints this venv's pinned closure of pydantic, open_clip_torch, prefect and
-  great-expectations, less what the image holds, IMAGE_HAS; keep the folder under the 64 MiB a call carries)
+  great-expectations, less what the image holds, gpu_card's IMAGE_HAS; keep the folder under the 64 MiB a call carries)
   then one device run, carry ["wheels", "data/prepared"], timeout_s 600:
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site wheels/*.whl &&
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PREFECT_SERVER_ANALYTICS_ENABLED=false &&
@@ -56,6 +56,7 @@ here first and give the machine back at once. Halve --count or --train-seconds t
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import shlex
 import sys
@@ -92,7 +93,8 @@ class Report:
     def save(self) -> None:
         self.out.write_text(json.dumps(self.doc, indent=2, default=str) + "\n")
 
-    def seconds(self, name: str, seconds: float) -> None:
+    def record(self, name: str, seconds: float) -> None:
+        """parts[name] = seconds, saved at once."""
         self.doc["parts"][name] = {"seconds": seconds, "card": self.card}
         print(f"{name}: {seconds:.1f} s", flush=True)
         self.save()
@@ -104,7 +106,7 @@ class Report:
         start = time.perf_counter()
         yield
         synchronize(device)
-        self.seconds(name, time.perf_counter() - start)
+        self.record(name, time.perf_counter() - start)
 
 
 def synchronize(device: Any) -> None:
@@ -173,7 +175,9 @@ def with_epochs(section: Any, n: int) -> Any:
     return section.model_copy(update={"train": section.train.model_copy(update={"epochs": n})})
 
 
-def train_judges(report: Report, args: argparse.Namespace, params: Any, data: tuple, work: Path, device: Any):
+def train_judges(
+    report: Report, args: argparse.Namespace, params: Any, data: tuple, work: Path, device: Any
+) -> None:
     """The filtering classifier, the evaluator (--judge-epochs) and the domain CLIP (--clip-epochs), saved
     in `work` where the flow and `evaluate_version` load them."""
     from diffusion.judges.classifier import save_classifier, train_classifier
@@ -234,9 +238,11 @@ def train_model(
     )
 
 
-def sampler_ceiling(report: Report, args: argparse.Namespace, params: Any, hardware: Any, work: Path) -> int:
+def sampler_ceiling(
+    report: Report, args: argparse.Namespace, params: Any, hardware: Any, work: Path
+) -> tuple[float, int]:
     """The sampler-only ceiling on the card (on a worker thread, as the flow's tasks sample) into the
-    report; returns the FLOPs of one network evaluation."""
+    report; returns its images/s and the FLOPs of one network evaluation."""
     import torch
 
     from benchmarks.generate_ceiling import ceiling
@@ -254,14 +260,22 @@ def sampler_ceiling(report: Report, args: argparse.Namespace, params: Any, hardw
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return flops
+    return top["images_per_s"], flops
 
 
 def run_flow(
-    report: Report, args: argparse.Namespace, params: Any, hardware: Any, work: Path, prepared: Path
-) -> Any:
+    report: Report,
+    args: argparse.Namespace,
+    params: Any,
+    hardware: Any,
+    work: Path,
+    prepared: Path,
+    ceiling_per_s: float,
+) -> tuple[Any, float]:
     """`generate_dataset` for --count digits under Prefect's temporary server (its start and stop timed
-    apart); the flow's figures against the ceiling into the report. Returns the GenerationResult."""
+    apart); the flow's figures against the sampler's `ceiling_per_s` (images/s) into the report. Returns
+    the GenerationResult and the flow's wall seconds."""
+    import torch
     from prefect.testing.utilities import prefect_test_harness
 
     from diffusion.config import ClipChoice, FilterConfig, GenerateConfig, TaskRunnerConfig
@@ -282,8 +296,8 @@ def run_flow(
     with ExitStack() as stack:
         start = time.perf_counter()
         stack.enter_context(prefect_test_harness(server_startup_timeout=180))
-        report.seconds("prefect_start", time.perf_counter() - start)
-        with report.part("generate", hardware.device):
+        report.record("prefect_start", time.perf_counter() - start)
+        with report.part("generate", torch.device(hardware.device)):
             result = generate_dataset(
                 cfg=gen,
                 hardware=hardware,
@@ -294,9 +308,9 @@ def run_flow(
                 logical_date=datetime.now(UTC),
             )
         start = time.perf_counter()
-    report.seconds("prefect_stop", time.perf_counter() - start)
+    report.record("prefect_stop", time.perf_counter() - start)
     wall, m = report.doc["parts"]["generate"]["seconds"], result.metrics
-    ceiling_accepted = report.doc["ceiling"]["images_per_s"] * m["acceptance_rate"]
+    ceiling_accepted = ceiling_per_s * m["acceptance_rate"]
     parts = {k: v / args.workers for k, v in m["task_seconds"].items()}
     share = {k: v / wall for k, v in parts.items()}
     share["rest"] = 1 - sum(parts.values()) / wall
@@ -316,7 +330,7 @@ def run_flow(
             "version": result.version.path,
         },
     )
-    return result
+    return result, wall
 
 
 def main() -> None:
@@ -362,6 +376,11 @@ def run(args: argparse.Namespace) -> None:
     from diffusion.judges.evaluator import load_evaluator
     from diffusion.quality.evaluate import evaluate_version
 
+    # Every later part's modules now, so a wheel missing on the lent machine fails in seconds, not after
+    # minutes of training: Prefect and Great Expectations (the flow), open_clip (the CLIP judge).
+    for module in ("flows.generate", "diffusion.judges.clip", "benchmarks.gpu_full_size"):
+        importlib.import_module(module)
+
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls of the judges; bf16 autocast is unaffected
     torch.backends.cudnn.allow_tf32 = True
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu-generate-"))
@@ -392,8 +411,8 @@ def run(args: argparse.Namespace) -> None:
         data = tuple(DigitsDataset(prepared / f"{s}.parquet") for s in ("train", "val", "test"))
     train_judges(report, args, params, data, work, device)  # 2
     train_model(report, args, params, data, work, device, precision)  # 3
-    flops = sampler_ceiling(report, args, params, hardware, work)  # 4
-    result = run_flow(report, args, params, hardware, work, prepared)  # 5-6
+    ceiling_per_s, flops = sampler_ceiling(report, args, params, hardware, work)  # 4
+    result, wall = run_flow(report, args, params, hardware, work, prepared, ceiling_per_s)  # 5-6
 
     with report.part("evaluate", device):  # 7
         evaluation = evaluate_version(
@@ -412,12 +431,11 @@ def run(args: argparse.Namespace) -> None:
     evals = sampler.steps * (1 if sampler.guidance in (0.0, 1.0) else 2) / max(acceptance, 1e-9)
     rate, source = peak_tflops(card, args.peak_tflops)
     bound = floor(args.count, evals, flops, rate)
-    wall = report.doc["generate"]["wall_seconds"]
     over = wall / bound["seconds"] if bound["seconds"] else None
     report.add("floor", {**bound, "peak_source": source, "generate_over_floor": over})
     print(
         f"{card}: {result.metrics['accepted']} digits in {wall:.1f} s = {result.metrics['accepted'] / wall:.0f} "
-        f"accepted/s; ceiling {report.doc['ceiling']['images_per_s']:.0f} images/s; floor "
+        f"accepted/s; ceiling {ceiling_per_s:.0f} images/s; floor "
         + (f"{bound['seconds']:.2f} s" if bound["seconds"] else "unknown (no peak rate)")
         + f"; wrote {args.out}",
         flush=True,

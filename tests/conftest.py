@@ -17,9 +17,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Fixtures shared by several test modules, registered here as pytest asks (not imported by each module).
-pytest_plugins = ["tests.report_fixtures"]
-
 
 @pytest.fixture(scope="session")
 def npm_cache() -> Path:

@@ -1,5 +1,5 @@
 """The data-quality report's version page: real published versions (rendered digits, real Parquet, real
-manifest) and evaluation documents in (tests/report_fixtures.py), the page rendered from the templates with
+manifest) and evaluation documents in (tests/report/fixtures.py), the page rendered from the templates with
 its PNGs and inline SVG charts out, read back by id."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from diffusion.data.datasets import read_table
 from diffusion.data.shards import version_files
 from diffusion.quality.headline import METRICS
 from diffusion.quality.report import EVALUATION_ROWS, load_model, write_page
-from tests.report_fixtures import METRIC_VALUES, SAMPLED, SAMPLER, page_of, rejected_of, svg_data, text_of
+from tests.report.fixtures import METRIC_VALUES, SAMPLED, SAMPLER, page_of, rejected_of, svg_data, text_of
 
 
 def test_version_page_shows_every_number_by_id(site) -> None:

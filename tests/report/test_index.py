@@ -1,5 +1,5 @@
 """The data-quality report's index across versions, reports kept across runs and behind fsspec URLs, and
-every page rendered in headless Chromium (the versions and documents of tests/report_fixtures.py)."""
+every page rendered in headless Chromium (the versions and documents of tests/report/fixtures.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from diffusion.data.shards import list_versions
 from diffusion.errors import DataError
 from diffusion.quality.headline import METRICS
 from diffusion.quality.report import build_reports
-from tests.report_fixtures import (
+from tests.report.fixtures import (
     METRIC_VALUES,
     NAME,
     OLD_FLAT,

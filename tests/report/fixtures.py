@@ -1,4 +1,4 @@
-"""Published versions and evaluation documents for the report tests (tests/test_quality_report*.py):
+"""Published versions and evaluation documents for the report tests (tests/report/test_*.py):
 real rendered digits, real Parquet and a manifest like the flow's, and `site`, the reports of three versions
 built once a test session (the tests only read it)."""
 
