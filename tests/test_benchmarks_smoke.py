@@ -140,6 +140,13 @@ def test_data_scaling_smoke(tmp_path: Path) -> None:
         assert len(gap["per_seed"]) == 2 and interval_ok(gap)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert doc["settings"]["test"] == "prepared" and doc["settings"]["test_size"] == 60
+    # the work ledger keys a fit by what decides it: a real fit never by the synthetic versions (another
+    # pool reuses it), every fit by the torch threads it ran on
+    ledger = json.loads((tmp_path / "work" / "fits.json").read_text())
+    assert len(ledger) == 2 * (3 + 3)
+    for key, row in ledger.items():
+        assert row["settings"]["threads"] == doc["threads"]
+        assert ("versions" in row["settings"]) == key.startswith("synthetic/"), key
 
 
 @pytest.mark.slow
