@@ -29,8 +29,8 @@ The intervals hold the training noise only (one test split for every seed: +-1.4
 noise at 1,001 digits are not in them, +-0.4 at MNIST's 10,000). PNG (--plot): accuracy against size (log
 x), one line per pool with its interval band. With --work DIR, every fit is remembered in DIR/fits.json
 and a rerun with the same settings (split, recipe, device, torch threads; the versions, for a synthetic
-fit) reuses it: a run over other versions fits only the synthetic line. Bad input (a missing file, npm absent for --test
-mnist-official, a leaking prepared split): one line, exit 2.
+fit) reuses it: a run over other versions fits only the synthetic line. Bad input (a missing file, npm
+absent for --test mnist-official, a leaking prepared split): one line, exit 2.
 
     python benchmarks/data_scaling.py --versions data/published/synthetic-digits/<version> [more versions]
     python benchmarks/data_scaling.py --versions ... --test mnist-official     # MNIST's own test digits

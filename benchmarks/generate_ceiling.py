@@ -207,6 +207,19 @@ def params_for(base: dict[str, Any], per_class: int, root: Path) -> dict[str, An
     return {**base, "generate": generate}
 
 
+def task_shares(
+    task_seconds: dict[str, float], workers: int, wall: float
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The flow's task parts (TASK_PARTS, from its metrics' `task_seconds`) as wall seconds (task seconds /
+    task-runner workers) and as shares of the command's `wall`, plus the rest of the wall; ({}, {}) when
+    the metrics carry no task timings."""
+    if not task_seconds:
+        return {}, {}
+    parts = {k: task_seconds.get(k, 0.0) / workers for k in TASK_PARTS}
+    share = {k: v / wall for k, v in parts.items()} | {"rest": 1 - sum(parts.values()) / wall}
+    return parts, share
+
+
 def figures(
     count: int,
     top: dict[str, Any],
@@ -218,12 +231,8 @@ def figures(
     """Every figure of one count: the command (`run_command`'s dict, its metrics file `m` and its phase
     marks, None without them) against the ceiling `top`, task seconds over `workers`, and the targets."""
     wall = cmd["wall_seconds"]
-    task_seconds = m.get("task_seconds") or {}
-    parts = {k: task_seconds.get(k, 0.0) / workers for k in TASK_PARTS} if task_seconds else {}
+    parts, share = task_shares(m.get("task_seconds") or {}, workers, wall)
     work_seconds = sum(parts.values())
-    share = {k: v / wall for k, v in parts.items()}
-    if parts:
-        share["rest"] = 1 - work_seconds / wall
     accepted_per_s = m["accepted"] / wall
     expected = top["images_per_s"] * m["acceptance_rate"]
     row: dict[str, Any] = {

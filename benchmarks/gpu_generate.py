@@ -18,9 +18,10 @@ short still reports what it measured), with the card's name beside every figure:
 7. evaluate: `evaluate_version` of the published version (the evaluator, CAS against the real baseline,
    augmentation gain, Frechet distance) on the card;
 8. floor (benchmarks/gpu_card.py): FLOPs of one U-Net forward pass of one image
-   (torch.utils.flop_counter.FlopCounterMode, batch 1) x evaluations per accepted digit (steps x (2 when guidance is not 0 or 1) / acceptance rate) / the
-   card's dense bf16 rate (gpu_card's PEAK_BF16_TFLOPS by torch.cuda.get_device_name(), or --peak-tflops; null when
-   unknown): the seconds and digits/s no implementation can beat on this card.
+   (torch.utils.flop_counter.FlopCounterMode, batch 1) x evaluations per accepted digit (steps x (2 when
+   guidance is not 0 or 1) / acceptance rate) / the card's dense bf16 rate (gpu_card's PEAK_BF16_TFLOPS by
+   torch.cuda.get_device_name(), or --peak-tflops; null when unknown): the seconds and digits/s no
+   implementation can beat on this card.
 
     python benchmarks/gpu_generate.py --out benchmarks/results/gpu-generate-h200.json      # on the card
     python benchmarks/gpu_generate.py --smoke --out /tmp/gpu-generate-smoke.json           # CPU, < 2 min
@@ -40,7 +41,8 @@ Expectations, and it reaches no registry):
         --platform manylinux2014_x86_64 -r /tmp/gpu-req.txt  # pure-Python wheels match any platform
     .venv/bin/digits prepare --out data/prepared ...         # or `dvc repro prepare`: the real splits
   (--wheel-list prints this venv's pinned closure of pydantic, open_clip_torch, prefect and
-  great-expectations, less what the image holds, gpu_card's IMAGE_HAS; keep the folder under the 64 MiB a call carries)
+  great-expectations, less what the image holds, gpu_card's IMAGE_HAS; keep the folder under the 64 MiB a
+  call carries)
   then one device run, carry ["wheels", "data/prepared"], timeout_s 600:
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site wheels/*.whl &&
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PREFECT_SERVER_ANALYTICS_ENABLED=false &&
@@ -278,6 +280,7 @@ def run_flow(
     import torch
     from prefect.testing.utilities import prefect_test_harness
 
+    from benchmarks.generate_ceiling import task_shares
     from diffusion.config import ClipChoice, FilterConfig, GenerateConfig, TaskRunnerConfig
     from flows.generate import generate_dataset
 
@@ -311,9 +314,7 @@ def run_flow(
     report.record("prefect_stop", time.perf_counter() - start)
     wall, m = report.doc["parts"]["generate"]["seconds"], result.metrics
     ceiling_accepted = ceiling_per_s * m["acceptance_rate"]
-    parts = {k: v / args.workers for k, v in m["task_seconds"].items()}
-    share = {k: v / wall for k, v in parts.items()}
-    share["rest"] = 1 - sum(parts.values()) / wall
+    parts, share = task_shares(m["task_seconds"], args.workers, wall)
     report.add(
         "generate",
         {
@@ -427,15 +428,16 @@ def run(args: argparse.Namespace) -> None:
     report.add("evaluate", evaluation.metrics)
 
     # 8. the floor: evaluations per accepted digit (x2 under guidance) at the run's acceptance rate
-    sampler, acceptance = params.generate.sampler, result.metrics["acceptance_rate"]
+    sampler, m = params.generate.sampler, result.metrics
+    accepted, acceptance = m["accepted"], m["acceptance_rate"]
     evals = sampler.steps * (1 if sampler.guidance in (0.0, 1.0) else 2) / max(acceptance, 1e-9)
     rate, source = peak_tflops(card, args.peak_tflops)
     bound = floor(args.count, evals, flops, rate)
     over = wall / bound["seconds"] if bound["seconds"] else None
     report.add("floor", {**bound, "peak_source": source, "generate_over_floor": over})
     print(
-        f"{card}: {result.metrics['accepted']} digits in {wall:.1f} s = {result.metrics['accepted'] / wall:.0f} "
-        f"accepted/s; ceiling {ceiling_per_s:.0f} images/s; floor "
+        f"{card}: {accepted} digits in {wall:.1f} s = {accepted / wall:.0f} accepted/s; "
+        f"ceiling {ceiling_per_s:.0f} images/s; floor "
         + (f"{bound['seconds']:.2f} s" if bound["seconds"] else "unknown (no peak rate)")
         + f"; wrote {args.out}",
         flush=True,
