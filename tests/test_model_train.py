@@ -95,11 +95,20 @@ def test_ema_follows_weights_with_warm_up():
     assert ema.current_decay() == 0.9 and ema.state_dict()["weight"].item() == pytest.approx(1.0)
 
 
+@pytest.fixture
+def flush_denormals():
+    """Subnormal floats flushed to zero while the test runs. Emulated bf16 (a CPU without bf16 units) slows
+    down about 5x once the tiny model's values turn subnormal; flushing changes none of this test's losses."""
+    torch.set_flush_denormal(True)
+    yield
+    torch.set_flush_denormal(False)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_tiny_model_overfits_a_handful_of_digits(tmp_path: Path, precision: str):
+def test_tiny_model_overfits_a_handful_of_digits(tmp_path: Path, precision: str, flush_denormals: None):
     cfg = _config(
-        steps=200,
-        batch_size=32,
+        steps=120,
+        batch_size=16,
         lr=5e-3,
         warmup_steps=10,
         log_every=25,
@@ -115,7 +124,7 @@ def test_tiny_model_overfits_a_handful_of_digits(tmp_path: Path, precision: str)
     assert before == pytest.approx(1.0, abs=0.1)  # the zero predictor
     assert result.metrics["val_loss"] <= before / 10, (before, result.metrics)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] / 3
-    assert [row["step"] for row in result.history] == list(range(25, 201, 25))
+    assert [row["step"] for row in result.history] == [25, 50, 75, 100, 120]  # and the last step
     assert set(result.metrics) == {"train_loss", "val_loss", "steps", "images_per_second", "parameters"}
 
 
