@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,39 @@ from diffusion.errors import DigitsError
 
 class CheckpointError(DigitsError):
     """A checkpoint folder or weights file is missing or corrupt. One-line message naming it."""
+
+
+class OutputError(DigitsError):
+    """An output path that cannot be written: a folder where a file goes, a file where a folder goes, no
+    permission. One line naming it."""
+
+
+def check_output(path: str | Path, what: str, folder: bool = False) -> None:
+    """Fail before any work when `path` (a file, or with `folder` a folder) cannot be written.
+
+    Writes and removes a probe file in the deepest folder that exists on the way to `path` and creates no
+    folder, so a command stopped by other bad input leaves nothing behind. Raises OutputError naming `what`
+    (e.g. "--metrics") and `path`. URLs (`scheme://`) are left to the store that writes them.
+    """
+    if "://" in str(path):
+        return
+    target = Path(path)
+    try:
+        if target.is_dir() and not folder:
+            raise IsADirectoryError("a folder, not a file")
+        if target.exists() and not target.is_dir() and folder:
+            raise NotADirectoryError("a file, not a folder")
+        where = target if target.is_dir() else target.parent
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        if not where.is_dir():
+            raise NotADirectoryError(f"{where} is a file, not a folder")
+        probe = where / f".write-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:  # PermissionError, a read-only or virtual file system (/proc, /sys), ...
+        reason = err.strerror or str(err)
+        raise OutputError(f"{what} {path}: cannot be written ({reason})") from None
 
 
 _FIX = "restore the folder (dvc checkout) or rerun the stage that writes it"

@@ -185,7 +185,7 @@ def test_a_published_version_with_a_corrupt_manifest_is_one_line(tmp_path: Path)
     version.mkdir(parents=True)
     (version / "manifest.json").write_text('{"files": [')
     with pytest.raises(
-        DataError, match=r"20240101-abc: cannot read its manifest\.json .*publish the version again"
+        DataError, match=r"20240101-abc/manifest\.json: not a version manifest .*publish the version again"
     ):
         published_files(version)
 

@@ -267,7 +267,11 @@ def test_bad_inputs_fail_before_any_work_with_one_line(prefect_server, tiny_mode
         ),
         (
             {"cfg": tiny_generate(tiny_models, tmp_path, output_root=str(tmp_path / "a-file" / "x"))},
-            "cannot write",
+            "cannot be written",
+        ),
+        (
+            {"cfg": tiny_generate(tiny_models, tmp_path, staging_dir=str(tmp_path / "a-file"))},
+            "generate.staging_dir .*a-file: cannot be written",
         ),
     ]
     (tmp_path / "a-file").write_text("")  # an output root under a file cannot be written, even by root

@@ -11,7 +11,7 @@ import pytest
 
 from diffusion.data.schema import digits_table
 from diffusion.data.shards import check_writable, list_versions, publish_version, version_files
-from diffusion.errors import DataError
+from diffusion.errors import DataError, DigitsError
 
 
 def _rows(n: int, seed: int):
@@ -52,7 +52,7 @@ def test_a_folder_without_a_manifest_is_no_version(tmp_path: Path) -> None:
 
 def test_an_unwritable_output_root_fails_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
-    with pytest.raises(DataError, match="generate.output_root: cannot write") as err:
+    with pytest.raises(DigitsError, match="generate.output_root .*a-file.* cannot be written") as err:
         check_writable(str(tmp_path / "a-file" / "below"), "ds")
     assert "\n" not in str(err.value)
 
@@ -66,6 +66,6 @@ def test_the_write_check_leaves_no_folder_behind(tmp_path: Path) -> None:
     check_writable(str(tmp_path / "kept"), "ds")
     assert list((tmp_path / "kept" / "ds").iterdir()) == []
     (tmp_path / "kept" / "a-file").write_text("")
-    with pytest.raises(DataError, match="cannot write"):
+    with pytest.raises(DigitsError, match="cannot be written"):
         check_writable(str(tmp_path / "kept" / "a-file" / "below"), "ds")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a-file", "ds", "kept"]

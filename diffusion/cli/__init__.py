@@ -18,6 +18,7 @@ import gc
 import sys
 from collections.abc import Callable
 
+from diffusion.checkpoint import check_output
 from diffusion.cli.generate import (
     cmd_evaluate,
     cmd_gc,
@@ -134,6 +135,13 @@ STAGES: dict[str, tuple[Callable[[Params, argparse.Namespace], None], dict[str, 
     ),
 }
 
+# The path flags a command writes: each is checked writable before any work (a folder where a file goes, a
+# file on the way, no permission), so a long run never ends in a traceback with its results unsaved.
+OUTPUT_FILES = frozenset(
+    {"metrics", "grid", "strip", "classes", "confusion", "loss_plot", "document", "published"}
+)
+OUTPUT_FOLDERS = frozenset({"out", "resume_dir"})
+
 # The libraries whose rules check the params their command reads (diffusion/library_rules.py); a command
 # not named here checks every section's types and ranges but imports none of them.
 LIBRARY_RULES: dict[str, frozenset[str]] = {
@@ -187,10 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every output path flag of the command is writable (`diffusion.checkpoint.check_output`), in the
+    order the command lists them; an OutputError names the first that is not."""
+    for name in STAGES[args.stage][1]:
+        path = getattr(args, name, None)
+        if path and name in OUTPUT_FILES | OUTPUT_FOLDERS:
+            check_output(path, f"--{name.replace('_', '-')}", folder=name in OUTPUT_FOLDERS)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         params = load_params(args.params, LIBRARY_RULES.get(args.stage, frozenset()))
+        check_outputs(args)
         STAGES[args.stage][0](params, args)
     except DigitsError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -162,6 +162,11 @@ def published_path(given: str) -> str:
         return given
     doc = read_json_object(given, "the version the generate stage published: `dvc repro generate` writes it")
     path = doc.get("path")
+    if "metrics" in doc:  # its path is the grader's, relative to where `digits evaluate` ran
+        raise DataError(
+            f"{given}: an evaluation document, not the file `digits generate --published` writes; give that"
+            " file (data/generated.json in `dvc repro`) or the version's folder"
+        )
     if not isinstance(path, str):
         raise DataError(f"{given}: not a published-version file (JSON with a 'path')")
     if "://" in path or Path(path).is_absolute():
@@ -182,7 +187,7 @@ def number_option(flag: str, given: str, expected: str, within: Callable[[float]
 
 
 def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
-    from diffusion.data.datasets import DigitsDataset, MixedDigits, published_dataset
+    from diffusion.data.datasets import DigitsDataset, MixedDigits, open_version, published_dataset
     from diffusion.data.evaluations import json_safe
     from diffusion.judges.training import accuracy
     from diffusion.quality.cas import t_interval, train_to_convergence
@@ -192,7 +197,11 @@ def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
     fraction = number_option(
         "--real-fraction", args.real_fraction or "0.5", "a number in [0, 1)", lambda x: 0.0 <= x < 1.0
     )
-    data = published_dataset([published_path(d) for d in args.data.split(",")])
+    names = args.data.split(",")
+    if not all(name.strip() for name in names):
+        raise DigitsError(f"--data: an empty name in {args.data!r}; give version folders separated by commas")
+    versions = [open_version(published_path(name.strip())) for name in names]  # `latest` resolved once
+    data = published_dataset([v.path for v in versions])
     if args.real:
         data = MixedDigits(data, DigitsDataset(args.real), fraction, seed=0)
     val, test = DigitsDataset(args.val), DigitsDataset(args.test)
@@ -205,10 +214,14 @@ def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
         "per_seed": scores,
         "epochs": [fit.epochs for fit in fits],
         "train_images": len(data),
+        "versions": [v.path for v in versions],
     }
     if args.metrics:
         write_json_atomic(args.metrics, json_safe(result))
-    print(f"trained on {len(data)} digits, real test accuracy {result['test_accuracy']:.4f} (seeds {scores})")
+    print(
+        f"trained on {len(data)} digits of {', '.join(v.path for v in versions)}, real test accuracy"
+        f" {result['test_accuracy']:.4f} (seeds {scores})"
+    )
 
 
 def cmd_report(params: Params, args: argparse.Namespace) -> None:
@@ -227,6 +240,10 @@ def cmd_report(params: Params, args: argparse.Namespace) -> None:
             f"--out: {args.out} puts pages inside the versions of {dataset}; leave --out out to"
             f" write them beside the versions ({beside}), or name a folder elsewhere"
         )
+    if args.model:  # the trajectory pictures need it: checked before any page or document is written
+        from diffusion.checkpoint import read_checkpoint_config
+
+        read_checkpoint_config(args.model, "diffusion")
     index = build_reports(
         args.versions,
         name,

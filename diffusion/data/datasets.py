@@ -162,8 +162,9 @@ def open_version(path: str | Path) -> PublishedVersion:
     (`diffusion.data.evaluations.latest_version`; call that with include_flagged / include_ungraded for more).
     """
     path = str(path).rstrip("/")
-    if path.endswith("/latest") and "/" in path.removesuffix("/latest"):
-        root, name = path.removesuffix("/latest").rsplit("/", 1)
+    if path.endswith("/latest"):
+        parent = path.removesuffix("/latest")
+        root, name = parent.rsplit("/", 1) if "/" in parent else (".", parent)
         try:
             return latest_version(root, name)
         except DataError:
@@ -173,13 +174,17 @@ def open_version(path: str | Path) -> PublishedVersion:
     try:
         fs, folder = fsspec.core.url_to_fs(path)
         manifest = read_manifest(fs, folder.rstrip("/"))
-    except (ValueError, ImportError, OSError) as err:  # unknown protocol, missing package, not JSON
-        raise DataError(
-            f"{path}: cannot read its {MANIFEST} ({_reason(err)}); publish the version again"
-        ) from None
+    except DataError:  # a manifest that is not JSON (a DataError is a ValueError too)
+        raise
+    except NotADirectoryError:
+        raise DataError(f"{path}: a file, not a published version's folder") from None
+    except ImportError as err:  # the URL's protocol needs a package (s3fs, gcsfs, ...)
+        raise DataError(f"{path}: cannot open ({_reason(err)})") from None
+    except (ValueError, OSError) as err:  # an unknown protocol, an unreadable folder
+        raise DataError(f"{path}: cannot read its {MANIFEST} ({_reason(err)})") from None
     if manifest is None:
         raise DataError(f"{path}: not a published version (no {MANIFEST})")
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
+    if not isinstance(manifest.get("files"), list):
         raise DataError(f"{path}/{MANIFEST}: no 'files' list; publish the version again")
     return PublishedVersion(path, path.rsplit("/", 1)[-1], manifest, reused=False)
 

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from diffusion.checkpoint import atomic_path
+from diffusion.checkpoint import atomic_path, check_output
 from diffusion.data.schema import DIGITS_SCHEMA
 from diffusion.errors import DataError
 from diffusion.styles import cell_digit, cell_name, cell_style
@@ -97,7 +97,9 @@ def accepted_rows(rows: pa.Table, counts: dict[int, int]) -> pa.Table:
     accepted = rows.filter(pc.field("accepted"))
     parts = []
     for key, n in sorted(counts.items()):
-        of_class = accepted.filter((pc.field("label") == cell_digit(key)) & (pc.field("style") == cell_style(key)))
+        of_class = accepted.filter(
+            (pc.field("label") == cell_digit(key)) & (pc.field("style") == cell_style(key))
+        )
         if of_class.num_rows < n:
             raise ValueError(f"class {cell_name(key)}: {of_class.num_rows} accepted rows, {n} requested")
         parts.append(of_class.slice(0, n))
@@ -169,29 +171,24 @@ def _url(root: str, base: str, *parts: str) -> str:
 
 
 def check_writable(root: str, name: str) -> None:
-    """Fail early, before any generation, when `<root>/<name>` cannot be written (one-line DataError).
+    """Fail early, before any generation, when `<root>/<name>` cannot be written (one-line DigitsError).
 
     Writes and removes a probe file and creates no folder: on a local disk the probe goes into `<root>/<name>`
     or, where that does not exist yet, its deepest existing parent (publishing creates the rest), so a run
-    stopped later by other bad input leaves nothing behind, and two runs' checks never race over a folder.
-    Elsewhere (an fsspec URL) the folder is made as the store makes folders, and the probe written there.
+    stopped later by other bad input leaves nothing behind, and two runs' checks never race over a folder
+    (`diffusion.checkpoint.check_output`). Elsewhere (an fsspec URL) the folder is made as the store makes
+    folders, and the probe written there.
     """
     fs, base = _fs(root)
     folder = f"{base}/{name}"
+    if isinstance(fs, LocalFileSystem):
+        check_output(folder, "generate.output_root", folder=True)
+        return
     probe = f".write-probe-{uuid.uuid4().hex}"
     try:
-        if isinstance(fs, LocalFileSystem):
-            where = Path(folder)
-            while not where.exists() and where != where.parent:
-                where = where.parent
-            if not where.is_dir():
-                raise NotADirectoryError(f"{where} is not a folder")
-            (where / probe).write_bytes(b"")
-            (where / probe).unlink()
-        else:
-            fs.makedirs(folder, exist_ok=True)
-            fs.pipe_file(f"{folder}/{probe}", b"")
-            fs.rm_file(f"{folder}/{probe}")
+        fs.makedirs(folder, exist_ok=True)
+        fs.pipe_file(f"{folder}/{probe}", b"")
+        fs.rm_file(f"{folder}/{probe}")
     except OSError as err:  # PermissionError, NotADirectoryError, ... included
         raise DataError(f"generate.output_root: cannot write to {_url(root, base, name)} ({err})") from None
 
@@ -281,13 +278,19 @@ def _write_local(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
 def read_manifest(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, Any] | None:
     """The manifest of a version folder, or None when it has none (no version, or an unfinished upload)."""
     try:
-        return json.loads(fs.cat_file(f"{folder}/{MANIFEST}"))
+        manifest = json.loads(fs.cat_file(f"{folder}/{MANIFEST}"))
     except FileNotFoundError:
         return None
     except (ValueError, UnicodeDecodeError) as err:
         raise DataError(
             f"{folder}/{MANIFEST}: not a version manifest ({err}); publish the version again"
         ) from None
+    if not isinstance(manifest, dict):
+        raise DataError(
+            f"{folder}/{MANIFEST}: not a version manifest (a JSON {type(manifest).__name__}, expected an"
+            " object); publish the version again"
+        )
+    return manifest
 
 
 def list_versions(root: str, name: str) -> list[PublishedVersion]:

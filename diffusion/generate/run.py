@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from diffusion.checkpoint import CheckpointError, read_checkpoint_config, write_json_atomic
+from diffusion.checkpoint import CheckpointError, check_output, read_checkpoint_config, write_json_atomic
 from diffusion.config import GenerateConfig, HardwareConfig, QualityConfig
 from diffusion.data.card import dataset_card
 from diffusion.data.shards import (
@@ -181,6 +181,7 @@ def prepare_run(
         file_sha256(weights) if weights.is_file() else f"{cfg.clip.model}:{cfg.clip.pretrained}"
     )
     check_writable(cfg.output_root, cfg.name)
+    check_output(cfg.staging_dir, "generate.staging_dir", folder=True)
     # Unreadable weights, an unknown CLIP or broken training digits fail here, before any sampling; the
     # tasks (and the gate) of an in-process run reuse what this loads.
     workers.diffusion_model(model_dir, checksums["model"], device, hardware.compile, steps)

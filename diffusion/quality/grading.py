@@ -44,10 +44,14 @@ class Grading(BaseModel):
     out: str | None = None
 
     def check_inputs(self, alternative: str = "") -> None:
-        """DataError (one line naming the file) when a local input is missing, before any work starts;
-        `alternative` ends the line (e.g. how to skip grading, for the command that can)."""
+        """A one-line DigitsError naming the file when an input is missing or not what grading reads (the
+        evaluator's checkpoint kind, the real splits' Parquet columns), before any work starts, so that
+        `digits generate` never publishes a version it then cannot grade. `alternative` ends the line of a
+        missing input (e.g. how to skip grading, for the command that can)."""
         from pathlib import Path
 
+        from diffusion.checkpoint import read_checkpoint_config
+        from diffusion.data.datasets import read_table
         from diffusion.errors import DataError
 
         for what, path, stage in (
@@ -59,6 +63,10 @@ class Grading(BaseModel):
                 raise DataError(
                     f"--{what}: {path} not found (grading needs it: `dvc repro {stage}`{alternative})"
                 )
+        if "://" not in self.evaluator:
+            read_checkpoint_config(self.evaluator, "evaluator")
+        for split in (self.val_data, self.test_data):
+            read_table(split)
 
 
 def grade_version(
