@@ -167,3 +167,77 @@ def test_a_judges_train_mapping_keeps_that_judges_defaults() -> None:
     assert params.classifier.train.lr == Params().classifier.train.lr == 2e-3  # not JudgeTraining's 1e-3
     assert params.clip.train.batch_size == 64 and params.clip.train.seed == 4
     assert params.classifier.architecture() == {"channels": [32, 64], "hidden": 128, "dropout": 0.25}
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "first"),
+    [
+        ("generate:\n  per_class: 2\n  per_class: 3000\n", "generate.per_class", 3, 2),
+        ("hardware:\n  device: cpu\ngenerate:\n  seed: 1\nhardware:\n  precision: fp32\n", "hardware", 5, 1),
+        (
+            "data:\n  sources:\n    - kind: fonts\n      per_font: 2\n      per_font: 3\n",
+            "data.sources.0.per_font",
+            5,
+            4,
+        ),
+        (
+            "generate:\n  per_class:\n    1: 2\n    01: 3\n",
+            "generate.per_class.1",
+            4,
+            3,
+        ),  # one key, as YAML reads it
+    ],
+)
+def test_a_repeated_key_at_any_depth_is_one_line(
+    tmp_path: Path, text: str, key: str, line: int, first: int
+) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(err.value) == f"{path}: {key}: duplicate key on line {line} (first on line {first}); keep one"
+
+
+def test_merge_keys_may_still_override(tmp_path: Path) -> None:
+    """`<<: *anchor` then an explicit key is YAML's override, not a repeated key."""
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        "classifier:\n  train: &t {epochs: 3, seed: 0}\nevaluator:\n  train:\n    <<: *t\n    seed: 5\n"
+    )
+    train = load_params(path).evaluator.train
+    assert (train.epochs, train.seed) == (3, 5)
+
+
+@pytest.mark.parametrize("text", ["", "   \n\n", "# all commented out\n# generate:\n#   per_class: 2\n"])
+def test_a_params_file_with_no_sections_is_an_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"params\.yaml: the params file holds no sections") as err:
+        load_params(path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_params_file_of_some_sections_or_braces_keeps_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("{}\n")  # explicitly: every default
+    assert load_params(path) == Params()
+    path.write_text("generate:\n  per_class: 3\n")
+    params = load_params(path)
+    assert params.generate.per_class == 3 and params.hardware == Params().hardware
+
+
+def test_a_folder_or_a_repeated_key_through_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ConfigError, match=r"is a folder, not a params file"):
+        load_params(tmp_path)
+    out = tmp_path / "prepared"
+    argv = ["prepare", "--out", str(out), "--metrics", "m.json", "--grid", "g.png", "--classes", "c.csv"]
+    assert main([*argv, "--params", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path}: is a folder, not a params file")
+    path = tmp_path / "params.yaml"
+    path.write_text("generate:\n  per_class: 2\n  per_class: 3000\n")
+    code = main([*argv, "--params", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "generate.per_class: duplicate key on line 3" in err
+    assert not out.exists()

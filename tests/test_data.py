@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from diffusion.config import DataConfig
 from diffusion.config.data import MnistSource
-from diffusion.data.card import STYLE_PROVENANCE, card_license
+from diffusion.data.card import STYLE_PROVENANCE, card_license, dataset_card
 from diffusion.data.datasets import DigitsDataset, load_arrays, read_table
 from diffusion.data.prepare import SPLITS, prepare, stratified_split
 from diffusion.data.schema import DIGITS_SCHEMA, digits_table, table_arrays
@@ -256,3 +257,43 @@ def test_the_card_licence_is_the_sources_not_made_up(styles: list[str] | None, e
     """Digits drawn by a model of MNIST handwriting stay under its share-alike licence (no invented MIT)."""
     assert card_license({"model": {"styles": styles}}) == expected
     assert set(STYLE_PROVENANCE) == set(STYLES)  # a new style must state its source and licence
+
+
+def _card_manifest() -> dict:
+    """A manifest as `publish_run` writes it, only the fields the card reads: class 0 accepted 203 of 240
+    digits, 200 published."""
+    sampler = {"name": "ddim", "steps": 20, "guidance": 3.0}
+    params = {
+        "sampler": sampler,
+        "best_of_n": 2,
+        "seed": 0,
+        "seed_block": 8,
+        "filter": {},
+        "clip": {"model": "c"},
+    }
+    return {
+        "name": "digits",
+        "version": "v1",
+        "created_at": "2026-11-26T03:00:00+00:00",
+        "run_id": "r",
+        "params": params,
+        "counts": {
+            "0": {
+                "requested": 200,
+                "sampled": 240,
+                "accepted": 203,
+                "blocks": 30,
+                "acceptance_rate": 203 / 240,
+            }
+        },
+        "model": {"sha256": "ab"},
+        "gate": {"memorization_rate": 0.0, "duplicate_rate": 0.0},
+    }
+
+
+def test_the_card_table_says_what_each_column_holds() -> None:
+    """Published (the trim, = requested), accepted and sampled each under their own heading; the rate is
+    accepted / sampled, as on the report page."""
+    card = dataset_card(_card_manifest(), {"train": pa.table({"x": [0]})})
+    assert "| class | published | accepted | sampled | acceptance rate (accepted / sampled) |" in card
+    assert "| 0 | 200 | 203 | 240 | 0.846 |" in card

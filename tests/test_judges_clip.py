@@ -183,3 +183,41 @@ def test_corrupt_weights_raise_one_line(trained, tmp_path: Path) -> None:
     with pytest.raises(JudgeError) as err:
         load_clip(NAME, str(bad), "cpu")
     assert str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
+def _saved_stub(folder: Path, name: str) -> Path:
+    """A folder laid out as `save_clip` writes it, enough for the name check (the weights are never read)."""
+    folder.mkdir()
+    (folder / f"{name}.json").write_text("{}")
+    (folder / OPEN_CLIP_CONFIG).write_text(json.dumps({"model_cfg": {}, "train_cfg": {"model": name}}))
+    (folder / "open_clip_model.safetensors").write_bytes(b"")
+    return folder
+
+
+@pytest.mark.parametrize("model", ["ViT-Nope", "digit-clip", "ViT-B-32"])
+def test_a_saved_folder_must_hold_the_model_named(tmp_path: Path, model: str) -> None:
+    """Provenance: the run records generate.clip.model, so it must be the model the saved folder holds."""
+    folder = _saved_stub(tmp_path / "clip", NAME)
+    for pretrained in (folder, folder / "open_clip_model.safetensors"):
+        with pytest.raises(JudgeError) as err:
+            load_clip(model, str(pretrained), "cpu")
+        text = str(err.value)
+        assert text.startswith(f"generate.clip.model: '{model}' is not the CLIP saved in '{folder}'")
+        assert f"which holds '{NAME}'" in text and "\n" not in text
+
+
+@pytest.mark.parametrize(
+    ("model", "pretrained"),
+    [("digit-clip", "data/models/nope"), ("digit-clip", "nope"), ("ViT-Nope", "models/clip")],
+)
+def test_a_missing_saved_folder_is_named(model: str, pretrained: str) -> None:
+    with pytest.raises(JudgeError) as err:
+        load_clip(model, pretrained, "cpu")
+    text = str(err.value)
+    assert text.startswith(f"generate.clip.pretrained: the folder '{pretrained}' does not exist ('{model}'")
+    assert "\n" not in text
+
+
+def test_an_unknown_model_with_a_published_tag_stays_an_unknown_model() -> None:
+    with pytest.raises(JudgeError, match=r"^unknown open_clip model 'no-such-clip' \(not built in"):
+        load_clip("no-such-clip", "openai", "cpu")

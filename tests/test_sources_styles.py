@@ -8,9 +8,17 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pytest
+from fontTools.ttLib import TTFont
 
 from diffusion.data.images import mnist_layout
-from diffusion.data.printed import Jitter, default_fonts, font_files, load_font, render_font_digits
+from diffusion.data.printed import (
+    Jitter,
+    _named_as_digit,
+    default_fonts,
+    font_files,
+    load_font,
+    render_font_digits,
+)
 from diffusion.data.sources import load_uci_digits
 from diffusion.errors import DataError
 
@@ -93,6 +101,41 @@ def test_bad_fonts_are_one_line(tmp_path: Path) -> None:
         render_font_digits(default_fonts()[:1], per_font=0, seed=0)
     with pytest.raises(DataError, match="no font to render"):
         render_font_digits([], per_font=1, seed=0)
+
+
+def test_a_symbol_font_is_refused_naming_the_file_and_the_code_point(tmp_path: Path) -> None:
+    """cmex10 maps '0'-'9' to bracket pieces: a user font whose digits are named as other glyphs is refused;
+    a text face, and a font that names no glyphs (post table format 3), pass."""
+    for name, glyph in (("cmex10.ttf", "parenlefttp"), ("cmsy10.ttf", "prime")):
+        with pytest.raises(DataError) as err:
+            font_files([MATPLOTLIB_FONTS / name])
+        text = str(err.value)
+        assert text.startswith(f"{MATPLOTLIB_FONTS / name}: ") and "\n" not in text
+        assert "U+0030" in text and repr(glyph) in text
+    assert [f.family for f in font_files([MATPLOTLIB_FONTS / "DejaVuSans.ttf"])] == ["DejaVu Sans"]
+    unnamed = TTFont(str(MATPLOTLIB_FONTS / "cmex10.ttf"))
+    unnamed["post"].formatType = 3.0
+    unnamed.save(str(tmp_path / "unnamed.ttf"))
+    assert load_font(tmp_path / "unnamed.ttf").family == "cmex10"
+
+
+@pytest.mark.parametrize(
+    ("glyph", "digit", "ok"),
+    [
+        ("zero", 0, True),
+        ("one.lf", 1, True),
+        ("zero.tosf", 0, True),
+        ("sevenoldstyle", 7, True),
+        ("uni0033", 3, True),
+        ("u0039", 9, True),
+        ("glyph00017", 4, True),  # anonymous: says nothing
+        ("parenlefttp", 0, False),
+        ("uni0031", 2, False),  # another digit's code point
+        ("lastresortlatin", 5, False),
+    ],
+)
+def test_digit_glyph_names(glyph: str, digit: int, ok: bool) -> None:
+    assert _named_as_digit(glyph, digit) is ok
 
 
 def test_a_system_font_folder_adds_faces() -> None:

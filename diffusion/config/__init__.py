@@ -10,6 +10,7 @@ Each section of `params.yaml` has exactly one model, in the module of its part:
     quality.py    quality (the publish gate), evaluate (the measures), monitor (drift alarms)
     hardware.py   hardware: device, precision, network batch, compile
     params.py     Params (every section and the rules across them), parse_params, load_params
+    yaml_file.py  read_params_file: the file's YAML (no repeated keys, at least one section)
 
 Unknown keys, wrong types and out-of-range values raise `ConfigError` with one line naming the key and
 what was expected. Keys a library reads later (a cron, a timezone, an fsspec URL, the CLIP context

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-import yaml
 from pydantic import (
     ValidationError,
     model_validator,
@@ -19,6 +18,7 @@ from diffusion.config.hardware import HardwareConfig
 from diffusion.config.judges import ClassifierConfig, ClipConfig, EvaluatorConfig
 from diffusion.config.model import DiffusionConfig, DistillConfig
 from diffusion.config.quality import EvaluateConfig, MonitorConfig, QualityConfig
+from diffusion.config.yaml_file import read_params_file
 from diffusion.library_rules import LIBRARIES
 
 
@@ -150,12 +150,7 @@ def parse_params(raw: object, where: str = "params", libraries: Iterable[str] | 
 
 def load_params(path: str | Path = "params.yaml", libraries: Iterable[str] | None = None) -> Params:
     """Read and validate `params.yaml`; every section is checked before any work starts (the keys a library
-    reads later by the rules of `libraries`, None: of every library; see `parse_params`)."""
+    reads later by the rules of `libraries`, None: of every library; see `parse_params`). The file itself
+    is read by `read_params_file`: a folder, a repeated key or a file with no sections is one line too."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: params file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    return parse_params(raw, where=str(path), libraries=libraries)
+    return parse_params(read_params_file(path), where=str(path), libraries=libraries)

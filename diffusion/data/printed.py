@@ -7,7 +7,8 @@ Each digit is drawn white on black at a large size, with a seeded small rotation
 then prepared as LeCun et al. (1998) describe MNIST's: the glyph's bounding box fitted into a 20x20 box
 (aspect ratio kept, anti-aliased), placed in a 28x28 image so that its centre of mass sits at the centre.
 
-A font that cannot be loaded, or lacks a glyph for one of the ten digits, raises DataError naming the file.
+A font that cannot be loaded, lacks a glyph for one of the ten digits, or maps a digit to a glyph named as
+something else (a symbol font), raises DataError naming the file.
 Nothing here reads the network or the system's font folders: the default fonts are files inside the
 matplotlib package (DejaVu Sans, Serif and Mono with their bold and oblique cuts, STIX General, Computer
 Modern), so rendering needs no system package. Extra fonts are any TrueType/OpenType files or folders.
@@ -15,6 +16,7 @@ Modern), so rendering needs no system package. Extra fonts are any TrueType/Open
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,36 +59,82 @@ def _digit_glyphs(font: TTFont) -> list[str | None]:
     return [cmap.get(ord(d)) for d in DIGITS]
 
 
+# Glyph names that say nothing about the glyph (numbered glyphs, CID-keyed fonts): not "clearly not a digit".
+ANONYMOUS_GLYPH = re.compile(r"(glyph|gid|cid|g|index)\d+", re.IGNORECASE)
+
+
+def _named_as_digit(glyph: str, digit: int) -> bool:
+    """Whether a glyph name can be `digit`'s: its English name ("seven", also "sevenoldstyle" and suffixed
+    "seven.lf", "seven.tosf"), its code point ("uni0037", "u0037"), or an anonymous name ("glyph23")."""
+    base = glyph.split(".")[0]
+    code = f"{ord(DIGITS[digit]):04X}"
+    return (
+        base.lower().startswith(DIGIT_NAMES[digit])
+        or base.upper() in (f"UNI{code}", f"U{code}", f"U0{code}", f"U00{code}")
+        or ANONYMOUS_GLYPH.fullmatch(base) is not None
+    )
+
+
+def _has_glyph_names(font: TTFont) -> bool:
+    """Whether the font names its glyphs: a TrueType font with a version 3 'post' table names none (the
+    names fontTools then makes up come from the cmap itself and prove nothing)."""
+    post = font.get("post")
+    return "CFF " in font or "CFF2" in font or (post is not None and post.formatType != 3.0)
+
+
+def _misnamed_digit(font: TTFont) -> tuple[str, str] | None:
+    """(digit, glyph name) of the first digit the font maps to a glyph whose name is clearly not a digit's,
+    as symbol fonts do (cmex10 draws '0' as "parenlefttp"); None when every digit's glyph is named as a digit,
+    or the font names no glyphs. A missing glyph is `load_font`'s to report."""
+    if not _has_glyph_names(font):
+        return None
+    for digit, glyph in enumerate(_digit_glyphs(font)):
+        if glyph is not None and not _named_as_digit(glyph, digit):
+            return DIGITS[digit], glyph
+    return None
+
+
+def _family(font: TTFont) -> str:
+    """The family and subfamily from the font's name table ("DejaVu Sans Bold"), "Regular"/"Book" left out."""
+    names = font["name"]
+    parts = (names.getDebugName(1), names.getDebugName(2))
+    return " ".join(part for part in parts if part and part not in ("Regular", "Book"))
+
+
 def load_font(path: str | Path) -> Font:
-    """A font file that has a glyph for every digit; DataError (one line naming the file) otherwise."""
+    """A font file whose every digit has a glyph named as a digit; DataError (one line naming the file)
+    otherwise, so a symbol font never becomes training digits labelled 0-9."""
     path = Path(path)
     try:
         tt = TTFont(str(path), lazy=True, fontNumber=0)
         glyphs = _digit_glyphs(tt)
-        names = tt["name"]
-        family = " ".join(
-            part
-            for part in (names.getDebugName(1), names.getDebugName(2))
-            if part and part not in ("Regular", "Book")
-        )
+        family = _family(tt)
+        misnamed = _misnamed_digit(tt)
     except (TTLibError, OSError, KeyError, AssertionError) as err:
         raise DataError(f"{path}: cannot load the font ({err}); give a TrueType or OpenType file") from None
     missing = [d for d, g in zip(DIGITS, glyphs, strict=True) if g is None]
     if missing:
         raise DataError(f"{path}: the font has no glyph for the digit(s) {', '.join(missing)}; leave it out")
+    if misnamed is not None:
+        digit, glyph = misnamed
+        raise DataError(
+            f"{path}: the font draws the digit {digit} (U+{ord(digit):04X}) with the glyph {glyph!r}, which is"
+            " not a digit (a symbol font?); leave it out"
+        )
     return Font(path, family or path.stem)
 
 
 def default_fonts() -> list[Font]:
     """The text faces matplotlib installs: its fonts whose digits are glyphs named as digits ("zero",
-    "sevenoldstyle"), which leaves out symbol and fallback faces that map 0-9 to other signs."""
+    "sevenoldstyle"), which leaves out symbol and fallback faces that map 0-9 to other signs (the rule
+    `load_font` applies to every font, here also requiring the names)."""
     import matplotlib
 
     folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
     fonts = []
     for path in sorted(folder.glob("*.ttf")):
-        glyphs = _digit_glyphs(TTFont(str(path), lazy=True))
-        if all(g and g.startswith(name) for g, name in zip(glyphs, DIGIT_NAMES, strict=True)):
+        tt = TTFont(str(path), lazy=True)
+        if all(_digit_glyphs(tt)) and _has_glyph_names(tt) and _misnamed_digit(tt) is None:
             fonts.append(load_font(path))
     return fonts
 

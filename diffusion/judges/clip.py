@@ -15,6 +15,7 @@ device: to [0, 1], resized to the model's input size, grey copied to 3 channels,
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,21 +165,73 @@ def _saved_folder(pretrained: str) -> Path | None:
     return None
 
 
-def load_clip(model: str, pretrained: str | None, device: torch.device | str = "cpu") -> ClipJudge:
+def _saved_model_name(folder: Path) -> str | None:
+    """The model name a `save_clip` folder was saved under: `train_cfg.model` of its open_clip_config.json,
+    else the stem of its one model-config JSON; None when the folder does not say (its load reports why)."""
+    try:
+        doc = json.loads((folder / OPEN_CLIP_CONFIG).read_text())
+        saved = doc.get("train_cfg", {}).get("model")
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    if isinstance(saved, str):
+        return saved
+    configs = [p.stem for p in folder.glob("*.json") if p.name != OPEN_CLIP_CONFIG]
+    return configs[0] if len(configs) == 1 else None
+
+
+def _check_saved_name(model: str, folder: Path, key: str) -> None:
+    """A saved folder brings its own model: the name asked for must be that one, or the run would record a
+    model it did not use (provenance). JudgeError naming `<key>.model` otherwise."""
+    saved = _saved_model_name(folder)
+    if saved is not None and saved != model:
+        raise JudgeError(
+            f"{key}.model: '{model}' is not the CLIP saved in '{folder}', which holds '{saved}';"
+            f" set {key}.model: {saved} (or point {key}.pretrained at a folder of '{model}')"
+        )
+
+
+def _looks_like_folder(pretrained: str) -> bool:
+    """Whether `pretrained` can only mean a saved folder, given a model that is not built into open_clip:
+    it holds a path separator, or it is no pretrained tag of any open_clip model (a tag would mean the
+    model name is the mistake)."""
+    separators = {"/", os.sep, os.altsep} - {None}
+    tags = {tag for _, tag in open_clip.list_pretrained()}
+    return any(sep in pretrained for sep in separators) or pretrained not in tags
+
+
+def _unknown_model(model: str, pretrained: str, key: str) -> JudgeError:
+    """The error for a model open_clip does not build: a saved folder that does not exist, or a model name
+    that is unknown."""
+    if not Path(pretrained).exists() and _looks_like_folder(pretrained):
+        return JudgeError(
+            f"{key}.pretrained: the folder '{pretrained}' does not exist ('{model}' is not built into"
+            " open_clip, so it loads from a saved CLIP folder: train one with `digits train-clip`, or fix"
+            " the path)"
+        )
+    return JudgeError(
+        f"unknown open_clip model '{model}' (not built in, and '{pretrained}' is no saved folder)"
+    )
+
+
+def load_clip(
+    model: str, pretrained: str | None, device: torch.device | str = "cpu", key: str = "generate.clip"
+) -> ClipJudge:
     """Build a CLIP judge with its weights, leaving open_clip's model registry as it was (thread-safe).
 
     Args:
         model: an open_clip model name ("ViT-B-32", our "digit-clip"), or "hf-hub:org/repo" / "local-dir:path",
-            which carry their own weights.
+            which carry their own weights. With a saved folder, the name it was saved under.
         pretrained: a pretrained tag of `model` (downloaded unless cached), a weights file of a built-in
             model (.safetensors preferred; .pt/.bin load with torch.load(weights_only=True)), or a folder
             written by `save_clip` (or its weights file), which loads as `local-dir:<folder>` with its own
             model config and preprocessing. None only for the schema names above: a judge never runs on
             random weights.
         device: where the model and every tensor it returns live.
+        key: the params section that names `model` and `pretrained`, for the messages.
 
     Raises:
-        JudgeError: unknown model, missing/corrupt weights file, or a tag that cannot be downloaded.
+        JudgeError: unknown model, missing saved folder, a model name other than the saved folder's,
+            missing/corrupt weights file, or a tag that cannot be downloaded.
     """
     name, weights = model, pretrained
     if model.startswith(("hf-hub:", "local-dir:")):
@@ -186,11 +239,10 @@ def load_clip(model: str, pretrained: str | None, device: torch.device | str = "
     elif pretrained is None:
         raise JudgeError(f"open_clip model '{model}': no weights given (pass a pretrained tag or file)")
     elif (folder := _saved_folder(pretrained)) is not None:
+        _check_saved_name(model, folder, key)
         name, weights = f"local-dir:{folder}", None
     elif model not in open_clip.list_models():
-        raise JudgeError(
-            f"unknown open_clip model '{model}' (not built in, and '{pretrained}' is no saved folder)"
-        )
+        raise _unknown_model(model, pretrained, key)
     elif not (open_clip.is_pretrained_cfg(model, pretrained) or Path(pretrained).is_file()):
         tags = open_clip.list_pretrained_tags_by_model(model)
         shown = ", ".join(tags[:6]) + (", ..." if len(tags) > 6 else "")

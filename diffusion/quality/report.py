@@ -7,6 +7,9 @@
     <out>/<version>/evaluation.json      the version's evaluation document (`diffusion.quality.grading`)
     <out>/<version>/index.html, *.png    the version's page and its images (`report_page`)
 
+The report folder outlives versions (DVC keeps `reports/`), so each build also removes the pages of versions
+no longer published (`remove_stale_pages`), keeping their evaluation documents.
+
 A version's numbers are its evaluation document, the one JSON file the page and the index both read
 (`report_view`); the rest comes from the version's manifest and Parquet.
 
@@ -28,14 +31,20 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from diffusion.checkpoint import write_bytes_atomic
-from diffusion.data.evaluations import read_document, write_document
+from diffusion.data.evaluations import DOCUMENT, read_document, write_document
 from diffusion.data.shards import PublishedVersion, list_versions
 from diffusion.errors import DataError
 from diffusion.quality import charts
 from diffusion.quality.headline import METRICS
 from diffusion.quality.report_html import markup, render
 from diffusion.quality.report_page import PAGE, load_model, write_page
-from diffusion.quality.report_view import EVALUATION_ROWS, monitor_bound, normalize
+from diffusion.quality.report_view import (
+    EVALUATION_ROWS,
+    GATE_METRICS,
+    monitor_bound,
+    normalize,
+    with_gate,
+)
 
 
 # ------------------------------------------------------------------------------------ the index
@@ -52,7 +61,6 @@ def _index_row(version: PublishedVersion, doc: dict[str, Any] | None, has_page: 
         "created_at": version.manifest.get("created_at"),
         "published": published,
         "acceptance_rate": sum(c.get("accepted", 0) for c in counts) / sampled if sampled else None,
-        "gate_memorization_rate": version.manifest.get("gate", {}).get("memorization_rate"),
         "evaluated": doc is not None,
         "flagged": bool(doc and doc["flagged"]),
         "flag_metrics": [f["metric"] for f in flags],
@@ -60,21 +68,38 @@ def _index_row(version: PublishedVersion, doc: dict[str, Any] | None, has_page: 
             f"{f['metric']} {f.get('value')} {'below' if f.get('kind') == 'floor' else 'above'} {f.get('bound')}"
             for f in flags
         ),
-        "metrics": doc["metrics"] if doc else {},
+        "metrics": with_gate(doc["metrics"] if doc else {}, version.manifest.get("gate") or {}),
     }
+
+
+# What a chart's title says of a metric whose best value is not its lowest or highest.
+TREND_NOTES = {"dcr_share": "0.5 = no memorisation"}
+
+
+def _label(key: str) -> str:
+    """A headline metric's name on the index; the publish gate's rates say so (no evaluation measures them)."""
+    return METRICS[key].label + (" (publish gate)" if key in GATE_METRICS else "")
+
+
+def _trend_title(key: str) -> str:
+    """A drift chart's title: the metric and which way is better, or what its values mean where neither
+    end is (DCR share: 0.5 is no memorisation, below it is no better)."""
+    note = TREND_NOTES.get(key, f"{METRICS[key].better} is better")
+    return f"{_label(key)}, {note}"
 
 
 def render_index(
     name: str, versions: list[PublishedVersion], documents: dict[str, dict | None], pages: set[str]
 ) -> str:
     """The index page: a row per version (oldest first) and a drift chart per headline metric the documents
-    hold, with the newest document's floor or ceiling on it and the versions flagged on it in red."""
+    (the gate's rates: the manifests) hold, with the newest document's floor or ceiling on it and the
+    versions flagged on it in red."""
     ordered = sorted(versions, key=lambda v: (v.manifest.get("created_at", ""), v.version))
     docs = {v.version: normalize(documents.get(v.version)) for v in ordered}
     rows = [_index_row(v, docs[v.version], v.version in pages) for v in ordered]
     names = [r["version"] for r in rows]
     dates = [str(r["created_at"] or r["version"])[:10] for r in rows]
-    held = [k for k in METRICS if any(d and d["metrics"].get(k) is not None for d in docs.values())]
+    held = [k for k in METRICS if any(r["metrics"].get(k) is not None for r in rows)]
     trends = [
         charts.trend_svg(
             names,
@@ -90,13 +115,12 @@ def render_index(
             bound, kind = monitor_bound(d, key)
             if bound is not None:
                 break
-        metric = METRICS[key]
         trends.append(
             charts.trend_svg(
                 names,
                 [r["metrics"].get(key) for r in rows],
                 f"trend-{key}",
-                f"{metric.label} ({metric.better} is better)",
+                _trend_title(key),
                 bound,
                 kind,
                 [key in r["flag_metrics"] for r in rows],
@@ -108,7 +132,7 @@ def render_index(
         title=f"{name}: data quality",
         name=name,
         rows=rows,
-        columns=[(k, METRICS[k].label) for k in held],
+        columns=[(k, _label(k)) for k in held],
         flagged_count=sum(r["flagged"] for r in rows),
         charts=[markup(c) for c in trends],
     )
@@ -168,7 +192,8 @@ def build_reports(
     version's page is rewritten. `evaluation`: that version's evaluation document, written to
     `out/<version>/evaluation.json` first; otherwise each page and the index read the document already
     there, if any ("not evaluated" without). `model`: a diffusion checkpoint folder for "how these digits
-    were drawn" (drawn only for versions that model drew), loaded once on `device`.
+    were drawn" (drawn only for versions that model drew), loaded once on `device`. Last, the pages of
+    versions no longer published are removed (`remove_stale_pages`).
 
     Raises DataError when there is no version, the version is not published, or the evaluation names another.
     """
@@ -193,12 +218,81 @@ def build_reports(
             if not local:
                 _upload(fs, stage / v.version, f"{base}/{v.version}")
             pages.add(v.version)
-        html = render_index(name, versions, documents, pages).encode()
-        if local:
-            write_bytes_atomic(Path(base) / PAGE, html)
-            return str(Path(base) / PAGE)
-        fs.pipe_file(f"{base}/{PAGE}", html)
+    index = _write_index(fs, base, out, render_index(name, versions, documents, pages).encode())
+    remove_stale_pages(fs, base, {v.version for v in versions})
+    return index
+
+
+def _write_index(fs: fsspec.AbstractFileSystem, base: str, out: str, html: bytes) -> str:
+    """Write the index into the report folder (atomically on a local disk); its path or URL."""
+    if isinstance(fs, LocalFileSystem):
+        write_bytes_atomic(Path(base) / PAGE, html)
+        return str(Path(base) / PAGE)
+    fs.pipe_file(f"{base}/{PAGE}", html)
     return f"{out}/{PAGE}"
 
 
-__all__ = ["EVALUATION_ROWS", "build_reports", "load_model", "normalize", "render_index", "write_page"]
+# ------------------------------------------------------------------------------------ stale pages
+def _links_out(fs: fsspec.AbstractFileSystem, base: str, paths: list[str]) -> bool:
+    """Whether any of `paths` is, on a local disk, reached through a link to outside the report folder."""
+    if not isinstance(fs, LocalFileSystem):
+        return False
+    top = Path(base).resolve()
+    return not all(Path(p).resolve().is_relative_to(top) for p in paths)
+
+
+def _page_files(fs: fsspec.AbstractFileSystem, base: str, folder: str) -> list[str] | None:
+    """The files of `folder` when it is a report page folder as `write_page` leaves it (index.html at its
+    top, else only PNGs and the evaluation document, none through a link out); None otherwise."""
+    files = fs.find(folder)
+    rel = [f[len(folder) + 1 :] for f in files if f.startswith(f"{folder}/")]
+    if len(rel) != len(files) or PAGE not in rel:
+        return None
+    if not all(r in (PAGE, DOCUMENT) or r.endswith(".png") for r in rel):
+        return None
+    return None if _links_out(fs, base, [folder, *files]) else files
+
+
+def _remove_empty_folders(fs: fsspec.AbstractFileSystem, folder: str) -> None:
+    """Remove the folders under `folder`, and `folder` itself, that removing the page's files left empty."""
+    found = fs.find(folder, withdirs=True, detail=True)
+    inner = [d for d, info in found.items() if info.get("type") == "directory"]
+    for d in sorted(inner, key=lambda d: d.count("/"), reverse=True) + [folder]:
+        if fs.exists(d) and not fs.ls(d):
+            fs.rmdir(d)
+
+
+def remove_stale_pages(fs: fsspec.AbstractFileSystem, base: str, published: set[str]) -> list[str]:
+    """Remove the pages of versions that are no longer published from the report folder `base`, and return
+    their names.
+
+    The report folder outlives its versions (DVC's `persist: true`; a version deleted, or republished under
+    a new name), and a page of a version that is gone links to Data Docs and a card that are gone too, from
+    no index. Only a folder directly in `base` that is not a published version and holds nothing but a page
+    (`_page_files`) is touched, and its evaluation document stays: the record of a grading, costly to remake,
+    from which the page comes back should the version (e.g. at another DVC revision) come back.
+    """
+    removed = []
+    for entry in fs.ls(base, detail=True):
+        folder = entry["name"].rstrip("/")
+        name = folder.rsplit("/", 1)[-1]
+        if entry.get("type") != "directory" or name in published:
+            continue
+        files = _page_files(fs, base, folder)
+        if files is None:
+            continue
+        fs.rm([f for f in files if f != f"{folder}/{DOCUMENT}"])
+        _remove_empty_folders(fs, folder)
+        removed.append(name)
+    return removed
+
+
+__all__ = [
+    "EVALUATION_ROWS",
+    "build_reports",
+    "load_model",
+    "normalize",
+    "remove_stale_pages",
+    "render_index",
+    "write_page",
+]

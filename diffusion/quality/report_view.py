@@ -4,6 +4,7 @@ render (flag list, headline cards, evaluation table, per-class table and charts,
     doc = normalize(document)            every section present, metrics as numbers or None
     metric_rows(doc, gate)               the evaluation table, one row per metric, beside its comparison
     monitor_bound(doc, key)              the floor or ceiling the monitor checked `key` against, and which
+    with_gate(metrics, manifest["gate"]) the metrics with the publish gate's rates read from the manifest
 
 A document is the one JSON file `diffusion.quality.grading` writes (an old flat one, metrics at the top
 level, reads as unflagged metrics). Every function takes the normalised document or None (not evaluated).
@@ -18,7 +19,7 @@ from diffusion.quality import charts
 from diffusion.quality.headline import METRICS
 from diffusion.quality.report_html import MISSING, markup
 
-# (label, key, comparison label, comparison key) of the evaluation table; gate_* keys are the manifest's gate.
+# (label, key, comparison label, comparison key) of the evaluation table.
 EVALUATION_ROWS: list[tuple[str, str, str, str | None]] = [
     ("Evaluator accuracy (published)", "conditional_accuracy_published", "unfiltered", "conditional_accuracy_raw"),
     ("Filter classifier accuracy (published)", "judge_accuracy_published", "unfiltered", "judge_accuracy_raw"),
@@ -27,9 +28,12 @@ EVALUATION_ROWS: list[tuple[str, str, str, str | None]] = [
     ("Augmentation gain", "augmentation_gain", "", None),
     ("Fréchet distance to real", "frechet_distance", "real vs real", "frechet_distance_real"),
     ("Diversity (synthetic)", "diversity_synthetic", "real", "diversity_real"),
-    ("Near-copy rate (evaluation)", "memorization_rate", "gate", "gate_memorization_rate"),
-    ("Duplicate rate (evaluation)", "duplicate_rate", "gate", "gate_duplicate_rate"),
+    ("Near-copy rate (publish gate, manifest.json)", "memorization_rate", "", None),
+    ("Duplicate rate (publish gate, manifest.json)", "duplicate_rate", "", None),
 ]  # fmt: skip
+# Measured once, by the publish gate; the evaluation copies them from the manifest (`evaluate_version`), so
+# the pages show the manifest's number, once, evaluated or not.
+GATE_METRICS = ("memorization_rate", "duplicate_rate")
 PROMINENT = {"cas_ratio": "CAS ratio", "conditional_accuracy_published": "Evaluator accuracy"}
 
 
@@ -78,6 +82,13 @@ def normalize(doc: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
+def with_gate(metrics: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
+    """A version's metrics with the GATE_METRICS taken from its manifest's `gate` (where they are measured;
+    the document's are copies), the document's kept where the manifest has none."""
+    measured = {k: _number(gate.get(k)) for k in GATE_METRICS}
+    return {**metrics, **{k: v for k, v in measured.items() if v is not None}}
+
+
 def monitor_bound(doc: dict[str, Any], key: str) -> tuple[float | None, str | None]:
     """The monitor's floor or ceiling on `key` that the document was checked against, and which."""
     if key in doc["floors"]:
@@ -120,7 +131,7 @@ def metric_rows(doc: dict[str, Any] | None, gate: dict[str, Any]) -> list[dict[s
     """The evaluation table: the known pairs first, then every other headline metric, then anything else
     the document holds. Keys with no value read "not evaluated" (absent) or "n/a" (not measured)."""
     metrics = doc["metrics"] if doc else {}
-    values = {**metrics, **{f"gate_{k}": v for k, v in gate.items()}}
+    values = with_gate(metrics, gate)
     flagged = {f["metric"] for f in doc["flags"]} if doc else set()
     compared = {other for *_, other in EVALUATION_ROWS if other}
     keys = [key for _, key, _, _ in EVALUATION_ROWS]
@@ -130,8 +141,10 @@ def metric_rows(doc: dict[str, Any] | None, gate: dict[str, Any]) -> list[dict[s
     intervals = doc["intervals"] if doc else {}
 
     def missing(key: str | None) -> str:
-        if key is None or key.startswith("gate_"):
+        if key is None:
             return "n/a"
+        if key in GATE_METRICS:
+            return "not recorded"  # an old manifest without the gate's rates, and no document
         return "n/a" if key in values else MISSING
 
     rows = []
@@ -202,6 +215,7 @@ def cas_runs(doc: dict[str, Any] | None) -> dict[str, Any] | None:
 
 __all__ = [
     "EVALUATION_ROWS",
+    "GATE_METRICS",
     "PROMINENT",
     "cards",
     "cas_runs",
@@ -211,4 +225,5 @@ __all__ = [
     "monitor_bound",
     "normalize",
     "per_class",
+    "with_gate",
 ]

@@ -40,7 +40,7 @@ METRIC_VALUES: dict[str, float | None] = {
     "frechet_distance_real": 1.25,
     "diversity_synthetic": 0.41,
     "diversity_real": 0.45,
-    "memorization_rate": 0.001,
+    "memorization_rate": 0.002,  # the gate's, copied from the manifest
     "duplicate_rate": 0.0,
     "precision": 0.8,
     "recall": None,  # NaN in the grading, null in JSON

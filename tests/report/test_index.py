@@ -38,8 +38,19 @@ def test_index_lists_versions_with_flags_and_a_drift_chart_per_metric(site) -> N
         assert f'href="{v.version}/index.html"' in page
     cells = {
         f: [html.unescape(x) for x in re.findall(rf'data-field="{f}"[^>]*>([^<]*)<', page)]
-        for f in ["created_at", "published", "acceptance_rate", "cas_ratio", "dcr_share", "flagged"]
+        for f in [
+            "created_at",
+            "published",
+            "acceptance_rate",
+            "cas_ratio",
+            "dcr_share",
+            "flagged",
+            "memorization_rate",
+        ]
     }
+    assert text_of(page, "id", "version-count").startswith("3 versions, oldest first")
+    assert cells["memorization_rate"] == ["0.002"] * 3  # the gate's, in every manifest, shown once
+    assert "gate_memorization_rate" not in page
     assert cells["published"] == [str(10 * PER_CLASS)] * 3
     assert cells["acceptance_rate"] == ["0.800"] * 3  # 160 of 200 passed the filter
     assert cells["cas_ratio"] == ["not evaluated", "0.900", "0.991"]
@@ -53,6 +64,9 @@ def test_index_lists_versions_with_flags_and_a_drift_chart_per_metric(site) -> N
     dcr = svg_data(page, "trend-dcr_share")
     assert dcr["values"] == [None, None, 0.65] and dcr["flagged"] == [False, False, True]
     assert dcr["bound"] == 0.6 and dcr["kind"] == "ceiling"
+    titles = dict(re.findall(r'<svg id="trend-(\w+)"[^>]*aria-label="([^"]*)"', page))
+    assert titles["dcr_share"] == "DCR share, 0.5 = no memorisation"  # not "lower is better": 0.5 is
+    assert titles["cas_ratio"] == "CAS ratio, higher is better"
     cas = svg_data(page, "trend-cas_ratio")
     assert cas["values"] == [None, 0.9, 0.991] and cas["bound"] == 0.97 and not any(cas["flagged"])
     assert "<script" not in page
@@ -89,6 +103,9 @@ def test_versions_and_reports_behind_fsspec_urls(tmp_path: Path) -> None:
     version = publish(root, "v1", "2026-11-26T03:00:00+00:00")
     index = build_reports(root, NAME, out, version=version.path, evaluation={**OLD_FLAT, "cas_ratio": 0.5})
     assert index == f"{out}/index.html"
+    assert text_of(fsspec.filesystem("memory").cat_file(index).decode(), "id", "version-count").startswith(
+        "1 version, oldest first"
+    )
     assert [v.version for v in list_versions(root, NAME)] == ["v1"]  # _quality is no version
     fs = fsspec.filesystem("memory")
     page = fs.cat_file(f"{out}/v1/index.html").decode()
@@ -161,7 +178,7 @@ def test_the_pages_render_in_chromium(site, tmp_path: Path) -> None:
         shown = {
             "cas_ratio": "0.991",
             "conditional_accuracy_published": "0.973",
-            "gate_memorization_rate": "0.002",
+            "memorization_rate": "0.002",
             "total_accepted": str(sum(SAMPLED - rejected_of(c) for c in range(10))),
             "label-issue-count": "4",
         }
@@ -177,3 +194,27 @@ def test_the_pages_render_in_chromium(site, tmp_path: Path) -> None:
         assert driver.save_screenshot(str(tmp_path / "report.png"))
     finally:
         driver.quit()
+
+
+def test_pages_of_versions_no_longer_published_are_removed(tmp_path: Path) -> None:
+    """A version gone from the versions folder loses its page (dead links, in no index) but keeps its
+    evaluation document; the pages of published versions and whatever is not a page stay untouched."""
+    root, out = str(tmp_path / "published"), tmp_path / "reports"
+    gone = publish(root, "v1", "2026-11-25T03:00:00+00:00")
+    kept = publish(root, "v2", "2026-11-26T03:00:00+00:00", seed=2)
+    build_reports(root, NAME, str(out), version=gone.path, evaluation=dict(OLD_FLAT))  # both pages
+    for rel in ["old/index.html", "old/label-issues/0.png", "notes/index.html", "notes/todo.md"]:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)  # old: a page without a document
+        (out / rel).write_text("x")
+    elsewhere = tmp_path / "elsewhere"  # a page-like folder outside, linked in
+    elsewhere.mkdir()
+    (elsewhere / "index.html").write_text("x")
+    (out / "linked").symlink_to(elsewhere)
+    shutil.rmtree(gone.path)
+
+    index = Path(build_reports(root, NAME, str(out), version=kept.path)).read_text()
+    assert [p.name for p in (out / "v1").iterdir()] == ["evaluation.json"]
+    assert not (out / "old").exists()
+    assert (out / "v2" / "index.html").is_file() and len(list((out / "v2").glob("class-*.png"))) == 30
+    assert (out / "notes" / "todo.md").is_file() and (elsewhere / "index.html").is_file()  # no page: kept
+    assert re.findall(r'<tr data-version="([^"]+)"', index) == ["v2"] and 'href="v1/' not in index

@@ -18,6 +18,7 @@ from diffusion.data.datasets import read_table
 from diffusion.data.shards import version_files
 from diffusion.quality.headline import METRICS
 from diffusion.quality.report import EVALUATION_ROWS, load_model, write_page
+from diffusion.quality.report_view import GATE_METRICS
 from tests.report.fixtures import METRIC_VALUES, SAMPLED, SAMPLER, page_of, rejected_of, svg_data, text_of
 
 
@@ -32,8 +33,7 @@ def test_version_page_shows_every_number_by_id(site) -> None:
     assert {key for _, key, _, _ in EVALUATION_ROWS} | set(METRICS) <= set(re.findall(r'id="([\w]+)"', page))
     assert text_of(page, "data-metric", "cas_ratio") == "0.991"
     assert text_of(page, "data-metric", "conditional_accuracy_published") == "0.973"
-    assert text_of(page, "id", "gate_memorization_rate") == "0.002"
-    assert text_of(page, "id", "gate_duplicate_rate") == "0.000"
+    assert text_of(page, "id", "duplicate_rate") == "0.000"
     assert re.search(r'id="cas_ratio-interval" data-lo="0.98" data-hi="1.0"', page)
     assert re.search(r'id="real_baseline_accuracy-interval" data-lo="0.96" data-hi="0.98"', page)
     assert text_of(page, "id", "cas_ratio-bound") == "0.97" and 'data-kind="floor"' in page
@@ -65,6 +65,15 @@ def test_version_page_shows_every_number_by_id(site) -> None:
     assert text_of(page, "data-package", "torch") == "2.14.1"
     # self-contained: no code, nothing fetched from elsewhere
     assert "<script" not in page and not re.search(r'(src|href)="(https?:)?//', page)
+
+
+def test_the_gate_rates_are_shown_once_and_say_where_they_come_from(site) -> None:
+    """The evaluation copies the near-copy and duplicate rates from the manifest: one number, one row."""
+    page = page_of(site, 2)
+    for key, value in [("memorization_rate", "0.002"), ("duplicate_rate", "0.000")]:
+        row = re.search(rf'<tr data-metric-row="{key}".*?</tr>', page, re.S).group(0)
+        assert "(publish gate, manifest.json)" in row and row.count(f">{value}<") == 1
+    assert "gate_memorization_rate" not in page and "gate_duplicate_rate" not in page
 
 
 def test_a_flagged_version_names_each_flag_in_a_banner(site) -> None:
@@ -149,9 +158,9 @@ def test_grids_are_pngs_beside_the_page_and_links_are_relative(site) -> None:
 def test_an_unevaluated_version_says_so_and_an_old_flat_document_still_reads(site) -> None:
     page = page_of(site, 0)
     assert text_of(page, "id", "evaluation-status").startswith("not evaluated")
-    assert {text_of(page, "id", k) for k in METRICS} == {"not evaluated"}
+    assert {text_of(page, "id", k) for k in METRICS if k not in GATE_METRICS} == {"not evaluated"}
     assert text_of(page, "data-metric", "cas_ratio") == "not evaluated"
-    assert text_of(page, "id", "gate_memorization_rate") == "0.002"  # the gate always ran
+    assert text_of(page, "id", "memorization_rate") == "0.002"  # the gate always ran
     assert text_of(page, "id", "label-issue-status") == "not evaluated"
     assert not (site["out"] / site["versions"][0].version / "evaluation.json").exists()
     old = page_of(site, 1)
