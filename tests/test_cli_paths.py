@@ -161,3 +161,9 @@ def test_train_on_names_an_empty_version_and_reports_what_latest_was(tmp_path: P
     assert main([*argv, "--params", str(params)]) == 0
     assert json.loads(metrics.read_text())["versions"] == [version]
     assert f"digits of {version}," in capsys.readouterr().out
+
+
+def test_report_names_a_version_folder_that_is_not_one(tmp_path: Path, capsys) -> None:
+    (tmp_path / "prepared").mkdir()
+    argv = ["report", f"--versions={tmp_path}", f"--version={tmp_path / 'prepared'}"]
+    assert "prepared: not a published version (no manifest.json)" in _exit_2(tmp_path, argv, capsys)

@@ -230,6 +230,10 @@ def cmd_report(params: Params, args: argparse.Namespace) -> None:
 
     evaluation = read_json_object(args.evaluation, "an evaluation document") if args.evaluation else None
     version = published_path(args.version) if args.version else None
+    if version:  # a folder that is no published version fails here, naming it, not as a mismatch later
+        from diffusion.data.datasets import open_version
+
+        open_version(version)
     name = params.generate.name
     beside = quality_dir(args.versions, name)
     out = f"{args.out.rstrip('/')}/{name}" if args.out else beside
