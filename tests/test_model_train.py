@@ -97,11 +97,16 @@ def test_ema_follows_weights_with_warm_up():
 
 @pytest.fixture
 def flush_denormals():
-    """Subnormal floats flushed to zero while the test runs. Emulated bf16 (a CPU without bf16 units) slows
-    down about 5x once the tiny model's values turn subnormal; flushing changes none of this test's losses."""
+    """Subnormal floats flushed to zero while the test runs, on one torch thread. Emulated bf16 (a CPU
+    without bf16 units) slows down about 5x once the tiny model's values turn subnormal; flushing changes
+    none of this test's losses. The flag is per thread (the CPU's control register), so the test runs on
+    the calling thread alone, and both are put back (flushing is off by default) for the tests after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     yield
     torch.set_flush_denormal(False)
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -132,6 +132,8 @@ def test_a_symbol_font_is_refused_naming_the_file_and_the_code_point(tmp_path: P
         ("parenlefttp", 0, False),
         ("uni0031", 2, False),  # another digit's code point
         ("lastresortlatin", 5, False),
+        ("onehalf", 1, False),  # a fraction, not the digit
+        ("zerosuperior", 0, False),
     ],
 )
 def test_digit_glyph_names(glyph: str, digit: int, ok: bool) -> None:

@@ -69,7 +69,7 @@ def _named_as_digit(glyph: str, digit: int) -> bool:
     base = glyph.split(".")[0]
     code = f"{ord(DIGITS[digit]):04X}"
     return (
-        base.lower().startswith(DIGIT_NAMES[digit])
+        base.lower() in (DIGIT_NAMES[digit], f"{DIGIT_NAMES[digit]}oldstyle")  # not "onehalf", "zerosuperior"
         or base.upper() in (f"UNI{code}", f"U{code}", f"U0{code}", f"U00{code}")
         or ANONYMOUS_GLYPH.fullmatch(base) is not None
     )

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from diffusion.checkpoint import atomic_path, check_output
+from diffusion.checkpoint import OutputError, atomic_path, check_output
 from diffusion.data.schema import DIGITS_SCHEMA
 from diffusion.errors import DataError
 from diffusion.styles import cell_digit, cell_name, cell_style
@@ -171,7 +171,7 @@ def _url(root: str, base: str, *parts: str) -> str:
 
 
 def check_writable(root: str, name: str) -> None:
-    """Fail early, before any generation, when `<root>/<name>` cannot be written (one-line DigitsError).
+    """Fail early, before any generation, when `<root>/<name>` cannot be written (a one-line OutputError).
 
     Writes and removes a probe file and creates no folder: on a local disk the probe goes into `<root>/<name>`
     or, where that does not exist yet, its deepest existing parent (publishing creates the rest), so a run
@@ -190,7 +190,9 @@ def check_writable(root: str, name: str) -> None:
         fs.pipe_file(f"{folder}/{probe}", b"")
         fs.rm_file(f"{folder}/{probe}")
     except OSError as err:  # PermissionError, NotADirectoryError, ... included
-        raise DataError(f"generate.output_root: cannot write to {_url(root, base, name)} ({err})") from None
+        raise OutputError(
+            f"generate.output_root {_url(root, base, name)}: cannot be written ({err.strerror or err})"
+        ) from None
 
 
 def publish_version(

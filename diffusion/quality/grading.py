@@ -51,7 +51,7 @@ class Grading(BaseModel):
         from pathlib import Path
 
         from diffusion.checkpoint import read_checkpoint_config
-        from diffusion.data.datasets import read_table
+        from diffusion.data.datasets import load_arrays
         from diffusion.errors import DataError
 
         for what, path, stage in (
@@ -66,7 +66,7 @@ class Grading(BaseModel):
         if "://" not in self.evaluator:
             read_checkpoint_config(self.evaluator, "evaluator")
         for split in (self.val_data, self.test_data):
-            read_table(split)
+            load_arrays(split)  # decoded as grading decodes them: columns, types and images
 
 
 def grade_version(

@@ -21,6 +21,7 @@ element with an `id` or `data-*` attribute.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -219,7 +220,8 @@ def build_reports(
                 _upload(fs, stage / v.version, f"{base}/{v.version}")
             pages.add(v.version)
     index = _write_index(fs, base, out, render_index(name, versions, documents, pages).encode())
-    remove_stale_pages(fs, base, {v.version for v in versions})
+    published = {v.version for v in list_versions(versions_root, name)}  # again: a run may have published
+    remove_stale_pages(fs, base, published, f"{versions_root.rstrip('/')}/{name}")
     return index
 
 
@@ -262,15 +264,32 @@ def _remove_empty_folders(fs: fsspec.AbstractFileSystem, folder: str) -> None:
             fs.rmdir(d)
 
 
-def remove_stale_pages(fs: fsspec.AbstractFileSystem, base: str, published: set[str]) -> list[str]:
-    """Remove the pages of versions that are no longer published from the report folder `base`, and return
-    their names.
+def _graded_under(fs: fsspec.AbstractFileSystem, folder: str, dataset: str) -> bool:
+    """Whether the page folder's evaluation document names a version inside `dataset` (the folder of this
+    build's versions): a page of a version published elsewhere (another output root sharing this report
+    folder), or of no known version (no document), is not this build's to remove."""
+    try:
+        doc = json.loads(fs.cat_file(f"{folder}/{DOCUMENT}"))
+        path = str(doc["path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if "://" in path or "://" in dataset:
+        return path.startswith(f"{dataset}/")
+    return Path(path).resolve().is_relative_to(Path(dataset).resolve())
+
+
+def remove_stale_pages(
+    fs: fsspec.AbstractFileSystem, base: str, published: set[str], dataset: str
+) -> list[str]:
+    """Remove from the report folder `base` the pages of versions of `dataset` (`<versions_root>/<name>`)
+    that are no longer published there, and return their names.
 
     The report folder outlives its versions (DVC's `persist: true`; a version deleted, or republished under
     a new name), and a page of a version that is gone links to Data Docs and a card that are gone too, from
-    no index. Only a folder directly in `base` that is not a published version and holds nothing but a page
-    (`_page_files`) is touched, and its evaluation document stays: the record of a grading, costly to remake,
-    from which the page comes back should the version (e.g. at another DVC revision) come back.
+    no index. Only a folder directly in `base` that is not a published version, holds nothing but a page
+    (`_page_files`) and whose evaluation document names a version of `dataset` (`_graded_under`) is
+    touched, and that document stays: the record of a grading, costly to remake, from which the page comes
+    back should the version (e.g. at another DVC revision) come back.
     """
     removed = []
     for entry in fs.ls(base, detail=True):
@@ -279,7 +298,7 @@ def remove_stale_pages(fs: fsspec.AbstractFileSystem, base: str, published: set[
         if entry.get("type") != "directory" or name in published:
             continue
         files = _page_files(fs, base, folder)
-        if files is None:
+        if files is None or not _graded_under(fs, folder, dataset):
             continue
         fs.rm([f for f in files if f != f"{folder}/{DOCUMENT}"])
         _remove_empty_folders(fs, folder)

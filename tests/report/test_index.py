@@ -198,14 +198,23 @@ def test_the_pages_render_in_chromium(site, tmp_path: Path) -> None:
 
 def test_pages_of_versions_no_longer_published_are_removed(tmp_path: Path) -> None:
     """A version gone from the versions folder loses its page (dead links, in no index) but keeps its
-    evaluation document; the pages of published versions and whatever is not a page stay untouched."""
+    evaluation document; the pages of published versions, pages of versions published elsewhere or of no
+    known version, and whatever is not a page stay untouched."""
     root, out = str(tmp_path / "published"), tmp_path / "reports"
     gone = publish(root, "v1", "2026-11-25T03:00:00+00:00")
     kept = publish(root, "v2", "2026-11-26T03:00:00+00:00", seed=2)
-    build_reports(root, NAME, str(out), version=gone.path, evaluation=dict(OLD_FLAT))  # both pages
-    for rel in ["old/index.html", "old/label-issues/0.png", "notes/index.html", "notes/todo.md"]:
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)  # old: a page without a document
-        (out / rel).write_text("x")
+    build_reports(root, NAME, str(out), version=gone.path, evaluation={**OLD_FLAT, "path": gone.path})
+    other = {"version": "w1", "path": str(tmp_path / "other-root" / NAME / "w1")}
+    for rel, text in [
+        ("old/index.html", "x"),  # a page without a document: of no known version
+        ("old/label-issues/0.png", "x"),
+        ("notes/index.html", "x"),
+        ("notes/todo.md", "x"),
+        ("w1/index.html", "x"),  # a page of a version published under another root
+        ("w1/evaluation.json", json.dumps(other)),
+    ]:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(text)
     elsewhere = tmp_path / "elsewhere"  # a page-like folder outside, linked in
     elsewhere.mkdir()
     (elsewhere / "index.html").write_text("x")
@@ -214,7 +223,7 @@ def test_pages_of_versions_no_longer_published_are_removed(tmp_path: Path) -> No
 
     index = Path(build_reports(root, NAME, str(out), version=kept.path)).read_text()
     assert [p.name for p in (out / "v1").iterdir()] == ["evaluation.json"]
-    assert not (out / "old").exists()
+    assert (out / "old" / "index.html").is_file() and (out / "w1" / "index.html").is_file()
     assert (out / "v2" / "index.html").is_file() and len(list((out / "v2").glob("class-*.png"))) == 30
     assert (out / "notes" / "todo.md").is_file() and (elsewhere / "index.html").is_file()  # no page: kept
     assert re.findall(r'<tr data-version="([^"]+)"', index) == ["v2"] and 'href="v1/' not in index
