@@ -212,7 +212,8 @@ def test_transient_means_an_io_error_somewhere_in_the_causes() -> None:
             ["report", "--versions", "{tmp}", "--evaluation", "{tmp}/list.json"],
             "list.json: expected an evaluation",
         ),
-        (["report", "--versions", "{tmp}/nothing", "--version", "{tmp}/v1"], "no published versions"),
+        (["report", "--versions", "{tmp}/nothing"], "no published versions"),
+        (["report", "--versions", "{tmp}/nothing", "--version", "{tmp}/v1"], "v1: not a published version"),
     ],
 )
 def test_stages_around_publishing_give_one_line_on_bad_input(
