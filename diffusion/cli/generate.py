@@ -201,7 +201,7 @@ def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
     if not all(name.strip() for name in names):
         raise DigitsError(f"--data: an empty name in {args.data!r}; give version folders separated by commas")
     versions = [open_version(published_path(name.strip())) for name in names]  # `latest` resolved once
-    data = published_dataset([v.path for v in versions])
+    data = published_dataset(versions)
     if args.real:
         data = MixedDigits(data, DigitsDataset(args.real), fraction, seed=0)
     val, test = DigitsDataset(args.val), DigitsDataset(args.test)

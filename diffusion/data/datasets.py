@@ -189,18 +189,23 @@ def open_version(path: str | Path) -> PublishedVersion:
     return PublishedVersion(path, path.rsplit("/", 1)[-1], manifest, reused=False)
 
 
-def published_files(versions: str | Path | Sequence[str | Path], split: str = "train") -> list[str]:
+Versions = str | Path | PublishedVersion | Sequence[str | Path | PublishedVersion]
+
+
+def published_files(versions: Versions, split: str = "train") -> list[str]:
     """The Parquet files of `split` ("train": the published rows, "unfiltered": every sampled row) of one or
-    more published versions, as their manifests list them, version by version."""
-    if isinstance(versions, (str, Path)):
+    more published versions (folders or URLs, or versions `open_version` already opened), as their manifests
+    list them, version by version."""
+    if isinstance(versions, (str, Path, PublishedVersion)):
         versions = [versions]
-    files = [f for v in versions for f in version_files(open_version(v), split)]
+    opened = [v if isinstance(v, PublishedVersion) else open_version(v) for v in versions]
+    files = [f for v in opened for f in version_files(v, split)]
     if not files:
-        raise DataError(f"no '{split}' files in {', '.join(map(str, versions)) or 'no versions'}")
+        raise DataError(f"no '{split}' files in {', '.join(v.path for v in opened) or 'no versions'}")
     return files
 
 
-def published_dataset(versions: str | Path | Sequence[str | Path], split: str = "train") -> DigitsDataset:
+def published_dataset(versions: Versions, split: str = "train") -> DigitsDataset:
     """One or more published versions in memory, as a map-style DigitsDataset."""
     return DigitsDataset(published_files(versions, split))
 
