@@ -17,17 +17,8 @@ from diffusion.data.datasets import open_version
 from diffusion.data.evaluations import quality_dir, write_document
 from diffusion.errors import DataError, DigitsError
 from diffusion.quality.grading import Grading
+from tests.test_bad_input import _run
 from tests.test_data_consumers import publish, real_digits
-
-
-def _exit_2(tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """Run `digits <argv>` with default params; assert exit status 2 and one line; return it."""
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"data": {"seed": 0}}))
-    code = main([*argv, "--params", str(params)])
-    err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
-    return err
 
 
 @pytest.mark.parametrize(
@@ -68,7 +59,7 @@ def test_an_output_that_cannot_be_written_stops_the_command_before_any_work(
     (tmp_path / "DIR").mkdir()
     before = sorted(tmp_path.rglob("*"))
     named = [a.replace("=", f"={tmp_path}/", 1) if a.startswith("--") else a for a in argv]
-    err = _exit_2(tmp_path, named, capsys)
+    err = _run(tmp_path, {}, named, capsys)
     assert (
         message.replace("FILE", f"{tmp_path}/FILE")
         .replace("DIR", f"{tmp_path}/DIR")
@@ -82,7 +73,7 @@ def test_report_checks_its_model_before_writing_any_page(tmp_path: Path, capsys)
     save_checkpoint(tmp_path / "judge", "classifier", {"hidden": 8}, {})
     out = tmp_path / "reports"
     argv = ["report", f"--versions={tmp_path / 'none'}", f"--out={out}", f"--model={tmp_path / 'judge'}"]
-    assert "expected a 'diffusion' checkpoint, found 'classifier'" in _exit_2(tmp_path, argv, capsys)
+    assert "expected a 'diffusion' checkpoint, found 'classifier'" in _run(tmp_path, {}, argv, capsys)
     assert not out.exists()
 
 
@@ -142,7 +133,7 @@ def test_broken_version_names_are_one_line_saying_what_to_give(tmp_path: Path) -
 
 
 def test_train_on_names_an_empty_version_and_reports_what_latest_was(tmp_path: Path, capsys) -> None:
-    err = _exit_2(tmp_path, ["train-on", f"--data={tmp_path / 'v1'},"], capsys)
+    err = _run(tmp_path, {}, ["train-on", f"--data={tmp_path / 'v1'},"], capsys)
     assert "--data: an empty name" in err
     root = tmp_path / "published"
     version = publish(str(root), "v1", 0)
@@ -166,4 +157,4 @@ def test_train_on_names_an_empty_version_and_reports_what_latest_was(tmp_path: P
 def test_report_names_a_version_folder_that_is_not_one(tmp_path: Path, capsys) -> None:
     (tmp_path / "prepared").mkdir()
     argv = ["report", f"--versions={tmp_path}", f"--version={tmp_path / 'prepared'}"]
-    assert "prepared: not a published version (no manifest.json)" in _exit_2(tmp_path, argv, capsys)
+    assert "prepared: not a published version (no manifest.json)" in _run(tmp_path, {}, argv, capsys)
