@@ -38,7 +38,7 @@ from diffusion.errors import DataError
 from diffusion.quality import charts
 from diffusion.quality.headline import METRICS
 from diffusion.quality.report_html import markup, render
-from diffusion.quality.report_page import PAGE, load_model, write_page
+from diffusion.quality.report_page import PAGE, load_model, page_models, write_page
 from diffusion.quality.report_view import (
     EVALUATION_ROWS,
     GATE_METRICS,
@@ -193,7 +193,8 @@ def build_reports(
     version's page is rewritten. `evaluation`: that version's evaluation document, written to
     `out/<version>/evaluation.json` first; otherwise each page and the index read the document already
     there, if any ("not evaluated" without). `model`: a diffusion checkpoint folder for "how these digits
-    were drawn" (drawn only for versions that model drew), loaded once on `device`. Last, the pages of
+    were drawn" (drawn only for versions that model drew), loaded once on `device`; None: the folder each
+    version's manifest names, where it is here unchanged (`page_models`). Last, the pages of
     versions no longer published are removed (`remove_stale_pages`).
 
     Raises DataError when there is no version, the version is not published, or the evaluation names another.
@@ -210,12 +211,12 @@ def build_reports(
     documents = {v.version: read_document(out, v.version) for v in versions}
     pages = {v.version for v in versions if fs.exists(f"{base}/{v.version}/{PAGE}")}
     todo = [v for v in versions if target is None or v.version == target or v.version not in pages]
-    loaded = load_model(model, device) if model is not None and todo else None
+    models = page_models(todo, model, device)
     local = isinstance(fs, LocalFileSystem)
     with _staging(fs, base) as stage:
         for v in todo:
             page_dir = str(Path(base) / v.version) if local else None
-            write_page(v, documents[v.version], stage / v.version, loaded, page_dir)
+            write_page(v, documents[v.version], stage / v.version, models[v.version], page_dir)
             if not local:
                 _upload(fs, stage / v.version, f"{base}/{v.version}")
             pages.add(v.version)

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from diffusion.checkpoint import write_bytes_atomic
 from diffusion.config import SamplerConfig
 from diffusion.data.shards import PublishedVersion
-from diffusion.errors import DataError
+from diffusion.errors import DataError, DigitsError
 from diffusion.quality import charts, report_view
 from diffusion.quality.report_digits import SCALE, grids, histograms, label_issues, read_split
 from diffusion.quality.report_html import markup, render
@@ -104,10 +104,48 @@ def load_model(folder: str | Path, device: str = "cpu") -> _Model:
     return _Model(network, process, _sha256(Path(folder) / "ema.safetensors"), resolved)
 
 
+def page_models(
+    versions: list[PublishedVersion], folder: str | Path | None, device: str = "cpu"
+) -> dict[str, _Model | None]:
+    """The model each version's page draws "how these digits were drawn" with, by version name.
+
+    `folder` given: that model (`load_model`) for every version; `_drawing` still refuses it for a version
+    another model drew. None: the folder each version's manifest names (`model.path`, as `digits generate`
+    recorded it), where it is a folder here whose EMA weights have the checksum the manifest records; each
+    such folder loaded once. Otherwise None for that version (its page says why nothing is drawn)."""
+    if folder is not None:
+        given = load_model(folder, device) if versions else None
+        return {v.version: given for v in versions}
+    checksums: dict[str, str] = {}
+    loaded: dict[str, _Model | None] = {}
+    models: dict[str, _Model | None] = {}
+    for v in versions:
+        recorded = v.manifest.get("model", {})
+        path, expected = recorded.get("path"), recorded.get("sha256")
+        weights = Path(path) / "ema.safetensors" if isinstance(path, str) and "://" not in path else None
+        models[v.version] = None
+        if weights is None or not expected or not weights.is_file():
+            continue
+        if path not in checksums:
+            checksums[path] = _sha256(weights)
+        if checksums[path] != expected:  # retrained since: that folder did not draw this version
+            continue
+        if path not in loaded:
+            try:
+                loaded[path] = load_model(path, device)
+            except DigitsError:  # a folder that is no diffusion checkpoint (any more): nothing drawn
+                loaded[path] = None
+        models[v.version] = loaded[path]
+    return models
+
+
 def _drawing(version: PublishedVersion, model: _Model | None) -> tuple[_Model, SamplerConfig, int] | str:
     """(the model, the version's sampler, its seed) for a fresh draw like the version's, or why not."""
     if model is None:
-        return "not drawn: the report was built without the diffusion model"
+        return (
+            "not drawn: the report was built without the diffusion model (`digits report --model` the folder"
+            " that drew this version)"
+        )
     manifest = version.manifest
     expected = manifest.get("model", {}).get("sha256")
     if expected and expected != model.sha256:

@@ -63,10 +63,16 @@ def rejected_of(c: int) -> int:
 
 
 def publish(
-    root: str, version: str, created_at: str, seed: int = 0, model_sha256: str = "ab" * 32
+    root: str,
+    version: str,
+    created_at: str,
+    seed: int = 0,
+    model_sha256: str = "ab" * 32,
+    model_path: str | None = None,
 ) -> PublishedVersion:
     """Publish SAMPLED rendered digits per class with scores: the unfiltered split (some rejected) and
-    the first PER_CLASS accepted ones of each class as train, with a manifest like the flow's."""
+    the first PER_CLASS accepted ones of each class as train, with a manifest like the flow's (which
+    records the model folder's path when `model_path` is given)."""
     n = 10 * SAMPLED
     images, labels = render_digits(n, seed)
     rng = np.random.default_rng(seed)
@@ -104,7 +110,11 @@ def publish(
             "per_class": {str(c): PER_CLASS for c in range(10)},
         },
         "counts": counts,
-        "model": {"sha256": model_sha256, "git_revision": "1234abcd"},
+        "model": {
+            "sha256": model_sha256,
+            "git_revision": "1234abcd",
+            **({"path": model_path} if model_path else {}),
+        },
         "judges": {"classifier_sha256": "cd" * 32, "clip": "ef" * 32},
         "gate": {"memorization_rate": 0.002, "duplicate_rate": 0.0, "success_percent": 100.0},
         "git_revision": "5678ef90",

@@ -134,6 +134,33 @@ def test_the_trajectory_grid_is_the_versions_sampler_from_its_seed(
     assert not (tmp_path / "trajectory.png").exists()  # another model drew that version
 
 
+def test_without_model_the_folder_the_manifest_names_draws_the_trajectory(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """`digits report` without --model rebuilds every page: the manifest's model folder draws each one, when
+    its EMA weights are the ones that drew that version; otherwise the page says why nothing is drawn."""
+    import hashlib
+    import shutil
+
+    from diffusion.quality.report import build_reports
+    from tests.report.fixtures import NAME, publish
+
+    root, out = str(tmp_path / "published"), tmp_path / "reports"
+    sha = hashlib.sha256((model_dir / "ema.safetensors").read_bytes()).hexdigest()
+    moved = tmp_path / "retrained"
+    shutil.copytree(model_dir, moved)
+    kept = publish(root, "v1", "2026-11-24T03:00:00+00:00", model_sha256=sha, model_path=str(model_dir))
+    stale = publish(root, "v2", "2026-11-25T03:00:00+00:00", model_sha256="ab" * 32, model_path=str(moved))
+    gone = publish(root, "v3", "2026-11-26T03:00:00+00:00", model_sha256=sha, model_path=str(tmp_path / "x"))
+    build_reports(root, NAME, str(out))
+    page = (out / kept.version / "index.html").read_text()
+    assert 'id="trajectory"' in page and (out / kept.version / "trajectory.png").is_file()
+    for version in (stale, gone):
+        status = text_of((out / version.version / "index.html").read_text(), "id", "trajectory-status")
+        assert status.startswith("not drawn: the report was built without the diffusion model")
+        assert not (out / version.version / "trajectory.png").exists()
+
+
 def test_grids_are_pngs_beside_the_page_and_links_are_relative(site) -> None:
     out, v3 = site["out"], site["versions"][2]
     page = page_of(site, 2)
