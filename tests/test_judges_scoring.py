@@ -72,6 +72,22 @@ def test_scores_do_not_depend_on_chunking(scorer: Scorer) -> None:
     )
 
 
+def test_a_digits_scores_are_the_same_bytes_whatever_is_scored_with_it(scorer: Scorer) -> None:
+    """A flow task scores its own digits: the scores of a digit must not move with the task's size or its
+    place in it (every judge call is one padded batch shape; on an AVX-512 CPU a batch of 4 rounded
+    otherwise than one of 12)."""
+    images, labels = digits(23, 2), torch.arange(23) % 10
+    whole = scorer(images, labels)
+    for start, n in ((0, 1), (3, 4), (5, 12), (16, 7)):
+        part = scorer(images[start : start + n], labels[start : start + n])
+        for field in ("clip_score", "clip_margin", "classifier_prob", "classifier_pred"):
+            assert torch.equal(getattr(part, field), getattr(whole, field)[start : start + n]), (
+                start,
+                n,
+                field,
+            )
+
+
 def test_keep_mask_applies_each_threshold() -> None:
     s = Scores(
         clip_score=torch.tensor([30.0, 20.0, 30.0, 30.0]),

@@ -45,10 +45,18 @@ class Scores:
 
 
 class Scorer:
-    """Scores images against intended labels with a CLIP judge and a classifier judge."""
+    """Scores images against intended labels with a CLIP judge and a classifier judge.
+
+    Every judge call sees exactly `batch_size` images: the images go in chunks of `batch_size`, the last one
+    padded with blank digits that are then dropped, and every product with the prompt embeddings too. So a
+    digit's scores do not depend on how many digits are scored with it (a flow task's size): oneDNN and
+    the BLAS pick their kernels by batch size, and on an AVX-512 CPU batches under 8 round differently from
+    larger ones (measured, 2026-12-07), while rows of one shape are computed alike whatever their
+    neighbours. The default 256 pads the shipped task of 250 by 6.
+    """
 
     def __init__(
-        self, clip: ClipJudge, classifier: DigitClassifier, template: str = PROMPT, batch_size: int = 512
+        self, clip: ClipJudge, classifier: DigitClassifier, template: str = PROMPT, batch_size: int = 256
     ):
         self.clip = clip
         self.classifier = classifier.eval()
@@ -56,17 +64,29 @@ class Scorer:
         self.device = clip.device
         self.text = clip.class_embeddings(template)  # (10, D), unit length
 
+    def _fixed_batches(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """images (N, 1, H, W) -> chunks of exactly `batch_size` on the judges' device, the last padded
+        with blank digits (-1, the background)."""
+        chunks = []
+        for chunk in images.to(self.device).split(self.batch_size):
+            pad = self.batch_size - chunk.shape[0]
+            chunks.append(torch.cat([chunk, chunk.new_full((pad, *chunk.shape[1:]), -1.0)]) if pad else chunk)
+        return chunks
+
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> Scores:
         """images (N, 1, 28, 28) in [-1, 1], labels (N,) int -> Scores on the scorer's device."""
+        n = images.shape[0]
         labels = labels.to(self.device, torch.int64)
-        all_scores = 100 * self.clip.encode_images(images, self.batch_size) @ self.text.T  # (N, 10)
+        chunks = self._fixed_batches(images)  # the similarity too: a (1, D) @ (D, 10) rounds unlike (256, D)
+        all_scores = torch.cat(
+            [100 * self.clip.encode_images(c, self.batch_size) @ self.text.T for c in chunks]
+        )
+        all_scores = all_scores[:n]  # (N, 10)
         clip_score = all_scores.gather(1, labels[:, None]).squeeze(1)
         others = all_scores.scatter(1, labels[:, None], float("-inf"))
         clip_margin = clip_score - others.max(dim=1).values
-        probs = torch.cat(
-            [self.classifier.probabilities(x.to(self.device)) for x in images.split(self.batch_size)]
-        )
+        probs = torch.cat([self.classifier.probabilities(c) for c in chunks])[:n]
         return Scores(
             clip_score=clip_score,
             clip_margin=clip_margin,
