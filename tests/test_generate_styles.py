@@ -57,6 +57,10 @@ def test_counts_are_per_digit_and_style() -> None:
         ({"per_style": {"printed": {11: 3}}}, "generate: per_style.printed: class 11 is outside 0-9"),
         ({"per_style": {"printed": 0}}, "generate: per_style.printed must be >= 1"),
         ({"per_style": {"printed": {3: 0}}}, "generate: per_style: ask for at least one digit"),
+        (
+            {"sampler": {"name": "distilled", "steps": 4, "guide": "style"}},
+            "generate.sampler: guide: style needs a teacher's sampler",
+        ),
     ],
 )
 def test_bad_style_requests_are_one_line(generate: dict, expected: str) -> None:
@@ -119,6 +123,36 @@ def test_a_style_asked_of_a_digits_only_model_stops_before_any_work(
             cfg, HardwareConfig(), tiny_models["model"], tiny_models["classifier"], tiny_models["train"]
         )
     assert not (tmp_path / "staging").exists() and not (tmp_path / "published").exists()
+
+
+def test_style_guidance_is_asked_only_of_a_model_of_digit_and_style(
+    tiny_models: dict[str, str], styled_models: dict[str, str], tmp_path: Path
+) -> None:
+    sampler = {"name": "ddim", "steps": 4, "guidance": 2.0, "guide": "style"}
+    digits_only = tiny_generate(tiny_models, tmp_path / "a", sampler=sampler)
+    with pytest.raises(GenerationError, match=r"guide is style, but the model .* takes digits only"):
+        prepare_run(
+            digits_only, HardwareConfig(), *(tiny_models[k] for k in ("model", "classifier", "train"))
+        )
+    assert not (tmp_path / "a" / "staging").exists()
+    styled = tiny_generate(
+        styled_models, tmp_path / "b", per_class=None, per_style=PER_STYLE, sampler=sampler
+    )
+    spec = prepare_run(
+        styled, HardwareConfig(), *(styled_models[k] for k in ("model", "classifier", "train"))
+    )
+    joint = prepare_run(
+        tiny_generate(
+            styled_models,
+            tmp_path / "c",
+            per_class=None,
+            per_style=PER_STYLE,
+            sampler=sampler | {"guide": "all"},
+        ),
+        HardwareConfig(),
+        *(styled_models[k] for k in ("model", "classifier", "train")),
+    )
+    assert spec.key != joint.key  # another guidance, other digits: another run
 
 
 def test_a_model_trained_on_other_styles_refuses_the_digits_it_never_saw(

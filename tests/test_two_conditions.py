@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from diffusion.config import SamplerConfig, parse_params
+from diffusion.config import ConfigError, SamplerConfig, parse_params
 from diffusion.data.datasets import to_uint8
-from diffusion.model.process import GaussianDiffusion, null_labels
-from diffusion.model.samplers import sample
+from diffusion.model.process import GaussianDiffusion, null_labels, style_dropped
+from diffusion.model.samplers import guided_output, sample
 from diffusion.model.saved import load_diffusion
 from diffusion.model.train import train_diffusion
 from diffusion.model.unet import UNet
@@ -52,6 +52,37 @@ def test_null_labels_drop_each_condition() -> None:
     plain = UNet(_config(1).unet)
     assert plain.null_style is None and plain.style_emb is None
     assert not any("style" in name for name in plain.state_dict())  # today's checkpoints, key for key
+
+
+def test_style_guidance_guides_the_style_alone() -> None:
+    """guide: style is eps(c, ∅) + w (eps(c, s) - eps(c, ∅)) in one batch of 2B; joint guidance is unchanged;
+    digits alone have no style to guide; and the dump of the default leaves the new key out (run keys)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = UNet(_config(1).unet.model_copy(update={"num_styles": 2})).eval()
+    x, t = torch.randn(3, 1, 16, 16), torch.tensor([5, 50, 150])
+    labels = torch.tensor([[0, 1], [2, 0], [3, 1]])
+    no_style = style_dropped(net, labels)
+    assert torch.equal(no_style, torch.tensor([[0, 2], [2, 2], [3, 2]])) and labels[0, 1] == 1  # a copy
+    with torch.no_grad():
+        cond, digit_only, neither = (
+            net(x, t, labels),
+            net(x, t, no_style),
+            net(x, t, null_labels(net, labels)),
+        )
+        styled = guided_output(net, x, t, labels, 2.5, unguided=no_style)
+        joint = guided_output(net, x, t, labels, 2.5)
+    torch.testing.assert_close(styled, digit_only + 2.5 * (cond - digit_only), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(joint, neither + 2.5 * (cond - neither), rtol=1e-4, atol=1e-5)
+    cfg = SamplerConfig(name="ddim", steps=3, guidance=2.0, guide="style")
+    process = GaussianDiffusion(_config(1).process)
+    drawn = sample(net, process, labels, cfg, torch.Generator().manual_seed(0), "cpu")
+    assert drawn.shape == (3, 1, 16, 16) and torch.isfinite(drawn).all()
+    with pytest.raises(ValueError, match="guide 'style' needs a model of digit and style"):
+        sample(net, process, labels[:, 0], cfg, torch.Generator().manual_seed(0), "cpu")
+    assert "guide" not in SamplerConfig().model_dump() and cfg.model_dump()["guide"] == "style"
+    with pytest.raises(ConfigError, match="sampler.guide: style guides a requested style"):
+        parse_params({"diffusion": {"sampler": {"guide": "style"}}})
 
 
 def test_two_condition_model_draws_the_requested_style(tmp_path: Path) -> None:

@@ -67,6 +67,26 @@ class SamplerConfig(Section):
     steps: int = Field(20, ge=1)  # network calls (x2 with guidance); ignored by ddpm, which walks all T steps
     guidance: float = Field(3.0, ge=0.0)  # eps = eps_uncond + w * (eps_cond - eps_uncond)
     eta: float = Field(0.0, ge=0.0, le=1.0)  # ddim only: 0 deterministic, 1 ancestral
+    # what eps_uncond drops: every condition (joint guidance), or, for a model of digit and style, the style
+    # alone: eps(c, ∅) + w (eps(c, s) - eps(c, ∅)) sharpens the style and leaves the digit unguided
+    guide: Literal["all", "style"] = "all"
+
+    @model_validator(mode="after")
+    def _guide_needs_a_teacher(self) -> SamplerConfig:
+        if self.guide == "style" and self.name == "distilled":
+            raise ValueError(
+                "guide: style needs a teacher's sampler; students are distilled with joint guidance"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_default_guide(self, handler: Any) -> dict[str, Any]:
+        """`guide: all` is left out of the dump, so run keys and manifests of joint guidance stay what they were
+        before the style-only form existed."""
+        dumped = handler(self)
+        if self.guide == "all":
+            dumped.pop("guide", None)
+        return dumped
 
 
 class DiffusionTrainConfig(Section):
@@ -107,6 +127,11 @@ class DiffusionConfig(Section):
         if self.sampler.name == "distilled":
             raise ValueError(
                 "sampler.name: distilled samples a student, not this model; set it in generate.sampler"
+            )
+        if self.sampler.guide != "all":
+            raise ValueError(
+                "sampler.guide: style guides a requested style, and evaluate_diffusion asks for digits of any"
+                " style; set it in generate.sampler"
             )
         if self.sampler.steps > self.process.timesteps:
             raise ValueError(

@@ -154,6 +154,11 @@ def prepare_run(
         "classifier": _weights(classifier_dir, "model.safetensors"),
     }
     trained = _check_styles(cfg, diffusion, model_dir)
+    if cfg.sampler.guide == "style" and not diffusion["config"].get("unet", {}).get("num_styles"):
+        raise GenerationError(
+            f"generate.sampler.guide is style, but the model {model_dir} takes digits only (trained on"
+            f" {', '.join(trained)}): it has no style to guide; use guide: all"
+        )
     steps = student_steps(cfg.sampler)
     if steps is not None:
         if not student_dir:

@@ -46,6 +46,16 @@ def null_labels(model: Denoiser, labels: Tensor) -> Tensor:
     return torch.tensor([model.null_class, model.null_style], device=labels.device).expand_as(labels)
 
 
+def style_dropped(model: Denoiser, labels: Tensor) -> Tensor:
+    """(B, 2) rows of (digit, style) with the style dropped: rows of (digit, null_style). Raises ValueError
+    for digits alone (B,), which hold no style to drop."""
+    if labels.ndim != 2 or model.null_style is None:
+        raise ValueError("guide 'style' needs a model of digit and style and (B, 2) labels")
+    dropped = labels.clone()
+    dropped[:, 1] = model.null_style
+    return dropped
+
+
 def linear_betas(timesteps: int, beta_start: float, beta_end: float) -> Tensor:
     """Ho et al. (2020) sec. 4: betas rising linearly from beta_start to beta_end. float64 (T,)."""
     return torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from diffusion.config import SamplerConfig
-from diffusion.model.process import Denoiser, GaussianDiffusion
+from diffusion.model.process import Denoiser, GaussianDiffusion, style_dropped
 from diffusion.model.samplers.batching import Generators, NetworkBatches, StepCallback
 from diffusion.model.samplers.ddim import ddim_sample
 from diffusion.model.samplers.ddpm import ddpm_sample
@@ -105,15 +105,23 @@ def _run(
     noise: Generators,
     callback: StepCallback | None = None,
 ) -> Tensor:
-    """The sampler `cfg.name`: x_T (B,C,H,W), labels (B,) -> x_0 (B,C,H,W); noise generators on their device."""
+    """The sampler `cfg.name`: x_T (B,C,H,W), labels (B,) -> x_0 (B,C,H,W); noise generators on their device.
+    `cfg.guide` "style" guides along the style alone (`guided_output`): it needs (B, 2) labels of a model of
+    digit and style (else ValueError), and the config keeps it from students."""
+    unguided = style_dropped(model, y_chunk) if cfg.guide == "style" else None  # once, not per step
     if cfg.name == "ddpm":
-        return ddpm_sample(model, process, x_chunk, y_chunk, cfg.guidance, noise, callback=callback)
+        return ddpm_sample(
+            model, process, x_chunk, y_chunk, cfg.guidance, noise, callback=callback, unguided=unguided
+        )
     if cfg.name == "ddim":
         return ddim_sample(
-            model, process, x_chunk, y_chunk, cfg.guidance, cfg.steps, noise, eta=cfg.eta, callback=callback
-        )
+            model, process, x_chunk, y_chunk, cfg.guidance, cfg.steps, noise, eta=cfg.eta, callback=callback,
+            unguided=unguided,
+        )  # fmt: skip
     if cfg.name == "dpm-solver++":
-        return dpm_solver_sample(model, process, x_chunk, y_chunk, cfg.guidance, cfg.steps, callback=callback)
+        return dpm_solver_sample(
+            model, process, x_chunk, y_chunk, cfg.guidance, cfg.steps, callback=callback, unguided=unguided
+        )
     if cfg.name == "distilled":  # `model` is a student (diffusion.model.student.load_student)
         return distilled_sample(model, process, x_chunk, y_chunk, cfg.guidance, cfg.steps, callback=callback)
     raise ValueError(f"unknown sampler {cfg.name!r}")

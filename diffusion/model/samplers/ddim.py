@@ -50,6 +50,7 @@ def ddim_sample(
     eta: float = 0.0,
     clip: bool = True,
     callback: StepCallback | None = None,
+    unguided: Tensor | None = None,
 ) -> Tensor:
     """x_T (B,C,H,W) ~ N(0, I), labels (B,) -> x_0 (B,C,H,W); in [-1, 1] when `clip`.
 
@@ -60,12 +61,13 @@ def ddim_sample(
     No host sync per step: the coefficients are floats from `ddim_steps`, the schedule lookups gather
     from `process.to(x_T.device)`. `callback(i, x_t, x0)`, when given, sees step i's input and its
     (clipped) x_0 prediction, on the device; it is not called at all when None.
+    `unguided`: the labels of guidance's unconditional half (`guided_output`; None: every condition dropped).
     """
     process = process.to(x_T.device)
     x = x_T
     for i, step in enumerate(ddim_steps(process, steps, eta)):
         t_batch = torch.full((x.shape[0],), step.t, dtype=torch.long, device=x.device)
-        output = guided_output(model, x, t_batch, labels, guidance)
+        output = guided_output(model, x, t_batch, labels, guidance, unguided)
         x0 = process.x0_from_output(output, x, t_batch)
         if clip:
             x0 = x0.clamp(-1.0, 1.0)

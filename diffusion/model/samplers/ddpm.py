@@ -20,6 +20,7 @@ def ddpm_sample(
     generator: Generators,
     clip: bool = True,
     callback: StepCallback | None = None,
+    unguided: Tensor | None = None,
 ) -> Tensor:
     """x_T (B,C,H,W) ~ N(0, I), labels (B,) -> x_0 (B,C,H,W); in [-1, 1] when `clip`.
 
@@ -29,12 +30,13 @@ def ddpm_sample(
     DDPMScheduler), or from one generator per seed block (`batching.step_noise`). No host sync per step:
     the posterior coefficients gather from `process.to(x_T.device)`. `callback(i, x_t, x0)`, when given,
     sees step i's (t = T - 1 - i) input and its x_0 prediction, on the device; not called when None.
+    `unguided`: the labels of guidance's unconditional half (`guided_output`; None: every condition dropped).
     """
     process = process.to(x_T.device)
     x = x_T
     for i, t in enumerate(reversed(range(process.num_timesteps))):
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        x0 = process.x0_from_output(guided_output(model, x, t_batch, labels, guidance), x, t_batch)
+        x0 = process.x0_from_output(guided_output(model, x, t_batch, labels, guidance, unguided), x, t_batch)
         if clip:
             x0 = x0.clamp(-1.0, 1.0)
         if callback is not None:

@@ -73,6 +73,7 @@ def dpm_solver_sample(
     steps: int,
     clip: bool = True,
     callback: StepCallback | None = None,
+    unguided: Tensor | None = None,
 ) -> Tensor:
     """x_T (B,C,H,W) ~ N(0, I), labels (B,) -> x_0 (B,C,H,W); in [-1, 1] when `clip`. Deterministic.
 
@@ -81,13 +82,14 @@ def dpm_solver_sample(
     floats from `dpm_solver_steps`, the x_0 conversions gather from `process.to(x_T.device)`.
     `callback(i, x_t, x0)`, when given, sees the i-th network call's input and its x_0 prediction (the last,
     i = steps - 1, is the result), on the device; it is not called at all when None.
+    `unguided`: the labels of guidance's unconditional half (`guided_output`; None: every condition dropped).
     """
     process = process.to(x_T.device)
     plan, last = dpm_solver_steps(process, steps)
 
     def data_prediction(x: Tensor, s: int) -> Tensor:  # x_0(x_s), (B,C,H,W)
         s_batch = torch.full((x.shape[0],), s, dtype=torch.long, device=x.device)
-        x0 = process.x0_from_output(guided_output(model, x, s_batch, labels, guidance), x, s_batch)
+        x0 = process.x0_from_output(guided_output(model, x, s_batch, labels, guidance, unguided), x, s_batch)
         return x0.clamp(-1.0, 1.0) if clip else x0
 
     x, x0_prev = x_T, None
