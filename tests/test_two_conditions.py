@@ -18,6 +18,7 @@ from diffusion.model.saved import load_diffusion
 from diffusion.model.train import train_diffusion
 from diffusion.model.unet import UNet
 from diffusion.quality.report_styles import _interpolation, blended, style_interpolation
+from diffusion.quality.trajectory import draw_trajectory
 
 
 def _config(steps: int, **unet: object):
@@ -60,6 +61,7 @@ def test_style_guidance_guides_the_style_alone() -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         net = UNet(_config(1).unet.model_copy(update={"num_styles": 2})).eval()
+        torch.nn.init.normal_(net.conv_out.weight, std=0.1)  # a new U-Net predicts 0 for every label
     x, t = torch.randn(3, 1, 16, 16), torch.tensor([5, 50, 150])
     labels = torch.tensor([[0, 1], [2, 0], [3, 1]])
     no_style = style_dropped(net, labels)
@@ -74,12 +76,20 @@ def test_style_guidance_guides_the_style_alone() -> None:
         joint = guided_output(net, x, t, labels, 2.5)
     torch.testing.assert_close(styled, digit_only + 2.5 * (cond - digit_only), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(joint, neither + 2.5 * (cond - neither), rtol=1e-4, atol=1e-5)
+    assert (styled - joint).abs().max() > 1e-3 and (digit_only - neither).abs().max() > 1e-3  # not all alike
     cfg = SamplerConfig(name="ddim", steps=3, guidance=2.0, guide="style")
     process = GaussianDiffusion(_config(1).process)
     drawn = sample(net, process, labels, cfg, torch.Generator().manual_seed(0), "cpu")
     assert drawn.shape == (3, 1, 16, 16) and torch.isfinite(drawn).all()
     with pytest.raises(ValueError, match="guide 'style' needs a model of digit and style"):
         sample(net, process, labels[:, 0], cfg, torch.Generator().manual_seed(0), "cpu")
+    # the report's "how these digits were drawn" of such a version: every digit in one style
+    traj = draw_trajectory(net, process, cfg, seed=0, columns=2, classes=(0, 3), style=1)
+    assert traj.final.shape == (2, 16, 16)
+    from diffusion.quality.report_page import _Model, _style_of
+
+    assert _style_of(_Model(net, process, "", "cpu", ("printed", "handwritten-uci")), cfg) == 1
+    assert _style_of(_Model(net, process, "", "cpu", ("printed",)), SamplerConfig(guide="all")) is None
     assert "guide" not in SamplerConfig().model_dump() and cfg.model_dump()["guide"] == "style"
     with pytest.raises(ConfigError, match="sampler.guide: style guides a requested style"):
         parse_params({"diffusion": {"sampler": {"guide": "style"}}})

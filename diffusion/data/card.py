@@ -115,7 +115,7 @@ were asked for, scored by two judges and kept only when they pass the filter bel
   `unfiltered` holds all {split_rows.get("unfiltered", 0)} digits the run sampled, accepted or not, for audits.
 - **Model**: diffusion weights sha256 `{manifest["model"]["sha256"]}`{_rev(manifest)}, trained on
   {_sources(manifest)}.
-- **Sampler**: {sampler["name"]}, {sampler["steps"]} steps, classifier-free guidance w = {sampler["guidance"]},
+- **Sampler**: {sampler["name"]}, {sampler["steps"]} steps, classifier-free guidance w = {sampler["guidance"]}{_guide(sampler)},
   best of {params["best_of_n"]} by CLIP score, seed {params["seed"]}, seed blocks of {params["seed_block"]}.
 - **Filter**: `{json.dumps(params["filter"])}` (CLIP `{params["clip"]["model"]}`; the downstream MNIST classifier).
 - **Created**: {manifest["created_at"]} by run `{manifest["run_id"]}`; files and checksums in `manifest.json`.
@@ -163,6 +163,11 @@ the filter (whole seed blocks are sampled, so often more than requested: the sur
 def _rate(manifest: dict[str, Any], key: str) -> str:
     value = (manifest.get("gate") or {}).get(key)
     return f"{value:.2%}" if isinstance(value, int | float) else "not recorded"
+
+
+def _guide(sampler: dict[str, Any]) -> str:
+    """What the guidance acted on, when not every condition (`SamplerConfig.guide`; absent: joint)."""
+    return " on the style alone" if sampler.get("guide") == "style" else ""
 
 
 def _rev(manifest: dict[str, Any]) -> str:

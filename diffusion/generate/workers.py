@@ -85,8 +85,8 @@ def scorer(
     clip: ClipChoice, clip_sha256: str, classifier: str, classifier_sha256: str, device: torch.device
 ) -> Scorer:
     """Both judges behind one Scorer on `device`, the ten prompt embeddings encoded once. It scores in its
-    own fixed chunks, not `hardware.network_batch`: the judges' float rounding moves with the batch size
-    (measured: the scores' bytes differ between chunks of 3 and 250), the U-Net's does not."""
+    own fixed, padded chunks, not `hardware.network_batch`: the judges' float rounding moves with the batch
+    shape (measured: the scores' bytes differ between chunks of 3 or 4 and 12)."""
     key = (clip.model, clip.pretrained, clip_sha256, classifier, classifier_sha256, str(device))
     return _cached(
         "scorer",

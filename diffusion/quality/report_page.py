@@ -33,7 +33,7 @@ from diffusion.quality.report_digits import SCALE, grids, histograms, label_issu
 from diffusion.quality.report_html import markup, render
 from diffusion.quality.report_styles import styles_section
 from diffusion.quality.trajectory import PAD, draw_trajectory, save_trajectory_grid
-from diffusion.styles import cell_digit, cell_name
+from diffusion.styles import STYLES, cell_digit, cell_name
 
 TRAJECTORY_COLUMNS = 5
 PAGE = "index.html"
@@ -84,6 +84,7 @@ class _Model:
     process: Any
     sha256: str
     device: Any
+    styles: tuple[str, ...] = ()  # the styles it was trained on (its config document)
 
 
 def _sha256(path: Path) -> str:
@@ -96,12 +97,14 @@ def _sha256(path: Path) -> str:
 
 def load_model(folder: str | Path, device: str = "cpu") -> _Model:
     """The diffusion model of a `save_diffusion` folder (EMA weights) on `device`, for `build_reports`."""
+    from diffusion.checkpoint import read_checkpoint_config
     from diffusion.device import resolve_device
-    from diffusion.model.saved import load_diffusion
+    from diffusion.model.saved import load_diffusion, trained_styles
 
     resolved = resolve_device(device, "hardware.device")
     network, process = load_diffusion(folder, resolved)
-    return _Model(network, process, _sha256(Path(folder) / "ema.safetensors"), resolved)
+    styles = tuple(trained_styles(read_checkpoint_config(folder, "diffusion")))
+    return _Model(network, process, _sha256(Path(folder) / "ema.safetensors"), resolved, styles)
 
 
 def page_models(
@@ -161,6 +164,14 @@ def _drawing(version: PublishedVersion, model: _Model | None) -> tuple[_Model, S
     return model, cfg, params.get("seed") if isinstance(params.get("seed"), int) else 0
 
 
+def _style_of(model: _Model, cfg: SamplerConfig) -> int | None:
+    """The style the trajectory's digits are drawn in: the model's first trained style when the version was
+    guided on the style (`guide: style` needs one); None (any style) otherwise, as before."""
+    if cfg.guide != "style" or model.network.null_style is None:
+        return None
+    return STYLES.index(model.styles[0]) if model.styles and model.styles[0] in STYLES else 0
+
+
 def _trajectory(drawing: tuple[_Model, SamplerConfig, int] | str, out_dir: Path) -> tuple[dict | None, str]:
     """Draw and save `trajectory.png` with the version's sampler and seed (`_drawing`); what the page says
     of it, or None and why it was not drawn."""
@@ -168,7 +179,15 @@ def _trajectory(drawing: tuple[_Model, SamplerConfig, int] | str, out_dir: Path)
         return None, drawing
     model, cfg, seed = drawing
     try:
-        traj = draw_trajectory(model.network, model.process, cfg, seed, TRAJECTORY_COLUMNS, model.device)
+        traj = draw_trajectory(
+            model.network,
+            model.process,
+            cfg,
+            seed,
+            TRAJECTORY_COLUMNS,
+            model.device,
+            style=_style_of(model, cfg),
+        )
     except ValueError as err:
         return None, f"not drawn: {err}"
     save_trajectory_grid(traj, out_dir / "trajectory.png", scale=SCALE)
@@ -197,6 +216,7 @@ def _params(manifest: dict[str, Any]) -> dict[str, list[tuple[str, Any]]]:
         ("sampler", sampler.get("name")),
         ("steps", sampler.get("steps")),
         ("guidance", sampler.get("guidance")),
+        ("guide", sampler.get("guide", "all")),
         ("eta", sampler.get("eta")),
         ("best_of_n", params.get("best_of_n")),
         ("seed", params.get("seed")),

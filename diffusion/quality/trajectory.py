@@ -70,9 +70,12 @@ def draw_trajectory(
     columns: int = 5,
     device: torch.device | str = "cpu",
     classes: Sequence[int] = tuple(range(10)),
+    style: int | None = None,
 ) -> Trajectory:
     """Draw one digit per class of `classes` with sampler `cfg` from seed `seed`, recording x_t and the x_0
-    prediction at `columns` steps spread over the sampler's steps (`chosen_steps`)."""
+    prediction at `columns` steps spread over the sampler's steps (`chosen_steps`). `style`: a style code
+    (`diffusion.styles`) to draw every digit in, for a model of digit and style (needed by `guide: style`);
+    None: digits of any style."""
     timesteps = visited_timesteps(cfg, process.num_timesteps)
     if cfg.name != "ddpm" and cfg.steps > process.num_timesteps:
         raise ValueError(f"{cfg.steps} sampler steps, but the model has {process.num_timesteps} timesteps")
@@ -84,6 +87,8 @@ def draw_trajectory(
             recorded[i] = (x_t.detach().clone(), x0.detach().clone())
 
     labels = torch.tensor(list(classes), dtype=torch.long)
+    if style is not None:
+        labels = torch.stack([labels, torch.full_like(labels, style)], dim=1)
     generator = torch.Generator().manual_seed(seed)
     final = sample(model, process, labels, cfg, generator, device, callback=record)
     if sorted(recorded) != wanted:
