@@ -88,8 +88,18 @@ def test_style_guidance_guides_the_style_alone() -> None:
     assert traj.final.shape == (2, 16, 16)
     from diffusion.quality.report_page import _Model, _style_of
 
-    assert _style_of(_Model(net, process, "", "cpu", ("printed", "handwritten-uci")), cfg) == 1
-    assert _style_of(_Model(net, process, "", "cpu", ("printed",)), SamplerConfig(guide="all")) is None
+    printed_first = SimpleNamespace(
+        manifest={"counts": {"23": {}, "17": {}}, "model": {}}
+    )  # printed/7, uci/3
+    drawing = (_Model(net, process, "", "cpu"), cfg, 0)
+    assert _style_of(printed_first, drawing) == 1  # the version's first requested (digit, style) cell
+    assert _style_of(printed_first, (drawing[0], SamplerConfig(guide="all"), 0)) is None  # any style
+    from diffusion.data.card import _guide
+
+    assert _guide({"guide": "style", "guidance": 1.5}) == " on the style alone"  # what the card says
+    assert (
+        _guide({"guidance": 1.5}) == _guide({"guide": "style", "guidance": 1.0}) == ""
+    )  # joint; no guidance
     assert "guide" not in SamplerConfig().model_dump() and cfg.model_dump()["guide"] == "style"
     with pytest.raises(ConfigError, match="sampler.guide: style guides a requested style"):
         parse_params({"diffusion": {"sampler": {"guide": "style"}}})

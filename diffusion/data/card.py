@@ -166,8 +166,9 @@ def _rate(manifest: dict[str, Any], key: str) -> str:
 
 
 def _guide(sampler: dict[str, Any]) -> str:
-    """What the guidance acted on, when not every condition (`SamplerConfig.guide`; absent: joint)."""
-    return " on the style alone" if sampler.get("guide") == "style" else ""
+    """What the guidance acted on, when not every condition (`SamplerConfig.guide`; absent: joint; at w = 1
+    no guidance acts at all)."""
+    return " on the style alone" if sampler.get("guide") == "style" and sampler.get("guidance") != 1 else ""
 
 
 def _rev(manifest: dict[str, Any]) -> str:

@@ -33,7 +33,7 @@ from diffusion.quality.report_digits import SCALE, grids, histograms, label_issu
 from diffusion.quality.report_html import markup, render
 from diffusion.quality.report_styles import styles_section
 from diffusion.quality.trajectory import PAD, draw_trajectory, save_trajectory_grid
-from diffusion.styles import STYLES, cell_digit, cell_name
+from diffusion.styles import STYLES, cell_digit, cell_name, cell_style, manifest_styles
 
 TRAJECTORY_COLUMNS = 5
 PAGE = "index.html"
@@ -84,7 +84,6 @@ class _Model:
     process: Any
     sha256: str
     device: Any
-    styles: tuple[str, ...] = ()  # the styles it was trained on (its config document)
 
 
 def _sha256(path: Path) -> str:
@@ -97,14 +96,12 @@ def _sha256(path: Path) -> str:
 
 def load_model(folder: str | Path, device: str = "cpu") -> _Model:
     """The diffusion model of a `save_diffusion` folder (EMA weights) on `device`, for `build_reports`."""
-    from diffusion.checkpoint import read_checkpoint_config
     from diffusion.device import resolve_device
-    from diffusion.model.saved import load_diffusion, trained_styles
+    from diffusion.model.saved import load_diffusion
 
     resolved = resolve_device(device, "hardware.device")
     network, process = load_diffusion(folder, resolved)
-    styles = tuple(trained_styles(read_checkpoint_config(folder, "diffusion")))
-    return _Model(network, process, _sha256(Path(folder) / "ema.safetensors"), resolved, styles)
+    return _Model(network, process, _sha256(Path(folder) / "ema.safetensors"), resolved)
 
 
 def page_models(
@@ -164,15 +161,18 @@ def _drawing(version: PublishedVersion, model: _Model | None) -> tuple[_Model, S
     return model, cfg, params.get("seed") if isinstance(params.get("seed"), int) else 0
 
 
-def _style_of(model: _Model, cfg: SamplerConfig) -> int | None:
-    """The style the trajectory's digits are drawn in: the model's first trained style when the version was
-    guided on the style (`guide: style` needs one); None (any style) otherwise, as before."""
-    if cfg.guide != "style" or model.network.null_style is None:
+def _style_of(version: PublishedVersion, drawing: tuple[_Model, SamplerConfig, int] | str) -> int | None:
+    """The style code the trajectory's digits are drawn in: for a version guided on the style (`guide: style`
+    needs one), the style of its first requested (digit, style) cell; None (any style, as before) otherwise."""
+    if isinstance(drawing, str) or drawing[1].guide != "style" or drawing[0].network.null_style is None:
         return None
-    return STYLES.index(model.styles[0]) if model.styles and model.styles[0] in STYLES else 0
+    cells = sorted(int(c) for c in version.manifest.get("counts", {}))
+    return cell_style(cells[0]) if cells else STYLES.index(manifest_styles(version.manifest)[0])
 
 
-def _trajectory(drawing: tuple[_Model, SamplerConfig, int] | str, out_dir: Path) -> tuple[dict | None, str]:
+def _trajectory(
+    drawing: tuple[_Model, SamplerConfig, int] | str, out_dir: Path, style: int | None = None
+) -> tuple[dict | None, str]:
     """Draw and save `trajectory.png` with the version's sampler and seed (`_drawing`); what the page says
     of it, or None and why it was not drawn."""
     if isinstance(drawing, str):
@@ -186,7 +186,7 @@ def _trajectory(drawing: tuple[_Model, SamplerConfig, int] | str, out_dir: Path)
             seed,
             TRAJECTORY_COLUMNS,
             model.device,
-            style=_style_of(model, cfg),
+            style=style,
         )
     except ValueError as err:
         return None, f"not drawn: {err}"
@@ -258,7 +258,7 @@ def write_page(
     name = manifest.get("name", version.path.rstrip("/").rsplit("/", 2)[-2])
     link_dir = page_dir if page_dir is not None else str(out_dir)
     drawing = _drawing(version, model)
-    trajectory, trajectory_status = _trajectory(drawing, out_dir)
+    trajectory, trajectory_status = _trajectory(drawing, out_dir, _style_of(version, drawing))
     context = {
         "title": f"{name} {version.version}: data quality",
         "name": name,
