@@ -108,10 +108,13 @@ def test_the_distilled_sampler_makes_steps_evaluations_per_image(teacher, steps:
     student = Counting(UNet(model.cfg.model_copy(update={"guidance_input": True})).eval())
     labels = torch.tensor([0, 1, 2, 3, 0])
     cfg = SamplerConfig(name="distilled", steps=steps, guidance=1.5)
-    out = sample(student, process, labels, cfg, torch.Generator().manual_seed(0), "cpu", batch_size=2)
+    out = sample(student, process, labels, cfg, torch.Generator().manual_seed(0), "cpu")
     assert out.shape == (5, 1, 16, 16) and out.abs().max() <= 1.0
     per_image = sum(n for n, _ in student.calls) / labels.shape[0]
     assert per_image == steps  # one pass per step: guidance is an input, not a second half
+    student.calls.clear()  # network batches of 2: three passes a step (each padded to MIN_ROWS)
+    again = sample(student, process, labels, cfg, torch.Generator().manual_seed(0), "cpu", batch_size=2)
+    assert len(student.calls) == 3 * steps and torch.allclose(again, out, atol=1e-5)
     visited = sorted({t for _, ts in student.calls for t in ts}, reverse=True)
     assert visited == trailing_timesteps(process.num_timesteps, steps)
 

@@ -36,12 +36,19 @@ def step_noise(x: Tensor, generators: Generators) -> Tensor:
     return torch.cat([torch.randn(shape, generator=g, device=x.device, dtype=x.dtype) for g in generators])
 
 
+MIN_ROWS = 8  # no forward pass is smaller: on an AVX-512 CPU passes of 1-7 rows round otherwise (measured)
+
+
 class NetworkBatches:
     """A Denoiser that passes at most `size` images through `model` at once and concatenates the outputs.
 
     x (B,C,H,W), t (B,), labels (B,) or (B, 2) -> (B,C,H,W), as `model` would return for the whole batch:
     each image's output depends only on its own inputs (per-image GroupNorm and attention), so cutting the
-    batch changes memory and speed, not results (the generation tests check the published bytes).
+    batch changes memory and speed, not results (the generation tests check the published bytes). A pass of
+    fewer than MIN_ROWS images is padded to MIN_ROWS with copies of its last row, dropped after: oneDNN picks
+    other kernels for a handful of rows, whose float rounding differs (a remainder of 1-2 rows moved the
+    U-Net's output by 5e-7 on an AVX-512 CPU), so a small remainder, seed block or network batch would
+    otherwise change the scores of the digits it holds.
     """
 
     def __init__(self, model: Denoiser, size: int):
@@ -54,14 +61,13 @@ class NetworkBatches:
 
     def __call__(self, x: Tensor, t: Tensor, labels: Tensor, *per_image: Tensor) -> Tensor:
         """`per_image`: further (B,) inputs cut like labels (a distilled student's guidance strength)."""
-        n = x.shape[0]
-        if n <= self.size:
-            return self.model(x, t, labels, *per_image)
-        # The last pass is padded to `size` rows (copies of its last row, dropped after), so every pass has
-        # one shape: on an AVX-512 CPU a remainder of 1 or 2 rows rounds unlike a full pass (measured).
-        pad = -n % self.size
-        inputs = [
-            torch.cat([v, v[-1:].expand(pad, *v.shape[1:])]) if pad else v for v in (x, t, labels, *per_image)
-        ]
+        inputs = (x, t, labels, *per_image)
         parts = zip(*(tensor.split(self.size) for tensor in inputs), strict=True)
-        return torch.cat([self.model(*part) for part in parts])[:n]
+        return torch.cat([self._pass(part) for part in parts])
+
+    def _pass(self, part: tuple[Tensor, ...]) -> Tensor:
+        rows = part[0].shape[0]
+        if rows >= MIN_ROWS:
+            return self.model(*part)
+        pad = MIN_ROWS - rows
+        return self.model(*(torch.cat([v, v[-1:].expand(pad, *v.shape[1:])]) for v in part))[:rows]
