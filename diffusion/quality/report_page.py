@@ -94,14 +94,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_model(folder: str | Path, device: str = "cpu") -> _Model:
-    """The diffusion model of a `save_diffusion` folder (EMA weights) on `device`, for `build_reports`."""
+def load_model(folder: str | Path, device: str = "cpu", sha256: str | None = None) -> _Model:
+    """The diffusion model of a `save_diffusion` folder (EMA weights) on `device`, for `build_reports`.
+    `sha256`: its EMA weights' checksum when the caller has just computed it (else it is computed here)."""
     from diffusion.device import resolve_device
     from diffusion.model.saved import load_diffusion
 
     resolved = resolve_device(device, "hardware.device")
     network, process = load_diffusion(folder, resolved)
-    return _Model(network, process, _sha256(Path(folder) / "ema.safetensors"), resolved)
+    return _Model(network, process, sha256 or _sha256(Path(folder) / "ema.safetensors"), resolved)
 
 
 def page_models(
@@ -132,7 +133,7 @@ def page_models(
             continue
         if path not in loaded:
             try:
-                loaded[path] = load_model(path, device)
+                loaded[path] = load_model(path, device, checksums[path])  # hashed once, above
             except DigitsError:  # a folder that is no diffusion checkpoint (any more): nothing drawn
                 loaded[path] = None
         models[v.version] = loaded[path]
