@@ -105,8 +105,19 @@ def load_font(path: str | Path) -> Font:
     """A font file whose every digit has a glyph named as a digit; DataError (one line naming the file)
     otherwise, so a symbol font never becomes training digits labelled 0-9."""
     path = Path(path)
+    return _checked(path, _open(path))
+
+
+def _open(path: Path) -> TTFont:
     try:
-        tt = TTFont(str(path), lazy=True, fontNumber=0)
+        return TTFont(str(path), lazy=True, fontNumber=0)
+    except (TTLibError, OSError) as err:
+        raise DataError(f"{path}: cannot load the font ({err}); give a TrueType or OpenType file") from None
+
+
+def _checked(path: Path, tt: TTFont) -> Font:
+    """`load_font`'s checks on an open font (its tables are read here, lazily)."""
+    try:
         glyphs = _digit_glyphs(tt)
         family = _family(tt)
         misnamed = _misnamed_digit(tt)
@@ -127,15 +138,15 @@ def load_font(path: str | Path) -> Font:
 def default_fonts() -> list[Font]:
     """The text faces matplotlib installs: its fonts whose digits are glyphs named as digits ("zero",
     "sevenoldstyle"), which leaves out symbol and fallback faces that map 0-9 to other signs (the rule
-    `load_font` applies to every font, here also requiring the names)."""
+    `load_font` applies to every font, here also requiring the names). Each file is opened once."""
     import matplotlib
 
     folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
     fonts = []
     for path in sorted(folder.glob("*.ttf")):
-        tt = TTFont(str(path), lazy=True)
+        tt = _open(path)
         if all(_digit_glyphs(tt)) and _has_glyph_names(tt) and _misnamed_digit(tt) is None:
-            fonts.append(load_font(path))
+            fonts.append(_checked(path, tt))
     return fonts
 
 
