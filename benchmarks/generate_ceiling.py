@@ -15,9 +15,9 @@ For each count N (generate.per_class = N / 10), in this order:
    network batches of the same size, each from its own seeded CPU generator: one warm-up batch untimed,
    then --ceiling-images (rounded up to whole batches) timed, on a worker thread as the flow's tasks
    sample. images/s.
-2. the command, as a subprocess: `digits generate --params <a copy of --params with per_class, output_root
-   and staging_dir set, the latter two in a temporary folder> --model --classifier --train --metrics`,
-   cold (nothing staged). It runs through benchmarks/timed_cli.py, which is `digits`' own entry point plus
+2. the command, as a subprocess (benchmarks/measured_command.py): `digits generate --params <a copy of
+   --params with per_class, output_root and staging_dir set, the latter two in a temporary folder> --model
+   --classifier --train --metrics`, cold (nothing staged). It runs through benchmarks/timed_cli.py, which is `digits`' own entry point plus
    phase marks and the task timings kept in the metrics file (`--plain` runs `<venv>/bin/digits` itself:
    no phases, and task parts only if the CLI writes them). Wall time from spawn to exit. Peak resident
    memory: the kernel's high-water mark of the command's process (`os.wait4` rusage ru_maxrss, the largest
@@ -44,10 +44,8 @@ import math
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,6 +60,7 @@ if __package__ in (None, ""):  # run as a script: the repository root is importa
 
 from benchmarks.common import on_worker_thread  # noqa: E402
 from benchmarks.compile_sampler import cpu_model_name, synchronize  # noqa: E402
+from benchmarks.measured_command import phases, run_command  # noqa: E402
 from diffusion.config import HardwareConfig, SamplerConfig, parse_params  # noqa: E402
 from diffusion.model.compile import compiled  # noqa: E402
 from diffusion.model.samplers import sample  # noqa: E402
@@ -119,83 +118,6 @@ def ceiling(
 
 
 # --------------------------------------------------------------------------- the command
-class TreeMemory:
-    """The largest sum of resident memory over a process and its descendants, sampled (psutil)."""
-
-    def __init__(self, pid: int, every: float = 0.2):
-        import psutil
-
-        self.peak, self._stop = 0, threading.Event()
-        self._root, self._psutil, self._every = psutil.Process(pid), psutil, every
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                procs = [self._root, *self._root.children(recursive=True)]
-                total = 0
-                for p in procs:
-                    try:
-                        total += p.memory_info().rss
-                    except self._psutil.Error:
-                        continue
-                self.peak = max(self.peak, total)
-            except self._psutil.Error:
-                return
-            self._stop.wait(self._every)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
-
-
-def run_command(argv: list[str], log: Path, env: dict[str, str]) -> dict[str, Any]:
-    """Run argv from the repository root; wall seconds, exit code, peak memory (MiB), spawn and exit times."""
-    try:
-        import psutil  # noqa: F401
-
-        have_psutil = True
-    except ImportError:
-        have_psutil = False
-    with log.open("wb") as sink:
-        spawned, start = time.time(), time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, env=env)
-        tree = TreeMemory(proc.pid) if have_psutil else None
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall, exited = time.perf_counter() - start, time.time()
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait again
-    return {
-        "argv": argv,
-        "exit_code": proc.returncode,
-        "wall_seconds": wall,
-        "spawned": spawned,
-        "exited": exited,
-        "peak_rss_mib": usage.ru_maxrss / 1024,  # Linux: KiB
-        "tree_peak_rss_mib": tree.stop() / 2**20 if tree else None,
-        "memory_method": "os.wait4 ru_maxrss (the command's process)"
-        + (" + psutil tree sum every 0.2 s" if tree else "; psutil not installed: no tree sum"),
-        "log": str(log),
-    }
-
-
-def phases(marks: dict[str, Any], spawned: float, exited: float, task_work: float) -> dict[str, float]:
-    """Seconds of each phase of the command from timed_cli's marks; they sum to the wall."""
-    t = {**marks, "spawned": spawned, "exited": exited}
-    rounds = t["publish_start"] - t["flow_start"]
-    return {
-        "startup": t["imported"] - t["spawned"],  # interpreter, imports (torch, Prefect, GX, open_clip)
-        "params": t["params"] - t["imported"],  # argparse, params.yaml checked
-        "prepare": t["prepare_end"] - t["params"],  # flow imports, prepare_run (server starting beside)
-        "prefect_start": t["flow_start"] - t["prepare_end"],  # waiting for Prefect's server, the flow run
-        "tasks": task_work,  # the task parts (in the share table)
-        "task_overhead": rounds - task_work,  # Prefect task runs, planning, tallies between rounds
-        "publish": t["publish_end"] - t["publish_start"],  # trim, the gate, card, manifest, publish
-        "teardown": t["exited"] - t["publish_end"],  # artifacts, metrics files, interpreter exit
-    }
-
-
 def params_for(base: dict[str, Any], per_class: int, root: Path) -> dict[str, Any]:
     """`base` (raw params) with per_class set and the output root and staging folder under `root`."""
     generate = {
