@@ -17,12 +17,13 @@ For each count N (generate.per_class = N / 10), in this order:
    sample. images/s.
 2. the command, as a subprocess (benchmarks/measured_command.py): `digits generate --params <a copy of
    --params with per_class, output_root and staging_dir set, the latter two in a temporary folder> --model
-   --classifier --train --metrics`, cold (nothing staged). It runs through benchmarks/timed_cli.py, which
-   is `digits`' own entry point plus phase marks and the task timings kept in the metrics file
-   (`--plain` runs `<venv>/bin/digits` itself: no phases, and task parts only if the CLI writes them).
-   Wall time from spawn to exit. Peak resident memory: the kernel's high-water mark of the command's process (`os.wait4` rusage ru_maxrss, the largest
-   of that process and the children it reaped) and, when psutil is installed, the largest sum of resident
-   memory over its process tree sampled every 0.2 s (Prefect's temporary server included).
+   --classifier --train --metrics`, cold (nothing staged). It runs through benchmarks/timed_cli.py, which is
+   `digits`' own entry point plus phase marks and the task timings kept in the metrics file (`--plain` runs
+   `<venv>/bin/digits` itself: no phases, and task parts only if the CLI writes them). Wall time from spawn to
+   exit. Peak resident memory: the kernel's high-water mark of the command's process (`os.wait4` rusage
+   ru_maxrss, the largest of that process and the children it reaped) and, when psutil is installed, the
+   largest sum of resident memory over its process tree sampled every 0.2 s (Prefect's temporary server
+   included).
 3. the ceiling again (the machine's speed drifts), its images/s the mean of the two (both are kept);
 4. figures: accepted digits/s over the wall; ratio = that / (ceiling x acceptance rate); each task part
    (load, sample, score, encode, write: task seconds / task-runner workers) as a share of the wall and the
