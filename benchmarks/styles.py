@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from benchmarks.common import header, load_recipe, write_json
-from diffusion.cli.generate import published_path
 from diffusion.data.datasets import DigitsDataset, published_files, to_uint8
+from diffusion.data.handoff import published_path
 from diffusion.data.images import save_grid
 from diffusion.judges.evaluator import load_evaluator
 from diffusion.model.saved import load_diffusion

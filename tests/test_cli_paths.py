@@ -12,9 +12,9 @@ import yaml
 
 from diffusion.checkpoint import save_checkpoint
 from diffusion.cli import main
-from diffusion.cli.generate import published_path
 from diffusion.data.datasets import open_version
 from diffusion.data.evaluations import quality_dir, write_document
+from diffusion.data.handoff import published_path
 from diffusion.errors import DataError, DigitsError
 from diffusion.quality.grading import Grading
 from tests.test_bad_input import _run
@@ -105,7 +105,10 @@ def test_latest_resolves_a_relative_dataset_folder(tmp_path: Path, monkeypatch) 
     root = tmp_path / "published"
     for i, version in enumerate(["v1", "v2"]):
         publish(str(root), version, 100 * i)
-        write_document(quality_dir(str(root), "tagged"), {"version": version, "flagged": False})
+        write_document(
+            quality_dir(str(root), "tagged"),
+            {"version": version, "metrics": {}, "flags": [], "flagged": False},
+        )
     monkeypatch.chdir(root)
     assert open_version("tagged/latest").version == "v2"
     assert open_version("./tagged/latest").version == "v2"
@@ -137,7 +140,9 @@ def test_train_on_names_an_empty_version_and_reports_what_latest_was(tmp_path: P
     assert "--data: an empty name" in err
     root = tmp_path / "published"
     version = publish(str(root), "v1", 0)
-    write_document(quality_dir(str(root), "tagged"), {"version": "v1", "flagged": False})
+    write_document(
+        quality_dir(str(root), "tagged"), {"version": "v1", "metrics": {}, "flags": [], "flagged": False}
+    )
     real_digits(tmp_path, 20)
     real, metrics = str(tmp_path / "real-20.parquet"), tmp_path / "m.json"
     params = tmp_path / "small.yaml"

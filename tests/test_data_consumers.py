@@ -85,6 +85,31 @@ def test_a_folder_without_a_manifest_is_no_version(root: str) -> None:
         published_files(f"{root}/tagged/v1", split="validation")
 
 
+def test_a_shard_changed_after_publishing_or_a_version_named_twice_is_refused(root: str) -> None:
+    first = publish(root, "v1", 0)
+    fs, folder = fsspec.core.url_to_fs(first)
+    shards = sorted(fs.glob(f"{folder}/data/train-*.parquet"))
+    fs.pipe_file(shards[1], fs.cat_file(shards[0]))  # valid Parquet, the wrong rows: only the checksum tells
+    with pytest.raises(DataError, match=r"train-00001-of-00005.parquet: its bytes differ from the sha256"):
+        published_dataset(first)
+    assert len(published_files(first, verify=False)) == 5  # a caller may skip the check on purpose
+    fs.rm_file(shards[1])
+    with pytest.raises(DataError, match=r"train-00001-of-00005.parquet: missing from the published version"):
+        published_dataset(first)
+    second = publish(root, "v2", 100)
+    with pytest.raises(DataError, match="named twice"):
+        published_dataset([second, f"{second}/"])
+
+
+def test_open_version_takes_the_json_file_that_names_a_version(tmp_path: Path) -> None:
+    import json
+
+    version = publish(str(tmp_path / "generated"), "v1", 0)
+    (tmp_path / "generated.json").write_text(json.dumps({"path": "generated/tagged/v1", "version": "v1"}))
+    assert Path(open_version(tmp_path / "generated.json").path).resolve() == Path(version).resolve()
+    assert len(published_dataset(str(tmp_path / "generated.json"))) == ROWS
+
+
 def epoch_numbers(stream: ShardStream | MixedStream, workers: int, epoch: int) -> list[int]:
     stream.set_epoch(epoch)
     loader = DataLoader(stream, batch_size=None, num_workers=workers)
@@ -142,7 +167,7 @@ def test_train_on_takes_the_json_file_that_names_a_version(tmp_path: Path) -> No
     import yaml
 
     from diffusion.cli import main
-    from diffusion.cli.generate import handed_on_path
+    from diffusion.data.handoff import handed_on_path
 
     version = publish(str(tmp_path / "generated"), "v1", 0)
     named = tmp_path / "generated.json"
@@ -160,7 +185,7 @@ def test_train_on_takes_the_json_file_that_names_a_version(tmp_path: Path) -> No
 def test_a_handed_on_name_keeps_urls_and_old_absolute_paths(tmp_path: Path) -> None:
     import json
 
-    from diffusion.cli.generate import handed_on_path, published_path
+    from diffusion.data.handoff import handed_on_path, published_path
 
     assert handed_on_path("s3://bucket/d/v1", str(tmp_path / "g.json")) == "s3://bucket/d/v1"
     assert handed_on_path(str(tmp_path / "out" / "v1"), str(tmp_path / "data" / "g.json")) == "../out/v1"

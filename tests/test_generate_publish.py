@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from diffusion.cli import main
-from diffusion.cli.generate import published_path
 from diffusion.config import QualityConfig
+from diffusion.data.handoff import published_path
 from diffusion.data.shards import list_versions
 from diffusion.errors import DataError, is_transient
 from diffusion.generate import staging

@@ -277,8 +277,10 @@ def test_latest_wants_a_graded_unflagged_version_and_ignores_stray_files(tmp_pat
     with pytest.raises(DataError, match=r"none of its 3 published versions .* \(3 not graded\)"):
         latest_version(str(tmp_path), "ds")
     assert latest_version(str(tmp_path), "ds", include_ungraded=True).version == "v2"
-    write_document(out, {"name": "ds", "version": "v0", "flagged": False, "flags": []})
-    write_document(out, {"name": "ds", "version": "v1", "flagged": True, "flags": [{"metric": "x"}]})
+    write_document(out, {"name": "ds", "version": "v0", "metrics": {}, "flagged": False, "flags": []})
+    write_document(
+        out, {"name": "ds", "version": "v1", "metrics": {}, "flagged": True, "flags": [{"metric": "x"}]}
+    )
     assert latest_version(str(tmp_path), "ds").version == "v0"  # v2 ungraded, v1 flagged
     assert latest_version(str(tmp_path), "ds", include_flagged=True).version == "v1"
     assert open_version(f"file://{tmp_path}/ds/latest").path == f"file://{tmp_path}/ds/v0"  # keeps its root
@@ -301,3 +303,44 @@ def test_the_label_audit_of_a_single_class_version_flags_nothing() -> None:
 
     probs = np.full((5, 10), 0.1)
     assert label_issues(np.full(5, 3), probs).tolist() == [False] * 5
+
+
+def test_only_a_grading_can_be_reported_as_one_and_a_flat_flag_still_counts(tmp_path: Path, capsys) -> None:
+    from diffusion.cli import main
+    from diffusion.data.evaluations import is_flagged, write_document
+
+    pub = tmp_path / "pub"
+    (v0,) = _fake_versions(pub, "synthetic-digits", 1)
+    out = quality_dir(str(pub), "synthetic-digits")
+    graded = {"name": "synthetic-digits", "version": "v0", "metrics": {"cas_ratio": 0.9}}
+    write_document(out, {**graded, "flags": [{"metric": "cas_ratio"}], "flagged": True})
+    before = Path(out, "v0", "evaluation.json").read_bytes()
+    flat = tmp_path / "evaluate.json"  # what `digits evaluate --metrics` writes: not a document
+    flat.write_text(json.dumps({"version": "v0", "cas_ratio": 0.9, "flagged": 1}))
+    edited = tmp_path / "edited.json"  # a hand-cleared flag that still lists its flags
+    edited.write_text(json.dumps({**graded, "flags": [{"metric": "cas_ratio"}], "flagged": False}))
+    for given, says in ((flat, "'metrics' should be a JSON object"), (edited, "'flagged' is false but")):
+        code = main(["report", "--versions", str(pub), "--version", v0, "--evaluation", str(given)])
+        assert code == 2 and says in capsys.readouterr().err
+    elsewhere = tmp_path / "other"  # a version of the same name under another root is not this one
+    (other,) = _fake_versions(elsewhere, "synthetic-digits", 1)
+    assert main(["report", "--versions", str(pub), "--version", other]) == 2
+    assert f"{other}: not a version of {pub}/synthetic-digits" in capsys.readouterr().err
+    assert Path(out, "v0", "evaluation.json").read_bytes() == before
+    assert not Path(out, "index.html").exists()  # nothing written by the refused commands
+    with pytest.raises(DataError, match="none of its 1 published versions"):
+        latest_version(str(pub), "synthetic-digits")  # still flagged
+    assert is_flagged({"cas_ratio": 0.9, "flagged": 1}) and not is_flagged({"cas_ratio": 0.9, "flagged": 0})
+
+
+def test_an_evaluation_is_never_written_inside_the_version_it_grades(tmp_path: Path, capsys) -> None:
+    from diffusion.cli import main
+
+    (v0,) = _fake_versions(tmp_path / "pub", "synthetic-digits", 1)
+    files = [f"--{f}={tmp_path / f}.out" for f in ("metrics", "classes", "confusion")]
+    code = main(["evaluate", "--version", v0, "--document", f"{v0}/evaluation.json", *files])
+    assert (
+        code == 2
+        and f"--document: {v0}/evaluation.json is inside the published version" in capsys.readouterr().err
+    )
+    assert not Path(v0, "evaluation.json").exists() and not list(tmp_path.glob("*.out"))

@@ -4,9 +4,7 @@ published version, train a classifier on versions, report, and clean up abandone
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +13,8 @@ from typing import TYPE_CHECKING
 from diffusion.checkpoint import write_csv_atomic, write_json_atomic
 from diffusion.cli.train import headline
 from diffusion.config import Params, parse_params
-from diffusion.errors import DataError, DigitsError, QualityAlert
+from diffusion.data.handoff import handed_on_path, published_path, read_json_object
+from diffusion.errors import DigitsError, QualityAlert
 
 if TYPE_CHECKING:
     from diffusion.quality.grading import Grading
@@ -111,6 +110,12 @@ def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
     from diffusion.quality.monitor import raise_if_flagged
 
     version = open_version(published_path(args.version))
+    for flag in ("document", "metrics", "classes", "confusion"):
+        if inside(version.path, getattr(args, flag)):
+            raise DigitsError(
+                f"--{flag}: {getattr(args, flag)} is inside the published version {version.path}, whose files"
+                " never change once published; write it elsewhere (the `evaluate` stage: data/evaluation.json)"
+            )
     grading = grading_of(params, args)
     doc = grade_version(version, params.generate.name, grading, params.hardware, args.train, args.classifier)
     m = doc["metrics"]
@@ -130,48 +135,12 @@ def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
         print(f"alert: {alert}", file=sys.stderr)
 
 
-def read_json_object(path: str, what: str) -> dict:
-    """A JSON object from `path`; DataError (one line naming the file and `what` it should be) otherwise."""
-    try:
-        doc = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file ({what})") from None
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot read {what} ({err})") from None
-    if not isinstance(doc, dict):
-        raise DataError(f"{path}: expected {what}, a JSON object, got {type(doc).__name__}")
-    return doc
-
-
-def handed_on_path(version: str, json_file: str) -> str:
-    """How `digits generate --published` names a version: a local folder relative to the folder of the JSON
-    file that names it (a checkout or a `dvc pull` elsewhere finds its own copy, where an absolute path
-    would name the first machine's), a URL as it is."""
-    if "://" in version:
-        return version
-    try:
-        return os.path.relpath(Path(version).resolve(), Path(json_file).resolve().parent)
-    except ValueError:  # another drive (Windows): no relative path exists
-        return str(Path(version).resolve())
-
-
-def published_path(given: str) -> str:
-    """A version folder (path or URL), or the JSON file `digits generate --published` wrote naming one (a
-    relative path there is relative to the JSON file's folder)."""
-    if not given.endswith(".json"):
-        return given
-    doc = read_json_object(given, "the version the generate stage published: `dvc repro generate` writes it")
-    path = doc.get("path")
-    if "metrics" in doc:  # its path is the grader's, relative to where `digits evaluate` ran
-        raise DataError(
-            f"{given}: an evaluation document, not the file `digits generate --published` writes; give that"
-            " file (data/generated.json in `dvc repro`) or the version's folder"
-        )
-    if not isinstance(path, str):
-        raise DataError(f"{given}: not a published-version file (JSON with a 'path')")
-    if "://" in path or Path(path).is_absolute():
-        return path
-    return str(Path(given).parent / path)
+def inside(folder: str, path: str | None) -> bool:
+    """Whether the local `path` is `folder` or lies under it (URLs and None: False)."""
+    if not path or "://" in folder or "://" in path:
+        return False
+    top = Path(folder).resolve()
+    return top in (Path(path).resolve(), *Path(path).resolve().parents)
 
 
 def number_option(flag: str, given: str, expected: str, within: Callable[[float], bool]) -> float:
@@ -228,7 +197,13 @@ def cmd_report(params: Params, args: argparse.Namespace) -> None:
     from diffusion.data.evaluations import quality_dir
     from diffusion.quality.report import build_reports
 
-    evaluation = read_json_object(args.evaluation, "an evaluation document") if args.evaluation else None
+    evaluation = None
+    if args.evaluation:
+        from diffusion.data.evaluations import check_document
+
+        evaluation = check_document(
+            read_json_object(args.evaluation, "an evaluation document"), args.evaluation
+        )
     version = published_path(args.version) if args.version else None
     if version:  # a folder that is no published version fails here, naming it, not as a mismatch later
         from diffusion.data.datasets import open_version
@@ -238,8 +213,7 @@ def cmd_report(params: Params, args: argparse.Namespace) -> None:
     beside = quality_dir(args.versions, name)
     out = f"{args.out.rstrip('/')}/{name}" if args.out else beside
     dataset = f"{args.versions.rstrip('/')}/{name}"
-    inside = Path(dataset).resolve() in (Path(out).resolve(), *Path(out).resolve().parents)
-    if "://" not in out and out != beside and inside:
+    if out != beside and inside(dataset, out):
         raise DigitsError(
             f"--out: {args.out} puts pages inside the versions of {dataset}; leave --out out to"
             f" write them beside the versions ({beside}), or name a folder elsewhere"

@@ -21,8 +21,9 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from diffusion.data.evaluations import latest_version
+from diffusion.data.handoff import published_path
 from diffusion.data.schema import table_arrays
-from diffusion.data.shards import MANIFEST, PublishedVersion, read_manifest, version_files
+from diffusion.data.shards import MANIFEST, PublishedVersion, read_manifest, verify_files, version_files
 from diffusion.errors import DataError
 
 _COLUMNS = ["id", "image", "label"]
@@ -50,6 +51,8 @@ def _read_one(path: str, columns: Sequence[str], optional: Sequence[str] = ()) -
             return parquet.read(columns=[*columns, *present])
     except FileNotFoundError:
         raise DataError(f"{path}: Parquet file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: a folder; give a Parquet file (a split, or one file of a version)") from None
     except (pa.ArrowException, KeyError, OSError, ValueError) as err:
         raise DataError(f"{path}: not a digits Parquet file ({_reason(err)}); {_FIX}") from None
 
@@ -160,8 +163,10 @@ def open_version(path: str | Path) -> PublishedVersion:
 
     `<output_root>/<name>/latest` means the newest version of `name` that was graded and not flagged
     (`diffusion.data.evaluations.latest_version`; call that with include_flagged / include_ungraded for more).
+    A `.json` path is the file `digits generate --published` wrote, naming the version (data/generated.json
+    in `dvc repro`; `diffusion.data.handoff`).
     """
-    path = str(path).rstrip("/")
+    path = published_path(str(path)).rstrip("/")
     if path.endswith("/latest"):
         parent = path.removesuffix("/latest")
         root, name = parent.rsplit("/", 1) if "/" in parent else (".", parent)
@@ -192,13 +197,21 @@ def open_version(path: str | Path) -> PublishedVersion:
 Versions = str | Path | PublishedVersion | Sequence[str | Path | PublishedVersion]
 
 
-def published_files(versions: Versions, split: str = "train") -> list[str]:
+def published_files(versions: Versions, split: str = "train", verify: bool = True) -> list[str]:
     """The Parquet files of `split` ("train": the published rows, "unfiltered": every sampled row) of one or
     more published versions (folders or URLs, or versions `open_version` already opened), as their manifests
-    list them, version by version."""
+    list them, version by version. `verify`: each file is first checked against the sha256 its manifest
+    recorded (`verify_files`: one read of every file), so a changed or swapped shard fails here, naming it."""
     if isinstance(versions, (str, Path, PublishedVersion)):
         versions = [versions]
     opened = [v if isinstance(v, PublishedVersion) else open_version(v) for v in versions]
+    keys = [v.path if "://" in v.path else str(Path(v.path).resolve()) for v in opened]
+    if len(set(keys)) < len(keys):
+        twice = next(v.path for v, key in zip(opened, keys, strict=True) if keys.count(key) > 1)
+        raise DataError(f"{twice}: named twice; each of its digits would be counted twice")
+    if verify:
+        for version in opened:
+            verify_files(version, split)
     files = [f for v in opened for f in version_files(v, split)]
     if not files:
         raise DataError(f"no '{split}' files in {', '.join(v.path for v in opened) or 'no versions'}")

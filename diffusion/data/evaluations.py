@@ -47,10 +47,28 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def check_document(doc: dict[str, Any], where: str) -> dict[str, Any]:
+    """`doc` when it has what every evaluation document holds (`diffusion.quality.grading.grade_version`):
+    `metrics` (an object), `flags` (a list) and `flagged` (true exactly when flags are listed), so that
+    "latest" and the report never read another JSON file, or a hand-edited flag, as a grading. DataError
+    naming `where` otherwise."""
+    fix = "give the document `digits evaluate --document` wrote, or grade the version again"
+    for key, kind in (("metrics", dict), ("flags", list), ("flagged", bool)):
+        if not isinstance(doc.get(key), kind):
+            raise DataError(
+                f"{where}: not an evaluation document ('{key}' should be a JSON "
+                f"{'true or false' if kind is bool else 'object' if kind is dict else 'list'}); {fix}"
+            )
+    if doc["flagged"] != bool(doc["flags"]):
+        raise DataError(f"{where}: 'flagged' is {str(doc['flagged']).lower()} but flags lists {len(doc['flags'])}; {fix}")
+    return doc
+
+
 def write_document(out: str, doc: dict[str, Any]) -> str:
-    """Write `doc` (it names its `version`) to `document_path(out, doc['version'])`: atomically on a local
-    disk, in one put elsewhere. Returns the path."""
+    """Write `doc` (an evaluation document, `check_document`; it names its `version`) to
+    `document_path(out, doc['version'])`: atomically on a local disk, in one put elsewhere. Returns the path."""
     path = document_path(out, doc["version"])
+    check_document(doc, path)
     data = (json.dumps(json_safe(doc), indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
     fs, local = fsspec.core.url_to_fs(path)
     if isinstance(fs, LocalFileSystem):
@@ -72,12 +90,13 @@ def read_document(out: str, version: str) -> dict[str, Any] | None:
         raise DataError(f"{path}: not an evaluation document ({err}); grade the version again") from None
     if not isinstance(doc, dict):
         raise DataError(f"{path}: not an evaluation document (a JSON object); grade the version again")
-    return doc
+    return check_document(doc, path) if "metrics" in doc else doc  # without: an old flat document
 
 
 def is_flagged(doc: dict[str, Any] | None) -> bool:
-    """Whether a graded version broke a monitor bound: `flagged` true, or any `flags` listed."""
-    return bool(doc) and (doc.get("flagged") is True or bool(doc.get("flags")))
+    """Whether a graded version broke a monitor bound: `flagged` (true, or 1 in an old flat document) or any
+    `flags` listed."""
+    return doc is not None and (bool(doc.get("flagged")) or bool(doc.get("flags")))
 
 
 def latest_version(

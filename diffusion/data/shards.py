@@ -311,6 +311,28 @@ def list_versions(root: str, name: str) -> list[PublishedVersion]:
     return sorted(found, key=lambda v: (v.manifest.get("created_at", ""), v.version))
 
 
+def verify_files(version: PublishedVersion, split: str | None = None) -> None:
+    """Check the files of one split of `version` (None: every file) against its manifest: each file's bytes
+    must hash to the sha256 recorded when it was published. DataError naming the first file that is missing
+    or changed (a shard replaced by another is valid Parquet, and only its checksum tells)."""
+    fs = fsspec.core.url_to_fs(version.path)[0]
+    for entry in version.manifest["files"]:
+        if split is not None and not entry["path"].startswith(f"data/{split}-"):
+            continue
+        path = f"{version.path}/{entry['path']}"
+        try:
+            data = fs.cat_file(fsspec.core.url_to_fs(path)[1])
+        except FileNotFoundError:
+            raise DataError(
+                f"{path}: missing from the published version; restore the version's files"
+            ) from None
+        if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            raise DataError(
+                f"{path}: its bytes differ from the sha256 its {MANIFEST} recorded when it was published"
+                " (the file was changed or replaced); restore the version's files"
+            )
+
+
 def version_files(version: PublishedVersion, split: str = "train") -> list[str]:
     """The Parquet files (paths or URLs) of one split of a published version, in order."""
     return [

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from diffusion.config import EvaluateConfig, HardwareConfig, MonitorConfig
-from diffusion.data.shards import PublishedVersion, version_files
+from diffusion.data.shards import PublishedVersion, verify_files, version_files
 from diffusion.quality.monitor import check
 
 
@@ -80,7 +80,8 @@ def grade_version(
     """Evaluate `version` (of dataset `name`) and check it against the monitor: its evaluation document.
 
     Loads the evaluator, the filtering classifier (`classifier`, its folder) and the real train, val and
-    test splits once; runs on `hardware.device` in batches of `hardware.network_batch`.
+    test splits once; runs on `hardware.device` in batches of `hardware.network_batch`. DataError first when
+    a file of the version is missing or differs from its manifest's sha256 (`verify_files`).
     """
     from diffusion.data.datasets import DigitsDataset
     from diffusion.judges.classifier import load_classifier
@@ -89,6 +90,7 @@ def grade_version(
     from diffusion.quality.styles import Styled, grade_styles
 
     device = hardware.device
+    verify_files(version)  # what is graded is what was published: every file against its manifest
     train, val, test = (DigitsDataset(p) for p in (train_data, grading.val_data, grading.test_data))
     evaluator = load_evaluator(grading.evaluator, device)
     result = evaluate_version(

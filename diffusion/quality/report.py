@@ -144,6 +144,8 @@ def _version_named(
     versions: list[PublishedVersion], where: str, version: str | None, evaluation: dict | None
 ) -> str | None:
     """The version whose page is asked for: the folder `version` names, else the evaluation's "version"."""
+    if version and "://" not in version + where and Path(version).resolve().parent != Path(where).resolve():
+        raise DataError(f"{version}: not a version of {where}; name one of its folders")
     named = version.rstrip("/").rsplit("/", 1)[-1] if version else None
     in_doc = (evaluation or {}).get("version")
     if named and in_doc and in_doc != named:

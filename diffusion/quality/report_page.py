@@ -55,6 +55,16 @@ def _link(version: PublishedVersion, rel: str, page_dir: str | None) -> str:
     return f"{version.path}/{rel}"
 
 
+def _shown_path(version: PublishedVersion) -> str:
+    """Where the version lies, as the page prints it: relative to the working folder when it lies under it
+    (a committed page names no machine's folders), else as it is."""
+    local = _local_path(version.path)
+    if local is None:
+        return version.path
+    relative = os.path.relpath(local)
+    return version.path if relative.startswith("..") else relative
+
+
 def _acceptance(counts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The manifest's per-class counts, their totals and a bar chart of the acceptance rate."""
     ordered = sorted(counts.items(), key=lambda kv: int(kv[0]))
@@ -264,7 +274,7 @@ def write_page(
         "title": f"{name} {version.version}: data quality",
         "name": name,
         "version": version.version,
-        "path": version.path,
+        "path": _shown_path(version),
         "created_at": manifest.get("created_at"),
         "run_id": manifest.get("run_id"),
         "published": train.num_rows,

@@ -47,7 +47,8 @@ def _number(value: Any) -> float | int | None:
 def normalize(doc: dict[str, Any] | None) -> dict[str, Any] | None:
     """An evaluation document with every section present (empty when absent), metrics as numbers or None.
 
-    A document without "metrics" is an old flat one: its numeric top-level values are the metrics, unflagged.
+    A document without "metrics" is an old flat one: its numeric top-level values are the metrics, flagged
+    only by a true `flagged` (as `digits evaluate --metrics` writes it).
     """
     if doc is None:
         return None
@@ -56,9 +57,9 @@ def normalize(doc: dict[str, Any] | None) -> dict[str, Any] | None:
         flags = [f for f in doc.get("flags") or [] if isinstance(f, dict) and "metric" in f]
         flagged = bool(doc.get("flagged"))
     else:
-        metrics = {k: _number(v) for k, v in doc.items() if k not in {"version", "name", "path"}}
+        metrics = {k: _number(v) for k, v in doc.items() if k not in {"version", "name", "path", "flagged"}}
         metrics = {k: v for k, v in metrics.items() if v is not None or doc[k] is None}
-        flags, flagged = [], False
+        flags, flagged = [], bool(doc.get("flagged"))
     monitor = doc.get("monitor") or {}
     return {
         "version": doc.get("version"),

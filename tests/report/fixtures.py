@@ -57,6 +57,11 @@ FLAGS = [
 OLD_FLAT = {"cas_ratio": 0.9, "conditional_accuracy_published": 0.95, "frechet_distance": 20.0}
 
 
+def graded(metrics: dict[str, Any], **rest: Any) -> dict[str, Any]:
+    """The smallest evaluation document `build_reports` takes: these metrics, no flags (and `rest`)."""
+    return {"metrics": dict(metrics), "flags": [], "flagged": False, **rest}
+
+
 def rejected_of(c: int) -> int:
     """How many of a class's SAMPLED digits the fixture's filter rejected: 2 to 6."""
     return 2 + c // 2
@@ -206,7 +211,9 @@ def site(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> dict[str,
     v1 = publish(root, "20261124-030000-aaaa", "2026-11-24T03:00:00+00:00", seed=1)
     v2 = publish(root, "20261125-030000-bbbb", "2026-11-25T03:00:00+00:00", seed=2)
     v3 = publish(root, "20261126-030000-cccc", "2026-11-26T03:00:00+00:00", seed=0, model_sha256=sha)
-    build_reports(root, NAME, str(out), version=v2.path, evaluation=OLD_FLAT)  # writes every missing page
+    (out / v2.version).mkdir(parents=True)  # as earlier code wrote it: `--evaluation` takes full ones only
+    (out / v2.version / "evaluation.json").write_text(json.dumps({**OLD_FLAT, "version": v2.version}))
+    build_reports(root, NAME, str(out), version=v2.path)  # writes every missing page
     train = read_table(version_files(v3, "train"), columns=["id", "label"])
     ids, labels = train.column("id").to_pylist(), train.column("label").to_pylist()
     issues = [ids[7], ids[30], ids[2], "not-a-row"]

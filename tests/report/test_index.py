@@ -22,6 +22,7 @@ from tests.report.fixtures import (
     OLD_FLAT,
     PER_CLASS,
     SAMPLED,
+    graded,
     publish,
     rejected_of,
     svg_data,
@@ -75,7 +76,7 @@ def test_index_lists_versions_with_flags_and_a_drift_chart_per_metric(site) -> N
 def test_build_reports_keeps_documents_across_runs_and_checks_versions(tmp_path: Path) -> None:
     root, out = str(tmp_path / "published"), str(tmp_path / "reports")
     first = publish(root, "v1", "2026-11-25T03:00:00+00:00")
-    build_reports(root, NAME, out, version=first.path, evaluation={**OLD_FLAT, "cas_ratio": 0.8})
+    build_reports(root, NAME, out, version=first.path, evaluation=graded({**OLD_FLAT, "cas_ratio": 0.8}))
     publish(root, "v2", "2026-11-26T03:00:00+00:00", seed=2)
     index = build_reports(root, NAME, out)  # every page again; v1's document read back from `out`
     assert re.findall(r'data-field="cas_ratio"[^>]*>([^<]*)<', Path(index).read_text()) == [
@@ -85,15 +86,15 @@ def test_build_reports_keeps_documents_across_runs_and_checks_versions(tmp_path:
     assert text_of((tmp_path / "reports/v2/index.html").read_text(), "id", "trajectory-status").startswith(
         "not drawn: the report was built without"
     )
-    index = build_reports(root, NAME, out, evaluation={**OLD_FLAT, "version": "v2"})
+    index = build_reports(root, NAME, out, evaluation=graded(OLD_FLAT, version="v2"))
     assert re.findall(r'data-field="cas_ratio"[^>]*>([^<]*)<', Path(index).read_text()) == ["0.800", "0.900"]
     assert [v.version for v in list_versions(root, NAME)] == ["v1", "v2"]
     with pytest.raises(DataError, match="version v9 is not published"):
-        build_reports(root, NAME, out, evaluation={"version": "v9"})
+        build_reports(root, NAME, out, evaluation=graded({}, version="v9"))
     with pytest.raises(DataError, match="the evaluation is of version v2, not of v1"):
-        build_reports(root, NAME, out, version=first.path, evaluation={**OLD_FLAT, "version": "v2"})
+        build_reports(root, NAME, out, version=first.path, evaluation=graded(OLD_FLAT, version="v2"))
     with pytest.raises(DataError, match="names no version"):
-        build_reports(root, NAME, out, evaluation=dict(OLD_FLAT))  # never "the newest folder"
+        build_reports(root, NAME, out, evaluation=graded(OLD_FLAT))  # never "the newest folder"
     with pytest.raises(DataError, match="no published versions"):
         build_reports(str(tmp_path / "empty"), NAME, out)
 
@@ -101,7 +102,9 @@ def test_build_reports_keeps_documents_across_runs_and_checks_versions(tmp_path:
 def test_versions_and_reports_behind_fsspec_urls(tmp_path: Path) -> None:
     root, out = f"memory://versions-{tmp_path.name}", f"memory://reports-{tmp_path.name}/{NAME}/_quality"
     version = publish(root, "v1", "2026-11-26T03:00:00+00:00")
-    index = build_reports(root, NAME, out, version=version.path, evaluation={**OLD_FLAT, "cas_ratio": 0.5})
+    index = build_reports(
+        root, NAME, out, version=version.path, evaluation=graded({**OLD_FLAT, "cas_ratio": 0.5})
+    )
     assert index == f"{out}/index.html"
     assert text_of(fsspec.filesystem("memory").cat_file(index).decode(), "id", "version-count").startswith(
         "1 version, oldest first"
@@ -113,7 +116,7 @@ def test_versions_and_reports_behind_fsspec_urls(tmp_path: Path) -> None:
     assert text_of(page, "id", "cas_ratio") == "0.500"
     assert text_of(page, "id", "coverage") == "not evaluated"  # a partial evaluation
     assert len(fs.glob(f"{out}/v1/class-*.png")) == 30
-    assert json.loads(fs.cat_file(f"{out}/v1/evaluation.json"))["cas_ratio"] == 0.5
+    assert json.loads(fs.cat_file(f"{out}/v1/evaluation.json"))["metrics"]["cas_ratio"] == 0.5
     again = build_reports(root, NAME, out)  # the document is read back through fsspec
     assert re.findall(r'data-field="cas_ratio"[^>]*>([^<]*)<', fs.cat_file(again).decode()) == ["0.500"]
 
@@ -203,7 +206,7 @@ def test_pages_of_versions_no_longer_published_are_removed(tmp_path: Path) -> No
     root, out = str(tmp_path / "published"), tmp_path / "reports"
     gone = publish(root, "v1", "2026-11-25T03:00:00+00:00")
     kept = publish(root, "v2", "2026-11-26T03:00:00+00:00", seed=2)
-    build_reports(root, NAME, str(out), version=gone.path, evaluation={**OLD_FLAT, "path": gone.path})
+    build_reports(root, NAME, str(out), version=gone.path, evaluation=graded(OLD_FLAT, path=gone.path))
     other = {"version": "w1", "path": str(tmp_path / "other-root" / NAME / "w1")}
     for rel, text in [
         ("old/index.html", "x"),  # a page without a document: of no known version
