@@ -61,7 +61,7 @@ STAGES: dict[str, tuple[Callable[[Params, argparse.Namespace], None], dict[str, 
     "train-classifier": (
         cmd_train_classifier,
         dict.fromkeys(["train", "val", "test", "out", "metrics", "confusion"]),
-        "train the downstream MNIST classifier judge",
+        "train the filtering classifier judge (a small CNN on the real digits)",
     ),
     "train-evaluator": (
         cmd_train_evaluator,
@@ -169,6 +169,17 @@ HELP = {
     "student": "the distilled student's folder, read only by generate.sampler.name: distilled",
     "teacher": "the EMA teacher's checkpoint folder (train_diffusion's output)",
     "evaluator": "the independent evaluator's folder (grading)",
+    "classifier": "the filtering classifier judge's folder",
+    "train": "the real training split (Parquet)",
+    "val": "the real validation split (Parquet)",
+    "test": "the real test split (Parquet)",
+    "out": "the output folder",
+    "metrics": "write the headline numbers here (JSON; a DVC metrics file)",
+    "confusion": "confusion-matrix CSV (DVC plot)",
+    "grid": "sample grid (PNG)",
+    "strip": "forward-diffusion picture (PNG)",
+    "loss_plot": "training loss CSV (DVC plot)",
+    "resume_dir": "resume state, written every checkpoint_every steps",
 }
 
 
@@ -176,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digits", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="stage", required=True)
     for name, (_, paths, help_text) in STAGES.items():
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text)
         if name == "generate":
             p.add_argument(
                 "--no-grade",

@@ -187,9 +187,14 @@ def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
     }
     if args.metrics:
         write_json_atomic(args.metrics, json_safe(result))
+    real = f", {int(data.is_real.sum())} of them real from {args.real}" if args.real else ""
+    low, high = result["interval"]
+    spread = (
+        f" [{low:.4f}, {high:.4f}] (95% t over seeds" if math.isfinite(low) else " (one seed: no interval"
+    )
     print(
-        f"trained on {len(data)} digits of {', '.join(v.path for v in versions)}, real test accuracy"
-        f" {result['test_accuracy']:.4f} (seeds {scores})"
+        f"trained on {len(data)} digits of {', '.join(v.path for v in versions)}{real}: real test accuracy"
+        f" {result['test_accuracy']:.4f}{spread}; per seed {', '.join(f'{x:.4f}' for x in scores)})"
     )
 
 

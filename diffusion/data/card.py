@@ -117,7 +117,7 @@ were asked for, scored by two judges and kept only when they pass the filter bel
   {_sources(manifest)}.
 - **Sampler**: {sampler["name"]}, {sampler["steps"]} steps, classifier-free guidance w = {sampler["guidance"]}{_guide(sampler)},
   best of {params["best_of_n"]} by CLIP score, seed {params["seed"]}, seed blocks of {params["seed_block"]}.
-- **Filter**: `{json.dumps(params["filter"])}` (CLIP `{params["clip"]["model"]}`; the downstream MNIST classifier).
+- **Filter**: `{json.dumps(params["filter"])}` (CLIP `{params["clip"]["model"]}`; the filtering classifier, a small CNN trained on the real training digits).
 - **Created**: {manifest["created_at"]} by run `{manifest["run_id"]}`; files and checksums in `manifest.json`.
 
 {class_table(manifest["counts"])}
