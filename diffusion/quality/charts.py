@@ -143,13 +143,17 @@ def trend_svg(
     kind: str | None = None,
     flagged: Sequence[bool] = (),
     ticks: Sequence[str] | None = None,
+    bounds: Sequence[float | None] = (),
+    limits: tuple[float, float] | None = None,
 ) -> str:
     """One metric across versions (oldest first): points joined by a line, a gap where a version has no
-    value; the monitor's floor or ceiling (`kind`) as a dashed line; `flagged` versions as red points.
+    value; the monitor's floor or ceiling (`kind`) as a dashed line, `bound` named on it; `flagged` versions
+    as red points. `bounds`: the bound each version was graded against (None: none), a dashed segment across
+    each version's column instead of one line at `bound`, so a version flagged under an earlier, stricter floor sits under its own.
     `ticks`: the x labels (e.g. the versions' dates; default the version names), first and last only when
-    there are many.
+    there are many. `limits`: the metric's range; the axis never runs further than a hair beyond it.
 
-    data-versions, data-values, data-flagged, data-bound and data-kind.
+    data-versions, data-values, data-flagged, data-bound, data-bounds and data-kind.
     """
     clean = [_finite(v) for v in values]
     marks = [bool(f) for f in flagged] or [False] * len(clean)
@@ -163,8 +167,14 @@ def trend_svg(
             px, py = zip(*pts, strict=True)
             color = COLORS["flagged" if flag else "point"]
             ax.scatter(px, py, s=22 if flag else 10, color=color, zorder=3, marker="o")
-    if bound is not None:
+    steps = [_finite(b) for b in bounds]
+    if any(b is not None for b in steps):  # a dashed segment across each version's column, at its bound
+        for x, b in zip(xs, steps, strict=True):
+            if b is not None:
+                ax.hlines(b, x - 0.5, x + 0.5, color=COLORS["bound"], ls="--", lw=0.9)
+    elif bound is not None:
         ax.axhline(bound, color=COLORS["bound"], ls="--", lw=0.9)
+    if bound is not None:
         ax.annotate(
             f"{kind or 'bound'} {bound:g}",
             (1.0, bound),
@@ -180,11 +190,22 @@ def trend_svg(
         ax.set_xticks(xs, labels, fontsize=5)
     elif labels:
         ax.set_xticks([0, len(xs) - 1], [labels[0], labels[-1]], fontsize=5)
-    finite = [v for v in clean if v is not None] + ([bound] if bound is not None else [])
+    finite = [v for v in clean if v is not None] + [b for b in [bound, *steps] if b is not None]
     if finite and max(finite) == min(finite):
         pad = abs(finite[0]) * 0.05 or 0.05
         ax.set_ylim(finite[0] - pad, finite[0] + pad)
+    if limits is not None and finite:
+        low, high = ax.get_ylim()
+        hair = 0.04 * (high - low)  # room for a marker drawn at the range's end
+        ax.set_ylim(max(low, limits[0] - hair), min(high, limits[1] + hair))
     ax.set_title(title, fontsize=8, pad=2)
     _style(ax, 6)
-    data = {"versions": list(versions), "values": clean, "flagged": marks, "bound": bound, "kind": kind}
+    data = {
+        "versions": list(versions),
+        "values": clean,
+        "flagged": marks,
+        "bound": bound,
+        "bounds": steps,
+        "kind": kind,
+    }
     return _svg(fig, chart_id, title, data)

@@ -66,7 +66,8 @@ def _index_row(version: PublishedVersion, doc: dict[str, Any] | None, has_page: 
         "flagged": bool(doc and doc["flagged"]),
         "flag_metrics": [f["metric"] for f in flags],
         "flag_text": "; ".join(
-            f"{f['metric']} {f.get('value')} {'below' if f.get('kind') == 'floor' else 'above'} {f.get('bound')}"
+            f"{f['metric']} {_shown(f.get('value'))} {'below' if f.get('kind') == 'floor' else 'above'}"
+            f" {_shown(f.get('bound'))}"
             for f in flags
         ),
         "metrics": with_gate(doc["metrics"] if doc else {}, version.manifest.get("gate") or {}),
@@ -82,6 +83,11 @@ def _label(key: str) -> str:
     return METRICS[key].label + (" (publish gate)" if key in GATE_METRICS else "")
 
 
+def _shown(value: object) -> str:
+    """A flag's number as a tooltip shows it: four significant digits ("not measured" for none)."""
+    return f"{value:.4g}" if isinstance(value, (int, float)) else "not measured"
+
+
 def _trend_title(key: str) -> str:
     """A drift chart's title: the metric and which way is better, or what its values mean where neither
     end is (DCR share: 0.5 is no memorisation, below it is no better)."""
@@ -93,8 +99,8 @@ def render_index(
     name: str, versions: list[PublishedVersion], documents: dict[str, dict | None], pages: set[str]
 ) -> str:
     """The index page: a row per version (oldest first) and a drift chart per headline metric the documents
-    (the gate's rates: the manifests) hold, with the newest document's floor or ceiling on it and the
-    versions flagged on it in red."""
+    (the gate's rates: the manifests) hold, with the floor or ceiling each version was graded against (the
+    newest one named) and the versions flagged on it in red."""
     ordered = sorted(versions, key=lambda v: (v.manifest.get("created_at", ""), v.version))
     docs = {v.version: normalize(documents.get(v.version)) for v in ordered}
     rows = [_index_row(v, docs[v.version], v.version in pages) for v in ordered]
@@ -111,11 +117,8 @@ def render_index(
         )
     ]
     for key in held:
-        bound, kind = None, None
-        for d in reversed([d for d in docs.values() if d]):
-            bound, kind = monitor_bound(d, key)
-            if bound is not None:
-                break
+        graded = [monitor_bound(d, key) if d else (None, None) for d in docs.values()]  # each version's own
+        bound, kind = next((b for b in reversed(graded) if b[0] is not None), (None, None))
         trends.append(
             charts.trend_svg(
                 names,
@@ -126,6 +129,8 @@ def render_index(
                 kind,
                 [key in r["flag_metrics"] for r in rows],
                 dates,
+                bounds=[b for b, _ in graded],
+                limits=(METRICS[key].lo, METRICS[key].hi),
             )
         )
     return render(

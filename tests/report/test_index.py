@@ -70,7 +70,20 @@ def test_index_lists_versions_with_flags_and_a_drift_chart_per_metric(site) -> N
     assert titles["cas_ratio"] == "CAS ratio, higher is better"
     cas = svg_data(page, "trend-cas_ratio")
     assert cas["values"] == [None, 0.9, 0.991] and cas["bound"] == 0.97 and not any(cas["flagged"])
+    assert cas["bounds"] == [None, None, 0.97]  # each version's own: the old flat document had none
     assert "<script" not in page
+
+
+def test_a_version_flagged_under_an_earlier_floor_keeps_that_floor_on_its_chart(tmp_path: Path) -> None:
+    root, out = str(tmp_path / "published"), str(tmp_path / "reports")
+    flag = {"metric": "cas_ratio", "value": 0.98, "bound": 0.99, "kind": "floor"}
+    strict = {"monitor": {"floors": {"cas_ratio": 0.99}}, "flags": [flag], "flagged": True}
+    eased = {"monitor": {"floors": {"cas_ratio": 0.95}}}
+    for i, (version, monitor) in enumerate([("v1", strict), ("v2", eased)]):
+        publish(root, version, f"2026-11-2{i + 5}T03:00:00+00:00", seed=i)
+        build_reports(root, NAME, out, evaluation=graded({"cas_ratio": 0.98}, version=version, **monitor))
+    cas = svg_data(Path(out, "index.html").read_text(), "trend-cas_ratio")
+    assert cas["bounds"] == [0.99, 0.95] and cas["bound"] == 0.95 and cas["flagged"] == [True, False]
 
 
 def test_build_reports_keeps_documents_across_runs_and_checks_versions(tmp_path: Path) -> None:
