@@ -286,6 +286,7 @@ def write_page(
         "evaluated_at": doc["evaluated_at"] if doc else None,
         "flagged": bool(doc and doc["flagged"]),
         "flags": report_view.flags(doc),
+        "bounds_held": len(doc["floors"]) + len(doc["ceilings"]) if doc else 0,
         "cards": report_view.cards(doc),
         "metric_rows": report_view.metric_rows(doc, manifest.get("gate", {})),
         "per_class": report_view.per_class(doc),

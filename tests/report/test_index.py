@@ -84,6 +84,9 @@ def test_a_version_flagged_under_an_earlier_floor_keeps_that_floor_on_its_chart(
         build_reports(root, NAME, out, evaluation=graded({"cas_ratio": 0.98}, version=version, **monitor))
     cas = svg_data(Path(out, "index.html").read_text(), "trend-cas_ratio")
     assert cas["bounds"] == [0.99, 0.95] and cas["bound"] == 0.95 and cas["flagged"] == [True, False]
+    within = text_of(Path(out, "v2", "index.html").read_text(), "id", "monitor-verdict")
+    assert within == "within every bound of the drift monitor (1 checked)"
+    assert 'id="monitor-verdict"' not in Path(out, "v1", "index.html").read_text()  # flagged: the banner says
 
 
 def test_build_reports_keeps_documents_across_runs_and_checks_versions(tmp_path: Path) -> None:
