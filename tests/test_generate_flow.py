@@ -309,3 +309,42 @@ def test_the_deployment_carries_the_cron_schedule_from_params() -> None:
     # the name the shipped automation (flows/automations/pause-on-failed-run.yaml) watches
     automation = (Path(__file__).parents[1] / "flows/automations/pause-on-failed-run.yaml").read_text()
     assert f"prefect.resource.name: {deployment.name}" in automation
+
+
+def test_serve_checks_every_input_at_start_up_and_wants_a_server(tiny_models, tmp_path: Path, capsys) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from diffusion.cli import main
+
+    cfg = tiny_generate(tiny_models, tmp_path)
+    from diffusion.config.generate import TaskRunnerConfig
+
+    runner = TaskRunnerConfig(kind="dask", address="tcp://127.0.0.1:9")  # port 9: nothing listens
+    dask = cfg.model_copy(update={"task_runner": runner})
+    grading = [f"--{k}={tiny_models[k]}" for k in ("classifier", "train", "evaluator", "val", "test")]
+    cases = [  # (generate section, --model, the line it must print)
+        (
+            cfg,
+            tiny_models["model"],
+            "PREFECT_API_URL is not set: `digits serve` needs a running Prefect server",
+        ),
+        (cfg, str(tmp_path / "nowhere"), "checkpoint config not found"),
+        (
+            dask,
+            tiny_models["model"],
+            "generate.task_runner.address: no Dask scheduler answers at tcp://127.0.0.1:9",
+        ),
+    ]
+    for i, (section, model, line) in enumerate(cases):
+        params = tmp_path / f"params-{i}.yaml"
+        params.write_text(yaml.safe_dump({"generate": section.model_dump(mode="json")}))
+        api = (
+            {"restore_defaults": {PREFECT_API_URL}}
+            if i == 0
+            else {"updates": {PREFECT_API_URL: "http://127.0.0.1:9/api"}}
+        )
+        with temporary_settings(**api):  # the checks come first: that API is never called
+            code = main(["serve", "--params", str(params), "--model", model, *grading])
+        err = capsys.readouterr().err
+        assert code == 2 and line in err and err.count("\n") == 1, err
+    assert not Path(cfg.staging_dir).exists() or not any(Path(cfg.staging_dir).iterdir())  # nothing staged

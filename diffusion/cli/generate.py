@@ -248,6 +248,19 @@ def cmd_gc(params: Params, args: argparse.Namespace) -> None:
 
 
 def cmd_serve(params: Params, args: argparse.Namespace) -> None:
+    """Check what every scheduled run will read (as `digits generate` does, staging nothing), then serve."""
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:  # a temporary server would die with this process, and share
+        raise DigitsError(  # its database with any `prefect server start` of the same PREFECT_HOME
+            "PREFECT_API_URL is not set: `digits serve` needs a running Prefect server (`prefect server"
+            " start`, then `export PREFECT_API_URL=http://127.0.0.1:4200/api`)"
+        )
+    from diffusion.generate import workers
+    from diffusion.generate.inputs import check_run_inputs
     from flows.deploy import serve_generation
 
-    serve_generation(params, args.model, args.classifier, args.train, grading_of(params, args), args.student)
+    grading = grading_of(params, args)
+    check_run_inputs(params.generate, params.hardware, args.model, args.classifier, args.train, args.student)
+    workers.clear()  # each scheduled run loads its own; this process only serves
+    serve_generation(params, args.model, args.classifier, args.train, grading, args.student)

@@ -5,9 +5,10 @@
     version = publish_run(spec, blocks, logical_date, quality, ...)   # trim, gate, card, manifest, publish
 
 Everything that could fail on bad input (device, checkpoints, CLIP, training digits, output root, sampler
-steps) fails in `prepare_run`, before any sampling, with one line naming the file or field. It loads the
-judges into this process's worker cache (`diffusion.generate.workers`), which is how CLIP is checked, so
-the tasks of an in-process run use the very same networks.
+steps, task runner) fails in `prepare_run`, before anything is staged, with one line naming the file or
+field (`diffusion.generate.inputs.check_run_inputs`). It loads the judges into this process's worker cache
+(`diffusion.generate.workers`), which is how CLIP is checked, so the tasks of an in-process run use the
+very same networks.
 """
 
 from __future__ import annotations
@@ -24,25 +25,20 @@ from typing import Any
 
 import torch
 
-from diffusion.checkpoint import CheckpointError, check_output, read_checkpoint_config, write_json_atomic
+from diffusion.checkpoint import write_json_atomic
 from diffusion.config import GenerateConfig, HardwareConfig, QualityConfig
 from diffusion.data.card import dataset_card
 from diffusion.data.shards import (
     PublishedVersion,
     accepted_rows,
-    check_writable,
     concat_staged,
     publish_version,
     with_created_at,
 )
-from diffusion.device import resolve_device
-from diffusion.errors import DataError
 from diffusion.generate import staging, workers
+from diffusion.generate.inputs import check_run_inputs
 from diffusion.generate.plan import ClassProgress, GenerationError, TaskKey, run_key
-from diffusion.generate.task import BlockOutcome, TaskJob, TaskOutcome, file_sha256
-from diffusion.judges.clip import WEIGHTS_FILE
-from diffusion.model.saved import trained_styles
-from diffusion.model.student import check_student, student_steps, weights_name
+from diffusion.generate.task import BlockOutcome, TaskJob, TaskOutcome
 from diffusion.precision import Precision
 from diffusion.quality.expectations import GateError, GateSpec, validate_rows
 from diffusion.styles import STYLES, cell_digit, cell_name, cell_style
@@ -106,32 +102,6 @@ class RunSpec:
         )
 
 
-def _weights(directory: str, name: str) -> str:
-    """The checksum of a checkpoint folder's weights file."""
-    path = Path(directory) / name
-    if not path.is_file():
-        raise CheckpointError(f"{path}: weights file not found")
-    return file_sha256(path)
-
-
-def _check_styles(cfg: GenerateConfig, diffusion: dict[str, Any], model_dir: str) -> tuple[str, ...]:
-    """The styles the diffusion model (its config document) was trained on; a GenerationError when the
-    request asks for a (digit, style) cell of another style, which the model would draw as noise."""
-    trained = tuple(trained_styles(diffusion))
-    unseen = [c for c in cfg.counts() if STYLES[cell_style(c)] not in trained]
-    if unseen:
-        asked = (
-            f"generate.per_style asks for {cell_name(unseen[0])}"
-            if cfg.per_style is not None
-            else f"generate.per_class ({STYLES[0]}) asks for {cell_digit(unseen[0])}"
-        )
-        raise GenerationError(
-            f"{asked}, but the model {model_dir} was trained on {', '.join(trained)} only:"
-            " ask for its styles, or train it on data.sources with that style"
-        )
-    return trained
-
-
 def prepare_run(
     cfg: GenerateConfig,
     hardware: HardwareConfig,
@@ -140,75 +110,27 @@ def prepare_run(
     train_data: str,
     student_dir: str | None = None,
 ) -> RunSpec:
-    """Check every input before any work; load the judges into this worker; fix the run key; create the
-    staging folder with run.json. Raises a DigitsError (one line naming the file or field) on bad input.
-
-    With the `distilled` sampler the digits come from `student_dir` (`digits distill-diffusion`): it must
-    hold a student for the sampler's steps and guidance, distilled from the teacher `model_dir` (checksum).
-    """
-    device = resolve_device(hardware.device, "hardware.device")
-    diffusion = read_checkpoint_config(model_dir, "diffusion")
-    read_checkpoint_config(classifier_dir, "classifier")
-    checksums = {
-        "model": _weights(model_dir, "ema.safetensors"),
-        "classifier": _weights(classifier_dir, "model.safetensors"),
-    }
-    trained = _check_styles(cfg, diffusion, model_dir)
-    if cfg.sampler.guide == "style" and not diffusion["config"].get("unet", {}).get("num_styles"):
-        raise GenerationError(
-            f"generate.sampler.guide is style, but the model {model_dir} takes digits only (trained on"
-            f" {', '.join(trained)}): it has no style to guide; use guide: all"
-        )
-    steps = student_steps(cfg.sampler)
-    if steps is not None:
-        if not student_dir:
-            raise GenerationError(
-                "generate.sampler.name is distilled: pass the student's folder (--student), which"
-                " `digits distill-diffusion` writes"
-            )
-        check_student(student_dir, steps, cfg.sampler.guidance, checksums["model"], "generate.sampler")
-        checksums["teacher"], checksums["model"] = (
-            checksums["model"],
-            _weights(student_dir, weights_name(steps)),
-        )
-        model_dir = student_dir
-    timesteps = diffusion["config"].get("process", {}).get("timesteps", 1000)
-    if cfg.sampler.steps > timesteps:
-        raise GenerationError(
-            f"generate.sampler.steps ({cfg.sampler.steps}) must be <= the model's {timesteps} timesteps"
-        )
-    if not Path(train_data).is_file():
-        raise DataError(f"{train_data}: training digits not found (the gate's memorisation check needs them)")
-    checksums["train"] = file_sha256(train_data)
-    weights = Path(cfg.clip.pretrained or "")
-    weights = weights / WEIGHTS_FILE if weights.is_dir() else weights
-    checksums["clip"] = (
-        file_sha256(weights) if weights.is_file() else f"{cfg.clip.model}:{cfg.clip.pretrained}"
-    )
-    check_writable(cfg.output_root, cfg.name)
-    check_output(cfg.staging_dir, "generate.staging_dir", folder=True)
-    # Unreadable weights, an unknown CLIP or broken training digits fail here, before any sampling; the
-    # tasks (and the gate) of an in-process run reuse what this loads.
-    workers.diffusion_model(model_dir, checksums["model"], device, hardware.compile, steps)
-    workers.scorer(cfg.clip, checksums["clip"], classifier_dir, checksums["classifier"], device)
-    workers.train_pixels(train_data, checksums["train"], device)
+    """Check every input before any work (`check_run_inputs`: the networks loaded into this worker); fix the
+    run key; create the staging folder with run.json. Raises a DigitsError (one line naming the file or
+    field) on bad input, with nothing staged."""
+    inputs = check_run_inputs(cfg, hardware, model_dir, classifier_dir, train_data, student_dir)
     precision = hardware.resolved_precision()
-    key = run_key(cfg, device.type, precision, checksums, hardware.compile)
+    key = run_key(cfg, inputs.device.type, precision, inputs.checksums, hardware.compile)
     spec = RunSpec(
         cfg,
         hardware,
-        str(model_dir),
+        inputs.model_dir,
         str(classifier_dir),
         str(train_data),
-        checksums,
+        inputs.checksums,
         precision,
         key,
-        trained,
+        inputs.trained,
     )
     spec.staging.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         spec.staging / "run.json",
-        {"key": spec.key, "params": cfg.model_dump(mode="json"), "precision": precision, **checksums},
+        {"key": spec.key, "params": cfg.model_dump(mode="json"), "precision": precision, **inputs.checksums},
     )
     return spec
 
