@@ -159,11 +159,14 @@ def test_garbage_collection_removes_abandoned_and_trashed_staging(tmp_path: Path
         (folder / "c1-j00000.parquet").write_bytes(b"x")
         (folder / "run.json").write_text("{}")
     (root / "diffusion-resume").mkdir()  # not a run's folder: gc leaves it alone, however old
+    orphan = root / "0123456789ab"  # a run id's folder restaged without its run.json (removed under it)
+    orphan.mkdir()
+    (orphan / "c2-j00001.parquet").write_bytes(b"x")
     os.utime(root / "diffusion-resume", (0, 0))
     week_ago = time.time() - 7 * 86400
-    for path in (old, old / "c1-j00000.parquet", old / "run.json"):
+    for path in (old, old / "c1-j00000.parquet", old / "run.json", orphan, orphan / "c2-j00001.parquet"):
         os.utime(path, (week_ago, week_ago))
-    assert staging.collect_garbage(root, older_than_days=3) == [trash, old]
+    assert staging.collect_garbage(root, older_than_days=3) == [trash, orphan, old]
     assert sorted(p.name for p in root.iterdir()) == ["bbbb", "diffusion-resume"]
     staging.discard(fresh)  # a published run's folder: renamed away, then removed
     assert [p.name for p in root.iterdir()] == ["diffusion-resume"]

@@ -6,18 +6,23 @@
 A failed, gated-out or killed run keeps its folder, so the next run with the same params resumes from it.
 Once its version is published the folder is renamed away (atomic: no reader ever sees half a folder) and
 then removed; a kill between the two leaves only a `.trash-*` folder, which `collect_garbage` removes.
-`collect_garbage` also removes run folders (those holding a `run.json`) untouched for longer than a given
-age (abandoned runs); it leaves anything else in the staging folder alone.
+`collect_garbage` also removes run folders untouched for longer than a given age (abandoned runs): those
+holding a `run.json`, and those named as a run id holding staged blocks without one (a run whose folder was
+removed under its running tasks, which then staged blocks again); it leaves anything else alone. It cannot
+tell a live run from an abandoned one but by age: `--older-than 0` removes a running run's folder too.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 import uuid
 from pathlib import Path
 
 TRASH = ".trash-"
+RUN_ID = re.compile(r"[0-9a-f]{12}")  # the first 12 hex digits of the run key (`RunSpec.run_id`)
+BLOCK_FILES = "c*-j*.parquet"  # a staged seed block
 
 
 def discard(run_folder: Path) -> None:
@@ -42,14 +47,16 @@ def last_touched(folder: Path) -> float:
 
 
 def collect_garbage(staging_dir: str | Path, older_than_days: float, now: float | None = None) -> list[Path]:
-    """Remove `.trash-*` folders, and run folders (holding a run.json) untouched for more than
-    `older_than_days`; return them."""
+    """Remove `.trash-*` folders, and run folders (above) untouched for more than `older_than_days`; return
+    them."""
     root, now = Path(staging_dir), time.time() if now is None else now
     if not root.is_dir():
         return []
     removed = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        is_run = (folder / "run.json").is_file()
+        is_run = (folder / "run.json").is_file() or (
+            RUN_ID.fullmatch(folder.name) is not None and any(folder.glob(BLOCK_FILES))
+        )
         if folder.name.startswith(TRASH) or (is_run and now - last_touched(folder) > older_than_days * 86400):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
