@@ -156,7 +156,7 @@ def test_train_on_names_an_empty_version_and_reports_what_latest_was(tmp_path: P
     ]
     assert main([*argv, "--params", str(params)]) == 0
     assert json.loads(metrics.read_text())["versions"] == [version]
-    assert f"digits of {version}," in capsys.readouterr().out
+    assert f"digits of {version}: real test accuracy" in capsys.readouterr().out
 
 
 def test_report_names_a_version_folder_that_is_not_one(tmp_path: Path, capsys) -> None:

@@ -134,11 +134,14 @@ def metric_rows(doc: dict[str, Any] | None, gate: dict[str, Any]) -> list[dict[s
     metrics = doc["metrics"] if doc else {}
     values = with_gate(metrics, gate)
     flagged = {f["metric"] for f in doc["flags"]} if doc else set()
-    compared = {other for *_, other in EVALUATION_ROWS if other}
+    pairs = {key: (label, other_label, other) for label, key, other_label, other in EVALUATION_ROWS}
+    for key in METRICS:  # a measure with a real-against-real reference (PRDC, DCR) shows it beside it
+        if key not in pairs and f"{key}_real" in metrics:
+            pairs[key] = (_label(key), "real vs real", f"{key}_real")
+    compared = {other for *_, other in pairs.values() if other}
     keys = [key for _, key, _, _ in EVALUATION_ROWS]
     keys += [k for k in METRICS if k not in keys]
     keys += sorted(k for k in metrics if k not in keys and k not in compared)
-    pairs = {key: (label, other_label, other) for label, key, other_label, other in EVALUATION_ROWS}
     intervals = doc["intervals"] if doc else {}
 
     def missing(key: str | None) -> str:

@@ -32,6 +32,9 @@ def test_version_page_shows_every_number_by_id(site) -> None:
             assert float(shown) == pytest.approx(value, abs=5e-4), key
     assert {key for _, key, _, _ in EVALUATION_ROWS} | set(METRICS) <= set(re.findall(r'id="([\w]+)"', page))
     assert text_of(page, "data-metric", "cas_ratio") == "0.991"
+    dcr_row = re.search(r'<tr data-metric-row="dcr_share".*?</tr>', page, re.S).group(0)
+    assert "real vs real" in dcr_row and 'id="dcr_share_real"' in dcr_row  # beside it, not at the bottom
+    assert page.count('id="dcr_share_real"') == 1
     assert text_of(page, "data-metric", "conditional_accuracy_published") == "0.973"
     assert text_of(page, "id", "duplicate_rate") == "0.000"
     assert re.search(r'id="cas_ratio-interval" data-lo="0.98" data-hi="1.0"', page)
