@@ -85,20 +85,37 @@ def test_a_folder_without_a_manifest_is_no_version(root: str) -> None:
         published_files(f"{root}/tagged/v1", split="validation")
 
 
-def test_a_shard_changed_after_publishing_or_a_version_named_twice_is_refused(root: str) -> None:
+def test_a_shard_changed_after_publishing_or_a_version_named_twice_is_refused(
+    root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from diffusion.data.datasets import published_listing
+    from diffusion.data.shards import verify_files
+
     first = publish(root, "v1", 0)
     fs, folder = fsspec.core.url_to_fs(first)
     shards = sorted(fs.glob(f"{folder}/data/train-*.parquet"))
     fs.pipe_file(shards[1], fs.cat_file(shards[0]))  # valid Parquet, the wrong rows: only the checksum tells
-    with pytest.raises(DataError, match=r"train-00001-of-00005.parquet: its bytes differ from the sha256"):
+    changed = r"train-00001-of-00005.parquet: its bytes differ from the sha256"
+    with pytest.raises(DataError, match=changed):
         published_dataset(first)
-    assert len(published_files(first, verify=False)) == 5  # a caller may skip the check on purpose
+    listing = published_listing(first)
+    stream = ShardStream(listing.files, seed=0, shuffle=False, sha256=listing.sha256)
+    with pytest.raises(DataError, match=changed):  # streamed: checked as each file is read
+        list(stream)
+    assert len(list(ShardStream(published_files(first), seed=0))) == ROWS  # the paths alone check nothing
+    with pytest.raises(DataError, match=changed):
+        verify_files(open_version(first))  # what grading calls first
     fs.rm_file(shards[1])
     with pytest.raises(DataError, match=r"train-00001-of-00005.parquet: missing from the published version"):
-        published_dataset(first)
+        verify_files(open_version(first))
     second = publish(root, "v2", 100)
     with pytest.raises(DataError, match="named twice"):
         published_dataset([second, f"{second}/"])
+    if "://" not in root:  # a relative and an absolute spelling of one folder
+        monkeypatch.chdir(tmp_path)
+        relative = str(Path(second).relative_to(tmp_path))
+        with pytest.raises(DataError, match="named twice"):
+            published_dataset([second, relative])
 
 
 def test_open_version_takes_the_json_file_that_names_a_version(tmp_path: Path) -> None:

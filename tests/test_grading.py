@@ -344,3 +344,31 @@ def test_an_evaluation_is_never_written_inside_the_version_it_grades(tmp_path: P
         and f"--document: {v0}/evaluation.json is inside the published version" in capsys.readouterr().err
     )
     assert not Path(v0, "evaluation.json").exists() and not list(tmp_path.glob("*.out"))
+
+
+def test_a_json_file_without_metrics_is_no_grading_and_a_home_root_is_one_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from diffusion.quality.report import build_reports
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (v0,) = _fake_versions(tmp_path / "pub", "ds", 1)
+    out = Path(quality_dir(str(tmp_path / "pub"), "ds"))
+    (out / "v0").mkdir(parents=True)
+    (out / "v0" / "evaluation.json").write_text(json.dumps({"path": "generated/ds/v0", "version": "v0"}))
+    with pytest.raises(DataError, match="not an evaluation document .no metrics."):
+        read_document(str(out), "v0")  # a copied generated.json is no old flat document either
+    (out / "v0" / "evaluation.json").unlink()
+    index = build_reports("~/pub", "ds", str(out), version=v0)  # fsspec expands ~: the same root
+    assert Path(index).is_file()
+
+
+def test_a_dask_address_without_a_valid_port_is_one_line() -> None:
+    from diffusion.config.generate import TaskRunnerConfig
+    from diffusion.generate.inputs import check_task_runner
+    from diffusion.generate.plan import GenerationError
+
+    for address in ("tcp://127.0.0.1:abc", "tcp://127.0.0.1:70000"):
+        with pytest.raises(GenerationError, match="generate.task_runner.address: .* has no valid port"):
+            check_task_runner(TaskRunnerConfig(kind="dask", address=address))
+    check_task_runner(TaskRunnerConfig(kind="dask"))  # a local cluster: nothing to reach

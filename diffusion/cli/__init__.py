@@ -174,7 +174,7 @@ HELP = {
     "val": "the real validation split (Parquet)",
     "test": "the real test split (Parquet)",
     "out": "the output folder",
-    "metrics": "write the headline numbers here (JSON; a DVC metrics file)",
+    "metrics": "write the command's numbers here (JSON)",
     "confusion": "confusion-matrix CSV (DVC plot)",
     "grid": "sample grid (PNG)",
     "strip": "forward-diffusion picture (PNG)",

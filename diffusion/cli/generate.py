@@ -109,12 +109,13 @@ def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
     from diffusion.quality.grading import grade_version
     from diffusion.quality.monitor import raise_if_flagged
 
-    version = open_version(published_path(args.version))
+    version = open_version(args.version)
     for flag in ("document", "metrics", "classes", "confusion"):
         if inside(version.path, getattr(args, flag)):
             raise DigitsError(
                 f"--{flag}: {getattr(args, flag)} is inside the published version {version.path}, whose files"
-                " never change once published; write it elsewhere (the `evaluate` stage: data/evaluation.json)"
+                " never change once published; write it elsewhere (the `evaluate` stage writes"
+                " data/evaluation.json, metrics/evaluate.json and plots/evaluate_*.csv)"
             )
     grading = grading_of(params, args)
     doc = grade_version(version, params.generate.name, grading, params.hardware, args.train, args.classifier)
@@ -139,8 +140,8 @@ def inside(folder: str, path: str | None) -> bool:
     """Whether the local `path` is `folder` or lies under it (URLs and None: False)."""
     if not path or "://" in folder or "://" in path:
         return False
-    top = Path(folder).resolve()
-    return top in (Path(path).resolve(), *Path(path).resolve().parents)
+    top, inner = Path(folder).expanduser().resolve(), Path(path).expanduser().resolve()
+    return top in (inner, *inner.parents)
 
 
 def number_option(flag: str, given: str, expected: str, within: Callable[[float], bool]) -> float:
@@ -169,7 +170,7 @@ def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
     names = args.data.split(",")
     if not all(name.strip() for name in names):
         raise DigitsError(f"--data: an empty name in {args.data!r}; give version folders separated by commas")
-    versions = [open_version(published_path(name.strip())) for name in names]  # `latest` resolved once
+    versions = [open_version(name.strip()) for name in names]  # `latest` resolved once
     data = published_dataset(versions)
     if args.real:
         data = MixedDigits(data, DigitsDataset(args.real), fraction, seed=0)
@@ -247,12 +248,25 @@ def cmd_gc(params: Params, args: argparse.Namespace) -> None:
     print(f"removed {len(removed)} staging folder(s) from {params.generate.staging_dir}")
 
 
+def _release_device_memory() -> None:
+    """Return what the start-up checks cached on an accelerator (torch's allocator keeps freed blocks)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def cmd_serve(params: Params, args: argparse.Namespace) -> None:
     """Check what every scheduled run will read (as `digits generate` does, staging nothing), then serve."""
     from prefect.settings import get_current_settings
 
-    if not get_current_settings().api.url:  # a temporary server would die with this process, and share
-        raise DigitsError(  # its database with any `prefect server start` of the same PREFECT_HOME
+    # A temporary server would end with this process and share its database with any `prefect server
+    # start` of the same PREFECT_HOME, whose deployment it would then take over.
+    if not get_current_settings().api.url:
+        raise DigitsError(
             "PREFECT_API_URL is not set: `digits serve` needs a running Prefect server (`prefect server"
             " start`, then `export PREFECT_API_URL=http://127.0.0.1:4200/api`)"
         )
@@ -262,5 +276,6 @@ def cmd_serve(params: Params, args: argparse.Namespace) -> None:
 
     grading = grading_of(params, args)
     check_run_inputs(params.generate, params.hardware, args.model, args.classifier, args.train, args.student)
-    workers.clear()  # each scheduled run loads its own; this process only serves
+    workers.clear()  # each scheduled run loads its own, in its own process; this one only serves
+    _release_device_memory()
     serve_generation(params, args.model, args.classifier, args.train, grading, args.student)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
@@ -23,7 +24,15 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from diffusion.data.evaluations import latest_version
 from diffusion.data.handoff import published_path
 from diffusion.data.schema import table_arrays
-from diffusion.data.shards import MANIFEST, PublishedVersion, read_manifest, verify_files, version_files
+from diffusion.data.shards import (
+    MANIFEST,
+    PublishedVersion,
+    check_sha256,
+    location,
+    read_manifest,
+    version_files,
+    version_sha256,
+)
 from diffusion.errors import DataError
 
 _COLUMNS = ["id", "image", "label"]
@@ -36,8 +45,11 @@ def _reason(err: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
-def _read_one(path: str, columns: Sequence[str], optional: Sequence[str] = ()) -> pa.Table:
-    """`columns` of one Parquet file, and those of `optional` that it has."""
+def _read_one(
+    path: str, columns: Sequence[str], optional: Sequence[str] = (), sha256: str | None = None
+) -> pa.Table:
+    """`columns` of one Parquet file, and those of `optional` that it has. `sha256`: the file's bytes, read
+    once, must hash to it (a published version's manifest entry; `check_sha256`)."""
     try:
         opened = fsspec.open(path, "rb")
     except (ValueError, ImportError) as err:  # an unknown protocol, or its package is not installed
@@ -46,9 +58,16 @@ def _read_one(path: str, columns: Sequence[str], optional: Sequence[str] = ()) -
         ) from None
     try:
         with opened as f:
-            parquet = pq.ParquetFile(f)
+            source = f
+            if sha256 is not None:
+                data = f.read()
+                check_sha256(path, data, sha256)
+                source = pa.BufferReader(data)
+            parquet = pq.ParquetFile(source)
             present = [c for c in optional if c in parquet.schema_arrow.names]
             return parquet.read(columns=[*columns, *present])
+    except DataError:  # the checksum's own line
+        raise
     except FileNotFoundError:
         raise DataError(f"{path}: Parquet file not found") from None
     except IsADirectoryError:
@@ -89,23 +108,30 @@ def _decode(path: str, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def load_arrays(paths: str | Path | Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray]:
+def load_arrays(
+    paths: str | Path | Sequence[str | Path], sha256: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Read digits Parquet into (images uint8 (N, 28, 28), labels int64 (N,)). Raises DataError naming a bad file."""
-    images, labels, _ = load_digits(paths)
+    images, labels, _ = load_digits(paths, sha256)
     return images, labels
 
 
-def load_digits(paths: str | Path | Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_digits(
+    paths: str | Path | Sequence[str | Path], sha256: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images uint8 (N, 28, 28), labels int64 (N,), style codes int64 (N,)) of digits Parquet files.
 
-    Files written before styles existed hold MNIST handwriting: their rows read as style 0. Raises DataError
-    naming a bad file.
+    Files written before styles existed hold MNIST handwriting: their rows read as style 0. `sha256`: each
+    file's expected checksum, checked on the bytes read (published versions). Raises DataError naming a bad
+    file.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
+    paths = [str(p) for p in paths]
+    sums = list(sha256) if sha256 is not None else [None] * len(paths)
     parts = []
-    for path in map(str, paths):
-        table = _read_one(path, ["image", "label"], optional=["style"])
+    for path, expected in zip(paths, sums, strict=True):
+        table = _read_one(path, ["image", "label"], optional=["style"], sha256=expected)
         images, labels = _decode(path, table)
         if "style" in table.column_names:
             if table.column("style").null_count:
@@ -144,8 +170,8 @@ class DigitsDataset(Dataset):
     codes of diffusion.styles.STYLES) for fast batching.
     """
 
-    def __init__(self, paths: str | Path | Sequence[str | Path]):
-        images, labels, styles = load_digits(paths)
+    def __init__(self, paths: str | Path | Sequence[str | Path], sha256: Sequence[str] | None = None):
+        images, labels, styles = load_digits(paths, sha256)
         self.images = to_model_range(images)
         self.labels = torch.from_numpy(labels)
         self.styles = torch.from_numpy(styles)
@@ -197,30 +223,44 @@ def open_version(path: str | Path) -> PublishedVersion:
 Versions = str | Path | PublishedVersion | Sequence[str | Path | PublishedVersion]
 
 
-def published_files(versions: Versions, split: str = "train", verify: bool = True) -> list[str]:
-    """The Parquet files of `split` ("train": the published rows, "unfiltered": every sampled row) of one or
-    more published versions (folders or URLs, or versions `open_version` already opened), as their manifests
-    list them, version by version. `verify`: each file is first checked against the sha256 its manifest
-    recorded (`verify_files`: one read of every file), so a changed or swapped shard fails here, naming it."""
+@dataclass(frozen=True)
+class Listing:
+    """The Parquet files of one split of one or more published versions, and the sha256 each file's
+    manifest recorded (same order): what a reader checks each file's bytes against as it reads them."""
+
+    files: list[str]
+    sha256: list[str]
+
+
+def published_listing(versions: Versions, split: str = "train") -> Listing:
+    """The files of `split` ("train": the published rows, "unfiltered": every sampled row) of one or more
+    published versions (folders or URLs, `<root>/<name>/latest`, the JSON file `digits generate --published`
+    wrote, or versions `open_version` already opened), as their manifests list them, version by version,
+    with their checksums. A version named twice (in any spelling) is refused: its digits would count twice.
+    """
     if isinstance(versions, (str, Path, PublishedVersion)):
         versions = [versions]
     opened = [v if isinstance(v, PublishedVersion) else open_version(v) for v in versions]
-    keys = [v.path if "://" in v.path else str(Path(v.path).resolve()) for v in opened]
+    keys = [location(v.path) for v in opened]
     if len(set(keys)) < len(keys):
         twice = next(v.path for v, key in zip(opened, keys, strict=True) if keys.count(key) > 1)
         raise DataError(f"{twice}: named twice; each of its digits would be counted twice")
-    if verify:
-        for version in opened:
-            verify_files(version, split)
     files = [f for v in opened for f in version_files(v, split)]
     if not files:
         raise DataError(f"no '{split}' files in {', '.join(v.path for v in opened) or 'no versions'}")
-    return files
+    return Listing(files, [s for v in opened for s in version_sha256(v, split)])
+
+
+def published_files(versions: Versions, split: str = "train") -> list[str]:
+    """`published_listing(versions, split).files`: the paths alone (a reader given them checks nothing)."""
+    return published_listing(versions, split).files
 
 
 def published_dataset(versions: Versions, split: str = "train") -> DigitsDataset:
-    """One or more published versions in memory, as a map-style DigitsDataset."""
-    return DigitsDataset(published_files(versions, split))
+    """One or more published versions in memory, as a map-style DigitsDataset; each file is checked against
+    its manifest's sha256 as it is read (one read), so a changed or swapped shard fails, naming it."""
+    listing = published_listing(versions, split)
+    return DigitsDataset(listing.files, listing.sha256)
 
 
 def _generator(*key: int) -> torch.Generator:
@@ -253,10 +293,17 @@ class ShardStream(IterableDataset):
     iterating to draw epoch e's order. Item: (image float32 (1, 28, 28) in [-1, 1], label int64 scalar).
     """
 
-    def __init__(self, files: Sequence[str | Path], seed: int = 0, shuffle: bool = True):
+    def __init__(
+        self,
+        files: Sequence[str | Path],
+        seed: int = 0,
+        shuffle: bool = True,
+        sha256: Sequence[str] | None = None,
+    ):
         if not files:
             raise DataError("no Parquet files given")
         self.files, self.seed, self.shuffle, self.epoch = [str(f) for f in files], seed, shuffle, 0
+        self.sha256 = list(sha256) if sha256 is not None else None  # checked as each file is read
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -271,7 +318,8 @@ class ShardStream(IterableDataset):
             else range(n)
         )
         for index in order[worker::workers]:
-            images, labels = load_arrays(self.files[index])
+            sums = [self.sha256[index]] if self.sha256 is not None else None
+            images, labels = load_arrays(self.files[index], sums)
             x, y = to_model_range(images), torch.from_numpy(labels)
             rows = torch.randperm(len(y), generator=_generator(self.seed, self.epoch, index)).tolist()
             for r in rows if self.shuffle else range(len(y)):

@@ -23,6 +23,7 @@ from diffusion.data.shards import PublishedVersion, list_versions
 from diffusion.errors import DataError
 
 QUALITY_DIR = "_quality"
+FLAT_NAMES = frozenset({"version", "name", "path", "flagged"})  # an old flat document's keys that are no metric
 DOCUMENT = "evaluation.json"
 
 
@@ -60,7 +61,9 @@ def check_document(doc: dict[str, Any], where: str) -> dict[str, Any]:
                 f"{'true or false' if kind is bool else 'object' if kind is dict else 'list'}); {fix}"
             )
     if doc["flagged"] != bool(doc["flags"]):
-        raise DataError(f"{where}: 'flagged' is {str(doc['flagged']).lower()} but flags lists {len(doc['flags'])}; {fix}")
+        listed = f"{len(doc['flags'])} flag{'s' if len(doc['flags']) != 1 else ''}"
+        flagged = str(doc["flagged"]).lower()
+        raise DataError(f"{where}: 'flagged' is {flagged} but 'flags' lists {listed}; {fix}")
     return doc
 
 
@@ -90,7 +93,12 @@ def read_document(out: str, version: str) -> dict[str, Any] | None:
         raise DataError(f"{path}: not an evaluation document ({err}); grade the version again") from None
     if not isinstance(doc, dict):
         raise DataError(f"{path}: not an evaluation document (a JSON object); grade the version again")
-    return check_document(doc, path) if "metrics" in doc else doc  # without: an old flat document
+    if "metrics" in doc:
+        return check_document(doc, path)
+    numbers = [v for k, v in doc.items() if k not in FLAT_NAMES and isinstance(v, int | float)]
+    if not numbers:  # not even an old flat document (a stray {}, a copied generated.json)
+        raise DataError(f"{path}: not an evaluation document (no metrics); grade the version again")
+    return doc  # an old flat document: its numbers are the metrics
 
 
 def is_flagged(doc: dict[str, Any] | None) -> bool:

@@ -2,7 +2,8 @@
 
 `digits generate --published FILE` (the generate stage's data/generated.json) writes {"path", "version"}, the
 path relative to FILE's folder, so that a checkout or a `dvc pull` elsewhere finds its own copy. Every
-command and library function that takes a version folder also takes such a file (`published_path`).
+command and library function that takes a version folder also takes such a file on the local disk
+(`published_path`; the version it names may be a URL).
 """
 
 from __future__ import annotations

@@ -109,6 +109,7 @@ def load_font(path: str | Path) -> Font:
 
 
 def _open(path: Path) -> TTFont:
+    """The font file, its tables read lazily; DataError naming the file when it is no font."""
     try:
         return TTFont(str(path), lazy=True, fontNumber=0)
     except (TTLibError, OSError) as err:

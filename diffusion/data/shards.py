@@ -160,6 +160,14 @@ def _fs(root: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, base.rstrip("/")
 
 
+def location(path: str) -> tuple[str, str]:
+    """(protocol, path) of a local path or URL as fsspec resolves it (`~` expanded, relative made absolute,
+    `file://` and plain paths alike), so two spellings of one folder compare equal."""
+    fs, resolved = fsspec.core.url_to_fs(str(path))
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol, resolved.rstrip("/") or "/"
+
+
 def _url(root: str, base: str, *parts: str) -> str:
     """The user-facing location: a local path, or the URL with the root's protocol."""
     path = "/".join([base, *parts])
@@ -326,17 +334,31 @@ def verify_files(version: PublishedVersion, split: str | None = None) -> None:
             raise DataError(
                 f"{path}: missing from the published version; restore the version's files"
             ) from None
-        if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
-            raise DataError(
-                f"{path}: its bytes differ from the sha256 its {MANIFEST} recorded when it was published"
-                " (the file was changed or replaced); restore the version's files"
-            )
+        except (IsADirectoryError, PermissionError) as err:
+            raise DataError(f"{path}: cannot be read ({err.strerror}); restore the version's files") from None
+        except OSError as err:  # kept as the cause: a network failure stays worth a retry (is_transient)
+            raise DataError(f"{path}: cannot be read ({err})") from err
+        check_sha256(path, data, entry.get("sha256"))
+
+
+def check_sha256(path: str, data: bytes, expected: str | None) -> None:
+    """DataError naming `path` when `data` (its bytes) does not hash to the sha256 its manifest recorded."""
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise DataError(
+            f"{path}: its bytes differ from the sha256 its {MANIFEST} recorded when it was published"
+            " (the file was changed or replaced); restore the version's files"
+        )
 
 
 def version_files(version: PublishedVersion, split: str = "train") -> list[str]:
     """The Parquet files (paths or URLs) of one split of a published version, in order."""
-    return [
-        f"{version.path}/{f['path']}"
-        for f in version.manifest["files"]
-        if f["path"].startswith(f"data/{split}-")
-    ]
+    return [f"{version.path}/{f['path']}" for f in _entries(version, split)]
+
+
+def version_sha256(version: PublishedVersion, split: str = "train") -> list[str]:
+    """The sha256 the manifest recorded for each file of `version_files(version, split)`, in that order."""
+    return [str(f.get("sha256")) for f in _entries(version, split)]
+
+
+def _entries(version: PublishedVersion, split: str) -> list[dict[str, Any]]:
+    return [f for f in version.manifest["files"] if f["path"].startswith(f"data/{split}-")]

@@ -32,6 +32,7 @@ from diffusion.model.student import check_student, student_steps, weights_name
 from diffusion.styles import STYLES, cell_digit, cell_name, cell_style
 
 SCHEDULER_TIMEOUT = 5.0  # seconds to wait for a Dask scheduler to accept a connection
+DASK_PORT = 8786  # a scheduler address without a port means Dask's default
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,9 @@ def check_run_inputs(
     student_dir: str | None = None,
 ) -> CheckedInputs:
     """Check every input of a run before any work and load the networks and training digits into this
-    worker (which proves they load): a DigitsError (one line naming the file or field) otherwise. Writes
-    nothing: `digits serve` calls it at start-up, so a bad input fails there, not at the first slot.
+    worker (which proves they load): a DigitsError (one line naming the file or field) otherwise. Stages
+    nothing (the output folders are probed for writing, as `check_writable` does): `digits serve` calls it
+    at start-up, so a bad input fails there, not at the first slot.
 
     With the `distilled` sampler the digits come from `student_dir` (`digits distill-diffusion`): it must
     hold a student for the sampler's steps and guidance, distilled from the teacher `model_dir` (checksum).
@@ -118,10 +120,16 @@ def check_task_runner(cfg: TaskRunnerConfig) -> None:
     if cfg.kind != "dask" or not cfg.address:
         return
     where = urlsplit(cfg.address if "://" in cfg.address else f"tcp://{cfg.address}")
-    if where.scheme not in ("tcp", "tls") or where.hostname is None or where.port is None:
+    if where.scheme not in ("tcp", "tls") or not where.hostname:
         return  # another transport (inproc, ucx): Dask checks it
     try:
-        with socket.create_connection((where.hostname, where.port), timeout=SCHEDULER_TIMEOUT):
+        port = where.port or DASK_PORT
+    except ValueError:  # not a number, or over 65535
+        raise GenerationError(
+            f"generate.task_runner.address: {cfg.address!r} has no valid port; give tcp://host:port"
+        ) from None
+    try:
+        with socket.create_connection((where.hostname, port), timeout=SCHEDULER_TIMEOUT):
             pass
     except OSError as err:
         raise GenerationError(

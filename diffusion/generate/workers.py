@@ -8,7 +8,7 @@ Each loader is keyed by (what, its checksum, device, ...): the first call in a p
 return the same object. Prefect's thread pool shares one process, so a lock makes concurrent first calls
 load once; the networks are in eval mode and used under `torch.no_grad`, so threads share them read-only.
 Each Dask worker process has a cache of its own. A kind keeps only its newest entry, so a long-lived
-process (`digits serve`) holds one model per kind, whatever the number of runs. `counting_loads` records
+process holds one model per kind, whatever the number of runs. `counting_loads` records
 the loads a block of code (one task) makes on its thread.
 """
 
@@ -106,6 +106,7 @@ def train_pixels(path: str, sha256: str, device: torch.device) -> torch.Tensor:
 
 
 def clear() -> None:
-    """Forget everything this process loaded (tests; a worker that must reload)."""
+    """Forget everything this process loaded (tests; a worker that must reload; `digits serve` after its
+    start-up checks, since Prefect runs each scheduled run in a process of its own)."""
     with _LOCK:
         _CACHE.clear()

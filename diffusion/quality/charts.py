@@ -149,7 +149,8 @@ def trend_svg(
     """One metric across versions (oldest first): points joined by a line, a gap where a version has no
     value; the monitor's floor or ceiling (`kind`) as a dashed line, `bound` named on it; `flagged` versions
     as red points. `bounds`: the bound each version was graded against (None: none), a dashed segment across
-    each version's column instead of one line at `bound`, so a version flagged under an earlier, stricter floor sits under its own.
+    each version's column instead of one line at `bound`, so a version flagged under an earlier, stricter
+    floor sits under its own.
     `ticks`: the x labels (e.g. the versions' dates; default the version names), first and last only when
     there are many. `limits`: the metric's range; the axis never runs further than a hair beyond it.
 

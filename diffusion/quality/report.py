@@ -33,7 +33,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from diffusion.checkpoint import write_bytes_atomic
 from diffusion.data.evaluations import DOCUMENT, read_document, write_document
-from diffusion.data.shards import PublishedVersion, list_versions
+from diffusion.data.shards import PublishedVersion, list_versions, location
 from diffusion.errors import DataError
 from diffusion.quality import charts
 from diffusion.quality.headline import METRICS
@@ -149,8 +149,10 @@ def _version_named(
     versions: list[PublishedVersion], where: str, version: str | None, evaluation: dict | None
 ) -> str | None:
     """The version whose page is asked for: the folder `version` names, else the evaluation's "version"."""
-    if version and "://" not in version + where and Path(version).resolve().parent != Path(where).resolve():
-        raise DataError(f"{version}: not a version of {where}; name one of its folders")
+    if version:
+        (protocol, folder), root = location(version), location(where)
+        if (protocol, folder.rsplit("/", 1)[0] or "/") != root:
+            raise DataError(f"{version}: not a version of {where}; name one of its folders")
     named = version.rstrip("/").rsplit("/", 1)[-1] if version else None
     in_doc = (evaluation or {}).get("version")
     if named and in_doc and in_doc != named:
@@ -204,7 +206,8 @@ def build_reports(
     version's manifest names, where it is here unchanged (`page_models`). Last, the pages of
     versions no longer published are removed (`remove_stale_pages`).
 
-    Raises DataError when there is no version, the version is not published, or the evaluation names another.
+    Raises DataError when there is no version, the version is not published or lies under another root, the
+    evaluation names another, or `evaluation` is no full evaluation document (`check_document`).
     """
     versions = list_versions(versions_root, name)
     if not versions:

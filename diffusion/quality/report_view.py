@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from diffusion.data.evaluations import FLAT_NAMES
 from diffusion.quality import charts
 from diffusion.quality.headline import METRICS
 from diffusion.quality.report_html import MISSING, markup
@@ -57,7 +58,7 @@ def normalize(doc: dict[str, Any] | None) -> dict[str, Any] | None:
         flags = [f for f in doc.get("flags") or [] if isinstance(f, dict) and "metric" in f]
         flagged = bool(doc.get("flagged"))
     else:
-        metrics = {k: _number(v) for k, v in doc.items() if k not in {"version", "name", "path", "flagged"}}
+        metrics = {k: _number(v) for k, v in doc.items() if k not in FLAT_NAMES}
         metrics = {k: v for k, v in metrics.items() if v is not None or doc[k] is None}
         flags, flagged = [], bool(doc.get("flagged"))
     monitor = doc.get("monitor") or {}
