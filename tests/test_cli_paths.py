@@ -107,7 +107,7 @@ def test_latest_resolves_a_relative_dataset_folder(tmp_path: Path, monkeypatch) 
         publish(str(root), version, 100 * i)
         write_document(
             quality_dir(str(root), "tagged"),
-            {"version": version, "metrics": {}, "flags": [], "flagged": False},
+            {"version": version, "metrics": {"cas_ratio": 1.0}, "flags": [], "flagged": False},
         )
     monkeypatch.chdir(root)
     assert open_version("tagged/latest").version == "v2"
@@ -141,7 +141,8 @@ def test_train_on_names_an_empty_version_and_reports_what_latest_was(tmp_path: P
     root = tmp_path / "published"
     version = publish(str(root), "v1", 0)
     write_document(
-        quality_dir(str(root), "tagged"), {"version": "v1", "metrics": {}, "flags": [], "flagged": False}
+        quality_dir(str(root), "tagged"),
+        {"version": "v1", "metrics": {"cas_ratio": 1.0}, "flags": [], "flagged": False},
     )
     real_digits(tmp_path, 20)
     real, metrics = str(tmp_path / "real-20.parquet"), tmp_path / "m.json"

@@ -277,9 +277,18 @@ def test_latest_wants_a_graded_unflagged_version_and_ignores_stray_files(tmp_pat
     with pytest.raises(DataError, match=r"none of its 3 published versions .* \(3 not graded\)"):
         latest_version(str(tmp_path), "ds")
     assert latest_version(str(tmp_path), "ds", include_ungraded=True).version == "v2"
-    write_document(out, {"name": "ds", "version": "v0", "metrics": {}, "flagged": False, "flags": []})
     write_document(
-        out, {"name": "ds", "version": "v1", "metrics": {}, "flagged": True, "flags": [{"metric": "x"}]}
+        out, {"name": "ds", "version": "v0", "metrics": {"cas_ratio": 1.0}, "flagged": False, "flags": []}
+    )
+    write_document(
+        out,
+        {
+            "name": "ds",
+            "version": "v1",
+            "metrics": {"cas_ratio": 1.0},
+            "flagged": True,
+            "flags": [{"metric": "x"}],
+        },
     )
     assert latest_version(str(tmp_path), "ds").version == "v0"  # v2 ungraded, v1 flagged
     assert latest_version(str(tmp_path), "ds", include_flagged=True).version == "v1"
@@ -372,3 +381,30 @@ def test_a_dask_address_without_a_valid_port_is_one_line() -> None:
         with pytest.raises(GenerationError, match="generate.task_runner.address: .* has no valid port"):
             check_task_runner(TaskRunnerConfig(kind="dask", address=address))
     check_task_runner(TaskRunnerConfig(kind="dask"))  # a local cluster: nothing to reach
+
+
+def test_a_root_is_one_root_in_any_spelling_and_a_bad_manifest_is_one_line(tmp_path: Path, capsys) -> None:
+    from diffusion.cli import main
+    from diffusion.data.datasets import published_dataset
+
+    (v0,) = _fake_versions(tmp_path / "pub", "synthetic-digits", 1)
+    (tmp_path / "link").symlink_to(tmp_path / "pub")
+    (tmp_path / "x").mkdir()
+    out = tmp_path / "reports"
+    for root in (f"{tmp_path}/pub/", f"{tmp_path}/link", f"{tmp_path}/x/../pub"):  # slash, symlink, ..
+        assert main(["report", "--versions", root, "--version", v0, "--out", str(out)]) == 0, root
+    capsys.readouterr()
+    with pytest.raises(DataError, match="named twice"):
+        published_dataset([v0, f"{tmp_path}/link/synthetic-digits/v0"])
+    bad = tmp_path / "bad" / "synthetic-digits" / "v9"
+    bad.mkdir(parents=True)
+    for files in ("[{}]", '["x"]', '[{"path": "data/train-0.parquet"}]'):
+        (bad / "manifest.json").write_text(f'{{"files": {files}}}')
+        with pytest.raises(DataError, match="'files' should list objects with a 'path' and a 'sha256'"):
+            open_version(bad)
+    from diffusion.data.evaluations import is_flagged  # a boolean is no metric of an old flat document
+
+    (out / "synthetic-digits" / "v0" / "evaluation.json").write_text('{"version": "v0", "ok": true}')
+    with pytest.raises(DataError, match="no metrics"):
+        read_document(str(out / "synthetic-digits"), "v0")
+    assert not is_flagged(None)

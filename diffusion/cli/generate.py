@@ -137,11 +137,17 @@ def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
 
 
 def inside(folder: str, path: str | None) -> bool:
-    """Whether the local `path` is `folder` or lies under it (URLs and None: False)."""
-    if not path or "://" in folder or "://" in path:
+    """Whether `path` is `folder` or lies under it, in any spelling (`location`); None, or a URL whose
+    filesystem is not installed: False."""
+    from diffusion.data.shards import location
+
+    if not path:
         return False
-    top, inner = Path(folder).expanduser().resolve(), Path(path).expanduser().resolve()
-    return top in (inner, *inner.parents)
+    try:
+        (protocol, top), (other, inner) = location(folder), location(path)
+    except (ImportError, ValueError):
+        return False
+    return protocol == other and (inner == top or inner.startswith(top.rstrip("/") + "/"))
 
 
 def number_option(flag: str, given: str, expected: str, within: Callable[[float], bool]) -> float:

@@ -304,6 +304,8 @@ class ShardStream(IterableDataset):
             raise DataError("no Parquet files given")
         self.files, self.seed, self.shuffle, self.epoch = [str(f) for f in files], seed, shuffle, 0
         self.sha256 = list(sha256) if sha256 is not None else None  # checked as each file is read
+        if self.sha256 is not None and len(self.sha256) != len(self.files):
+            raise DataError(f"{len(self.files)} files but {len(self.sha256)} checksums; give one per file")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

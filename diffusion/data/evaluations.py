@@ -24,6 +24,9 @@ from diffusion.errors import DataError
 
 QUALITY_DIR = "_quality"
 FLAT_NAMES = frozenset({"version", "name", "path", "flagged"})  # an old flat document's keys that are no metric
+# An old flat document held at least one of these (`digits evaluate --metrics` of earlier code); a JSON file
+# with none of them (a stray {}, a copied generated.json or generate metrics file) is no grading.
+FLAT_HEADLINES = ("conditional_accuracy_published", "cas_ratio", "cas_accuracy", "frechet_distance")
 DOCUMENT = "evaluation.json"
 
 
@@ -48,6 +51,10 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def check_document(doc: dict[str, Any], where: str) -> dict[str, Any]:
     """`doc` when it has what every evaluation document holds (`diffusion.quality.grading.grade_version`):
     `metrics` (an object), `flags` (a list) and `flagged` (true exactly when flags are listed), so that
@@ -60,6 +67,8 @@ def check_document(doc: dict[str, Any], where: str) -> dict[str, Any]:
                 f"{where}: not an evaluation document ('{key}' should be a JSON "
                 f"{'true or false' if kind is bool else 'object' if kind is dict else 'list'}); {fix}"
             )
+    if not doc["metrics"]:
+        raise DataError(f"{where}: not an evaluation document ('metrics' is empty); {fix}")
     if doc["flagged"] != bool(doc["flags"]):
         listed = f"{len(doc['flags'])} flag{'s' if len(doc['flags']) != 1 else ''}"
         flagged = str(doc["flagged"]).lower()
@@ -95,8 +104,7 @@ def read_document(out: str, version: str) -> dict[str, Any] | None:
         raise DataError(f"{path}: not an evaluation document (a JSON object); grade the version again")
     if "metrics" in doc:
         return check_document(doc, path)
-    numbers = [v for k, v in doc.items() if k not in FLAT_NAMES and isinstance(v, int | float)]
-    if not numbers:  # not even an old flat document (a stray {}, a copied generated.json)
+    if not any(_is_number(doc.get(k)) for k in FLAT_HEADLINES):  # not even an old flat document
         raise DataError(f"{path}: not an evaluation document (no metrics); grade the version again")
     return doc  # an old flat document: its numbers are the metrics
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import re
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -161,11 +163,14 @@ def _fs(root: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 
 def location(path: str) -> tuple[str, str]:
-    """(protocol, path) of a local path or URL as fsspec resolves it (`~` expanded, relative made absolute,
-    `file://` and plain paths alike), so two spellings of one folder compare equal."""
+    """(protocol, path) of a local path or URL, so two spellings of one folder compare equal: as fsspec
+    resolves it (`~` expanded, relative made absolute, `file://` and plain paths alike), then on a local disk
+    the real path (`..`, `//` and symbolic links resolved), elsewhere with repeated slashes collapsed."""
     fs, resolved = fsspec.core.url_to_fs(str(path))
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol, resolved.rstrip("/") or "/"
+    if isinstance(fs, LocalFileSystem):
+        return protocol, os.path.realpath(resolved)
+    return protocol, re.sub("/+", "/", resolved).rstrip("/") or "/"
 
 
 def _url(root: str, base: str, *parts: str) -> str:
@@ -299,6 +304,14 @@ def read_manifest(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, Any] 
         raise DataError(
             f"{folder}/{MANIFEST}: not a version manifest (a JSON {type(manifest).__name__}, expected an"
             " object); publish the version again"
+        )
+    files = manifest.get("files", [])
+    if not isinstance(files, list) or not all(
+        isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("sha256"), str) for f in files
+    ):
+        raise DataError(
+            f"{folder}/{MANIFEST}: 'files' should list objects with a 'path' and a 'sha256'; publish the"
+            " version again"
         )
     return manifest
 

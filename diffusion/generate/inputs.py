@@ -119,12 +119,12 @@ def check_task_runner(cfg: TaskRunnerConfig) -> None:
     naming generate.task_runner.address otherwise, instead of Dask's own 30 s wait and traceback."""
     if cfg.kind != "dask" or not cfg.address:
         return
-    where = urlsplit(cfg.address if "://" in cfg.address else f"tcp://{cfg.address}")
-    if where.scheme not in ("tcp", "tls") or not where.hostname:
-        return  # another transport (inproc, ucx): Dask checks it
     try:
-        port = where.port or DASK_PORT
-    except ValueError:  # not a number, or over 65535
+        where = urlsplit(cfg.address if "://" in cfg.address else f"tcp://{cfg.address}")
+        if where.scheme not in ("tcp", "tls") or not where.hostname:
+            return  # another transport (inproc, ucx): Dask checks it
+        port = DASK_PORT if where.port is None else where.port
+    except ValueError:  # a port that is no number or over 65535, a broken IPv6 host
         raise GenerationError(
             f"generate.task_runner.address: {cfg.address!r} has no valid port; give tcp://host:port"
         ) from None

@@ -212,7 +212,7 @@ def build_reports(
     versions = list_versions(versions_root, name)
     if not versions:
         raise DataError(f"{versions_root}/{name}: no published versions")
-    target = _version_named(versions, f"{versions_root}/{name}", version, evaluation)
+    target = _version_named(versions, f"{str(versions_root).rstrip('/')}/{name}", version, evaluation)
     out = str(out).rstrip("/")
     fs, base = fsspec.core.url_to_fs(out)
     base = base.rstrip("/")
