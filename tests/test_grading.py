@@ -293,7 +293,7 @@ def test_latest_wants_a_graded_unflagged_version_and_ignores_stray_files(tmp_pat
     assert latest_version(str(tmp_path), "ds").version == "v0"  # v2 ungraded, v1 flagged
     assert latest_version(str(tmp_path), "ds", include_flagged=True).version == "v1"
     assert open_version(f"file://{tmp_path}/ds/latest").path == f"file://{tmp_path}/ds/v0"  # keeps its root
-    with pytest.raises(DataError, match="nope://x/ds/latest: cannot read the versions of nope://x/ds"):
+    with pytest.raises(DataError, match="nope://x: cannot open .Protocol not known"):
         open_version("nope://x/ds/latest")
 
 
@@ -408,3 +408,17 @@ def test_a_root_is_one_root_in_any_spelling_and_a_bad_manifest_is_one_line(tmp_p
     with pytest.raises(DataError, match="no metrics"):
         read_document(str(out / "synthetic-digits"), "v0")
     assert not is_flagged(None)
+
+
+def test_a_versions_root_of_an_unknown_protocol_is_one_line(tmp_path: Path, capsys) -> None:
+    from diffusion.cli import main
+
+    code = main(["report", "--versions", "nope://b", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert (
+        code == 2
+        and err.startswith("error: nope://b: cannot open (Protocol not known")
+        and err.count("\n") == 1
+    )
+    with pytest.raises(DataError, match="nope://b: cannot open"):
+        latest_version("nope://b", "ds")

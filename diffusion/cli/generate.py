@@ -145,7 +145,7 @@ def inside(folder: str, path: str | None) -> bool:
         return False
     try:
         (protocol, top), (other, inner) = location(folder), location(path)
-    except (ImportError, ValueError):
+    except DigitsError:  # a URL fsspec cannot open here: not a local folder's
         return False
     return protocol == other and (inner == top or inner.startswith(top.rstrip("/") + "/"))
 

@@ -19,7 +19,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from diffusion.checkpoint import write_bytes_atomic
-from diffusion.data.shards import PublishedVersion, list_versions
+from diffusion.data.shards import PublishedVersion, list_versions, url_to_fs
 from diffusion.errors import DataError
 
 QUALITY_DIR = "_quality"
@@ -93,7 +93,7 @@ def write_document(out: str, doc: dict[str, Any]) -> str:
 def read_document(out: str, version: str) -> dict[str, Any] | None:
     """The evaluation document of `version` in `out`, or None when it was not graded there."""
     path = document_path(out, version)
-    fs, local = fsspec.core.url_to_fs(path)
+    fs, local = url_to_fs(path)
     try:
         doc = json.loads(fs.cat_file(local))
     except FileNotFoundError:

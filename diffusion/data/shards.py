@@ -158,15 +158,26 @@ class PublishedVersion:
 
 
 def _fs(root: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, base = fsspec.core.url_to_fs(root)
+    fs, base = url_to_fs(root)
     return fs, base.rstrip("/")
+
+
+def url_to_fs(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """`fsspec.core.url_to_fs`, with a URL whose protocol is unknown or whose package is not installed as
+    one DataError naming it."""
+    try:
+        return fsspec.core.url_to_fs(str(path))
+    except ImportError as err:  # the protocol's package (s3fs, gcsfs, ...) is not installed
+        raise DataError(f"{path}: cannot open ({str(err).splitlines()[0]})") from None
+    except ValueError as err:  # an unknown protocol
+        raise DataError(f"{path}: cannot open ({err}); give a local path or a URL fsspec knows") from None
 
 
 def location(path: str) -> tuple[str, str]:
     """(protocol, path) of a local path or URL, so two spellings of one folder compare equal: as fsspec
     resolves it (`~` expanded, relative made absolute, `file://` and plain paths alike), then on a local disk
     the real path (`..`, `//` and symbolic links resolved), elsewhere with repeated slashes collapsed."""
-    fs, resolved = fsspec.core.url_to_fs(str(path))
+    fs, resolved = url_to_fs(str(path))
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if isinstance(fs, LocalFileSystem):
         return protocol, os.path.realpath(resolved)

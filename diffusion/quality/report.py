@@ -33,7 +33,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from diffusion.checkpoint import write_bytes_atomic
 from diffusion.data.evaluations import DOCUMENT, read_document, write_document
-from diffusion.data.shards import PublishedVersion, list_versions, location
+from diffusion.data.shards import PublishedVersion, list_versions, location, url_to_fs
 from diffusion.errors import DataError
 from diffusion.quality import charts
 from diffusion.quality.headline import METRICS
@@ -214,7 +214,7 @@ def build_reports(
         raise DataError(f"{versions_root}/{name}: no published versions")
     target = _version_named(versions, f"{str(versions_root).rstrip('/')}/{name}", version, evaluation)
     out = str(out).rstrip("/")
-    fs, base = fsspec.core.url_to_fs(out)
+    fs, base = url_to_fs(out)
     base = base.rstrip("/")
     if evaluation is not None:
         write_document(out, {**evaluation, "version": target})
