@@ -347,13 +347,11 @@ def verify_files(version: PublishedVersion, split: str | None = None) -> None:
     """Check the files of one split of `version` (None: every file) against its manifest: each file's bytes
     must hash to the sha256 recorded when it was published. DataError naming the first file that is missing
     or changed (a shard replaced by another is valid Parquet, and only its checksum tells)."""
-    fs = fsspec.core.url_to_fs(version.path)[0]
-    for entry in version.manifest["files"]:
-        if split is not None and not entry["path"].startswith(f"data/{split}-"):
-            continue
+    fs, base = _fs(version.path)
+    for entry in version.manifest["files"] if split is None else _entries(version, split):
         path = f"{version.path}/{entry['path']}"
         try:
-            data = fs.cat_file(fsspec.core.url_to_fs(path)[1])
+            data = fs.cat_file(f"{base}/{entry['path']}")
         except FileNotFoundError:
             raise DataError(
                 f"{path}: missing from the published version; restore the version's files"
