@@ -372,7 +372,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from benchmarks.compile_sampler import cpu_model_name
-    from diffusion.data.datasets import DigitsDataset
+    from diffusion.data.datasets import DigitsDataset, published_dataset
     from diffusion.judges.classifier import load_classifier
     from diffusion.judges.evaluator import load_evaluator
     from diffusion.quality.evaluate import evaluate_version
@@ -418,6 +418,8 @@ def run(args: argparse.Namespace) -> None:
     with report.part("evaluate", device):  # 7
         evaluation = evaluate_version(
             result.version,
+            published_dataset(result.version),
+            published_dataset(result.version, "unfiltered"),
             *data,
             load_evaluator(work / "evaluator", device),
             load_classifier(work / "classifier", device),

@@ -14,6 +14,7 @@ It imports only `diffusion.errors`.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -117,6 +118,12 @@ def write_csv_atomic(path: str | Path, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_bytes_atomic(path, buf.getvalue().encode())
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes (hex): what manifests and run keys record of weights and data."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def save_checkpoint(

@@ -2,11 +2,13 @@
 
 Every scheduled run publishes a new version: its logical date is the slot's scheduled start time,
 which also shifts the seed (`seed_from_date`), so each night draws new digits while a retried run of
-the same slot resumes its own staged batches.
+the same slot resumes its own staged batches. `generate.schedule.overlap` sets what the Prefect server
+does with a slot that comes while a run is still going (a deployment concurrency limit of 1).
 """
 
 from __future__ import annotations
 
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
 from prefect.flows import serve
 from prefect.schedules import Cron
@@ -14,6 +16,13 @@ from prefect.schedules import Cron
 from diffusion.config import Params
 from diffusion.quality.grading import Grading
 from flows.generate import generate_dataset
+
+# generate.schedule.overlap -> the deployment's concurrency limit (None: no limit)
+OVERLAP: dict[str, ConcurrencyLimitConfig | None] = {
+    "skip": ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+    "queue": ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+    "run": None,
+}
 
 
 def build_deployment(
@@ -24,6 +33,7 @@ def build_deployment(
     grades the version it publishes (`grading`): a flagged version ends the run Failed."""
     cfg = params.generate
     return generate_dataset.to_deployment(
+        concurrency_limit=OVERLAP[cfg.schedule.overlap],
         name=f"{cfg.name}-scheduled",
         schedule=Cron(cfg.schedule.cron, timezone=cfg.schedule.timezone),
         parameters={

@@ -84,9 +84,9 @@ def write_tiny_models(root: Path) -> dict[str, str]:
 def distill_tiny_student(paths: dict[str, str], folder: Path, resume: Path) -> str:
     """A few optimiser steps of distillation of the tiny teacher (`write_tiny_models`) into students for 8,
     4, 2 and 1 steps at w in the default range, written to `folder`; its path."""
+    from diffusion.checkpoint import file_sha256
     from diffusion.config import DistillConfig
     from diffusion.data.datasets import DigitsDataset
-    from diffusion.generate.task import file_sha256
     from diffusion.model.distill import distill
     from diffusion.model.saved import load_diffusion
 

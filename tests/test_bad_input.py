@@ -235,6 +235,7 @@ def test_a_corrupt_checkpoint_config_is_one_line(checkpoint: Path, content: byte
         ({"schedule": {"cron": "61 3 * * *"}}, "generate.schedule.cron", 'Invalid cron string: "61 3 * * *"'),
         ({"schedule": {"cron": "H 3 * * *"}}, "generate.schedule.cron", "five-field cron expression"),
         ({"schedule": {"cron": "0 0 30 2 *"}}, "generate.schedule.cron", "cron never fires"),
+        ({"schedule": {"overlap": "wait"}}, "generate.schedule.overlap", "'skip', 'queue' or 'run'"),
         (
             {"output_root": "nope://bucket/datasets"},
             "generate.output_root",

@@ -89,7 +89,6 @@ def test_a_shard_changed_after_publishing_or_a_version_named_twice_is_refused(
     root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from diffusion.data.datasets import published_listing
-    from diffusion.data.shards import verify_files
 
     first = publish(root, "v1", 0)
     fs, folder = fsspec.core.url_to_fs(first)
@@ -103,11 +102,9 @@ def test_a_shard_changed_after_publishing_or_a_version_named_twice_is_refused(
     with pytest.raises(DataError, match=changed):  # streamed: checked as each file is read
         list(stream)
     assert len(list(ShardStream(published_files(first), seed=0))) == ROWS  # the paths alone check nothing
-    with pytest.raises(DataError, match=changed):
-        verify_files(open_version(first))  # what grading calls first
     fs.rm_file(shards[1])
     with pytest.raises(DataError, match=r"train-00001-of-00005.parquet: missing from the published version"):
-        verify_files(open_version(first))
+        published_dataset(first)
     second = publish(root, "v2", 100)
     with pytest.raises(DataError, match="named twice"):
         published_dataset([second, f"{second}/"])

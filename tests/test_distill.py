@@ -43,7 +43,7 @@ def teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[UNet, object, str
     data = _patterns(copies=4)
     train_diffusion(_config(steps=200), data, data, root / "model", root / "resume", progress=False)
     model, process = load_diffusion(root / "model")
-    from diffusion.generate.task import file_sha256
+    from diffusion.checkpoint import file_sha256
 
     return model, process, file_sha256(root / "model" / "ema.safetensors")
 

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from diffusion.checkpoint import CheckpointError
+from diffusion.checkpoint import CheckpointError, file_sha256
 from diffusion.config import DistillConfig, HardwareConfig, SamplerConfig
 from diffusion.data.datasets import DigitsDataset
 from diffusion.generate.plan import GenerationError
 from diffusion.generate.run import prepare_run
-from diffusion.generate.task import file_sha256
 from diffusion.model.distill import distill
 from diffusion.model.saved import load_diffusion
 from tests.generate_fixtures import run_generate, tiny_generate

@@ -301,6 +301,9 @@ def test_the_deployment_carries_the_cron_schedule_from_params() -> None:
     (schedule,) = deployment.schedules
     assert schedule.schedule.cron == "30 2 * * 1" and schedule.schedule.timezone == "Europe/Berlin"
     assert deployment.parameters["seed_from_date"] is True
+    assert deployment.concurrency_limit == 1  # overlap: skip, the default
+    unlimited = parse_params({"generate": {"schedule": {"overlap": "run"}}})
+    assert build_deployment(unlimited, "m", "c", "t", grading).concurrency_limit is None
     # a served run imports the flow anew from here: the flow itself enters generate.task_runner
     assert deployment.entrypoint == "flows/generate.py:generate_dataset"
     assert deployment.parameters["cfg"]["name"] == params.generate.name
@@ -309,6 +312,33 @@ def test_the_deployment_carries_the_cron_schedule_from_params() -> None:
     # the name the shipped automation (flows/automations/pause-on-failed-run.yaml) watches
     automation = (Path(__file__).parents[1] / "flows/automations/pause-on-failed-run.yaml").read_text()
     assert f"prefect.resource.name: {deployment.name}" in automation
+
+
+@pytest.mark.parametrize(("overlap", "second"), [("skip", "Cancelled"), ("queue", "AwaitingConcurrencySlot")])
+def test_a_slot_that_comes_while_a_run_is_going_is_skipped_or_queued_by_the_server(
+    prefect_server, overlap: str, second: str
+) -> None:
+    from prefect import get_client
+    from prefect.states import Pending
+
+    from diffusion.config import parse_params
+    from diffusion.quality.grading import Grading
+    from flows.deploy import build_deployment
+
+    params = parse_params({"generate": {"name": f"overlap-{overlap}", "schedule": {"overlap": overlap}}})
+    grading = Grading(evaluate=params.evaluate, monitor=params.monitor)
+    deployment_id = build_deployment(params, "m", "c", "t", grading).apply()
+    with get_client(sync_client=True) as client:
+        try:
+            runs = [client.create_flow_run_from_deployment(deployment_id) for _ in range(2)]
+            # a runner proposes Pending when a slot's run is due: the server grants one at a time
+            first, then = (client.set_flow_run_state(run.id, Pending()) for run in runs)
+            assert first.state is not None and first.state.name == "Pending"
+            assert then.state is not None and then.state.name == second, then.details
+            limit = client.read_deployment(deployment_id).global_concurrency_limit
+            assert limit is not None and limit.limit == 1
+        finally:
+            client.delete_deployment(deployment_id)
 
 
 def test_serve_checks_every_input_at_start_up_and_wants_a_server(tiny_models, tmp_path: Path, capsys) -> None:

@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
+from diffusion.checkpoint import file_sha256
 from diffusion.cli import main
 from diffusion.errors import DigitsError
 from diffusion.generate.pinned import fetch_pinned
-from diffusion.generate.task import file_sha256
 from diffusion.model.saved import new_model, save_diffusion
 from tests.generate_fixtures import TINY_DIFFUSION, tiny_generate
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffusion.config import CasConfig, ClassifierConfig, EvaluateConfig, EvaluatorConfig
-from diffusion.data.datasets import DigitsDataset, to_model_range
+from diffusion.data.datasets import DigitsDataset, published_dataset, to_model_range
 from diffusion.data.schema import digits_table
 from diffusion.data.shards import publish_version
 from diffusion.errors import DataError
@@ -191,7 +191,8 @@ def test_evaluate_version_reports_every_headline_metric(real, tmp_path: Path) ->
     judge = train_classifier(TINY, real["train"], real["val"], real["test"], progress=False).model
     cfg = EvaluateConfig(cas=QUICK.model_copy(update={"seeds": (0, 1), "max_epochs": 3, "patience": 1}))
     splits_ = (real["train"], real["val"], real["test"])
-    result = evaluate_version(version, *splits_, evaluator, judge, cfg, batch_size=64)
+    read = (published_dataset(version), published_dataset(version, "unfiltered"))
+    result = evaluate_version(version, *read, *splits_, evaluator, judge, cfg, batch_size=64)
     m = result.metrics
     assert tuple(m) == METRIC_NAMES and all(isinstance(v, float) and np.isfinite(v) for v in m.values())
     assert set(METRICS) <= set(m)  # every headline metric, under the name every consumer reads
@@ -205,7 +206,7 @@ def test_evaluate_version_reports_every_headline_metric(real, tmp_path: Path) ->
     with pytest.raises(DataError, match="no gate rates"):
         evaluate_version(
             publish_version(str(tmp_path), "tiny", "v2", splits, 25, "card", {}),
-            *(*splits_, evaluator, judge, cfg),
+            *(*read, *splits_, evaluator, judge, cfg),
         )
     assert m["cas_ratio"] == pytest.approx(np.mean([r["cas_ratio"] for r in result.cas_runs]))
     assert [r["seed"] for r in result.cas_runs] == [0, 1]

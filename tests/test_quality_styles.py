@@ -3,15 +3,11 @@ style as wrong; each style gets its own conditional accuracy and CAS."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from diffusion.config import CasConfig, EvaluateConfig, JudgeTraining
-from diffusion.data.datasets import to_model_range, to_uint8
-from diffusion.data.schema import digits_table
+from diffusion.data.datasets import to_model_range
 from diffusion.judges.classifier import DigitClassifier
 from diffusion.quality.report_styles import style_grid
 from diffusion.quality.styles import Styled, fit_style_judge, grade_styles, style_quality
@@ -49,16 +45,9 @@ def test_style_judge_and_per_style_measures() -> None:
         assert low <= measures["cas_ratio"] <= high
 
 
-def _parquet(data: Styled, path: Path) -> list[str]:
-    ids = [f"d{i}" for i in range(len(data.labels))]
-    table = digits_table(ids, to_uint8(data.images), data.labels.numpy(), "test", style=data.styles.numpy())
-    pq.write_table(table, path)
-    return [str(path)]
-
-
-def test_grading_per_style_needs_real_digits_of_several_styles(tmp_path: Path) -> None:
+def test_grading_per_style_needs_real_digits_of_several_styles() -> None:
     train, val, test = _styled(400, 0), _styled(120, 1), _styled(120, 2)
-    published = _parquet(test, tmp_path / "published.parquet")
+    published = test
     evaluator = DigitClassifier(channels=(8, 16), hidden=32).eval()
     cfg = EvaluateConfig.model_validate(
         {

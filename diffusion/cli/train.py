@@ -90,8 +90,8 @@ def cmd_train_diffusion(params: Params, args: argparse.Namespace) -> None:
 
 
 def cmd_distill_diffusion(params: Params, args: argparse.Namespace) -> None:
+    from diffusion.checkpoint import file_sha256
     from diffusion.data.datasets import DigitsDataset
-    from diffusion.generate.task import file_sha256
     from diffusion.model.distill import distill
     from diffusion.model.saved import load_diffusion
 

@@ -46,6 +46,10 @@ class ScheduleConfig(Section):
 
     cron: PrefectCron = "0 3 * * *"  # five-field cron: every scheduled run publishes a new version
     timezone: PrefectTimezone = "UTC"
+    # A slot that comes while a run of the deployment is still going (Prefect's deployment concurrency
+    # limit of 1, enforced by the server): skip (it is cancelled), queue (it waits for the run to end),
+    # run (both run, sharing the cores)
+    overlap: Literal["skip", "queue", "run"] = "skip"
 
 
 class GenerateConfig(Section):

@@ -69,6 +69,8 @@ def _read_one(
     except DataError:  # the checksum's own line
         raise
     except FileNotFoundError:
+        if sha256 is not None:
+            raise DataError(f"{path}: missing from the published version; restore the version's files") from None
         raise DataError(f"{path}: Parquet file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: a folder; give a Parquet file (a split, or one file of a version)") from None
@@ -125,13 +127,21 @@ def load_digits(
     file's expected checksum, checked on the bytes read (published versions). Raises DataError naming a bad
     file.
     """
+    images, labels, styles, _ = _load(paths, sha256)
+    return images, labels, styles
+
+
+def _load(
+    paths: str | Path | Sequence[str | Path], sha256: Sequence[str] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str] | None]:
+    """`load_digits` and the rows' ids (None when a file has no id column), every file read once."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     paths = [str(p) for p in paths]
     sums = list(sha256) if sha256 is not None else [None] * len(paths)
     parts = []
     for path, expected in zip(paths, sums, strict=True):
-        table = _read_one(path, ["image", "label"], optional=["style"], sha256=expected)
+        table = _read_one(path, ["image", "label"], optional=["style", "id"], sha256=expected)
         images, labels = _decode(path, table)
         if "style" in table.column_names:
             if table.column("style").null_count:
@@ -139,16 +149,18 @@ def load_digits(
             styles = table.column("style").to_numpy().astype(np.int64)
         else:
             styles = np.zeros(len(labels), np.int64)
-        parts.append((path, images, labels, styles))
+        ids = [str(i) for i in table.column("id").to_pylist()] if "id" in table.column_names else None
+        parts.append((path, images, labels, styles, ids))
     if not parts:
         raise DataError("no Parquet files given")
     first, size = parts[0][0], parts[0][1].shape[1:]
-    for path, images, _, _ in parts:
+    for path, images, *_ in parts:
         if images.shape[1:] != size and len(images) and len(parts[0][1]):
             raise DataError(
                 f"{path}: {images.shape[1:]} images, but {first} holds {size}; give one image size"
             )
-    return tuple(np.concatenate([p[i] for p in parts]) for i in (1, 2, 3))  # type: ignore[return-value]
+    ids = None if any(p[4] is None for p in parts) else [i for p in parts for i in p[4]]
+    return (*(np.concatenate([p[i] for p in parts]) for i in (1, 2, 3)), ids)  # type: ignore[return-value]
 
 
 def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -167,11 +179,12 @@ class DigitsDataset(Dataset):
 
     Item: (image float32 (1, H, W) in [-1, 1], label int64 scalar tensor).
     The whole tensors are also exposed as `.images` (N, 1, H, W), `.labels` (N,) and `.styles` (N,) (style
-    codes of diffusion.styles.STYLES) for fast batching.
+    codes of diffusion.styles.STYLES) for fast batching, and `.ids` (N strings; None when a file has no id
+    column). `sha256`: each file's checksum, checked on the bytes read (`published_dataset` passes them).
     """
 
     def __init__(self, paths: str | Path | Sequence[str | Path], sha256: Sequence[str] | None = None):
-        images, labels, styles = load_digits(paths, sha256)
+        images, labels, styles, self.ids = _load(paths, sha256)
         self.images = to_model_range(images)
         self.labels = torch.from_numpy(labels)
         self.styles = torch.from_numpy(styles)

@@ -343,26 +343,6 @@ def list_versions(root: str, name: str) -> list[PublishedVersion]:
     return sorted(found, key=lambda v: (v.manifest.get("created_at", ""), v.version))
 
 
-def verify_files(version: PublishedVersion, split: str | None = None) -> None:
-    """Check the files of one split of `version` (None: every file) against its manifest: each file's bytes
-    must hash to the sha256 recorded when it was published. DataError naming the first file that is missing
-    or changed (a shard replaced by another is valid Parquet, and only its checksum tells)."""
-    fs, base = _fs(version.path)
-    for entry in version.manifest["files"] if split is None else _entries(version, split):
-        path = f"{version.path}/{entry['path']}"
-        try:
-            data = fs.cat_file(f"{base}/{entry['path']}")
-        except FileNotFoundError:
-            raise DataError(
-                f"{path}: missing from the published version; restore the version's files"
-            ) from None
-        except (IsADirectoryError, PermissionError) as err:
-            raise DataError(f"{path}: cannot be read ({err.strerror}); restore the version's files") from None
-        except OSError as err:  # kept as the cause: a network failure stays worth a retry (is_transient)
-            raise DataError(f"{path}: cannot be read ({err})") from err
-        check_sha256(path, data, entry.get("sha256"))
-
-
 def check_sha256(path: str, data: bytes, expected: str | None) -> None:
     """DataError naming `path` when `data` (its bytes) does not hash to the sha256 its manifest recorded."""
     if hashlib.sha256(data).hexdigest() != expected:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import torch
 
-from diffusion.checkpoint import CheckpointError, check_output, read_checkpoint_config
+from diffusion.checkpoint import CheckpointError, check_output, file_sha256, read_checkpoint_config
 from diffusion.config import GenerateConfig, HardwareConfig
 from diffusion.config.generate import TaskRunnerConfig
 from diffusion.data.shards import check_writable
@@ -25,7 +25,6 @@ from diffusion.device import resolve_device
 from diffusion.errors import DataError
 from diffusion.generate import workers
 from diffusion.generate.plan import GenerationError
-from diffusion.generate.task import file_sha256
 from diffusion.judges.clip import WEIGHTS_FILE
 from diffusion.model.saved import trained_styles
 from diffusion.model.student import check_student, student_steps, weights_name

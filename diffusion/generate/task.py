@@ -12,7 +12,6 @@ values, so it runs the same in a Prefect thread, a Dask worker process or a plai
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -81,15 +80,6 @@ class TaskOutcome:
     seconds: dict[str, float] = field(default_factory=dict)
     worker: str = ""
     loaded: tuple[str, ...] = ()
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _block(job: TaskJob, key: WorkKey, table: pa.Table, reused: bool) -> BlockOutcome:

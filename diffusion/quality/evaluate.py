@@ -57,8 +57,8 @@ import torch
 from torch import Tensor, nn
 
 from diffusion.config import EvaluateConfig
-from diffusion.data.datasets import load_arrays, read_table, to_model_range
-from diffusion.data.shards import PublishedVersion, version_files
+from diffusion.data.datasets import DigitsDataset
+from diffusion.data.shards import PublishedVersion
 from diffusion.errors import DataError
 from diffusion.judges.training import (
     NUM_CLASSES,
@@ -199,6 +199,8 @@ def _draw(labels: Tensor, n: int) -> Tensor:
 
 def evaluate_version(
     version: PublishedVersion,
+    published: DigitsDataset,
+    raw: DigitsDataset,
     real_train: Labelled,
     real_val: Labelled,
     real_test: Labelled,
@@ -212,7 +214,9 @@ def evaluate_version(
     from the version's manifest (the gate computed them from the published bytes).
 
     Args:
-        version: the published version (its manifest lists the files of its train and unfiltered splits).
+        version: the published version (its manifest holds the gate's rates).
+        published, raw: its train and unfiltered splits as read, each file checked against the manifest on
+            the bytes read (`published_dataset(version)` and `published_dataset(version, "unfiltered")`).
         real_train, real_val, real_test: the prepared real splits (e.g. DigitsDataset). val: CAS's early
             stopping and the real-vs-real DCR; test: what CAS is tested on, PRDC's real set, DCR's holdout.
         evaluator_model: the independent evaluator (features, probabilities); moved to `device`.
@@ -223,13 +227,9 @@ def evaluate_version(
     gate = version.manifest.get("gate") or {}
     if not {"memorization_rate", "duplicate_rate"} <= set(gate):
         raise DataError(f"{version.path}: its manifest has no gate rates; publish the version again")
-    device = torch.device(device)
-    files = version_files(version)
-    published_uint8, published_labels = load_arrays(files)
-    ids = [str(i) for i in read_table(files, columns=["id"]).column("id").to_pylist()]
-    raw_uint8, raw_labels = load_arrays(version_files(version, "unfiltered"))
-    published = Digits(to_model_range(published_uint8), torch.from_numpy(published_labels))
-    raw = Digits(to_model_range(raw_uint8), torch.from_numpy(raw_labels))
+    if published.ids is None:
+        raise DataError(f"{version.path}: its train split has no id column; publish the version again")
+    device, ids = torch.device(device), published.ids
     evaluator, judge = evaluator_model.to(device).eval(), filter_classifier.to(device).eval()
 
     def features(data: Labelled) -> Tensor:

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from diffusion.config import EvaluateConfig, HardwareConfig, MonitorConfig
-from diffusion.data.shards import PublishedVersion, verify_files, version_files
+from diffusion.data.shards import PublishedVersion
 from diffusion.quality.monitor import check
 
 
@@ -80,21 +80,24 @@ def grade_version(
     """Evaluate `version` (of dataset `name`) and check it against the monitor: its evaluation document.
 
     Loads the evaluator, the filtering classifier (`classifier`, its folder) and the real train, val and
-    test splits once; runs on `hardware.device` in batches of `hardware.network_batch`. DataError first when
-    a file of the version is missing or differs from its manifest's sha256 (`verify_files`).
+    test splits once; runs on `hardware.device` in batches of `hardware.network_batch`. What is graded is
+    what was published: each file of the version is read once and checked against its manifest's sha256 on
+    the bytes read (DataError naming a missing or changed file, before any measure).
     """
-    from diffusion.data.datasets import DigitsDataset
+    from diffusion.data.datasets import DigitsDataset, published_dataset
     from diffusion.judges.classifier import load_classifier
     from diffusion.judges.evaluator import load_evaluator
     from diffusion.quality.evaluate import evaluate_version
     from diffusion.quality.styles import Styled, grade_styles
 
     device = hardware.device
-    verify_files(version)  # what is graded is what was published: every file against its manifest
+    published, raw = published_dataset(version), published_dataset(version, "unfiltered")
     train, val, test = (DigitsDataset(p) for p in (train_data, grading.val_data, grading.test_data))
     evaluator = load_evaluator(grading.evaluator, device)
     result = evaluate_version(
         version,
+        published,
+        raw,
         train,
         val,
         test,
@@ -105,7 +108,7 @@ def grade_version(
         hardware.network_batch,
     )
     per_style = grade_styles(
-        version_files(version),
+        Styled.of(published),
         *(Styled.of(d) for d in (train, val, test)),
         evaluator,
         grading.evaluate,

@@ -14,7 +14,6 @@ images it shows; every number sits in an element with an `id` or `data-*` attrib
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import ValidationError
 
-from diffusion.checkpoint import write_bytes_atomic
+from diffusion.checkpoint import file_sha256, write_bytes_atomic
 from diffusion.config import SamplerConfig
 from diffusion.data.shards import PublishedVersion
 from diffusion.errors import DataError, DigitsError
@@ -96,14 +95,6 @@ class _Model:
     device: Any
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_model(folder: str | Path, device: str = "cpu", sha256: str | None = None) -> _Model:
     """The diffusion model of a `save_diffusion` folder (EMA weights) on `device`, for `build_reports`.
     `sha256`: its EMA weights' checksum when the caller has just computed it (else it is computed here)."""
@@ -112,7 +103,7 @@ def load_model(folder: str | Path, device: str = "cpu", sha256: str | None = Non
 
     resolved = resolve_device(device, "hardware.device")
     network, process = load_diffusion(folder, resolved)
-    return _Model(network, process, sha256 or _sha256(Path(folder) / "ema.safetensors"), resolved)
+    return _Model(network, process, sha256 or file_sha256(Path(folder) / "ema.safetensors"), resolved)
 
 
 def page_models(
@@ -138,7 +129,7 @@ def page_models(
         if weights is None or not expected or not weights.is_file():
             continue
         if path not in checksums:
-            checksums[path] = _sha256(weights)
+            checksums[path] = file_sha256(weights)
         if checksums[path] != expected:  # retrained since: that folder did not draw this version
             continue
         if path not in loaded:

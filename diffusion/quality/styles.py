@@ -31,7 +31,6 @@ import torch
 from torch import Tensor, nn
 
 from diffusion.config import CasConfig, EvaluateConfig, JudgeTraining
-from diffusion.data.datasets import DigitsDataset
 from diffusion.judges.classifier import DigitClassifier
 from diffusion.judges.training import accuracy, fit_cross_entropy, predict
 from diffusion.quality.cas import balanced_subset, cas
@@ -110,7 +109,7 @@ def style_quality(
 
 
 def grade_styles(
-    published_files: list[str],
+    published: Styled,
     real_train: Styled,
     real_val: Styled,
     real_test: Styled,
@@ -118,7 +117,7 @@ def grade_styles(
     cfg: EvaluateConfig,
     device: torch.device | str = "cpu",
 ) -> dict[str, Any] | None:
-    """What `evaluate` reports per style of the published rows (`published_files`, Parquet): {style name:
+    """What `evaluate` reports per style of the published rows (`published`): {style name:
     measures (`style_quality`)}, the style judge fitted with `cfg.style_judge` and CAS with `cfg.cas`; None
     when the real training digits are of one style (no style judge to fit: a version of one source is graded
     by the headline metrics alone). A published style with no real digits is left out, with nothing to
@@ -126,7 +125,6 @@ def grade_styles(
     real_styles = set(real_train.styles.tolist())
     if len(real_styles) < 2:
         return None
-    published = Styled.of(DigitsDataset(published_files))
     judge = fit_style_judge(real_train, real_val, cfg.style_judge, device)
     known = torch.isin(published.styles, torch.tensor(sorted(real_styles)))
     kept = Styled(published.images[known], published.labels[known], published.styles[known])
