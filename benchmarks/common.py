@@ -27,7 +27,8 @@ from benchmarks.samplers import machine, synchronize
 from diffusion.checkpoint import atomic_path, write_json_atomic
 from diffusion.config import CasConfig, Params, parse_params
 from diffusion.data.evaluations import json_safe
-from diffusion.judges.training import Labelled, accuracy
+from diffusion.data.labelled import Labelled
+from diffusion.judges.training import accuracy
 from diffusion.quality.cas import t_interval, train_to_convergence
 
 # The smoke runs' CAS: two short fits per set, on the CPU.

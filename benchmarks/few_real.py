@@ -263,7 +263,9 @@ def run(args: argparse.Namespace) -> None:
         "task_runner": TaskRunnerConfig(kind="threads", workers=params.generate.task_runner.workers),
     }
     if args.smoke:  # tiny barely-trained judges cannot meet the shipped filter
-        update["filter"] = FilterConfig(require_pred_match=False)
+        update["filter"] = FilterConfig(
+            min_clip_margin=None, min_classifier_prob=None, require_pred_match=False
+        )
     gen = params.generate.model_copy(update=update)
 
     def generate() -> dict[str, Any]:

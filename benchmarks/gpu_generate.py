@@ -293,7 +293,9 @@ def run_flow(
         "task_runner": TaskRunnerConfig(kind="threads", workers=args.workers),
     }
     if args.smoke:  # random-ish tiny judges cannot meet the shipped filter
-        update["filter"] = FilterConfig(require_pred_match=False)
+        update["filter"] = FilterConfig(
+            min_clip_margin=None, min_classifier_prob=None, require_pred_match=False
+        )
     gen = params.generate.model_copy(update=update)
     gen = GenerateConfig.model_validate(gen.model_dump())  # task_size must hold whole seed blocks
     with ExitStack() as stack:

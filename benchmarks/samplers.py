@@ -39,8 +39,9 @@ if __package__ in (None, ""):  # run as a script: `benchmarks` is importable fro
 from benchmarks.guidance_sweep import interval  # noqa: E402
 from diffusion.config import CasConfig, SamplerConfig, load_params  # noqa: E402
 from diffusion.data.datasets import DigitsDataset  # noqa: E402
+from diffusion.data.labelled import Labelled  # noqa: E402
 from diffusion.judges.evaluator import load_evaluator  # noqa: E402
-from diffusion.judges.training import JudgeNet, Labelled, in_batches  # noqa: E402
+from diffusion.judges.training import JudgeNet, in_batches  # noqa: E402
 from diffusion.model.process import GaussianDiffusion  # noqa: E402
 from diffusion.model.samplers import sample  # noqa: E402
 from diffusion.model.saved import load_diffusion  # noqa: E402

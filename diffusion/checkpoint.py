@@ -17,6 +17,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -109,6 +110,18 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
+    """A DVC metrics file (JSON, atomically): the numbers of `metrics`, and the strings that say what they
+    measure (a version, a source). Mappings and lists (per-class breakdowns, style names) are left out for
+    plots and documents to hold, so `dvc metrics show` has one value per key; NaN and infinities are null."""
+    kept = {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v
+        for k, v in metrics.items()
+        if isinstance(v, int | float | str)
+    }
+    write_json_atomic(path, kept)
 
 
 def write_csv_atomic(path: str | Path, rows: list[dict]) -> None:

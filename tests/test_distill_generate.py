@@ -21,7 +21,15 @@ def student(tiny_models, tmp_path_factory) -> str:
     """A student of the tiny teacher for 4, 2 and 1 steps (a few steps each: shapes, not quality)."""
     root = tmp_path_factory.mktemp("student")
     teacher, process = load_diffusion(tiny_models["model"])
-    cfg = DistillConfig(teacher_steps=4, guidance_steps=2, round_steps=2, batch_size=4, log_every=1)
+    cfg = DistillConfig(
+        teacher_steps=4,
+        min_steps=1,
+        guidance_range=(1.0, 3.0),
+        guidance_steps=2,
+        round_steps=2,
+        batch_size=4,
+        log_every=1,
+    )
     sha = file_sha256(Path(tiny_models["model"]) / "ema.safetensors")
     data = DigitsDataset(tiny_models["train"])
     distill(teacher, process, cfg, data, sha, root / "student", root / "resume", progress=False)

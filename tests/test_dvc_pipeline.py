@@ -16,11 +16,56 @@ import yaml
 from tests.conftest import copy_repo
 
 
-def _dvc(repo: Path, *args: str) -> str:
+def _dvc(repo: Path, *args: str, imports: Path | None = None) -> str:
+    """`dvc <args>` in `repo`; with `imports`, every `digits` process it starts logs the modules it loaded there
+    (`_log_imports`)."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    if imports is not None:
+        env |= {"PYTHONPATH": str(imports), "DIGITS_IMPORT_LOG": str(imports)}
     proc = subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
+
+
+# A sitecustomize for the test's processes alone: at exit, a `digits` process writes its argv and the files
+# of every module it imported, so the test sees what each stage really ran.
+_LOG_IMPORTS = """
+import atexit, json, os, sys
+
+def _log():
+    if os.path.basename(sys.argv[0]) != "digits":
+        return
+    files = sorted({str(getattr(m, "__file__", None)) for m in list(sys.modules.values())} - {"None"})
+    with open(os.path.join(os.environ["DIGITS_IMPORT_LOG"], f"{os.getpid()}.json"), "w") as f:
+        json.dump({"argv": sys.argv, "files": files}, f)
+
+atexit.register(_log)
+"""
+
+
+def _uncovered_code(repo: Path, imports: Path) -> dict[str, list[str]]:
+    """Per DVC stage (both pipelines), the project's source files its `digits` command imported that none
+    of its `deps` names (a file, or a folder above it): code that could change without DVC rerunning it."""
+    import diffusion
+
+    source = Path(diffusion.__file__).resolve().parents[1]  # where `digits` imports the project from
+    loaded: dict[str, set[str]] = {}
+    for log in imports.glob("*.json"):
+        entry = json.loads(log.read_text())
+        for file in map(Path, entry["files"]):
+            ours = any(file.resolve().is_relative_to(source / package) for package in ("diffusion", "flows"))
+            if ours and file.suffix == ".py" and file.stat().st_size:  # an empty __init__.py runs nothing
+                loaded.setdefault(entry["argv"][1], set()).add(file.resolve().relative_to(source).as_posix())
+    missing = {}
+    for pipeline in ("dvc.yaml", "distill/dvc.yaml"):
+        for stage, spec in yaml.safe_load((repo / pipeline).read_text())["stages"].items():
+            command = spec["cmd"].split()[1]
+            deps = [d.rstrip("/") for d in spec["deps"]]
+            assert command in loaded, f"{stage}: `digits {command}` never ran"
+            gaps = [f for f in loaded[command] if not any(f == d or f.startswith(f"{d}/") for d in deps)]
+            if gaps:
+                missing[stage] = sorted(gaps)
+    return missing
 
 
 @pytest.mark.slow
@@ -101,7 +146,10 @@ def test_dvc_repro_whole_pipeline_on_a_tiny_config(tmp_path: Path, npm_cache: Pa
     params["data"]["cache_dir"] = str(npm_cache.parent)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
 
-    _dvc(repo, "repro")
+    imports = tmp_path / "imports"
+    imports.mkdir()
+    (imports / "sitecustomize.py").write_text(_LOG_IMPORTS)
+    _dvc(repo, "repro", imports=imports)
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     for stage, folder in [
         ("train_classifier", "data/models/classifier"),
@@ -132,6 +180,9 @@ def test_dvc_repro_whole_pipeline_on_a_tiny_config(tmp_path: Path, npm_cache: Pa
     assert (version / "manifest.json").is_file() and (version / "data_docs/index.html").is_file()
     (out,) = [o for o in lock["generate"]["outs"] if o["path"] == "data/generated"]
     assert out["md5"].endswith(".dir")
+    for file in (repo / "metrics").glob("*.json"):  # one value per key: `dvc metrics show` draws a row
+        values = json.loads(file.read_text()).values()
+        assert all(v is None or isinstance(v, int | float | str) for v in values), file.name
     shown = _dvc(repo, "metrics", "show", "--json")
     assert "sample_judge_accuracy" in shown and "zero_shot_accuracy" in shown and "test_accuracy" in shown
     for picture in ["diffusion_samples.png", "forward_diffusion.png", "data_samples.png"]:
@@ -165,7 +216,9 @@ def test_dvc_repro_whole_pipeline_on_a_tiny_config(tmp_path: Path, npm_cache: Pa
 
     # the opt-in distillation pipeline, then generation with its 2-step student
     assert "distill_diffusion" not in lock  # `dvc repro` (make run) never pays for it
-    _dvc(repo, "repro", "distill/dvc.yaml")
+    _dvc(repo, "repro", "distill/dvc.yaml", imports=imports)
+    # every stage's deps name all the project code its command imported: an edit to it reruns the stage
+    assert not _uncovered_code(repo, imports), _uncovered_code(repo, imports)
     distilled = yaml.safe_load((repo / "distill/dvc.lock").read_text())["stages"]["distill_diffusion"]
     (out,) = [o for o in distilled["outs"] if o["path"] == "data/models/distilled"]
     assert (

@@ -11,7 +11,14 @@ import pandas as pd
 import pytest
 import torch
 
-from diffusion.config import ConfigError, EvaluateConfig, GenerateConfig, HardwareConfig, parse_params
+from diffusion.config import (
+    ConfigError,
+    EvaluateConfig,
+    GenerateConfig,
+    HardwareConfig,
+    MonitorConfig,
+    parse_params,
+)
 from diffusion.data.evaluations import quality_dir
 from diffusion.data.shards import version_files
 from diffusion.generate.plan import GenerationError
@@ -79,6 +86,7 @@ def test_exact_counts_per_digit_and_style_are_published(
         val_data=styled_models["val"],
         test_data=styled_models["test"],
         evaluate=EvaluateConfig.model_validate({"cas": {"seeds": [0], "max_epochs": 1, "patience": 1}}),
+        monitor=MonitorConfig(floors={}, ceilings={}),  # random-weight models: no bound to hold them to
     )
     result = run_generate(cfg, styled_models, hardware=HardwareConfig(precision="fp32"), grading=grading)
     rows = pd.concat([pd.read_parquet(f) for f in version_files(result.version)], ignore_index=True)

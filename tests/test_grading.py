@@ -34,7 +34,7 @@ def _grading(models: dict[str, str], **monitor: dict[str, float]) -> Grading:
         val_data=models["val"],
         test_data=models["test"],
         evaluate=TINY_EVALUATE,
-        monitor=MonitorConfig(**monitor),
+        monitor=MonitorConfig(**{"floors": {}, "ceilings": {}, **monitor}),  # only the bounds given
     )
 
 

@@ -325,7 +325,11 @@ def test_spec_from_config_and_gate_error() -> None:
 
 
 def test_thresholds_left_out_are_not_checked(good_table: pa.Table, train_images: np.ndarray) -> None:
-    loose = GateSpec.from_config(COUNTS, FilterConfig(require_pred_match=False), QualityConfig())
+    loose = GateSpec.from_config(
+        COUNTS,
+        FilterConfig(min_clip_margin=None, min_classifier_prob=None, require_pred_match=False),
+        QualityConfig(),
+    )
     table = set_values(set_values(good_table, "clip_score", 0, -50.0), "classifier_pred", 5, 8)
     assert validate_rows(table, loose, train_images, docs_dir=None).success
 

@@ -10,8 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from diffusion.checkpoint import write_csv_atomic, write_json_atomic
-from diffusion.cli.train import headline
+from diffusion.checkpoint import write_csv_atomic, write_json_atomic, write_metrics
 from diffusion.config import Params, parse_params
 from diffusion.data.handoff import handed_on_path, published_path, read_json_object
 from diffusion.errors import DigitsError, QualityAlert
@@ -74,7 +73,7 @@ def _write_generation(result: GenerationResult, args: argparse.Namespace) -> Non
     from diffusion.generate.run import named_rows
 
     if args.metrics:
-        write_json_atomic(args.metrics, headline(result.metrics))
+        write_metrics(args.metrics, result.metrics)
     if args.classes:
         write_csv_atomic(args.classes, named_rows(result.classes))
     if args.published:
@@ -121,9 +120,7 @@ def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
     doc = grade_version(version, params.generate.name, grading, params.hardware, args.train, args.classifier)
     m = doc["metrics"]
     write_json_atomic(args.document, json_safe(doc))
-    write_json_atomic(
-        args.metrics, json_safe({"version": version.version, **m, "flagged": int(doc["flagged"])})
-    )
+    write_metrics(args.metrics, {"version": version.version, **m, "flagged": int(doc["flagged"])})
     write_csv_atomic(args.classes, doc["per_class"])
     write_csv_atomic(args.confusion, doc["confusion"])
     print(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffusion.checkpoint import write_csv_atomic, write_json_atomic
+from diffusion.checkpoint import write_csv_atomic, write_metrics
 from diffusion.config import Params
 
 
@@ -24,13 +24,8 @@ def cmd_prepare(params: Params, args: argparse.Namespace) -> None:
     images, labels = load_arrays(Path(args.out) / "train.parquet")
     per_class = [images[labels == c][:10] for c in range(10)]
     save_grid(np.concatenate(per_class), args.grid, ncols=10)
-    write_json_atomic(args.metrics, metrics)
+    write_metrics(args.metrics, metrics)
     print(f"prepared {metrics['total']} digits from {metrics['source']} into {args.out}")
-
-
-def headline(metrics: dict) -> dict:
-    """The numbers a DVC metrics file shows: per-class breakdowns (nested mappings) go to plots instead."""
-    return {k: v for k, v in metrics.items() if not isinstance(v, dict)}
 
 
 def cmd_train_classifier(params: Params, args: argparse.Namespace) -> None:
@@ -57,7 +52,7 @@ def _train_judge(
     result = train(cfg, *splits, device=device)
     save(args.out, cfg, result.model, result.metrics)
     write_csv_atomic(args.confusion, result.confusion)
-    write_json_atomic(args.metrics, headline(result.metrics))
+    write_metrics(args.metrics, result.metrics)
     print(f"{name} test accuracy {result.metrics['test_accuracy']:.4f}")
 
 
@@ -67,7 +62,7 @@ def cmd_train_clip(params: Params, args: argparse.Namespace) -> None:
 
     splits = [DigitsDataset(getattr(args, name)) for name in ("train", "val", "test")]
     result = train_clip(params.clip, *splits, out_dir=Path(args.out), device=params.hardware.device)
-    write_json_atomic(args.metrics, headline(result.metrics))
+    write_metrics(args.metrics, result.metrics)
     print(f"clip zero-shot accuracy {result.metrics['zero_shot_accuracy']:.4f}")
 
 
@@ -108,7 +103,7 @@ def cmd_distill_diffusion(params: Params, args: argparse.Namespace) -> None:
         precision=params.hardware.resolved_precision(),
     )
     write_csv_atomic(args.loss_plot, result.history)
-    write_json_atomic(args.metrics, headline(result.metrics))
+    write_metrics(args.metrics, result.metrics)
     shown = ", ".join(map(str, params.distill.student_steps()))
     print(f"distilled students for {shown} steps into {args.out}")
 
@@ -119,7 +114,7 @@ def cmd_evaluate_diffusion(params: Params, args: argparse.Namespace) -> None:
     metrics = evaluate_diffusion(
         params.diffusion, params.hardware, args.model, args.classifier, args.val, args.grid, args.strip
     )
-    write_json_atomic(args.metrics, metrics)
+    write_metrics(args.metrics, metrics)
     sampler = params.diffusion.sampler
     print(
         f"sample judge accuracy {metrics['sample_judge_accuracy']:.4f} ({sampler.name}, w={sampler.guidance})"

@@ -17,8 +17,8 @@ class FilterConfig(Section):
     """What a generated digit must score to be kept (None: that check is off)."""
 
     min_clip_score: float | None = Field(None, ge=-100.0, le=100.0)  # 100 x cosine with the intended prompt
-    min_clip_margin: float | None = Field(None, ge=-200.0, le=200.0)  # intended minus the best other digit
-    min_classifier_prob: float | None = Field(None, ge=0.0, le=1.0)  # the classifier judge's probability
+    min_clip_margin: float | None = Field(0.0, ge=-200.0, le=200.0)  # intended minus the best other digit
+    min_classifier_prob: float | None = Field(0.8, ge=0.0, le=1.0)  # the classifier judge's probability
     require_pred_match: bool = True  # the classifier judge's argmax must be the intended label
 
 

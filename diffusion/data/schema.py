@@ -41,7 +41,6 @@ from diffusion.styles import STYLES
 
 CLASS_NAMES = [str(i) for i in range(10)]
 IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
-REQUIRED = ("id", "image", "label", "source", "style")  # never null, in real and synthetic rows alike
 
 # name -> (Arrow type, Hugging Face feature); the one place a column is declared.
 _COLUMNS: dict[str, tuple[pa.DataType, dict]] = {

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from diffusion.config import ClassifierConfig
+from diffusion.data.labelled import Labelled
 from diffusion.judges.training import (
     NUM_CLASSES,
     JudgeFit,
     JudgeNet,
-    Labelled,
     confusion_rows,
     load_judge,
     predict,

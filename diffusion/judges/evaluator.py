@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion.config import EvaluatorConfig
+from diffusion.data.labelled import Labelled
 from diffusion.judges.training import (
     NUM_CLASSES,
     JudgeFit,
     JudgeNet,
-    Labelled,
     load_judge,
     save_judge,
     train_judge,

@@ -1,7 +1,7 @@
 """One scorer for both judges: how well each generated digit shows its intended label.
 
     scores = Scorer(clip_judge, classifier)(images, labels)    # images (N, 1, 28, 28) in [-1, 1]
-    keep = keep_mask(scores, min_clip_score=25.0, min_classifier_prob=0.9)
+    keep = keep_mask(scores, labels, min_clip_score=25.0, min_classifier_prob=0.9)
     best = best_of_n(scorer, candidates, labels)               # candidates (W, N, 1, 28, 28)
 
 Everything is batched on the judges' device; the 10 prompt embeddings are computed once per scorer.

@@ -22,18 +22,12 @@ from tqdm.auto import tqdm
 
 from diffusion.checkpoint import CheckpointError, load_weights, read_checkpoint_config, save_checkpoint
 from diffusion.config import JudgeSection, JudgeTraining
+from diffusion.data.labelled import Labelled
 from diffusion.precision import autocast, resolve_precision
 
 NUM_CLASSES = 10
 S = TypeVar("S", bound=JudgeSection)
 M = TypeVar("M", bound=nn.Module)
-
-
-class Labelled(Protocol):
-    """Digits in memory, e.g. a DigitsDataset: images (N, 1, H, W) in [-1, 1], labels (N,) int64."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
 
 
 class JudgeNet(nn.Module):

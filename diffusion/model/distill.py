@@ -40,12 +40,13 @@ from tqdm.auto import tqdm
 
 from diffusion.checkpoint import CheckpointError, load_weights, read_checkpoint_config, save_checkpoint
 from diffusion.config import DistillConfig
+from diffusion.data.labelled import Labelled
 from diffusion.model.process import GaussianDiffusion
 from diffusion.model.resume import flatten_optimizer, unflatten_optimizer
 from diffusion.model.samplers.guidance import guided_output
 from diffusion.model.samplers.spacing import trailing_timesteps
 from diffusion.model.student import save_student
-from diffusion.model.train import Digits, conditioned, sum_dtype
+from diffusion.model.train import conditioned, sum_dtype
 from diffusion.model.unet import UNet
 from diffusion.precision import Precision, autocast
 
@@ -93,8 +94,7 @@ def _ddim_step(
 ) -> Tensor:
     """One DDIM step (eta = 0, x_0 clipped) of a guidance-input network from x at t to the state whose
     sqrt(alpha_bar), sqrt(1 - alpha_bar) are `alpha`, `sigma` ((B,1,1,1) each)."""
-    x0 = process.x0_from_output(student(x, t, labels, w).to(x.dtype), x, t).clamp(-1.0, 1.0)
-    eps = process.eps_from_x0(x, t, x0)
+    x0, eps = process.clipped_x0_eps(student(x, t, labels, w).to(x.dtype), x, t)
     return alpha * x0 + sigma * eps
 
 
@@ -121,7 +121,7 @@ def _per_image(values: Tensor) -> Tensor:
     return values.view(-1, 1, 1, 1)
 
 
-def _batch(state: DistillState, data: Digits, cfg: DistillConfig, device: torch.device):
+def _batch(state: DistillState, data: Labelled, cfg: DistillConfig, device: torch.device):
     g = state.generator
     idx = torch.randint(0, data.labels.shape[0], (cfg.batch_size,), generator=g)
     low, high = cfg.guidance_range
@@ -170,7 +170,7 @@ def distill(
     teacher: UNet,
     process: GaussianDiffusion,
     cfg: DistillConfig,
-    data: Digits,
+    data: Labelled,
     teacher_sha256: str,
     out_dir: Path,
     resume_dir: Path,

@@ -220,6 +220,12 @@ class GaussianDiffusion:
             self.x0_from_eps(x_t, t, output) if self.prediction == "eps" else self.x0_from_v(x_t, t, output)
         )
 
+    def clipped_x0_eps(self, output: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(x_0 clipped to [-1, 1], the eps re-derived from it): what a DDIM step with clipping combines
+        (GLIDE, improved-diffusion), and what progressive distillation matches, step for step."""
+        x0 = self.x0_from_output(output, x_t, t).clamp(-1.0, 1.0)
+        return x0, self.eps_from_x0(x_t, t, x0)
+
     # ------------------------------------------------------------------ training
     def loss(
         self,

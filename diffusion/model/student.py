@@ -1,7 +1,7 @@
 """A distilled student on disk: one weights file per step count, its teacher's checksum beside them.
 
     save_student(out_dir, unet, process, distill, weights={16: ..., 8: ..., ...}, teacher_sha256=..., metrics=...)
-    student, process = load_student(out_dir, steps=4, guidance=1.5, device="cpu")
+    student, process = load_student(out_dir, steps=4, device="cpu")   # guidance w is an input of each call
 
 A folder is `diffusion.checkpoint`'s format, kind "diffusion-student": `steps-<N>.safetensors` for every
 step count N it was distilled for (N = teacher_steps is the guidance-distilled network, each smaller N a

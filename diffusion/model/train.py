@@ -21,13 +21,13 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from diffusion.config import DiffusionConfig, DiffusionTrainConfig
+from diffusion.data.labelled import Labelled
 from diffusion.model.ema import EMA
 from diffusion.model.process import GaussianDiffusion
 from diffusion.model.resume import TrainState, load_state, save_state
@@ -35,13 +35,6 @@ from diffusion.model.saved import new_model, save_diffusion
 from diffusion.model.unet import UNet
 from diffusion.precision import Precision, autocast
 from diffusion.styles import STYLES
-
-
-class Digits(Protocol):
-    """What training reads from a dataset (DigitsDataset fits)."""
-
-    images: Tensor  # float (N, 1, H, W) in [-1, 1]
-    labels: Tensor  # int64 (N,)
 
 
 @dataclass(frozen=True)
@@ -54,19 +47,19 @@ class Conditioned:
     weights: Tensor | None = None
 
 
-def present_styles(data: Digits) -> list[str]:
+def present_styles(data: Labelled) -> list[str]:
     """The styles `data` holds (DigitsDataset.styles), in STYLES order; data without styles is MNIST's."""
     styles = getattr(data, "styles", None)
     return [STYLES[int(c)] for c in styles.unique().tolist()] if styles is not None else [STYLES[0]]
 
 
-def styled(data: Digits) -> bool:
+def styled(data: Labelled) -> bool:
     """Whether `data` holds more than one style, so training makes a two-condition model."""
     return len(present_styles(data)) > 1
 
 
 def conditioned(
-    data: Digits, two_conditions: bool, style_weights: dict[str, float] | None = None
+    data: Labelled, two_conditions: bool, style_weights: dict[str, float] | None = None
 ) -> Conditioned:
     """`data` as training draws it. Two conditions: labels (N, 2) = (digit, style) and, when `style_weights`
     (style name -> weight, `data.sources`) are given, each row weighted weight(style) / rows of its style, so
@@ -153,8 +146,8 @@ def validation_loss(
 
 def train_diffusion(
     cfg: DiffusionConfig,
-    train: Digits,
-    val: Digits,
+    train: Labelled,
+    val: Labelled,
     out_dir: Path,
     resume_dir: Path,
     progress: bool = True,

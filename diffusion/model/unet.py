@@ -10,7 +10,7 @@ rows of (digit, style), and (B,) digits alone mean "any style" (the null style).
 student (`guidance_input`) adds MLP(sinusoid(GUIDANCE_SCALE w)) for its guidance strength w, the Fourier
 embedding of w that Meng et al. (2023, sec. 4.1) add to the time embedding; its last layer starts at zero,
 so a student copied from its teacher starts as the teacher's conditional model. With
-channel_mults (1, 2, 2) a 28x28 input is processed at 28, 14 and 7 pixels; attention runs at 7x7.
+channel_mults (1, 2, 4) (the default) a 28x28 input is processed at 28, 14 and 7 pixels; attention runs at 7x7.
 """
 
 from __future__ import annotations

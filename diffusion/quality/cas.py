@@ -44,9 +44,10 @@ from scipy import stats
 from torch import Tensor
 
 from diffusion.config import CasConfig
+from diffusion.data.labelled import Labelled
 from diffusion.errors import DataError
 from diffusion.judges.lenet import LeNet5, new_lenet
-from diffusion.judges.training import NUM_CLASSES, Labelled, accuracy
+from diffusion.judges.training import NUM_CLASSES, accuracy
 
 INTERVAL_KEYS = ("cas_accuracy", "real_baseline_accuracy", "cas_ratio", "augmentation_gain")
 

@@ -58,11 +58,11 @@ from torch import Tensor, nn
 
 from diffusion.config import EvaluateConfig
 from diffusion.data.datasets import DigitsDataset
+from diffusion.data.labelled import Labelled
 from diffusion.data.shards import PublishedVersion
 from diffusion.errors import DataError
 from diffusion.judges.training import (
     NUM_CLASSES,
-    Labelled,
     accuracy,
     accuracy_report,
     confusion_rows,

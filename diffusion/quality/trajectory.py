@@ -6,9 +6,11 @@ few of its steps.
     traj.steps, traj.timesteps   which of its `traj.total` steps they are, and their training timesteps
     save_trajectory_grid(traj, path)
 
-The sampler runs as generation runs it (`diffusion.model.samplers.sample`, fp32): x_T comes from a CPU
-`torch.Generator` seeded with `seed` (the same starting points on any device), the per-step noise of the
-stochastic samplers from a generator seeded by it, so the same seed draws the same pixels. The steps are
+The sampler is generation's (the same `SamplerConfig`, through `diffusion.model.samplers.sample`), but run
+here in fp32 from its own seed, not through `sample_blocks`' seed blocks and `hardware.precision`: the
+pictures show how a digit is drawn, not one of the published digits. x_T comes from a CPU `torch.Generator`
+seeded with `seed` (the same starting points on any device), the per-step noise of the stochastic samplers
+from a generator seeded by it, so the same seed draws the same pixels. The steps are
 recorded through the samplers' `callback`, which keeps the tensors on the device until the loop is done.
 """
 

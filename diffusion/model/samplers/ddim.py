@@ -68,12 +68,10 @@ def ddim_sample(
     for i, step in enumerate(ddim_steps(process, steps, eta)):
         t_batch = torch.full((x.shape[0],), step.t, dtype=torch.long, device=x.device)
         output = guided_output(model, x, t_batch, labels, guidance, unguided)
-        x0 = process.x0_from_output(output, x, t_batch)
         if clip:
-            x0 = x0.clamp(-1.0, 1.0)
-            eps = process.eps_from_x0(x, t_batch, x0)
+            x0, eps = process.clipped_x0_eps(output, x, t_batch)
         else:
-            eps = process.eps_from_output(output, x, t_batch)
+            x0, eps = process.x0_from_output(output, x, t_batch), process.eps_from_output(output, x, t_batch)
         if callback is not None:
             callback(i, x, x0)
         # Song et al. eq. 12: x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z.

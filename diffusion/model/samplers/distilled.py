@@ -13,21 +13,12 @@ so the two teacher steps that one student step replaces start and end on the stu
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from diffusion.model.process import GaussianDiffusion
 from diffusion.model.samplers.batching import StepCallback
-from diffusion.model.samplers.spacing import trailing_timesteps
-
-
-def ddim_coefficients(process: GaussianDiffusion, t: int, prev: int) -> tuple[float, float]:
-    """(sqrt(a_prev), sqrt(1 - a_prev)): x_prev = c_x0 x0 + c_eps eps (Song et al. 2021 eq. 12, eta = 0).
-    prev = -1 is clean data."""
-    a_prev = process.alpha_bar(prev)
-    return math.sqrt(a_prev), math.sqrt(1.0 - a_prev)
+from diffusion.model.samplers.ddim import ddim_steps
 
 
 @torch.no_grad()
@@ -47,16 +38,12 @@ def distilled_sample(
     floats and w is one (B,) tensor made before the loop.
     """
     process = process.to(x_T.device)
-    grid = trailing_timesteps(process.num_timesteps, steps)
     w = torch.full((x_T.shape[0],), float(guidance), dtype=torch.float32, device=x_T.device)
     x = x_T
-    for i, (t, prev) in enumerate(zip(grid, [*grid[1:], -1], strict=True)):
-        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        output = student(x, t_batch, labels, w).to(x.dtype)
-        x0 = process.x0_from_output(output, x, t_batch).clamp(-1.0, 1.0)
-        eps = process.eps_from_x0(x, t_batch, x0)
+    for i, step in enumerate(ddim_steps(process, steps, eta=0.0)):  # on trailing_timesteps(T, steps)
+        t_batch = torch.full((x.shape[0],), step.t, dtype=torch.long, device=x.device)
+        x0, eps = process.clipped_x0_eps(student(x, t_batch, labels, w).to(x.dtype), x, t_batch)
         if callback is not None:
             callback(i, x, x0)
-        c_x0, c_eps = ddim_coefficients(process, t, prev)
-        x = c_x0 * x0 + c_eps * eps
+        x = step.c_x0 * x0 + step.c_eps * eps
     return x
