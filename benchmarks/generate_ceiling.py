@@ -288,7 +288,12 @@ def smoke_setup(work: Path, base: dict[str, Any]) -> tuple[dict[str, Any], dict[
 
     paths = write_tiny_models(work / "models")
     sizes = {k: base["generate"][k] for k in ("seed_block", "task_size") if k in base.get("generate", {})}
-    cfg = tiny_generate(paths, work, filter={"require_pred_match": False}, **sizes)
+    cfg = tiny_generate(
+        paths,
+        work,
+        filter={"min_clip_margin": None, "min_classifier_prob": None, "require_pred_match": False},
+        **sizes,
+    )
     return {**base, "generate": cfg.model_dump(mode="json")}, paths
 
 

@@ -5,7 +5,7 @@
 This runs `diffusion.cli.run`, which is all the `digits` console script does, unchanged but for two
 things that add no work:
 - the --metrics file keeps `task_seconds` and `task_share` (where each task's time went), the nested
-  mappings the CLI leaves out of DVC's metrics file (`diffusion.cli.train.headline`);
+  mappings the CLI leaves out of DVC's metrics file (`diffusion.checkpoint.write_metrics`);
 - MARKS.json gets `time.time()` marks (comparable with the parent process's clock) of: `start` (the
   interpreter is up, no project module imported), `imported` (the CLI module; it imports the run and flow
   modules itself inside `cmd_generate`, after starting Prefect's temporary server, and the marks below are
@@ -118,9 +118,12 @@ def main(argv: list[str]) -> None:
     sys.meta_path.insert(0, _AfterImport({"diffusion.generate.run": _hook_run, "flows.generate": _hook_flow}))
     import diffusion.cli as cli
     import diffusion.cli.generate as commands
+    from diffusion.checkpoint import write_json_atomic
+    from diffusion.data.evaluations import json_safe
 
     _mark("imported")
-    commands.headline = lambda metrics: metrics  # keep task_seconds / task_share in the --metrics file
+    # keep task_seconds / task_share in the --metrics file
+    commands.write_metrics = lambda path, metrics: write_json_atomic(path, json_safe(metrics))
     _around(cli, "load_params", None, "params")
     try:
         cli.run(cli_args)  # exits, as the console script does

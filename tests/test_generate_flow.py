@@ -61,7 +61,12 @@ def threads_run(prefect_server, tiny_models, tmp_path_factory) -> GenerationResu
         tiny_models,
         root,
         per_class={0: 3, 4: 5, 7: 2},
-        filter={"min_clip_score": -9.4, "require_pred_match": False},
+        filter={
+            "min_clip_score": -9.4,
+            "min_clip_margin": None,
+            "min_classifier_prob": None,
+            "require_pred_match": False,
+        },
     )
     return _run(cfg, tiny_models)
 
@@ -121,7 +126,12 @@ def test_task_size_network_batch_workers_and_runner_never_change_a_byte(
         tiny_models,
         tmp_path,
         per_class={0: 3, 4: 5, 7: 2},
-        filter={"min_clip_score": -9.4, "require_pred_match": False},
+        filter={
+            "min_clip_score": -9.4,
+            "min_clip_margin": None,
+            "min_classifier_prob": None,
+            "require_pred_match": False,
+        },
         task_runner=runner,
         task_size=task_size,
     )
@@ -216,7 +226,12 @@ def test_an_impossible_threshold_names_the_class_and_publishes_nothing(
         tiny_models,
         tmp_path,
         per_class={2: 3},
-        filter={"min_clip_score": 99.0, "require_pred_match": False},
+        filter={
+            "min_clip_score": 99.0,
+            "min_clip_margin": None,
+            "min_classifier_prob": None,
+            "require_pred_match": False,
+        },
         max_attempts=2,
     )
     with (
