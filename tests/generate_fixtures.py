@@ -81,9 +81,9 @@ def write_tiny_models(root: Path) -> dict[str, str]:
     }
 
 
-def distill_tiny_student(paths: dict[str, str], folder: Path, resume: Path) -> str:
-    """A few optimiser steps of distillation of the tiny teacher (`write_tiny_models`) into students for 8,
-    4, 2 and 1 steps at w in the default range, written to `folder`; its path."""
+def distill_tiny_student(paths: dict[str, str], folder: Path, resume: Path, teacher_steps: int = 8) -> str:
+    """A few optimiser steps of distillation of the tiny teacher (`write_tiny_models`) into students for
+    `teacher_steps`, its halves and 1 step at w in [1, 3], written to `folder`; its path."""
     from diffusion.checkpoint import file_sha256
     from diffusion.config import DistillConfig
     from diffusion.data.datasets import DigitsDataset
@@ -92,7 +92,7 @@ def distill_tiny_student(paths: dict[str, str], folder: Path, resume: Path) -> s
 
     teacher, process = load_diffusion(paths["model"])
     cfg = DistillConfig(
-        teacher_steps=8,
+        teacher_steps=teacher_steps,
         min_steps=1,
         guidance_range=(1.0, 3.0),
         guidance_steps=2,

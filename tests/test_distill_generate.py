@@ -6,34 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from diffusion.checkpoint import CheckpointError, file_sha256
-from diffusion.config import DistillConfig, HardwareConfig, SamplerConfig
-from diffusion.data.datasets import DigitsDataset
+from diffusion.checkpoint import CheckpointError
+from diffusion.config import HardwareConfig, SamplerConfig
 from diffusion.generate.plan import GenerationError
 from diffusion.generate.run import prepare_run
-from diffusion.model.distill import distill
 from diffusion.model.saved import load_diffusion
-from tests.generate_fixtures import run_generate, tiny_generate
+from tests.generate_fixtures import distill_tiny_student, run_generate, tiny_generate
 
 
 @pytest.fixture(scope="module")
 def student(tiny_models, tmp_path_factory) -> str:
     """A student of the tiny teacher for 4, 2 and 1 steps (a few steps each: shapes, not quality)."""
     root = tmp_path_factory.mktemp("student")
-    teacher, process = load_diffusion(tiny_models["model"])
-    cfg = DistillConfig(
-        teacher_steps=4,
-        min_steps=1,
-        guidance_range=(1.0, 3.0),
-        guidance_steps=2,
-        round_steps=2,
-        batch_size=4,
-        log_every=1,
-    )
-    sha = file_sha256(Path(tiny_models["model"]) / "ema.safetensors")
-    data = DigitsDataset(tiny_models["train"])
-    distill(teacher, process, cfg, data, sha, root / "student", root / "resume", progress=False)
-    return str(root / "student")
+    return distill_tiny_student(tiny_models, root / "student", root / "resume", teacher_steps=4)
 
 
 def _distilled(tiny_models, tmp_path: Path, steps: int = 2, guidance: float = 1.5, **over: object):

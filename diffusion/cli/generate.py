@@ -162,8 +162,7 @@ def number_option(flag: str, given: str, expected: str, within: Callable[[float]
 def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
     from diffusion.data.datasets import DigitsDataset, MixedDigits, open_version, published_dataset
     from diffusion.data.evaluations import json_safe
-    from diffusion.judges.training import accuracy
-    from diffusion.quality.cas import t_interval, train_to_convergence
+    from diffusion.quality.cas import converged_test_accuracy, t_interval
 
     if args.real_fraction is not None and not args.real:
         raise DigitsError("--real-fraction: give --real too, the real digits it is the share of")
@@ -179,13 +178,14 @@ def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
         data = MixedDigits(data, DigitsDataset(args.real), fraction, seed=0)
     val, test = DigitsDataset(args.val), DigitsDataset(args.test)
     cfg, device = params.evaluate.cas, params.hardware.device
-    fits = [train_to_convergence(data, val, cfg, seed, device) for seed in cfg.seeds]
-    scores = [accuracy(fit.model, test) for fit in fits]
+    scores, epochs = zip(
+        *(converged_test_accuracy(data, val, test, cfg, s, device) for s in cfg.seeds), strict=True
+    )
     result = {
         "test_accuracy": sum(scores) / len(scores),
-        "interval": list(t_interval(scores)),
-        "per_seed": scores,
-        "epochs": [fit.epochs for fit in fits],
+        "interval": list(t_interval(list(scores))),
+        "per_seed": list(scores),
+        "epochs": list(epochs),
         "train_images": len(data),
         "versions": [v.path for v in versions],
     }

@@ -130,10 +130,16 @@ def train_to_convergence(
     return ConvergedFit(model.eval(), len(history), best_epoch, best, history)
 
 
-def _test_accuracy(
-    train: Labelled, real_val: Labelled, real_test: Labelled, cfg: CasConfig, seed: int, device: torch.device
+def converged_test_accuracy(
+    train: Labelled,
+    real_val: Labelled,
+    real_test: Labelled,
+    cfg: CasConfig,
+    seed: int,
+    device: torch.device | str = "cpu",
 ) -> tuple[float, int]:
-    """Real-test accuracy of the recipe's classifier trained on `train`, and the epochs it ran."""
+    """Real-test accuracy of the recipe's classifier trained on `train` (`train_to_convergence`), and the
+    epochs it ran: one seed of CAS, and of `digits train-on`."""
     fit = train_to_convergence(train, real_val, cfg, seed, device)
     return accuracy(fit.model, real_test), fit.epochs
 
@@ -153,8 +159,8 @@ def cas_run(
     (module docstring); gain=False skips the two largest fits and leaves augmentation_gain out."""
     device = torch.device(device)
     real = balanced_subset(real_train, len(synthetic.labels), torch.Generator().manual_seed(seed))
-    synthetic_score, epochs = _test_accuracy(synthetic, real_val, real_test, cfg, seed, device)
-    real_score, _ = _test_accuracy(real, real_val, real_test, cfg, seed, device)
+    synthetic_score, epochs = converged_test_accuracy(synthetic, real_val, real_test, cfg, seed, device)
+    real_score, _ = converged_test_accuracy(real, real_val, real_test, cfg, seed, device)
     run = {
         "seed": seed,
         "cas_accuracy": synthetic_score,
@@ -165,8 +171,8 @@ def cas_run(
         both = Digits(
             torch.cat([real_train.images, synthetic.images]), torch.cat([real_train.labels, synthetic.labels])
         )
-        with_synthetic, _ = _test_accuracy(both, real_val, real_test, cfg, seed, device)
-        alone, _ = _test_accuracy(real_train, real_val, real_test, cfg, seed, device)
+        with_synthetic, _ = converged_test_accuracy(both, real_val, real_test, cfg, seed, device)
+        alone, _ = converged_test_accuracy(real_train, real_val, real_test, cfg, seed, device)
         run["augmentation_gain"] = 100.0 * (with_synthetic - alone)
     return run | {"epochs": epochs}
 
