@@ -113,13 +113,13 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 
 def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
-    """A DVC metrics file (JSON, atomically): the numbers of `metrics`, and the strings that say what they
-    measure (a version, a source). Mappings and lists (per-class breakdowns, style names) are left out for
-    plots and documents to hold, so `dvc metrics show` has one value per key; NaN and infinities are null."""
+    """A DVC metrics file (JSON, atomically): `metrics` without its mappings and lists (per-class breakdowns,
+    style names: plots and documents hold those), so `dvc metrics show` has one value per key; NaN and
+    infinities are written as null. A value JSON cannot hold (a numpy scalar) is a TypeError, as ever."""
     kept = {
         k: None if isinstance(v, float) and not math.isfinite(v) else v
         for k, v in metrics.items()
-        if isinstance(v, int | float | str)
+        if not isinstance(v, dict | list | tuple)
     }
     write_json_atomic(path, kept)
 

@@ -3,17 +3,22 @@
 Every scheduled run publishes a new version: its logical date is the slot's scheduled start time,
 which also shifts the seed (`seed_from_date`), so each night draws new digits while a retried run of
 the same slot resumes its own staged batches. `generate.schedule.overlap` sets what the Prefect server
-does with a slot that comes while a run is still going (a deployment concurrency limit of 1).
+does with a slot that comes while a run is still going (a deployment concurrency limit of 1, held by a
+lease that the running flow renews).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from prefect import get_client
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
 from prefect.flows import serve
 from prefect.schedules import Cron
 
 from diffusion.config import Params
+from diffusion.errors import DigitsError
 from diffusion.quality.grading import Grading
 from flows.generate import generate_dataset
 
@@ -23,6 +28,33 @@ OVERLAP: dict[str, ConcurrencyLimitConfig | None] = {
     "queue": ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
     "run": None,
 }
+# Prefect's default lease storage: in the server's memory, so a server restart forgets every lease while the
+# slot count stays in its database (the slot stays taken; a running flow's renewal fails and it is stopped).
+MEMORY_LEASES = "prefect.server.concurrency.lease_storage.memory"
+DISK_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
+
+
+def check_overlap(overlap: str, server_settings: dict[str, Any] | None = None) -> None:
+    """DigitsError (one line) when `generate.schedule.overlap` limits the deployment but the Prefect server
+    keeps its concurrency leases in memory; `server_settings`: the server's `/admin/settings` (None: read
+    them from the server at PREFECT_API_URL)."""
+    if OVERLAP[overlap] is None:
+        return
+    if server_settings is None:
+        with get_client(sync_client=True) as client:
+            try:
+                response = client.request("GET", "/admin/settings")
+                response.raise_for_status()
+            except Exception as err:  # no server, or one that refuses
+                raise DigitsError(f"PREFECT_API_URL: the Prefect server does not answer ({err})") from None
+            server_settings = response.json()
+    storage = server_settings.get("server", {}).get("concurrency", {}).get("lease_storage", MEMORY_LEASES)
+    if storage == MEMORY_LEASES:
+        raise DigitsError(
+            f"generate.schedule.overlap: {overlap} needs a Prefect server that keeps its concurrency leases"
+            f" on disk (with {storage} a server restart strands the slot and stops the running run): start it"
+            f" with PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE={DISK_LEASES}, or set overlap: run"
+        )
 
 
 def build_deployment(

@@ -258,6 +258,8 @@ def generate_dataset(
     result = GenerationResult(version, metrics, classes, tasks, doc)
     report_error: Exception | None = None
     try:
+        # `model`, the diffusion checkpoint the page draws from (spec.model_dir is the student's when the
+        # distilled sampler drew the digits)
         _grading_artifact(doc, out, report(version, root, name, out, model, spec.hardware.device))
     except Exception as err:  # a failed report never hides the verdict: the alert wins, this is its context
         if not doc.get("flagged"):

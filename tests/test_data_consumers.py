@@ -206,3 +206,35 @@ def test_a_handed_on_name_keeps_urls_and_old_absolute_paths(tmp_path: Path) -> N
     for path in ["s3://bucket/d/v1", str(tmp_path / "elsewhere" / "v1")]:  # as written before relative names
         (tmp_path / "g.json").write_text(json.dumps({"path": path, "version": "v1"}))
         assert published_path(str(tmp_path / "g.json")) == path
+
+
+def test_a_disk_failure_reading_a_version_is_worth_a_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An I/O error (EIO, injected under fsspec's local reader) is one line that keeps its OSError as the
+    cause, so the flow's tasks retry it; a swapped or missing file (above) is bad input and never is."""
+    import errno
+
+    from fsspec.implementations.local import LocalFileOpener
+
+    from diffusion.errors import is_transient
+
+    version = publish(str(tmp_path / "published"), "v1", 0)
+
+    read = LocalFileOpener.read
+    for failing, line in [
+        (".parquet", r"train-00000-of-00005.parquet: cannot be read"),
+        (".json", "manifest"),
+    ]:
+
+        def failing_read(
+            self: LocalFileOpener, *args: object, failing: str = failing, **kwargs: object
+        ) -> bytes:
+            if str(self.path).endswith(failing):
+                raise OSError(errno.EIO, "Input/output error")
+            return read(self, *args, **kwargs)
+
+        monkeypatch.setattr(LocalFileOpener, "read", failing_read)
+        with pytest.raises(DataError, match=line) as err:
+            published_dataset(version)
+        assert "[Errno 5]" in str(err.value) and is_transient(err.value)

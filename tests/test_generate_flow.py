@@ -316,9 +316,9 @@ def test_the_deployment_carries_the_cron_schedule_from_params() -> None:
     (schedule,) = deployment.schedules
     assert schedule.schedule.cron == "30 2 * * 1" and schedule.schedule.timezone == "Europe/Berlin"
     assert deployment.parameters["seed_from_date"] is True
-    assert deployment.concurrency_limit == 1  # overlap: skip, the default
-    unlimited = parse_params({"generate": {"schedule": {"overlap": "run"}}})
-    assert build_deployment(unlimited, "m", "c", "t", grading).concurrency_limit is None
+    assert deployment.concurrency_limit is None  # overlap: run, the default
+    limited = parse_params({"generate": {"schedule": {"overlap": "skip"}}})
+    assert build_deployment(limited, "m", "c", "t", grading).concurrency_limit == 1
     # a served run imports the flow anew from here: the flow itself enters generate.task_runner
     assert deployment.entrypoint == "flows/generate.py:generate_dataset"
     assert deployment.parameters["cfg"]["name"] == params.generate.name
@@ -354,6 +354,28 @@ def test_a_slot_that_comes_while_a_run_is_going_is_skipped_or_queued_by_the_serv
             assert limit is not None and limit.limit == 1
         finally:
             client.delete_deployment(deployment_id)
+
+
+def test_skip_or_queue_needs_a_server_that_keeps_its_leases_on_disk(
+    prefect_server, tiny_models, tmp_path: Path, capsys
+) -> None:
+    """A memory lease storage (Prefect's default) strands the slot on a server restart: refused at start-up."""
+    from diffusion.cli import main
+    from flows.deploy import DISK_LEASES, MEMORY_LEASES, check_overlap
+
+    on_disk = {"server": {"concurrency": {"lease_storage": DISK_LEASES}}}
+    check_overlap("skip", on_disk)
+    check_overlap("run", {"server": {"concurrency": {"lease_storage": MEMORY_LEASES}}})
+    with pytest.raises(DigitsError, match="overlap: queue needs a Prefect server that keeps"):
+        check_overlap("queue", {"server": {"concurrency": {"lease_storage": MEMORY_LEASES}}})
+    cfg = tiny_generate(tiny_models, tmp_path).model_dump(mode="json")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"generate": {**cfg, "schedule": {"overlap": "skip"}}}))
+    grading = [f"--{k}={tiny_models[k]}" for k in ("classifier", "train", "evaluator", "val", "test")]
+    code = main(["serve", "--params", str(params), "--model", tiny_models["model"], *grading])  # the harness
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE={DISK_LEASES}" in err
 
 
 def test_serve_checks_every_input_at_start_up_and_wants_a_server(tiny_models, tmp_path: Path, capsys) -> None:

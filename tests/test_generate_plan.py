@@ -50,15 +50,15 @@ def test_bad_generate_params_are_one_line_naming_the_field(generate: dict, named
     assert named in str(err.value) and "\n" not in str(err.value)
 
 
-def test_generate_sampler_defaults_to_the_diffusion_sampler() -> None:
+def test_generate_sampler_keeps_its_own_defaults() -> None:
+    """One knob, one meaning: diffusion.sampler is evaluate_diffusion's, and a generate.sampler mapping that
+    leaves keys out keeps the shipped generation sampler's values for them (w = 1), not SamplerConfig's."""
     params = parse_params(
         {"diffusion": {"sampler": {"guidance": 1.25, "steps": 12}}, "generate": {"seed": 3}}
     )
-    assert params.generate.sampler == params.diffusion.sampler
-    own = parse_params(
-        {"diffusion": {"sampler": {"guidance": 1.25}}, "generate": {"sampler": {"guidance": 2.0}}}
-    )
-    assert own.generate.sampler.guidance == 2.0
+    assert params.generate.sampler == GenerateConfig().sampler and params.generate.sampler.guidance == 1.0
+    own = parse_params({"generate": {"sampler": {"steps": 10}}})
+    assert own.generate.sampler.steps == 10 and own.generate.sampler.guidance == 1.0
     assert GenerateConfig(per_class={3: 5, 1: 0}).counts() == {3: 5}
 
 

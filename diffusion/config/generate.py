@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, StrictInt, field_validator, model_validator
 
-from diffusion.config.base import Section
+from diffusion.config.base import Section, over_default
 from diffusion.config.model import SamplerConfig
 from diffusion.library_rules import FsspecUrl, PrefectCron, PrefectTimezone
 from diffusion.styles import STYLES, cell
@@ -46,10 +46,10 @@ class ScheduleConfig(Section):
 
     cron: PrefectCron = "0 3 * * *"  # five-field cron: every scheduled run publishes a new version
     timezone: PrefectTimezone = "UTC"
-    # A slot that comes while a run of the deployment is still going (Prefect's deployment concurrency
-    # limit of 1, enforced by the server): skip (it is cancelled), queue (it waits for the run to end),
-    # run (both run, sharing the cores)
-    overlap: Literal["skip", "queue", "run"] = "skip"
+    # A slot that comes while a run of the deployment is still going: run (both run, sharing the cores),
+    # or with Prefect's deployment concurrency limit of 1 (a server that keeps its leases on disk: README)
+    # skip (it is cancelled) or queue (it waits for the run to end)
+    overlap: Literal["skip", "queue", "run"] = "run"
 
 
 class GenerateConfig(Section):
@@ -61,7 +61,8 @@ class GenerateConfig(Section):
     per_class: StrictInt | dict[int, StrictInt] | None = 200  # StrictInt: `true` or '20' is no count
     # per style: style -> (count for every digit, or digit -> count)
     per_style: dict[str, StrictInt | dict[int, StrictInt]] | None = None  # StrictInt: `true` is no count
-    sampler: SamplerConfig = SamplerConfig()  # omitted in params.yaml: the diffusion.sampler section
+    # the generation sampler (w = 1: no guidance); a mapping that leaves keys out keeps these defaults
+    sampler: SamplerConfig = SamplerConfig(guidance=1.0)
     # Three sizes, three meanings (the network batch, images per forward pass, is hardware.network_batch):
     seed_block: int = Field(10, ge=1)  # images of one class from one generator: decides the images
     task_size: int = Field(250, ge=1)  # images per Prefect task, whole seed blocks: never the images
@@ -75,6 +76,11 @@ class GenerateConfig(Section):
     max_attempts: float = Field(5.0, ge=1.0)  # per class, at most this many x its count are sampled
     task_runner: TaskRunnerConfig = TaskRunnerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+
+    @field_validator("sampler", mode="before")
+    @classmethod
+    def _sampler_keeps_its_defaults(cls, raw: object) -> object:
+        return over_default(cls, "sampler", raw)
 
     @field_validator("per_class", mode="before")
     @classmethod

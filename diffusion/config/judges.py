@@ -6,12 +6,11 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
     Field,
     model_validator,
 )
 
-from diffusion.config.base import Section
+from diffusion.config.base import Section, over_default
 from diffusion.library_rules import ClipContextLength
 from diffusion.precision import PrecisionChoice
 
@@ -27,14 +26,6 @@ class JudgeTraining(Section):
     seed: int = Field(0, ge=0)  # weight init, dropout, shuffling and augmentation
     # bf16: autocast forward and backward, float32 weights and loss; auto: bf16 where the device has bf16 units
     precision: PrecisionChoice = "fp32"
-
-
-def over_default(model: type[BaseModel], field: str, raw: object) -> object:
-    """A mapping given for a JudgeTraining field, laid over that field's own default: keys left out keep this
-    section's defaults, not JudgeTraining's (a `mode="before"` field validator's body)."""
-    if isinstance(raw, dict):
-        return {**model.model_fields[field].default.model_dump(), **raw}
-    return raw
 
 
 class JudgeSection(Section):

@@ -61,24 +61,6 @@ class Params(Section):
             )
         return self
 
-    @model_validator(mode="before")
-    @classmethod
-    def _generate_sampler_defaults_to_diffusion(cls, raw: object) -> object:
-        """`generate.sampler` left out of params.yaml means the `diffusion.sampler` section."""
-        if (
-            isinstance(raw, dict)
-            and isinstance(raw.get("generate"), dict)
-            and "sampler" not in raw["generate"]
-        ):
-            sampler = (
-                (raw.get("diffusion") or {}).get("sampler")
-                if isinstance(raw.get("diffusion"), dict)
-                else None
-            )
-            if sampler is not None:
-                raw = {**raw, "generate": {**raw["generate"], "sampler": sampler}}
-        return raw
-
 
 def _one_line(err: ValidationError, where: str) -> str:
     """The first validation error as `where: key.path: message (got value)`."""

@@ -11,8 +11,8 @@ from pydantic import (
     model_validator,
 )
 
-from diffusion.config.base import Section
-from diffusion.config.judges import JudgeTraining, over_default
+from diffusion.config.base import Section, over_default
+from diffusion.config.judges import JudgeTraining
 
 
 class QualityConfig(Section):

@@ -48,34 +48,37 @@ def _reason(err: BaseException) -> str:
 def _read_one(
     path: str, columns: Sequence[str], optional: Sequence[str] = (), sha256: str | None = None
 ) -> pa.Table:
-    """`columns` of one Parquet file, and those of `optional` that it has. `sha256`: the file's bytes, read
-    once, must hash to it (a published version's manifest entry; `check_sha256`)."""
+    """`columns` of one Parquet file, and those of `optional` that it has. The file's bytes are read once;
+    with `sha256` (a published version's manifest entry) they must hash to it (`check_sha256`). DataError
+    naming the file otherwise; an I/O failure keeps its OSError as the cause (worth a retry: `is_transient`).
+    """
+    published = sha256 is not None  # a file of a published version: restored, not rewritten, when bad
     try:
-        opened = fsspec.open(path, "rb")
+        with fsspec.open(path, "rb") as f:
+            data = f.read()
     except (ValueError, ImportError) as err:  # an unknown protocol, or its package is not installed
         raise DataError(
             f"{path}: cannot open ({_reason(err)}); give a local path or a URL fsspec can open"
         ) from None
-    try:
-        with opened as f:
-            source = f
-            if sha256 is not None:
-                data = f.read()
-                check_sha256(path, data, sha256)
-                source = pa.BufferReader(data)
-            parquet = pq.ParquetFile(source)
-            present = [c for c in optional if c in parquet.schema_arrow.names]
-            return parquet.read(columns=[*columns, *present])
-    except DataError:  # the checksum's own line
-        raise
     except FileNotFoundError:
-        if sha256 is not None:
+        if published:
             raise DataError(f"{path}: missing from the published version; restore the version's files") from None
         raise DataError(f"{path}: Parquet file not found") from None
     except IsADirectoryError:
+        if published:
+            raise DataError(f"{path}: a folder where the version has a file; restore the version's files") from None
         raise DataError(f"{path}: a folder; give a Parquet file (a split, or one file of a version)") from None
+    except OSError as err:  # kept as the cause: a network or disk failure may pass (is_transient)
+        raise DataError(f"{path}: cannot be read ({_reason(err)})") from err
+    if published:
+        check_sha256(path, data, sha256)
+    try:
+        parquet = pq.ParquetFile(pa.BufferReader(data))
+        present = [c for c in optional if c in parquet.schema_arrow.names]
+        return parquet.read(columns=[*columns, *present])
     except (pa.ArrowException, KeyError, OSError, ValueError) as err:
-        raise DataError(f"{path}: not a digits Parquet file ({_reason(err)}); {_FIX}") from None
+        fix = "restore the version's files" if published else _FIX
+        raise DataError(f"{path}: not a digits Parquet file ({_reason(err)}); {fix}") from None
 
 
 def read_table(paths: str | Path | Sequence[str | Path], columns: Sequence[str] = _COLUMNS) -> pa.Table:
@@ -224,8 +227,10 @@ def open_version(path: str | Path) -> PublishedVersion:
         raise DataError(f"{path}: a file, not a published version's folder") from None
     except ImportError as err:  # the URL's protocol needs a package (s3fs, gcsfs, ...)
         raise DataError(f"{path}: cannot open ({_reason(err)})") from None
-    except (ValueError, OSError) as err:  # an unknown protocol, an unreadable folder
+    except ValueError as err:  # an unknown protocol
         raise DataError(f"{path}: cannot read its {MANIFEST} ({_reason(err)})") from None
+    except OSError as err:  # kept as the cause: a network or disk failure may pass (is_transient)
+        raise DataError(f"{path}: cannot read its {MANIFEST} ({_reason(err)})") from err
     if manifest is None:
         raise DataError(f"{path}: not a published version (no {MANIFEST})")
     if not isinstance(manifest.get("files"), list):
