@@ -45,16 +45,26 @@ def check_overlap(overlap: str, server_settings: dict[str, Any] | None = None) -
             try:
                 response = client.request("GET", "/admin/settings")
                 response.raise_for_status()
-            except Exception as err:  # no server, or one that refuses
-                raise DigitsError(f"PREFECT_API_URL: the Prefect server does not answer ({err})") from None
-            server_settings = response.json()
-    storage = server_settings.get("server", {}).get("concurrency", {}).get("lease_storage", MEMORY_LEASES)
+                server_settings = response.json()
+            except Exception as err:  # no server, a refusal (Prefect Cloud has no such route), not JSON
+                raise DigitsError(
+                    f"generate.schedule.overlap: {overlap} needs the server's lease storage, but"
+                    f" {client.api_url}admin/settings cannot be read ({_short(err)}); or set overlap: run"
+                ) from None
+    concurrency = (server_settings.get("server") or {}).get("concurrency") or {}
+    storage = (
+        concurrency.get("lease_storage", MEMORY_LEASES) if isinstance(concurrency, dict) else MEMORY_LEASES
+    )
     if storage == MEMORY_LEASES:
         raise DigitsError(
             f"generate.schedule.overlap: {overlap} needs a Prefect server that keeps its concurrency leases"
-            f" on disk (with {storage} a server restart strands the slot and stops the running run): start it"
-            f" with PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE={DISK_LEASES}, or set overlap: run"
+            f" outside its memory (with {storage} a server restart strands the slot and stops the running"
+            f" run): start it with PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE={DISK_LEASES}, or set overlap: run"
         )
+
+
+def _short(err: BaseException) -> str:
+    return (str(err).splitlines() or [type(err).__name__])[0][:200]
 
 
 def build_deployment(

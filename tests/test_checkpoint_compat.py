@@ -73,3 +73,19 @@ def test_a_config_without_its_config_key_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="invalid diffusion config") as err:
         load_diffusion(tmp_path)
     assert "\n" not in str(err.value)
+
+
+def test_a_dvc_metrics_file_keeps_one_value_per_key(tmp_path: Path) -> None:
+    import json
+    import math
+
+    from diffusion.checkpoint import write_metrics
+
+    path = tmp_path / "metrics.json"
+    write_metrics(
+        path,
+        {"loss": 0.5, "steps": 3, "ok": True, "version": "v1", "none": None, "nan": math.nan}
+        | {"per_class": {"0": 1.0}, "styles": ["handwritten-mnist"], "pair": (1, 2)},
+    )
+    kept = json.loads(path.read_text())
+    assert kept == {"loss": 0.5, "steps": 3, "ok": True, "version": "v1", "none": None, "nan": None}

@@ -105,6 +105,10 @@ def test_a_shard_changed_after_publishing_or_a_version_named_twice_is_refused(
     fs.rm_file(shards[1])
     with pytest.raises(DataError, match=r"train-00001-of-00005.parquet: missing from the published version"):
         published_dataset(first)
+    if "://" not in root:  # a folder where the version has a file
+        fs.mkdir(shards[1])
+        with pytest.raises(DataError, match=r"00005.parquet: a folder where the version has a file; restore"):
+            published_dataset(first)
     second = publish(root, "v2", 100)
     with pytest.raises(DataError, match="named twice"):
         published_dataset([second, f"{second}/"])

@@ -77,7 +77,7 @@ def _read_one(
         present = [c for c in optional if c in parquet.schema_arrow.names]
         return parquet.read(columns=[*columns, *present])
     except (pa.ArrowException, KeyError, OSError, ValueError) as err:
-        fix = "restore the version's files" if published else _FIX
+        fix = "publish the version again" if published else _FIX  # its checksum matched: as published
         raise DataError(f"{path}: not a digits Parquet file ({_reason(err)}); {fix}") from None
 
 
@@ -216,8 +216,10 @@ def open_version(path: str | Path) -> PublishedVersion:
             return latest_version(root, name)
         except DataError:
             raise
-        except (ValueError, ImportError, OSError) as err:  # unknown protocol, missing package
+        except (ValueError, ImportError) as err:  # unknown protocol, missing package
             raise DataError(f"{path}: cannot read the versions of {root}/{name} ({_reason(err)})") from None
+        except OSError as err:  # kept as the cause: a network or disk failure may pass (is_transient)
+            raise DataError(f"{path}: cannot read the versions of {root}/{name} ({_reason(err)})") from err
     try:
         fs, folder = fsspec.core.url_to_fs(path)
         manifest = read_manifest(fs, folder.rstrip("/"))

@@ -98,8 +98,10 @@ def read_document(out: str, version: str) -> dict[str, Any] | None:
         doc = json.loads(fs.cat_file(local))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not an evaluation document ({err}); grade the version again") from None
+    except OSError as err:  # kept as the cause: a network or disk failure may pass (is_transient)
+        raise DataError(f"{path}: cannot be read ({err})") from err
     if not isinstance(doc, dict):
         raise DataError(f"{path}: not an evaluation document (a JSON object); grade the version again")
     if "metrics" in doc:

@@ -21,8 +21,10 @@ def read_json_object(path: str, what: str) -> dict:
         doc = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise DataError(f"{path}: no such file ({what})") from None
-    except (OSError, ValueError) as err:
+    except ValueError as err:
         raise DataError(f"{path}: cannot read {what} ({err})") from None
+    except OSError as err:  # kept as the cause: a disk failure may pass (is_transient)
+        raise DataError(f"{path}: cannot read {what} ({err})") from err
     if not isinstance(doc, dict):
         raise DataError(f"{path}: expected {what}, a JSON object, got {type(doc).__name__}")
     return doc

@@ -104,7 +104,9 @@ def evaluate_diffusion(
     save_grid(strip, strip_path, ncols=cfg.eval.strip_columns)
 
     meta = read_checkpoint_config(model_dir, "diffusion")["meta"]
-    metrics = dict(meta)  # training's numbers (the DVC metrics file keeps its numbers alone: `write_metrics`)
+    metrics = dict(
+        meta
+    )  # training's numbers (the DVC metrics file drops its mappings and lists: `write_metrics`)
     metrics.update(
         sample_judge_accuracy=judged.accuracy,
         sampled_images=int(judged.labels.numel()),
