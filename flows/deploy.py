@@ -51,10 +51,10 @@ def check_overlap(overlap: str, server_settings: dict[str, Any] | None = None) -
                     f"generate.schedule.overlap: {overlap} needs the server's lease storage, but"
                     f" {client.api_url}admin/settings cannot be read ({_short(err)}); or set overlap: run"
                 ) from None
-    concurrency = (server_settings.get("server") or {}).get("concurrency") or {}
-    storage = (
-        concurrency.get("lease_storage", MEMORY_LEASES) if isinstance(concurrency, dict) else MEMORY_LEASES
-    )
+    server = server_settings.get("server") if isinstance(server_settings, dict) else None
+    concurrency = server.get("concurrency") if isinstance(server, dict) else None
+    storage = concurrency.get("lease_storage") if isinstance(concurrency, dict) else None
+    storage = storage or MEMORY_LEASES  # a server that does not say is taken at Prefect's default
     if storage == MEMORY_LEASES:
         raise DigitsError(
             f"generate.schedule.overlap: {overlap} needs a Prefect server that keeps its concurrency leases"
