@@ -4,6 +4,8 @@ The CLI prints `error: <message>` for any `DigitsError` and exits non-zero; anyt
 bug and keeps its traceback. Imports nothing of ours.
 """
 
+import re
+
 
 class DigitsError(ValueError):
     """Bad input (params, data files, checkpoints, model names). The message is one line naming it."""
@@ -42,3 +44,10 @@ class QualityAlert(RuntimeError):
     generate` exits 1). `result`: what the run published, when the flow attached it (else None)."""
 
     result: object = None
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as a short line for a DigitsError message: its first line, at most 200 characters,
+    without object reprs such as <_io.BytesIO object at 0x...> (its type's name when it says nothing)."""
+    text = re.sub(r" ?<[^<>]* at 0x[0-9a-fA-F]+>", "", str(err)).strip() or type(err).__name__
+    return text.splitlines()[0][:200]

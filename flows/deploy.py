@@ -18,7 +18,7 @@ from prefect.flows import serve
 from prefect.schedules import Cron
 
 from diffusion.config import Params
-from diffusion.errors import DigitsError
+from diffusion.errors import DigitsError, one_line
 from diffusion.quality.grading import Grading
 from flows.generate import generate_dataset
 
@@ -49,7 +49,7 @@ def check_overlap(overlap: str, server_settings: dict[str, Any] | None = None) -
             except Exception as err:  # no server, a refusal (Prefect Cloud has no such route), not JSON
                 raise DigitsError(
                     f"generate.schedule.overlap: {overlap} needs the server's lease storage, but"
-                    f" {client.api_url}admin/settings cannot be read ({_short(err)}); or set overlap: run"
+                    f" {client.api_url}admin/settings cannot be read ({one_line(err)}); or set overlap: run"
                 ) from None
     server = server_settings.get("server") if isinstance(server_settings, dict) else None
     concurrency = server.get("concurrency") if isinstance(server, dict) else None
@@ -61,10 +61,6 @@ def check_overlap(overlap: str, server_settings: dict[str, Any] | None = None) -
             f" outside its memory (with {storage} a server restart strands the slot and stops the running"
             f" run): start it with PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE={DISK_LEASES}, or set overlap: run"
         )
-
-
-def _short(err: BaseException) -> str:
-    return (str(err).splitlines() or [type(err).__name__])[0][:200]
 
 
 def build_deployment(

@@ -9,7 +9,6 @@ A file or version that cannot be opened, read or decoded raises DataError: one l
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,16 +32,10 @@ from diffusion.data.shards import (
     version_files,
     version_sha256,
 )
-from diffusion.errors import DataError
+from diffusion.errors import DataError, one_line
 
 _COLUMNS = ["id", "image", "label"]
 _FIX = "replace it with an intact copy (rerun the stage that wrote it)"
-
-
-def _reason(err: BaseException) -> str:
-    """An exception as a short line, without object reprs such as <_io.BytesIO object at 0x...>."""
-    text = re.sub(r" ?<[^<>]* at 0x[0-9a-fA-F]+>", "", str(err)).strip() or type(err).__name__
-    return text.splitlines()[0][:200]
 
 
 def _read_one(
@@ -58,7 +51,7 @@ def _read_one(
             data = f.read()
     except (ValueError, ImportError) as err:  # an unknown protocol, or its package is not installed
         raise DataError(
-            f"{path}: cannot open ({_reason(err)}); give a local path or a URL fsspec can open"
+            f"{path}: cannot open ({one_line(err)}); give a local path or a URL fsspec can open"
         ) from None
     except FileNotFoundError:
         if published:
@@ -69,7 +62,7 @@ def _read_one(
             raise DataError(f"{path}: a folder where the version has a file; restore the version's files") from None
         raise DataError(f"{path}: a folder; give a Parquet file (a split, or one file of a version)") from None
     except OSError as err:  # kept as the cause: a network or disk failure may pass (is_transient)
-        raise DataError(f"{path}: cannot be read ({_reason(err)})") from err
+        raise DataError(f"{path}: cannot be read ({one_line(err)})") from err
     if published:
         check_sha256(path, data, sha256)
     try:
@@ -78,7 +71,7 @@ def _read_one(
         return parquet.read(columns=[*columns, *present])
     except (pa.ArrowException, KeyError, OSError, ValueError) as err:
         fix = "publish the version again" if published else _FIX  # its checksum matched: as published
-        raise DataError(f"{path}: not a digits Parquet file ({_reason(err)}); {fix}") from None
+        raise DataError(f"{path}: not a digits Parquet file ({one_line(err)}); {fix}") from None
 
 
 def read_table(paths: str | Path | Sequence[str | Path], columns: Sequence[str] = _COLUMNS) -> pa.Table:
@@ -91,7 +84,7 @@ def read_table(paths: str | Path | Sequence[str | Path], columns: Sequence[str] 
     try:
         return pa.concat_tables(tables)
     except pa.ArrowException as err:
-        raise DataError(f"{', '.join(map(str, paths))}: the files' columns differ ({_reason(err)})") from None
+        raise DataError(f"{', '.join(map(str, paths))}: the files' columns differ ({one_line(err)})") from None
 
 
 def _decode(path: str, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +100,7 @@ def _decode(path: str, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     try:
         images, labels = table_arrays(table)
     except (OSError, ValueError, SyntaxError) as err:  # PIL: not a PNG, truncated; numpy: mixed sizes
-        raise DataError(f"{path}: an image does not decode as a PNG digit ({_reason(err)}); {_FIX}") from None
+        raise DataError(f"{path}: an image does not decode as a PNG digit ({one_line(err)}); {_FIX}") from None
     if len(labels) and (labels.min() < 0 or labels.max() > 9):
         raise DataError(f"{path}: labels must lie in 0-9, found {labels.min()}..{labels.max()}; {_FIX}")
     return images, labels
@@ -217,9 +210,9 @@ def open_version(path: str | Path) -> PublishedVersion:
         except DataError:
             raise
         except (ValueError, ImportError) as err:  # unknown protocol, missing package
-            raise DataError(f"{path}: cannot read the versions of {root}/{name} ({_reason(err)})") from None
+            raise DataError(f"{path}: cannot read the versions of {root}/{name} ({one_line(err)})") from None
         except OSError as err:  # kept as the cause: a network or disk failure may pass (is_transient)
-            raise DataError(f"{path}: cannot read the versions of {root}/{name} ({_reason(err)})") from err
+            raise DataError(f"{path}: cannot read the versions of {root}/{name} ({one_line(err)})") from err
     try:
         fs, folder = fsspec.core.url_to_fs(path)
         manifest = read_manifest(fs, folder.rstrip("/"))
@@ -228,11 +221,11 @@ def open_version(path: str | Path) -> PublishedVersion:
     except NotADirectoryError:
         raise DataError(f"{path}: a file, not a published version's folder") from None
     except ImportError as err:  # the URL's protocol needs a package (s3fs, gcsfs, ...)
-        raise DataError(f"{path}: cannot open ({_reason(err)})") from None
+        raise DataError(f"{path}: cannot open ({one_line(err)})") from None
     except ValueError as err:  # an unknown protocol
-        raise DataError(f"{path}: cannot read its {MANIFEST} ({_reason(err)})") from None
+        raise DataError(f"{path}: cannot read its {MANIFEST} ({one_line(err)})") from None
     except OSError as err:  # kept as the cause: a network or disk failure may pass (is_transient)
-        raise DataError(f"{path}: cannot read its {MANIFEST} ({_reason(err)})") from err
+        raise DataError(f"{path}: cannot read its {MANIFEST} ({one_line(err)})") from err
     if manifest is None:
         raise DataError(f"{path}: not a published version (no {MANIFEST})")
     if not isinstance(manifest.get("files"), list):
