@@ -1,8 +1,8 @@
-"""The scheduled deployment of the generation flow: `digits serve` serves it with `generate.schedule`.
+"""The scheduled deployment of the generation flow: `digits serve` serves it on the `serve` schedule.
 
 Every scheduled run publishes a new version: its logical date is the slot's scheduled start time,
 which also shifts the seed (`seed_from_date`), so each night draws new digits while a retried run of
-the same slot resumes its own staged batches. `generate.schedule.overlap` sets what the Prefect server
+the same slot resumes its own staged batches. `serve.overlap` sets what the Prefect server
 does with a slot that comes while a run is still going (a deployment concurrency limit of 1, held by a
 lease that the running flow renews).
 """
@@ -22,7 +22,7 @@ from diffusion.errors import DigitsError, one_line
 from diffusion.quality.grading import Grading
 from flows.generate import generate_dataset
 
-# generate.schedule.overlap -> the deployment's concurrency limit (None: no limit)
+# serve.overlap -> the deployment's concurrency limit (None: no limit)
 OVERLAP: dict[str, ConcurrencyLimitConfig | None] = {
     "skip": ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
     "queue": ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
@@ -35,7 +35,7 @@ DISK_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
 
 
 def check_overlap(overlap: str, server_settings: dict[str, Any] | None = None) -> None:
-    """DigitsError (one line) when `generate.schedule.overlap` limits the deployment but the Prefect server
+    """DigitsError (one line) when `serve.overlap` limits the deployment but the Prefect server
     keeps its concurrency leases in memory; `server_settings`: the server's `/admin/settings` (None: read
     them from the server at PREFECT_API_URL)."""
     if OVERLAP[overlap] is None:
@@ -48,7 +48,7 @@ def check_overlap(overlap: str, server_settings: dict[str, Any] | None = None) -
                 server_settings = response.json()
             except Exception as err:  # no server, a refusal (Prefect Cloud has no such route), not JSON
                 raise DigitsError(
-                    f"generate.schedule.overlap: {overlap} needs the server's lease storage, but"
+                    f"serve.overlap: {overlap} needs the server's lease storage, but"
                     f" {client.api_url}admin/settings cannot be read ({one_line(err)}); or set overlap: run"
                 ) from None
     server = server_settings.get("server") if isinstance(server_settings, dict) else None
@@ -57,7 +57,7 @@ def check_overlap(overlap: str, server_settings: dict[str, Any] | None = None) -
     storage = storage or MEMORY_LEASES  # a server that does not say is taken at Prefect's default
     if storage == MEMORY_LEASES:
         raise DigitsError(
-            f"generate.schedule.overlap: {overlap} needs a Prefect server that keeps its concurrency leases"
+            f"serve.overlap: {overlap} needs a Prefect server that keeps its concurrency leases"
             f" outside its memory (with {storage} a server restart strands the slot and stops the running"
             f" run): start it with PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE={DISK_LEASES}, or set overlap: run"
         )
@@ -66,14 +66,14 @@ def check_overlap(overlap: str, server_settings: dict[str, Any] | None = None) -
 def build_deployment(
     params: Params, model: str, classifier: str, train_data: str, grading: Grading, student: str | None = None
 ) -> RunnerDeployment:
-    """A deployment of `generate_dataset` on the cron schedule of `generate.schedule`, with every
+    """A deployment of `generate_dataset` on the cron schedule of the `serve` section, with every
     parameter taken from params.yaml (nothing to repeat on the command line or in the UI). Every run
     grades the version it publishes (`grading`): a flagged version ends the run Failed."""
-    cfg = params.generate
+    cfg, slot = params.generate, params.serve
     return generate_dataset.to_deployment(
-        concurrency_limit=OVERLAP[cfg.schedule.overlap],
+        concurrency_limit=OVERLAP[slot.overlap],
         name=f"{cfg.name}-scheduled",
-        schedule=Cron(cfg.schedule.cron, timezone=cfg.schedule.timezone),
+        schedule=Cron(slot.cron, timezone=slot.timezone),
         parameters={
             "cfg": cfg.model_dump(mode="json"),
             "hardware": params.hardware.model_dump(mode="json"),
@@ -85,7 +85,7 @@ def build_deployment(
             "grading": grading.model_dump(mode="json"),
             "student": student,
         },
-        description=f"Generate and publish a new version of '{cfg.name}' on '{cfg.schedule.cron}' ({cfg.schedule.timezone}).",
+        description=f"Generate and publish a new version of '{cfg.name}' on '{slot.cron}' ({slot.timezone}).",
         tags=["digits", "generate"],
     )
 

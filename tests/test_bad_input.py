@@ -227,32 +227,37 @@ def test_a_corrupt_checkpoint_config_is_one_line(checkpoint: Path, content: byte
     ("raw", "key", "message"),
     [
         (
-            {"schedule": {"timezone": "posixrules"}},
-            "generate.schedule.timezone",
+            {"serve": {"timezone": "posixrules"}},
+            "serve.timezone",
             "IANA name such as Europe/Berlin",
         ),
-        ({"schedule": {"timezone": ""}}, "generate.schedule.timezone", "zoneinfo.available_timezones()"),
-        ({"schedule": {"cron": "61 3 * * *"}}, "generate.schedule.cron", 'Invalid cron string: "61 3 * * *"'),
-        ({"schedule": {"cron": "H 3 * * *"}}, "generate.schedule.cron", "five-field cron expression"),
-        ({"schedule": {"cron": "0 0 30 2 *"}}, "generate.schedule.cron", "cron never fires"),
-        ({"schedule": {"overlap": "wait"}}, "generate.schedule.overlap", "'skip', 'queue' or 'run'"),
+        ({"serve": {"timezone": ""}}, "serve.timezone", "zoneinfo.available_timezones()"),
+        ({"serve": {"cron": "61 3 * * *"}}, "serve.cron", 'Invalid cron string: "61 3 * * *"'),
+        ({"serve": {"cron": "H 3 * * *"}}, "serve.cron", "five-field cron expression"),
+        ({"serve": {"cron": "0 0 30 2 *"}}, "serve.cron", "cron never fires"),
+        ({"serve": {"overlap": "wait"}}, "serve.overlap", "'skip', 'queue' or 'run'"),
         (
-            {"output_root": "nope://bucket/datasets"},
+            {"generate": {"output_root": "nope://bucket/datasets"}},
             "generate.output_root",
             "fsspec knows no protocol 'nope://'",
         ),
         (
-            {"output_root": "simplecache::nope://bucket"},
+            {"generate": {"output_root": "simplecache::nope://bucket"}},
             "generate.output_root",
             "fsspec knows no protocol 'nope://'",
+        ),
+        (
+            {"generate": {"schedule": {"cron": "0 3 * * *"}}},
+            "generate.schedule",
+            "moved to serve (cron, timezone, overlap",
         ),
     ],
 )
-def test_generate_params_follow_the_rules_of_the_library_that_reads_them(
+def test_generation_params_follow_the_rules_of_the_library_that_reads_them(
     raw: dict, key: str, message: str
 ) -> None:
     with pytest.raises(ConfigError) as info:
-        parse_params({"generate": raw}, where="params.yaml")
+        parse_params(raw, where="params.yaml")
     text = str(info.value)
     assert text.startswith(f"params.yaml: {key}: ") and message in text and "\n" not in text
 
@@ -265,7 +270,7 @@ def test_prefect_accepts_what_the_params_check_accepts() -> None:
         ("@daily", "UTC"),
         ("30 2 * * 1-5", "America/New_York"),
     ]:
-        schedule = parse_params({"generate": {"schedule": {"cron": cron, "timezone": tz}}}).generate.schedule
+        schedule = parse_params({"serve": {"cron": cron, "timezone": tz}}).serve
         assert Cron(schedule.cron, timezone=schedule.timezone).cron == cron
 
 
@@ -278,8 +283,8 @@ def test_an_output_root_whose_package_is_missing_is_one_line() -> None:
 
 
 def test_serve_with_a_cron_prefect_rejects_exits_2_before_prefect(tmp_path: Path, capsys) -> None:
-    err = _run(tmp_path, {"generate": {"schedule": {"cron": "61 3 * * *"}}}, ["serve"], capsys)
-    assert "generate.schedule.cron" in err
+    err = _run(tmp_path, {"serve": {"cron": "61 3 * * *"}}, ["serve"], capsys)
+    assert "serve.cron" in err
 
 
 @pytest.mark.parametrize(
@@ -304,7 +309,7 @@ def test_train_on_takes_a_real_fraction_as_a_number_with_real_digits(
 def test_train_clip_checks_the_context_length_that_a_diffusion_stage_does_not_read(
     tmp_path: Path, capsys
 ) -> None:
-    bad = {"clip": {"context_length": 8}, "generate": {"schedule": {"cron": "61 3 * * *"}}}
+    bad = {"clip": {"context_length": 8}, "serve": {"cron": "61 3 * * *"}}
     err = _run(
         tmp_path, bad, ["train-clip", "--train=t", "--val=v", "--test=t", "--out=o", "--metrics=m"], capsys
     )
@@ -366,6 +371,7 @@ def test_the_defaults_pass_the_library_checks() -> None:
     d = Params()
     given = {
         "clip": {"context_length": d.clip.context_length},
-        "generate": {"schedule": d.generate.schedule.model_dump(), "output_root": d.generate.output_root},
+        "generate": {"output_root": d.generate.output_root},
+        "serve": d.serve.model_dump(),
     }
-    assert parse_params(given).generate.schedule == d.generate.schedule
+    assert parse_params(given).serve == d.serve

@@ -207,6 +207,11 @@ def test_dvc_repro_whole_pipeline_on_a_tiny_config(tmp_path: Path, npm_cache: Pa
     status = json.loads(_dvc(repo, "status", "--json"))
     assert not {s for s in status if s.startswith(("train_", "prepare"))}, status
     params["hardware"]["network_batch"] = 250
+    # The serve section says when versions are made, never what they hold: it reruns nothing.
+    params["serve"] = {"cron": "*/5 * * * *", "timezone": "Europe/Berlin", "overlap": "skip"}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    status = json.loads(_dvc(repo, "status", "--json"))
+    assert not {s for s in status if not s.startswith("distill/")}, status
     # A sampler change re-runs only the evaluation, never the training.
     params["diffusion"]["sampler"]["guidance"] = 2.0
     (repo / "params.yaml").write_text(yaml.safe_dump(params))

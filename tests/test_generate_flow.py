@@ -308,7 +308,7 @@ def test_the_deployment_carries_the_cron_schedule_from_params() -> None:
     from diffusion.config import parse_params
     from flows.deploy import build_deployment
 
-    params = parse_params({"generate": {"schedule": {"cron": "30 2 * * 1", "timezone": "Europe/Berlin"}}})
+    params = parse_params({"serve": {"cron": "30 2 * * 1", "timezone": "Europe/Berlin"}})
     from diffusion.quality.grading import Grading
 
     grading = Grading(evaluate=params.evaluate, monitor=params.monitor)
@@ -317,7 +317,7 @@ def test_the_deployment_carries_the_cron_schedule_from_params() -> None:
     assert schedule.schedule.cron == "30 2 * * 1" and schedule.schedule.timezone == "Europe/Berlin"
     assert deployment.parameters["seed_from_date"] is True
     assert deployment.concurrency_limit is None  # overlap: run, the default
-    limited = parse_params({"generate": {"schedule": {"overlap": "skip"}}})
+    limited = parse_params({"serve": {"overlap": "skip"}})
     assert build_deployment(limited, "m", "c", "t", grading).concurrency_limit == 1
     # a served run imports the flow anew from here: the flow itself enters generate.task_runner
     assert deployment.entrypoint == "flows/generate.py:generate_dataset"
@@ -340,7 +340,7 @@ def test_a_slot_that_comes_while_a_run_is_going_is_skipped_or_queued_by_the_serv
     from diffusion.quality.grading import Grading
     from flows.deploy import build_deployment
 
-    params = parse_params({"generate": {"name": f"overlap-{overlap}", "schedule": {"overlap": overlap}}})
+    params = parse_params({"generate": {"name": f"overlap-{overlap}"}, "serve": {"overlap": overlap}})
     grading = Grading(evaluate=params.evaluate, monitor=params.monitor)
     deployment_id = build_deployment(params, "m", "c", "t", grading).apply()
     with get_client(sync_client=True) as client:
@@ -371,7 +371,7 @@ def test_skip_or_queue_needs_a_server_that_keeps_its_leases_on_disk(
             check_overlap("queue", said)  # type: ignore[arg-type]
     cfg = tiny_generate(tiny_models, tmp_path).model_dump(mode="json")
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"generate": {**cfg, "schedule": {"overlap": "skip"}}}))
+    params.write_text(yaml.safe_dump({"generate": cfg, "serve": {"overlap": "skip"}}))
     grading = [f"--{k}={tiny_models[k]}" for k in ("classifier", "train", "evaluator", "val", "test")]
     code = main(["serve", "--params", str(params), "--model", tiny_models["model"], *grading])  # the harness
     err = capsys.readouterr().err

@@ -131,7 +131,7 @@ STAGES: dict[str, tuple[Callable[[Params, argparse.Namespace], None], dict[str, 
     "serve": (
         cmd_serve,
         {**MODELS, **TRAIN, **GRADING},
-        "serve the generation flow's deployment on generate.schedule (needs a Prefect server)",
+        "serve the generation flow's deployment on the serve section's schedule (needs a Prefect server)",
     ),
 }
 
@@ -146,8 +146,8 @@ OUTPUT_FOLDERS = frozenset({"out", "resume_dir"})
 # not named here checks every section's types and ranges but imports none of them.
 LIBRARY_RULES: dict[str, frozenset[str]] = {
     "train-clip": frozenset({"open_clip"}),  # clip.context_length: the tokenizer it builds
-    "generate": frozenset({"prefect", "fsspec"}),  # generate.output_root, and the schedule of its flow
-    "serve": frozenset({"prefect", "fsspec"}),  # generate.schedule: the deployment's cron and timezone
+    "generate": frozenset({"fsspec"}),  # generate.output_root
+    "serve": frozenset({"prefect", "fsspec"}),  # serve: the deployment's cron and timezone; the output root
 }
 
 HELP = {

