@@ -69,6 +69,64 @@ def test_an_output_that_cannot_be_written_stops_the_command_before_any_work(
     assert sorted(p for p in tmp_path.rglob("*") if p.name != "params.yaml") == before  # nothing written
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (  # the review's case: the test split and the document overwritten after minutes of grading
+            [
+                "evaluate",
+                "--version=V",
+                "--test=T.parquet",
+                "--classes=T.parquet",
+                "--document=D",
+                "--metrics=M",
+            ]
+            + ["--confusion=C"],
+            "--classes T.parquet: the same path as --test, which writing it would overwrite",
+        ),
+        (
+            ["evaluate", "--version=V", "--document=D", "--metrics=D", "--classes=C", "--confusion=F"],
+            "--document D: the same path as --metrics",
+        ),
+        (
+            ["train-classifier", "--train=P/train.parquet", "--val=v", "--test=t", "--out=P", "--metrics=m"]
+            + ["--confusion=c"],
+            "--out P: writing it would change --train P/train.parquet",
+        ),
+        (
+            ["evaluate-diffusion", "--model=MODEL", "--classifier=c", "--val=v", "--metrics=MODEL/m.json"]
+            + ["--grid=g", "--strip=s"],
+            "--metrics MODEL/m.json: writing it would change --model MODEL",
+        ),
+        (
+            [
+                "train-diffusion",
+                "--train=t",
+                "--val=v",
+                "--out=OUT",
+                "--resume-dir=OUT/resume",
+                "--loss-plot=l",
+            ],
+            "--out OUT: writing it would change --resume-dir OUT/resume",
+        ),
+        (
+            ["train-on", "--data=V", "--metrics=params.yaml"],
+            "--metrics params.yaml: the same path as --params",
+        ),
+    ],
+)
+def test_an_output_never_overwrites_another_flag_s_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    before = sorted(tmp_path.rglob("*"))
+    named = [a.replace("=", f"={tmp_path}/", 1) for a in argv]
+    err = _run(tmp_path, {}, named, capsys)
+    for name in ("T.parquet", "D", "P", "MODEL", "OUT", "params.yaml"):
+        message = message.replace(f" {name}", f" {tmp_path}/{name}")
+    assert message in err
+    assert sorted(p for p in tmp_path.rglob("*") if p.name != "params.yaml") == before  # nothing written
+
+
 def test_report_checks_its_model_before_writing_any_page(tmp_path: Path, capsys) -> None:
     save_checkpoint(tmp_path / "judge", "classifier", {"hidden": 8}, {})
     out = tmp_path / "reports"

@@ -297,3 +297,18 @@ def test_the_card_table_says_what_each_column_holds() -> None:
     card = dataset_card(_card_manifest(), {"train": pa.table({"x": [0]})})
     assert "| class | published | accepted | sampled | acceptance rate (accepted / sampled) |" in card
     assert "| 0 | 200 | 203 | 240 | 0.846 |" in card
+
+
+def test_rows_are_published_in_an_order_drawn_from_the_run_key() -> None:
+    """Every class spread over every shard (a stream of shards sees them all), the same order for the same
+    run key, another for another key."""
+    from diffusion.data.shards import in_seeded_order
+
+    labels = np.repeat(np.arange(10), 100)  # class by class, as accepted_rows hands them on
+    table = pa.table({"label": labels, "row": np.arange(1000)})
+    ordered = in_seeded_order(table, "key-a")
+    assert sorted(ordered["row"].to_pylist()) == list(range(1000))  # every row once
+    assert ordered.equals(in_seeded_order(table, "key-a"))
+    assert not ordered.equals(in_seeded_order(table, "key-b"))
+    for start in range(0, 1000, 100):  # shards of 100 rows: class order would give one class each
+        assert len(set(ordered["label"].to_pylist()[start : start + 100])) == 10

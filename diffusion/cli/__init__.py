@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
-from diffusion.checkpoint import check_output
+from diffusion.checkpoint import OutputError, check_output
 from diffusion.cli.generate import (
     cmd_evaluate,
     cmd_gc,
@@ -141,6 +142,7 @@ OUTPUT_FILES = frozenset(
     {"metrics", "grid", "strip", "classes", "confusion", "loss_plot", "document", "published"}
 )
 OUTPUT_FOLDERS = frozenset({"out", "resume_dir"})
+NOT_PATHS = frozenset({"rev", "real_fraction", "older_than"})  # flags of that table that name no path
 
 # The libraries whose rules check the params their command reads (diffusion/library_rules.py); a command
 # not named here checks every section's types and ranges but imports none of them.
@@ -206,9 +208,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _local_paths(args: argparse.Namespace) -> Iterator[tuple[str, Path, bool]]:
+    """(flag, resolved path, is an output) of every local path the command was given (`--params` and each
+    path flag; a comma-separated `--data` gives each of its paths; URLs are left out). `--output-root`, where
+    versions are published, is an output."""
+    yield "--params", Path(args.params).resolve(), False
+    for name in [n for n in STAGES[args.stage][1] if n not in NOT_PATHS]:
+        value = getattr(args, name, None)
+        for path in str(value).split(",") if name == "data" and value else [value]:
+            if path and "://" not in path:
+                flag = f"--{name.replace('_', '-')}"
+                yield flag, Path(path).resolve(), name in OUTPUT_FILES | OUTPUT_FOLDERS | {"output_root"}
+
+
 def check_outputs(args: argparse.Namespace) -> None:
     """Every output path flag of the command is writable (`diffusion.checkpoint.check_output`), in the
-    order the command lists them; an OutputError names the first that is not."""
+    order the command lists them, and overwrites nothing the command was given: no output is the path of
+    another flag or lies inside an input's folder, and no `--out` folder, which the command replaces
+    whole, holds another flag's path (report's `--out` is updated in place: it keeps every version's page).
+    An OutputError names the first that is not."""
+    paths = list(_local_paths(args))
+    for flag, out, is_output in paths:
+        replaced_whole = flag == "--out" and args.stage != "report"
+        for other, path, other_is_output in paths if is_output else []:
+            if other == flag:
+                continue
+            if path == out:
+                raise OutputError(f"{flag} {out}: the same path as {other}, which writing it would overwrite")
+            if (out.is_relative_to(path) and not other_is_output) or (
+                replaced_whole and path.is_relative_to(out)
+            ):
+                raise OutputError(
+                    f"{flag} {out}: writing it would change {other} {path}; give a path outside"
+                )
     for name in STAGES[args.stage][1]:
         path = getattr(args, name, None)
         if path and name in OUTPUT_FILES | OUTPUT_FOLDERS:

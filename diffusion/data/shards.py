@@ -6,6 +6,8 @@ scores and an `accepted` flag. A version is published once, complete, as Hugging
     <output_root>/<name>/<version>/
         data/train-00000-of-0000N.parquet       the accepted rows, exact counts per class
         data/unfiltered-00000-of-0000M.parquet  every sampled row of the run, accepted or not
+                                                (both in an order drawn from the run key: every shard
+                                                holds every class)
         data_docs/index.html                    the Great Expectations Data Docs of the publish gate
         README.md                               the dataset card (YAML front matter: configs, features)
         manifest.json                           files with sha256 and rows, counts, params, checksums
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -106,6 +109,16 @@ def accepted_rows(rows: pa.Table, counts: dict[int, int]) -> pa.Table:
             raise ValueError(f"class {cell_name(key)}: {of_class.num_rows} accepted rows, {n} requested")
         parts.append(of_class.slice(0, n))
     return pa.concat_tables(parts).combine_chunks()
+
+
+def in_seeded_order(table: pa.Table, key: str) -> pa.Table:
+    """The table's rows in an order drawn from `key` (the run key): the same rows in the same order for the
+    same key, and every class spread over every shard, so that a reader streaming shards one at a time
+    (`ShardStream`) sees every class in every part of an epoch. Rows come in class order from
+    `accepted_rows` and from the staged shards; published in that order, a shard would hold a few classes
+    (one, from 1,000 digits per class) and a classifier trained on the stream would not learn."""
+    seed = int.from_bytes(hashlib.sha256(f"row-order/{key}".encode()).digest()[:8], "little")
+    return table.take(np.random.default_rng(seed).permutation(table.num_rows))
 
 
 def with_created_at(table: pa.Table, created_at: datetime) -> pa.Table:

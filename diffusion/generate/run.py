@@ -32,6 +32,7 @@ from diffusion.data.shards import (
     PublishedVersion,
     accepted_rows,
     concat_staged,
+    in_seeded_order,
     publish_version,
     with_created_at,
 )
@@ -194,6 +195,7 @@ def publish_run(
         raise GenerationError(
             f"{spec.staging}: {err}; the staged shards changed: delete the folder, run again"
         ) from None
+    train, unfiltered = in_seeded_order(train, spec.key), in_seeded_order(unfiltered, spec.key)
 
     version = version_name(spec, logical_date)
     device = torch.device(spec.hardware.device)
