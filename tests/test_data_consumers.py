@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import uuid
 from pathlib import Path
 
@@ -117,6 +119,33 @@ def test_a_shard_changed_after_publishing_or_a_version_named_twice_is_refused(
         relative = str(Path(second).relative_to(tmp_path))
         with pytest.raises(DataError, match="named twice"):
             published_dataset([second, relative])
+
+
+def test_a_copy_of_a_version_or_an_edited_file_list_is_refused(tmp_path: Path) -> None:
+    import json
+
+    from diffusion.data.datasets import published_listing
+
+    first = Path(publish(str(tmp_path / "published"), "v1", 0))
+    copy = tmp_path / "elsewhere" / "v1"
+    shutil.copytree(first, copy)
+    with pytest.raises(DataError, match="the same version as .* \\(named twice, or a copy\\)"):
+        published_listing([first, copy])
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edits = {
+        "the 'train' files listed are not shards 0 to 4 of 5": lambda m: m["files"].pop(1),
+        "no longer hashes to its 'content_sha256'": lambda m: m["files"][0].update(rows=99),
+        "which is no shard of a split": lambda m: m["files"][0].update(path="data/train-../../x"),
+        "'counts' asks for 24 digits but the train files hold 23": lambda m: m.update(
+            counts={"0": {"requested": 24}}
+        ),
+    }
+    for said, edit in edits.items():
+        edited = json.loads(json.dumps(manifest))
+        edit(edited)
+        (copy / "manifest.json").write_text(json.dumps(edited))
+        with pytest.raises(DataError, match=f"v1/manifest.json: .*{re.escape(said)}.*; restore"):
+            published_listing(copy)
 
 
 def test_open_version_takes_the_json_file_that_names_a_version(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from datetime import timedelta
@@ -297,6 +298,26 @@ def test_latest_wants_a_graded_unflagged_version_and_ignores_stray_files(tmp_pat
         open_version("nope://x/ds/latest")
 
 
+def test_latest_passes_over_a_broken_manifest_or_another_version_s_document(tmp_path: Path) -> None:
+    from diffusion.data.evaluations import write_document
+
+    _fake_versions(tmp_path, "ds", 3)
+    out = quality_dir(str(tmp_path), "ds")
+    for version in ("v0", "v1"):
+        doc = {"name": "ds", "version": version, "metrics": {"cas_ratio": 1.0}, "flagged": False, "flags": []}
+        write_document(out, doc)
+    (tmp_path / "ds" / "v0" / "manifest.json").write_text("{")  # an old version broken: no one's problem
+    misfiled = Path(out) / "v2" / "evaluation.json"  # v1's grading copied to v2, which nobody graded
+    misfiled.parent.mkdir()
+    misfiled.write_text((Path(out) / "v1" / "evaluation.json").read_text())
+    assert latest_version(str(tmp_path), "ds").version == "v1"
+    with pytest.raises(DataError, match="the evaluation document of version 'v1', not of 'v2'"):
+        read_document(out, "v2")
+    shutil.rmtree(Path(out) / "v1")
+    with pytest.raises(DataError, match=r"none of its 3 published versions .*\(1 not graded, 2 broken;"):
+        latest_version(str(tmp_path), "ds")
+
+
 def test_report_pages_never_go_inside_the_versions(tmp_path: Path) -> None:
     from diffusion.cli import main
 
@@ -348,10 +369,14 @@ def test_an_evaluation_is_never_written_inside_the_version_it_grades(tmp_path: P
     (v0,) = _fake_versions(tmp_path / "pub", "synthetic-digits", 1)
     files = [f"--{f}={tmp_path / f}.out" for f in ("metrics", "classes", "confusion")]
     code = main(["evaluate", "--version", v0, "--document", f"{v0}/evaluation.json", *files])
-    assert (
-        code == 2
-        and f"--document: {v0}/evaluation.json is inside the published version" in capsys.readouterr().err
-    )
+    said = f"--document {v0}/evaluation.json: writing it would change --version {v0}; give a path outside"
+    assert code == 2 and said in capsys.readouterr().err  # every command's check of its output flags
+    assert not Path(v0, "evaluation.json").exists() and not list(tmp_path.glob("*.out"))
+    named = tmp_path / "generated.json"  # a version named through the JSON file generate hands on
+    named.write_text(json.dumps({"path": v0, "version": Path(v0).name}))
+    code = main(["evaluate", "--version", str(named), "--document", f"{v0}/evaluation.json", *files])
+    said = f"--document: {v0}/evaluation.json is inside the published version"
+    assert code == 2 and said in capsys.readouterr().err  # the version it names, opened: cmd_evaluate's check
     assert not Path(v0, "evaluation.json").exists() and not list(tmp_path.glob("*.out"))
 
 

@@ -249,15 +249,21 @@ def published_listing(versions: Versions, split: str = "train") -> Listing:
     """The files of `split` ("train": the published rows, "unfiltered": every sampled row) of one or more
     published versions (folders or URLs, `<root>/<name>/latest`, the JSON file `digits generate --published`
     wrote, or versions `open_version` already opened), as their manifests list them, version by version,
-    with their checksums. A version named twice (in any spelling) is refused: its digits would count twice.
+    with their checksums. A version named twice (in any spelling, or a copy of it: the same content_sha256)
+    is refused: its digits would count twice.
     """
     if isinstance(versions, (str, Path, PublishedVersion)):
         versions = [versions]
     opened = [v if isinstance(v, PublishedVersion) else open_version(v) for v in versions]
-    keys = [location(v.path) for v in opened]
-    if len(set(keys)) < len(keys):
-        twice = next(v.path for v, key in zip(opened, keys, strict=True) if keys.count(key) > 1)
-        raise DataError(f"{twice}: named twice; each of its digits would be counted twice")
+    for i, v in enumerate(opened):  # the same folder in two spellings, or a copy of it elsewhere
+        content = v.manifest.get("content_sha256")
+        for earlier in opened[:i]:
+            copy = content is not None and content == earlier.manifest.get("content_sha256")
+            if copy or location(v.path) == location(earlier.path):
+                raise DataError(
+                    f"{v.path}: the same version as {earlier.path} (named twice, or a copy); each of its"
+                    " digits would be counted twice"
+                )
     files = [f for v in opened for f in version_files(v, split)]
     if not files:
         raise DataError(f"no '{split}' files in {', '.join(v.path for v in opened) or 'no versions'}")

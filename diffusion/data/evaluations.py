@@ -20,7 +20,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from diffusion.checkpoint import write_bytes_atomic
 from diffusion.data.shards import PublishedVersion, list_versions, url_to_fs
-from diffusion.errors import DataError
+from diffusion.errors import DataError, is_transient
 
 QUALITY_DIR = "_quality"
 FLAT_NAMES = frozenset({"version", "name", "path", "flagged"})  # an old flat document's keys that are no metric
@@ -104,6 +104,11 @@ def read_document(out: str, version: str) -> dict[str, Any] | None:
         raise DataError(f"{path}: cannot be read ({err})") from err
     if not isinstance(doc, dict):
         raise DataError(f"{path}: not an evaluation document (a JSON object); grade the version again")
+    if doc.get("version", version) != version:  # copied or written with another version's name
+        raise DataError(
+            f"{path}: the evaluation document of version {doc['version']!r}, not of {version!r}; grade the"
+            " version again"
+        )
     if "metrics" in doc:
         return check_document(doc, path)
     if not any(_is_number(doc.get(k)) for k in FLAT_HEADLINES):  # not even an old flat document
@@ -128,24 +133,37 @@ def latest_version(
 
     include_flagged: flagged versions count too; include_ungraded: versions with no evaluation document yet
     (just published, grading failed, or published with --no-grade) count too. `out`: the report folder
-    holding the evaluations (default: `quality_dir(output_root, name)`). Raises DataError when none is left.
+    holding the evaluations (default: `quality_dir(output_root, name)`). A version whose manifest or
+    evaluation document is broken is no candidate (an older good one is taken; the error says how many).
+    Raises DataError when none is left.
     """
     out = out or quality_dir(output_root, name)
-    versions = list_versions(str(output_root), name)
-    skipped = {"flagged": 0, "not graded": 0}
+    broken: list[str] = []  # a broken manifest or document makes its version no candidate, not the call fail
+    versions = list_versions(str(output_root), name, broken)
+    unlisted = len(broken)  # versions whose manifest is broken
+    skipped = {"flagged": 0, "not graded": 0, "broken": unlisted}
     for version in reversed(versions):
-        doc = read_document(out, version.version)
+        try:
+            doc = read_document(out, version.version)
+        except DataError as err:
+            if is_transient(err):
+                raise
+            skipped["broken"] += 1
+            broken.append(str(err))
+            continue
         if doc is None and not include_ungraded:
             skipped["not graded"] += 1
         elif is_flagged(doc) and not include_flagged:
             skipped["flagged"] += 1
         else:
             return version
-    if not versions:
+    if not versions and not broken:
         raise DataError(f"{output_root}/{name}: no published version")
     why = ", ".join(f"{n} {what}" for what, n in skipped.items() if n)
+    first = f"; the first broken: {broken[0]}" if broken else ""
     raise DataError(
-        f"{output_root}/{name}: none of its {len(versions)} published versions is graded and unflagged ({why});"
+        f"{output_root}/{name}: none of its {len(versions) + unlisted} published versions is graded and"
+        f" unflagged ({why}{first});"
         " name a version folder instead (or the JSON file `digits generate --published` wrote, such as the"
         " data/generated.json of `dvc repro`)"
     )

@@ -337,11 +337,46 @@ def read_manifest(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, Any] 
             f"{folder}/{MANIFEST}: 'files' should list objects with a 'path' and a 'sha256'; publish the"
             " version again"
         )
+    if (problem := _listing_problem(manifest)) is not None:
+        raise DataError(f"{folder}/{MANIFEST}: {problem}; restore the version's files")
     return manifest
 
 
-def list_versions(root: str, name: str) -> list[PublishedVersion]:
-    """Every published version of dataset `name` under `root`, oldest first (by the manifest's created_at)."""
+_SHARD = re.compile(r"data/([a-z]+)-(\d{5})-of-(\d{5})\.parquet")
+
+
+def _listing_problem(manifest: dict[str, Any]) -> str | None:
+    """What makes a manifest's file list other than the one `publish_version` wrote, or None: a path that is
+    no shard of a split, a split whose shards are not exactly 00000..N-1 of N, a list that no longer hashes
+    to `content_sha256` (an entry dropped, added or edited), or train rows that are not the per-class counts'
+    sum. The shards' own bytes are checked against their sha256 as they are read (`check_sha256`)."""
+    files = manifest["files"]
+    shards: dict[str, list[tuple[int, int]]] = {}
+    for entry in files:
+        if (found := _SHARD.fullmatch(entry["path"])) is None:
+            return f"'files' lists {entry['path']!r}, which is no shard of a split (data/<split>-NNNNN-of-NNNNN.parquet)"
+        split, index, of = found[1], int(found[2]), int(found[3])
+        shards.setdefault(split, []).append((index, of))
+    for split, found in shards.items():
+        n = found[0][1]
+        if sorted(found) != [(i, n) for i in range(n)]:
+            return f"the '{split}' files listed are not shards 0 to {n - 1} of {n}, each once"
+    if "content_sha256" in manifest and manifest["content_sha256"] != _content(files):
+        return "'files' no longer hashes to its 'content_sha256' (an entry was dropped, added or edited)"
+    counts = manifest.get("counts")
+    if isinstance(counts, dict) and all(isinstance(c, dict) for c in counts.values()) and "train" in shards:
+        requested = sum(c.get("requested", 0) for c in counts.values())
+        rows = sum(f.get("rows", 0) for f in files if f["path"].startswith("data/train-"))
+        if requested != rows:
+            return f"'counts' asks for {requested} digits but the train files hold {rows}"
+    return None
+
+
+def list_versions(root: str, name: str, broken: list[str] | None = None) -> list[PublishedVersion]:
+    """Every published version of dataset `name` under `root`, oldest first (by the manifest's created_at).
+
+    A version whose manifest is broken (`read_manifest`) raises its DataError; with a `broken` list, its
+    one-line reason is appended there instead and the version left out."""
     fs, base = _fs(root)
     if not fs.exists(f"{base}/{name}"):
         return []
@@ -350,7 +385,13 @@ def list_versions(root: str, name: str) -> list[PublishedVersion]:
         version = entry["name"].rstrip("/").rsplit("/", 1)[-1]
         if version.startswith(".") or entry.get("type") != "directory":
             continue  # dot-folders are unfinished publishes; files (a stray page) are no version
-        manifest = read_manifest(fs, f"{base}/{name}/{version}")
+        try:
+            manifest = read_manifest(fs, f"{base}/{name}/{version}")
+        except DataError as err:
+            if broken is None:
+                raise
+            broken.append(str(err))
+            continue
         if manifest is not None:
             found.append(PublishedVersion(_url(root, base, name, version), version, manifest, reused=False))
     return sorted(found, key=lambda v: (v.manifest.get("created_at", ""), v.version))
