@@ -127,6 +127,26 @@ def test_an_output_never_overwrites_another_flag_s_path(
     assert sorted(p for p in tmp_path.rglob("*") if p.name != "params.yaml") == before  # nothing written
 
 
+def test_a_split_given_twice_or_copied_stops_the_command(tmp_path: Path, capsys) -> None:
+    """The review's cases: early stopping on the test split, and testing on the training digits."""
+    import shutil
+
+    (tmp_path / "val.parquet").write_bytes(b"PAR1 val")
+    shutil.copy(tmp_path / "val.parquet", tmp_path / "copy.parquet")
+    grading = [f"--{f}={tmp_path / f}.out" for f in ("document", "metrics", "classes", "confusion")]
+    for val, test in [("val.parquet", "val.parquet"), ("val.parquet", "copy.parquet")]:
+        argv = ["evaluate", "--version=V", f"--val={tmp_path / val}", f"--test={tmp_path / test}", *grading]
+        said = f"--test {tmp_path / test}: the same digits as --val {tmp_path / val}; give each split its own"
+        assert said in _run(tmp_path, {}, argv, capsys)
+    argv = [
+        "train-on",
+        "--data=V",
+        f"--val={tmp_path / 'val.parquet'}",
+        f"--real={tmp_path / 'copy.parquet'}",
+    ]
+    assert "--real" in _run(tmp_path, {}, argv, capsys) and not list(tmp_path.glob("*.out"))
+
+
 def test_report_checks_its_model_before_writing_any_page(tmp_path: Path, capsys) -> None:
     save_checkpoint(tmp_path / "judge", "classifier", {"hidden": 8}, {})
     out = tmp_path / "reports"
@@ -202,15 +222,15 @@ def test_train_on_names_an_empty_version_and_reports_what_latest_was(tmp_path: P
         quality_dir(str(root), "tagged"),
         {"version": "v1", "metrics": {"cas_ratio": 1.0}, "flags": [], "flagged": False},
     )
-    real_digits(tmp_path, 20)
-    real, metrics = str(tmp_path / "real-20.parquet"), tmp_path / "m.json"
+    real_digits(tmp_path, 20), real_digits(tmp_path, 21)
+    val, test, metrics = tmp_path / "real-20.parquet", tmp_path / "real-21.parquet", tmp_path / "m.json"
     params = tmp_path / "small.yaml"
     params.write_text(yaml.safe_dump({"evaluate": {"cas": {"max_epochs": 1, "seeds": [0], "batch_size": 8}}}))
     argv = [
         "train-on",
         f"--data={root}/tagged/latest",
-        f"--val={real}",
-        f"--test={real}",
+        f"--val={val}",
+        f"--test={test}",
         f"--metrics={metrics}",
     ]
     assert main([*argv, "--params", str(params)]) == 0

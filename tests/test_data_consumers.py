@@ -219,13 +219,13 @@ def test_train_on_takes_the_json_file_that_names_a_version(tmp_path: Path) -> No
     version = publish(str(tmp_path / "generated"), "v1", 0)
     named = tmp_path / "generated.json"
     named.write_text(json.dumps({"path": handed_on_path(version, str(named)), "version": "v1"}))
-    real_digits(tmp_path, 20)
-    real = str(tmp_path / "real-20.parquet")
+    real_digits(tmp_path, 20), real_digits(tmp_path, 21)
+    val, test = str(tmp_path / "real-20.parquet"), str(tmp_path / "real-21.parquet")
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"evaluate": {"cas": {"max_epochs": 1, "seeds": [0], "batch_size": 8}}}))
     metrics = tmp_path / "m.json"
     argv = ["train-on", "--params", str(params), "--data", str(named), "--metrics", str(metrics)]
-    assert main([*argv, "--val", real, "--test", real]) == 0
+    assert main([*argv, "--val", val, "--test", test]) == 0
     assert json.loads(metrics.read_text())["train_images"] == ROWS
 
 

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from diffusion.checkpoint import OutputError, check_output
+from diffusion.checkpoint import OutputError, check_output, file_sha256
 from diffusion.cli.generate import (
     cmd_evaluate,
     cmd_gc,
@@ -247,11 +247,40 @@ def check_outputs(args: argparse.Namespace) -> None:
             check_output(path, f"--{name.replace('_', '-')}", folder=name in OUTPUT_FOLDERS)
 
 
+# the real digits a command trains on, stops early on or tests on: never one file twice
+SPLITS = ("train", "val", "test", "real")
+
+
+def check_splits(args: argparse.Namespace) -> None:
+    """No two of the command's real splits (`SPLITS`) are one file, or two files with the same bytes: a model
+    would be stopped early on, or trained on, the digits it is tested on. A DigitsError names the pair."""
+    given = [
+        (n, Path(getattr(args, n)))
+        for n in SPLITS
+        if getattr(args, n, None) and "://" not in getattr(args, n)
+    ]
+    seen: list[tuple[str, Path]] = []
+    for name, path in given:
+        if not path.is_file():
+            continue  # missing: the command's own checks name it
+        for other, earlier in seen:
+            same = path.resolve() == earlier.resolve() or (
+                path.stat().st_size == earlier.stat().st_size and file_sha256(path) == file_sha256(earlier)
+            )
+            if same:
+                raise DigitsError(
+                    f"--{name} {path}: the same digits as --{other} {earlier}; give each split its own file"
+                    " (a model would be stopped early on, or trained on, what it is tested on)"
+                )
+        seen.append((name, path))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         params = load_params(args.params, LIBRARY_RULES.get(args.stage, frozenset()))
         check_outputs(args)
+        check_splits(args)
         STAGES[args.stage][0](params, args)
     except DigitsError as err:
         print(f"error: {err}", file=sys.stderr)

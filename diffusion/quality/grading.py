@@ -69,6 +69,25 @@ class Grading(BaseModel):
             load_arrays(split)  # decoded as grading decodes them: columns, types and images
 
 
+def graded_with(grading: Grading, train_data: str, classifier: str) -> dict[str, Any]:
+    """What a grading read and how it measured, for the document: the sha256 of the evaluator's and the
+    classifier's weights and of the real splits (None for a URL), and the `evaluate` settings (CAS seeds,
+    epochs, ...), so that two documents are comparable only when these agree."""
+    from diffusion.checkpoint import file_sha256
+
+    def sha(path: str) -> str | None:
+        return None if "://" in path else file_sha256(path)
+
+    return {
+        "evaluator_sha256": sha(f"{grading.evaluator.rstrip('/')}/model.safetensors"),  # a judge's weights
+        "classifier_sha256": sha(f"{classifier.rstrip('/')}/model.safetensors"),
+        "train_sha256": sha(train_data),
+        "val_sha256": sha(grading.val_data),
+        "test_sha256": sha(grading.test_data),
+        "evaluate": grading.evaluate.model_dump(mode="json"),
+    }
+
+
 def grade_version(
     version: PublishedVersion,
     name: str,
@@ -120,6 +139,7 @@ def grade_version(
         "version": version.version,
         "path": version.path,
         "evaluated_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
+        "graded_with": graded_with(grading, train_data, classifier),
         "metrics": result.metrics,
         "intervals": {k: list(v) for k, v in result.intervals.items()},
         "per_class": result.per_class,

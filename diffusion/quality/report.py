@@ -139,6 +139,7 @@ def render_index(
         name=name,
         rows=rows,
         columns=[(k, _label(k)) for k in held],
+        graded_count=sum(d is not None for d in docs.values()),
         flagged_count=sum(r["flagged"] for r in rows),
         charts=[markup(c) for c in trends],
     )

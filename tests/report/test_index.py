@@ -59,7 +59,7 @@ def test_index_lists_versions_with_flags_and_a_drift_chart_per_metric(site) -> N
     assert cells["flagged"][0] == "not evaluated" and cells["flagged"][1] == "ok"
     assert cells["flagged"][2].endswith("flagged: recall, dcr_share")
     assert re.search(rf'<tr data-version="{v3.version}" data-flagged="true" class="flagged">', page)
-    assert text_of(page, "id", "flagged-count") == "1"
+    assert text_of(page, "id", "flagged-count") == "1" and text_of(page, "id", "graded-count") == "2"
     held = [k for k in METRICS if METRIC_VALUES.get(k) is not None or k in OLD_FLAT]
     assert re.findall(r'<svg id="trend-([\w]+)"', page) == ["acceptance_rate", *held]
     dcr = svg_data(page, "trend-dcr_share")
