@@ -50,6 +50,8 @@ from diffusion.generate.run import (
     named_rows,
     prepare_run,
     publish_run,
+    published_progress,
+    published_run,
     run_metrics,
     tally,
 )
@@ -220,25 +222,17 @@ def generate_dataset(
             raise GenerationError("seed_from_date needs the flow to prepare the run: pass no prepared run")
         cfg = cfg.model_copy(update={"seed": cfg.seed + int(logical.timestamp())})
     spec = prepared or prepare_run(cfg, hardware, model, classifier, train_data, student)
-    requested = sum(spec.cfg.counts().values())
-    progress_id = create_progress_artifact(
-        0.0, key=_key(spec.cfg.name, "progress"), description="accepted / requested"
-    )
     tasks: list[TaskOutcome] = []
-    # The tasks run on the run's own `generate.task_runner`, entered here rather than set on the flow with
-    # `with_options`: a served run imports this flow anew from its entrypoint, where such a setting is lost.
-    with (
-        task_runner(spec.cfg.task_runner) as runner,
-        tqdm(total=requested, disable=not progress, desc=f"generate {spec.cfg.name}", unit="digit") as bar,
-    ):
-        while keys := _plan(spec, tasks):
-            _run_round(spec, keys, tasks, bar, runner)
-            done = sum(row["accepted"] for row in class_rows(spec, _blocks(tasks)))
-            update_progress_artifact(progress_id, 100.0 * done / requested)
-
-    version = publish(spec, _blocks(tasks), logical, quality, model_revision)
-    metrics = run_metrics(spec, tasks, time.perf_counter() - start)
-    classes = class_rows(spec, _blocks(tasks))
+    # a run of this key that published before (killed before grading, or the same params again): graded,
+    # not sampled and published a second time
+    version, made = published_run(spec), None
+    if version is None:
+        _sample(spec, tasks, progress)
+        version = publish(spec, _blocks(tasks), logical, quality, model_revision)
+    else:
+        made = published_progress(version)  # per class, as that run recorded it
+    metrics = run_metrics(spec, tasks, time.perf_counter() - start, made)
+    classes = class_rows(spec, _blocks(tasks), made)
     create_table_artifact(
         named_rows(classes), key=_key(spec.cfg.name, "classes"), description="accepted digits per class"
     )
@@ -272,6 +266,25 @@ def generate_dataset(
         alert.__context__ = report_error
         raise  # the run's Failed state (`_one_line_failures`)
     return result
+
+
+def _sample(spec: RunSpec, tasks: list[TaskOutcome], progress: bool) -> None:
+    """Rounds of tasks until every class has its count (`_plan`), each outcome appended to `tasks`; a
+    progress artifact (and with `progress` a bar on stderr) of the accepted digits."""
+    requested = sum(spec.cfg.counts().values())
+    progress_id = create_progress_artifact(
+        0.0, key=_key(spec.cfg.name, "progress"), description="accepted / requested"
+    )
+    # The tasks run on the run's own `generate.task_runner`, entered here rather than set on the flow with
+    # `with_options`: a served run imports this flow anew from its entrypoint, where such a setting is lost.
+    with (
+        task_runner(spec.cfg.task_runner) as runner,
+        tqdm(total=requested, disable=not progress, desc=f"generate {spec.cfg.name}", unit="digit") as bar,
+    ):
+        while keys := _plan(spec, tasks):
+            _run_round(spec, keys, tasks, bar, runner)
+            done = sum(row["accepted"] for row in class_rows(spec, _blocks(tasks)))
+            update_progress_artifact(progress_id, 100.0 * done / requested)
 
 
 def _grading_artifact(doc: dict[str, Any], out: str, index: str) -> None:

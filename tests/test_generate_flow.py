@@ -218,6 +218,17 @@ def test_sigkill_mid_run_then_a_rerun_finishes_exactly(prefect_server, tiny_mode
     leftovers = [p for p in Path(cfg.output_root).rglob("*") if p.name.startswith(".")]
     assert not leftovers and not list(staging.iterdir())  # published: the killed run's staging went too
 
+    # Killed after publishing (before grading), or run again: the same run key takes its version, not a
+    # second copy of the same digits under a later date.
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.startswith(f"already published {version.path}:"), (
+        again.stderr
+    )
+    assert [v.version for v in list_versions(cfg.output_root, cfg.name)] == [version.version]
+    rerun = json.loads((tmp_path / "generate.json").read_text())
+    assert {k: rerun[k] for k in ("accepted", "sampled")} == {k: metrics[k] for k in ("accepted", "sampled")}
+    assert rerun["tasks"] == 0 and not list(staging.iterdir())
+
 
 @pytest.mark.slow
 def test_an_impossible_threshold_names_the_class_and_publishes_nothing(

@@ -102,7 +102,7 @@ def test_bad_input_at_publish_is_not_retried(
     )
     manifest = Path(first.version.path) / "manifest.json"
     manifest.write_text(manifest.read_text().replace('"content_sha256": "', '"content_sha256": "0'))
-    with pytest.raises(DataError, match="version exists with other content"):
+    with pytest.raises(DataError, match="'files' no longer hashes to its 'content_sha256'"):
         _run(cfg, tiny_models)
     assert len(calls) == 1  # a DataError with no I/O cause fails once, never retried
 

@@ -13,6 +13,7 @@ very same networks.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -33,6 +34,7 @@ from diffusion.data.shards import (
     accepted_rows,
     concat_staged,
     in_seeded_order,
+    list_versions,
     publish_version,
     with_created_at,
 )
@@ -143,6 +145,25 @@ def tally(spec: RunSpec, blocks: list[BlockOutcome]) -> dict[int, ClassProgress]
         p = progress[o.key.cell]
         p.blocks, p.sampled, p.accepted = p.blocks + 1, p.sampled + o.sampled, p.accepted + o.accepted
     return progress
+
+
+def published_run(spec: RunSpec) -> PublishedVersion | None:
+    """The version a run of this run key already published (the same digits: a run killed after publishing,
+    before grading, or the same params run again), newest first; None when there is none. A rerun takes it
+    (and grades it) instead of sampling and publishing the same digits a second time under another date."""
+    for version in reversed(list_versions(spec.cfg.output_root, spec.cfg.name, broken=[])):
+        if version.manifest.get("run_key") == spec.key:
+            staging.discard(spec.staging)  # a run killed between publishing and discarding its staging
+            return dataclasses.replace(version, reused=True)
+    return None
+
+
+def published_progress(version: PublishedVersion) -> dict[int, ClassProgress]:
+    """Per-class progress as the version's manifest recorded it (`publish_run`), keyed as `tally`'s."""
+    return {
+        int(c): ClassProgress(n["requested"], n["blocks"], n["sampled"], n["accepted"])
+        for c, n in version.manifest["counts"].items()
+    }
 
 
 def version_name(spec: RunSpec, logical_date: datetime) -> str:
@@ -261,10 +282,13 @@ def publish_run(
     return published
 
 
-def run_metrics(spec: RunSpec, tasks: list[TaskOutcome], seconds: float) -> dict[str, Any]:
-    """The run's headline numbers (DVC metrics) and where the tasks' time went (shares of task time)."""
+def run_metrics(
+    spec: RunSpec, tasks: list[TaskOutcome], seconds: float, progress: dict[int, ClassProgress] | None = None
+) -> dict[str, Any]:
+    """The run's headline numbers (DVC metrics) and where the tasks' time went (shares of task time).
+    `progress`: per class, when not the tasks' (`published_progress` of a version published before)."""
     blocks = [b for t in tasks for b in t.blocks]
-    progress = tally(spec, blocks)
+    progress = tally(spec, blocks) if progress is None else progress
     requested = sum(p.requested for p in progress.values())
     sampled = sum(p.sampled for p in progress.values())
     spent: dict[str, float] = {}
@@ -287,8 +311,11 @@ def run_metrics(spec: RunSpec, tasks: list[TaskOutcome], seconds: float) -> dict
     }
 
 
-def class_rows(spec: RunSpec, blocks: list[BlockOutcome]) -> list[dict[str, Any]]:
-    """One row per class: requested, accepted (capped at the request), sampled, blocks, acceptance rate."""
+def class_rows(
+    spec: RunSpec, blocks: list[BlockOutcome], progress: dict[int, ClassProgress] | None = None
+) -> list[dict[str, Any]]:
+    """One row per class: requested, accepted (capped at the request), sampled, blocks, acceptance rate;
+    from `progress` when given (as `run_metrics`)."""
     return [
         {
             "class": c,
@@ -298,7 +325,7 @@ def class_rows(spec: RunSpec, blocks: list[BlockOutcome]) -> list[dict[str, Any]
             "blocks": p.blocks,
             "acceptance_rate": round(p.acceptance_rate, 4),
         }
-        for c, p in tally(spec, blocks).items()
+        for c, p in (tally(spec, blocks) if progress is None else progress).items()
     ]
 
 
