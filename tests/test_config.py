@@ -133,6 +133,7 @@ def test_the_code_defaults_are_the_shipped_params() -> None:
         ),
         ({"evaluator": {"widths": [16, 32]}}, r"evaluator\.widths\.2: Field required"),
         ({"evaluate": {"cas": {"seeds": []}}}, r"evaluate\.cas\.seeds: Tuple should have at least 1 item"),
+        ({"evaluate": {"cas": {"seeds": [0, 0]}}}, r"evaluate\.cas\.seeds: each seed once"),
         (
             {"evaluator": {"train": {"seed": 0}}},
             r"evaluator\.train\.seed must differ from classifier\.train\.seed",

@@ -34,6 +34,9 @@ from diffusion.generate.plan import (
         ),
         ({"name": "Bad Name"}, "generate.name"),
         ({"seed_block": 0}, "generate.seed_block"),
+        ({"staging_dir": "s3://bucket/stage"}, "generate.staging_dir: staging_dir must be a local folder"),
+        ({"staging_dir": " "}, "generate.staging_dir: staging_dir must be a local folder"),
+        ({"output_root": ""}, "generate.output_root: output_root must name a folder or a URL"),
         ({"task_size": 0}, "generate.task_size"),
         (
             {"seed_block": 50, "task_size": 120},

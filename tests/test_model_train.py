@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -73,6 +74,31 @@ def test_bad_configs_raise_config_error(section: dict, message: str):
     with pytest.raises(ConfigError, match="diffusion") as err:
         parse_params({"diffusion": section})
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_network_the_training_digits_do_not_fit_is_one_line_before_any_step(tmp_path: Path) -> None:
+    """The review's two: num_classes under the labels (an IndexError mid-step) and channels the digits do
+    not have (a conv error)."""
+    data = _patterns()
+    for unet, said in [
+        (
+            {"num_classes": 3},
+            "diffusion.unet.num_classes (3): the training digits have labels up to 3; set it",
+        ),
+        (
+            {"in_channels": 3},
+            "diffusion.unet.in_channels and image_size (3, 16): the training digits are 1 x 16",
+        ),
+        (
+            {"image_size": 32},
+            "diffusion.unet.in_channels and image_size (1, 32): the training digits are 1 x 16",
+        ),
+    ]:
+        cfg = _config()
+        cfg = cfg.model_copy(update={"unet": cfg.unet.model_copy(update=unet)})
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            train_diffusion(cfg, data, data, tmp_path / "out", tmp_path / "state", progress=False)
+        assert not list(tmp_path.iterdir())  # nothing written
 
 
 def test_learning_rate_warms_up_then_decays_to_zero():
@@ -192,6 +218,9 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pyt
     resumed = train_diffusion(cfg, data, data, tmp_path / "out", tmp_path / "state", progress=False)
     assert len(calls) == 12 - 5  # continued from the step-5 state
     assert resumed.history == uninterrupted.history
+    assert [list(row) for row in resumed.history] == [
+        list(row) for row in uninterrupted.history
+    ]  # CSV columns
     for name in ("ema", "model"):
         full, res = _weights(tmp_path / "full", name), _weights(tmp_path / "out", name)
         assert all(torch.equal(full[k], res[k]) for k in full), name
@@ -225,8 +254,9 @@ def test_training_reads_the_loss_back_only_every_log_every_steps(tmp_path: Path)
     with _ValueReads() as reads:
         result = train_diffusion(cfg, data, data, tmp_path / "out", tmp_path / "state", progress=False)
     assert [row["step"] for row in result.history] == [4, 8]
-    # 2 history rows + 1 resume state (at the last step) in the loop, 1 read of the summed validation loss
-    assert reads.readers == {"_train_loop": 3, "validation_loss": 1}
+    # 2 history rows + 1 resume state (at the last step) in the loop, 1 read of the summed validation loss,
+    # and before any step the labels' largest (the network must hold every class: `_check_fits`)
+    assert reads.readers == {"_check_fits": 1, "_train_loop": 3, "validation_loss": 1}
 
 
 def test_a_state_of_another_config_is_not_resumed(tmp_path: Path):

@@ -3,6 +3,7 @@ publishes, and its task runner; the `serve` section: when `digits serve` starts 
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field, StrictInt, field_validator, model_validator
@@ -77,6 +78,27 @@ class GenerateConfig(Section):
     staging_dir: str = "data/cache/generate"  # local; staged shards of unfinished runs (resume)
     max_attempts: float = Field(5.0, ge=1.0)  # per class, at most this many x its count are sampled
     task_runner: TaskRunnerConfig = TaskRunnerConfig()
+
+    @field_validator("output_root")
+    @classmethod
+    def _output_root_names_a_place(cls, root: str) -> str:
+        if not root.strip():
+            raise ValueError(
+                "output_root must name a folder or a URL (empty publishes into the working folder)"
+            )
+        return root
+
+    @field_validator("staging_dir")
+    @classmethod
+    def _staging_is_a_local_folder(cls, folder: str) -> str:
+        """A local folder, `~` expanded here (pathlib does not expand it, pyarrow does: shards would be
+        written to one folder and looked for in another)."""
+        if not folder.strip() or "://" in folder:
+            raise ValueError(
+                "staging_dir must be a local folder (staged shards are local files; publish to a URL with"
+                " output_root)"
+            )
+        return os.path.expanduser(folder)
 
     @field_validator("sampler", mode="before")
     @classmethod

@@ -34,7 +34,15 @@ class CasConfig(Section):
     weight_decay: float = Field(0.0001, ge=0.0)
     max_epochs: int = Field(40, ge=1)  # an upper bound; training stops earlier on the patience rule
     patience: int = Field(4, ge=1)  # epochs without a better real validation accuracy before stopping
-    seeds: tuple[int, ...] = Field((0, 1, 2), min_length=1)  # the metrics are their mean, with a 95% interval
+    # the metrics are their mean, with a 95% interval; each seed once (a repeat is the same fit counted twice)
+    seeds: tuple[int, ...] = Field((0, 1, 2), min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _each_seed_once(cls, seeds: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(seeds)) < len(seeds):
+            raise ValueError("each seed once: a repeated seed is the same fit, counted twice in the interval")
+        return seeds
 
 
 class EvaluateConfig(Section):

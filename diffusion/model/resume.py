@@ -136,7 +136,10 @@ def load_state(
     state.optimizer.load_state_dict(unflatten_optimizer(opt_tensors, meta["optimizer"]))
     state.generator.set_state(rng["generator"])
     torch.set_rng_state(rng["torch_cpu"])
-    state.step, state.history = meta["step"], meta["history"]
+    # rows in the order training writes them (the JSON meta is saved with sorted keys): the loss plot's
+    # columns, and so its bytes, are those of a run that was never stopped
+    state.step = meta["step"]
+    state.history = [{k: row[k] for k in ("step", "train_loss", "lr") if k in row} for row in meta["history"]]
     state.window_sum, state.window_count, state.seconds = (
         meta["window_sum"],
         meta["window_count"],

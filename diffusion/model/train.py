@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from diffusion.config import DiffusionConfig, DiffusionTrainConfig
+from diffusion.config import ConfigError, DiffusionConfig, DiffusionTrainConfig
 from diffusion.data.labelled import Labelled
 from diffusion.model.ema import EMA
 from diffusion.model.process import GaussianDiffusion
@@ -144,6 +144,23 @@ def validation_loss(
     return total.item() / max(count, 1)
 
 
+def _check_fits(cfg: DiffusionConfig, train: Labelled) -> None:
+    """ConfigError naming the `diffusion.unet` key that the training digits do not fit (their image shape,
+    their labels), before a network is built: else a shape error or an index error mid-step."""
+    shape, top = tuple(train.images.shape[1:]), int(train.labels.max()) if len(train.labels) else -1
+    u = cfg.unet
+    if shape != (u.in_channels, u.image_size, u.image_size):
+        raise ConfigError(
+            f"diffusion.unet.in_channels and image_size ({u.in_channels}, {u.image_size}): the training digits"
+            f" are {' x '.join(map(str, shape))} (channels x height x width)"
+        )
+    if top >= u.num_classes:
+        raise ConfigError(
+            f"diffusion.unet.num_classes ({u.num_classes}): the training digits have labels up to {top};"
+            f" set it to {top + 1} or more"
+        )
+
+
 def train_diffusion(
     cfg: DiffusionConfig,
     train: Labelled,
@@ -163,6 +180,7 @@ def train_diffusion(
     to `resume_dir`; a state there with the same unet/process/train config (and style weights) is continued
     from, any other is ignored (fresh start). The checkpoint's meta records the styles it was trained on.
     """
+    _check_fits(cfg, train)
     styles = present_styles(train)
     two = len(styles) > 1
     draws = {s: (style_weights or {}).get(s, 1.0) for s in styles} if two else None  # decides the weights
