@@ -171,11 +171,20 @@ def test_garbage_collection_removes_abandoned_and_trashed_staging(tmp_path: Path
     staging.discard(fresh)  # a published run's folder: renamed away, then removed
     assert [p.name for p in root.iterdir()] == ["diffusion-resume"]
     params = tmp_path / "params.yaml"
-    params.write_text(f"generate:\n  staging_dir: {root}\n")
+    published = tmp_path / "published"
+    params.write_text(f"generate:\n  staging_dir: {root}\n  output_root: {published}\n  name: ds\n")
     for bad in ("-1", "nan", "x"):
         assert main(["gc", "--params", str(params), "--older-than", bad]) == 2
         assert "--older-than: expected a number of days >= 0" in capsys.readouterr().err
+    # a run killed while it wrote its version leaves a .tmp- folder in the output root: gone once old enough
+    unfinished, version = published / "ds" / ".tmp-20261207-000000-abcd1234-0f0f0f0f", published / "ds" / "v1"
+    for folder in (unfinished, version):
+        (folder / "data").mkdir(parents=True)
+    assert main(["gc", "--params", str(params), "--older-than", "1"]) == 0
+    assert unfinished.is_dir()  # fresh: perhaps a publish under way
     assert main(["gc", "--params", str(params), "--older-than", "0"]) == 0
+    assert "and 1 unfinished version folder(s) from" in capsys.readouterr().out
+    assert not unfinished.exists() and version.is_dir()
 
 
 def test_transient_means_an_io_error_somewhere_in_the_causes() -> None:

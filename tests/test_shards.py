@@ -69,3 +69,24 @@ def test_the_write_check_leaves_no_folder_behind(tmp_path: Path) -> None:
     with pytest.raises(DigitsError, match="cannot be written"):
         check_writable(str(tmp_path / "kept" / "a-file" / "below"), "ds")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a-file", "ds", "kept"]
+
+
+def test_a_full_disk_staging_a_shard_is_one_line_worth_a_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review's tmpfs of 300 kB: a traceback and exit 1 before; now a DataError keeping the OSError
+    (a task retries it; the CLI prints its line), and no half-written shard."""
+    import errno
+
+    from diffusion.data.shards import write_shard
+    from diffusion.errors import is_transient
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", full)
+    with pytest.raises(
+        DataError, match=r"c0\.parquet: cannot be written \(\[Errno 28\] No space left"
+    ) as err:
+        write_shard(_rows(3, 0), tmp_path / "c0.parquet")
+    assert is_transient(err.value) and not list(tmp_path.iterdir())

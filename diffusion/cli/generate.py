@@ -244,11 +244,16 @@ def cmd_report(params: Params, args: argparse.Namespace) -> None:
 
 
 def cmd_gc(params: Params, args: argparse.Namespace) -> None:
-    from diffusion.generate.staging import collect_garbage
+    from diffusion.generate.staging import collect_garbage, collect_unfinished_publishes
 
     days = number_option("--older-than", args.older_than, "a number of days >= 0", lambda x: x >= 0)
-    removed = collect_garbage(params.generate.staging_dir, days)
-    print(f"removed {len(removed)} staging folder(s) from {params.generate.staging_dir}")
+    cfg = params.generate
+    removed = collect_garbage(cfg.staging_dir, days)
+    unfinished = collect_unfinished_publishes(cfg.output_root, cfg.name, days)
+    print(
+        f"removed {len(removed)} staging folder(s) from {cfg.staging_dir} and {len(unfinished)} unfinished"
+        f" version folder(s) from {cfg.output_root}/{cfg.name}"
+    )
 
 
 def _release_device_memory() -> None:

@@ -40,19 +40,23 @@ from fsspec.implementations.local import LocalFileSystem
 
 from diffusion.checkpoint import OutputError, atomic_path, check_output
 from diffusion.data.schema import DIGITS_SCHEMA
-from diffusion.errors import DataError
+from diffusion.errors import DataError, one_line
 from diffusion.styles import cell_digit, cell_name, cell_style
 
 MANIFEST = "manifest.json"
 CARD = "README.md"
+UNFINISHED = ".tmp-"  # a local version folder being written; renamed to the version when complete
 
 
 def write_shard(table: pa.Table, path: str | Path) -> None:
     """Write a DIGITS_SCHEMA table to a local Parquet file atomically (a temp file, then a rename)."""
     if not table.schema.equals(DIGITS_SCHEMA, check_metadata=False):
         raise ValueError(f"{path}: table is not in DIGITS_SCHEMA")
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+    except OSError as err:  # a full or failing disk: one line, the cause kept (a task retries it)
+        raise DataError(f"{path}: cannot be written ({one_line(err)})") from err
 
 
 def read_shard(path: str | Path) -> pa.Table | None:
@@ -266,7 +270,7 @@ def publish_version(
         raise DataError(f"{url}: version exists with other content; versions are never overwritten")
 
     if isinstance(fs, LocalFileSystem):  # shards written to a hidden folder one at a time, then one rename
-        tmp = f"{base}/{name}/.tmp-{version}-{uuid.uuid4().hex[:8]}"
+        tmp = f"{base}/{name}/{UNFINISHED}{version}-{uuid.uuid4().hex[:8]}"
         try:
             listed = []
             for rel, data in _with_listing(_shard_files(splits, shard_rows), listed):

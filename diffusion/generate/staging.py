@@ -6,6 +6,8 @@
 A failed, gated-out or killed run keeps its folder, so the next run with the same params resumes from it.
 Once its version is published the folder is renamed away (atomic: no reader ever sees half a folder) and
 then removed; a kill between the two leaves only a `.trash-*` folder, which `collect_garbage` removes.
+A run killed while it wrote its version leaves a `.tmp-*` folder in the output root (`publish_version`),
+which `collect_unfinished_publishes` removes once it is old enough.
 `collect_garbage` also removes run folders untouched for longer than a given age (abandoned runs): those
 holding a `run.json`, and those named as a run id holding staged blocks without one (a run whose folder was
 removed under its running tasks, which then staged blocks again); it leaves anything else alone. It cannot
@@ -19,6 +21,8 @@ import shutil
 import time
 import uuid
 from pathlib import Path
+
+from diffusion.data.shards import UNFINISHED
 
 TRASH = ".trash-"
 RUN_ID = re.compile(r"[0-9a-f]{12}")  # the first 12 hex digits of the run key (`RunSpec.run_id`)
@@ -44,6 +48,23 @@ def last_touched(folder: Path) -> float:
         except FileNotFoundError:
             continue
     return max(times)
+
+
+def collect_unfinished_publishes(
+    output_root: str, name: str, older_than_days: float, now: float | None = None
+) -> list[Path]:
+    """Remove the `.tmp-<version>-*` folders of dataset `name` in a local `output_root` untouched for more
+    than `older_than_days` (a run killed while it wrote its version: its rerun publishes anew); return them.
+    An fsspec URL has none (there a version is its manifest, written last)."""
+    folder, now = Path(output_root) / name, time.time() if now is None else now
+    if "://" in output_root or not folder.is_dir():
+        return []
+    removed = []
+    for tmp in sorted(p for p in folder.glob(f"{UNFINISHED}*") if p.is_dir()):
+        if now - last_touched(tmp) > older_than_days * 86400:
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
 
 
 def collect_garbage(staging_dir: str | Path, older_than_days: float, now: float | None = None) -> list[Path]:

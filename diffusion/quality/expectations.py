@@ -49,7 +49,7 @@ from great_expectations.data_context.types.base import (
 
 from diffusion.config import FilterConfig, QualityConfig
 from diffusion.data.schema import DIGITS_SCHEMA
-from diffusion.errors import DigitsError
+from diffusion.errors import DataError, DigitsError, one_line
 from diffusion.quality.gate_columns import (
     IMAGE_SIZE,
     TRAIN_COLUMNS,
@@ -359,8 +359,11 @@ def validate_rows(
         results.append(_run(definitions[SPLIT], wholes[split], f"{split}-whole-split", run_time))
     accepted = wholes["train"]
     if docs_dir is not None:
-        _clear_docs(docs_dir)
-        context.build_data_docs(site_names=[NAME])
+        try:
+            _clear_docs(docs_dir)
+            context.build_data_docs(site_names=[NAME])
+        except OSError as err:  # a full or failing disk: one line, the cause kept (worth a retry)
+            raise DataError(f"{docs_dir}: the Data Docs cannot be written ({one_line(err)})") from err
     failed_set = {r.expectation_config.meta["gate_name"] for v in results for r in v.results if not r.success}
     n = len(accepted)
     duplicates = accepted["pixel_sha256"].dropna().duplicated().sum() if n else 0
