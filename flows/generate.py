@@ -43,6 +43,7 @@ from diffusion.config import GenerateConfig, HardwareConfig, QualityConfig, Task
 from diffusion.data.evaluations import quality_dir, write_document
 from diffusion.data.shards import PublishedVersion
 from diffusion.errors import DigitsError, QualityAlert, is_transient
+from diffusion.generate import staging
 from diffusion.generate.plan import GenerationError, TaskKey, plan_round
 from diffusion.generate.run import (
     RunSpec,
@@ -225,12 +226,13 @@ def generate_dataset(
     tasks: list[TaskOutcome] = []
     # a run of this key that published before (killed before grading, or the same params again): graded,
     # not sampled and published a second time
-    version, made = published_run(spec), None
-    if version is None:
-        _sample(spec, tasks, progress)
-        version = publish(spec, _blocks(tasks), logical, quality, model_revision)
-    else:
-        made = published_progress(version)  # per class, as that run recorded it
+    with staging.run_lock(spec.staging):  # one run of a run key at a time samples and publishes
+        version, made = published_run(spec), None
+        if version is None:
+            _sample(spec, tasks, progress)
+            version = publish(spec, _blocks(tasks), logical, quality, model_revision)
+        else:
+            made = published_progress(version)  # per class, as that run recorded it
     metrics = run_metrics(spec, tasks, time.perf_counter() - start, made)
     classes = class_rows(spec, _blocks(tasks), made)
     create_table_artifact(

@@ -164,7 +164,7 @@ def test_staging_goes_after_publish_and_stays_after_a_failed_task(
     args = (cfg, hardware, tiny_models["model"], tiny_models["classifier"], tiny_models["train"])
     staging = prepare_run(*args).staging
     (staging / "c6-j00000.parquet").mkdir()  # a directory where the shard goes: its write fails
-    with pytest.raises(OSError):
+    with pytest.raises(DigitsError, match=r"c6-j00000\.parquet: cannot be written \(\[Errno 21\]"):
         _run(cfg, tiny_models)
     staged = sorted(p.name for p in staging.glob("c*.parquet") if p.is_file())
     assert len(staged) == 9 and not list_versions(cfg.output_root, cfg.name), staged  # kept for the rerun
@@ -228,6 +228,24 @@ def test_sigkill_mid_run_then_a_rerun_finishes_exactly(prefect_server, tiny_mode
     rerun = json.loads((tmp_path / "generate.json").read_text())
     assert {k: rerun[k] for k in ("accepted", "sampled")} == {k: metrics[k] for k in ("accepted", "sampled")}
     assert rerun["tasks"] == 0 and not list(staging.iterdir())
+
+
+@pytest.mark.slow
+def test_a_second_run_of_the_same_params_while_one_samples_fails_in_one_line(
+    prefect_server, tiny_models, tmp_path: Path
+) -> None:
+    """The review's case: `dvc repro` killed and started again while its `digits generate` still ran, so two
+    runs staged the same blocks and published two versions. The run folder's lock lets one run at a time."""
+    from diffusion.generate import staging
+    from diffusion.generate.run import prepare_run
+
+    cfg = tiny_generate(tiny_models, tmp_path, per_class={3: 2})
+    hardware = HardwareConfig(precision="fp32")
+    spec = prepare_run(cfg, hardware, tiny_models["model"], tiny_models["classifier"], tiny_models["train"])
+    with staging.run_lock(spec.staging), pytest.raises(GenerationError, match="another run of these params"):
+        run_generate(cfg, tiny_models)
+    assert not list_versions(cfg.output_root, cfg.name) and not list(spec.staging.glob("c*.parquet"))
+    assert not run_generate(cfg, tiny_models).version.reused  # the lock went with the first
 
 
 @pytest.mark.slow

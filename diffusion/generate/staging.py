@@ -1,6 +1,6 @@
 """The staging folder's lifecycle: one folder per run, kept until its version is published.
 
-    <staging_dir>/<run id>/          run.json, c<digit>-j<block>.parquet per seed block, data_docs/
+    <staging_dir>/<run id>/          run.json, run.lock, c<digit>-j<block>.parquet per seed block, data_docs/
     <staging_dir>/.trash-<run id>-*  a published run's folder on its way out
 
 A failed, gated-out or killed run keeps its folder, so the next run with the same params resumes from it.
@@ -16,17 +16,46 @@ tell a live run from an abandoned one but by age: `--older-than 0` removes a run
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from diffusion.data.shards import UNFINISHED
+from diffusion.generate.plan import GenerationError
 
 TRASH = ".trash-"
 RUN_ID = re.compile(r"[0-9a-f]{12}")  # the first 12 hex digits of the run key (`RunSpec.run_id`)
 BLOCK_FILES = "c*-j*.parquet"  # a staged seed block
+LOCK = "run.lock"  # held by the process sampling or publishing the run (`run_lock`)
+
+
+@contextmanager
+def run_lock(run_folder: Path) -> Iterator[None]:
+    """Hold the run folder's lock (`flock` on its `run.lock`) while a run samples and publishes: a second
+    run of the same run key (a `dvc repro` started again while the first one's process still runs, two
+    hand runs of the same params) fails in one line instead of staging and publishing the same blocks
+    twice. The operating system drops the lock with its process, so a killed run leaves none behind."""
+    run_folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise GenerationError(
+            f"{run_folder}: another run of these params is sampling or publishing (it holds {LOCK});"
+            " wait for it to end, or stop it, then run again"
+        ) from None
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def discard(run_folder: Path) -> None:
