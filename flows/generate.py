@@ -54,6 +54,7 @@ from diffusion.generate.run import (
     published_progress,
     published_run,
     run_metrics,
+    summary_line,
     tally,
 )
 from diffusion.generate.task import BlockOutcome, TaskJob, TaskOutcome, make_task
@@ -227,7 +228,7 @@ def generate_dataset(
     # a run of this key that published before (killed before grading, or the same params again): graded,
     # not sampled and published a second time
     with staging.run_lock(spec.staging):  # one run of a run key at a time samples and publishes
-        version, made = published_run(spec), None
+        version, made = published_run(spec, quality), None
         if version is None:
             _sample(spec, tasks, progress)
             version = publish(spec, _blocks(tasks), logical, quality, model_revision)
@@ -239,9 +240,7 @@ def generate_dataset(
         named_rows(classes), key=_key(spec.cfg.name, "classes"), description="accepted digits per class"
     )
     create_markdown_artifact(
-        f"## {spec.cfg.name} {version.version}\n\n"
-        f"{'Already published' if version.reused else 'Published'} at `{version.path}`: {metrics['accepted']} digits, "
-        f"acceptance rate {metrics['acceptance_rate']:.1%}, {metrics['images_per_second']:.1f} digits/s.\n\n"
+        f"## {spec.cfg.name} {version.version}\n\n{summary_line(version, metrics)}.\n\n"
         f"Dataset card: `{version.path}/README.md`; Data Docs: `{version.path}/data_docs/index.html`.",
         key=_key(spec.cfg.name, "summary"),
     )

@@ -262,6 +262,14 @@ def test_generation_params_follow_the_rules_of_the_library_that_reads_them(
     assert text.startswith(f"params.yaml: {key}: ") and message in text and "\n" not in text
 
 
+def test_a_flow_run_of_a_deployment_registered_before_the_serve_section_still_validates() -> None:
+    """A Retry of an older scheduled run hands the flow a cfg with `schedule`: no part of the run now."""
+    from diffusion.config import GenerateConfig
+
+    old = {**GenerateConfig().model_dump(mode="json"), "schedule": {"cron": "0 3 * * *", "timezone": "UTC"}}
+    assert GenerateConfig.model_validate(old) == GenerateConfig()
+
+
 def test_prefect_accepts_what_the_params_check_accepts() -> None:
     from prefect.schedules import Cron  # what flows/deploy.py builds
 

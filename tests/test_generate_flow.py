@@ -245,7 +245,13 @@ def test_a_second_run_of_the_same_params_while_one_samples_fails_in_one_line(
     with staging.run_lock(spec.staging), pytest.raises(GenerationError, match="another run of these params"):
         run_generate(cfg, tiny_models)
     assert not list_versions(cfg.output_root, cfg.name) and not list(spec.staging.glob("c*.parquet"))
-    assert not run_generate(cfg, tiny_models).version.reused  # the lock went with the first
+    first = run_generate(cfg, tiny_models)  # the lock went with the first
+    assert not first.version.reused
+    # the same run key asking for more digits is another version (the key leaves counts out, so that its
+    # blocks are reused): only the same digits, shards and gate take the one published before
+    more = run_generate(cfg.model_copy(update={"per_class": {3: 3}}), tiny_models)
+    assert not more.version.reused and more.metrics["accepted"] == 3
+    assert run_generate(cfg, tiny_models).version.path == first.version.path
 
 
 @pytest.mark.slow

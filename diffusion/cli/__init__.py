@@ -127,7 +127,8 @@ STAGES: dict[str, tuple[Callable[[Params, argparse.Namespace], None], dict[str, 
     "gc": (
         cmd_gc,
         {"older_than": None},
-        "remove abandoned staging folders (runs untouched for more than --older-than days)",
+        "remove abandoned staging folders and unfinished version folders (untouched for more than"
+        " --older-than days)",
     ),
     "serve": (
         cmd_serve,

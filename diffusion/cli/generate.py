@@ -70,7 +70,7 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
 
 def _write_generation(result: GenerationResult, args: argparse.Namespace) -> None:
     """The generate command's outputs (metrics, per-class plot, the version handed on) and its summary line."""
-    from diffusion.generate.run import named_rows
+    from diffusion.generate.run import named_rows, summary_line
 
     if args.metrics:
         write_metrics(args.metrics, result.metrics)
@@ -79,11 +79,7 @@ def _write_generation(result: GenerationResult, args: argparse.Namespace) -> Non
     if args.published:
         path = handed_on_path(result.version.path, args.published)
         write_json_atomic(args.published, {"path": path, "version": result.version.version})
-    m = result.metrics
-    print(
-        f"{'already published' if result.version.reused else 'published'} {result.version.path}: "
-        f"{m['accepted']} digits, acceptance rate {m['acceptance_rate']:.3f}, {m['images_per_second']:.1f} digits/s"
-    )
+    print(summary_line(result.version, result.metrics))
 
 
 def grading_of(params: Params, args: argparse.Namespace) -> Grading:

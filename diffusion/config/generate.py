@@ -79,6 +79,16 @@ class GenerateConfig(Section):
     max_attempts: float = Field(5.0, ge=1.0)  # per class, at most this many x its count are sampled
     task_runner: TaskRunnerConfig = TaskRunnerConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _schedule_is_the_servers(cls, raw: object) -> object:
+        """A flow run of a deployment registered before the `serve` section (a Retry, or a slot of a `digits
+        serve` started with older code) carries `schedule` in its cfg: it is no part of the run. (A params
+        file that still has `generate.schedule` is named as moved by `parse_params`, before this runs.)"""
+        if isinstance(raw, dict) and "schedule" in raw:
+            return {k: v for k, v in raw.items() if k != "schedule"}
+        return raw
+
     @field_validator("output_root")
     @classmethod
     def _output_root_names_a_place(cls, root: str) -> str:

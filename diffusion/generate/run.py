@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -147,21 +148,37 @@ def tally(spec: RunSpec, blocks: list[BlockOutcome]) -> dict[int, ClassProgress]
     return progress
 
 
-def published_run(spec: RunSpec) -> PublishedVersion | None:
-    """The version a run of this run key already published (the same digits: a run killed after publishing,
-    before grading, or the same params run again), newest first; None when there is none. A rerun takes it
-    (and grades it) instead of sampling and publishing the same digits a second time under another date."""
+def published_run(spec: RunSpec, quality: QualityConfig) -> PublishedVersion | None:
+    """The version this run would publish, if a run published it before: the same run key (the same
+    digits), counts, shards and gate (a run killed after publishing, before grading, or the same params
+    run again), newest first; None when there is none. A rerun takes it (and grades it) instead of
+    sampling and publishing the same files a second time under another date. (The run key alone leaves
+    counts out, so that a run asking for more digits reuses the staged blocks of one that asked for fewer.)"""
+    gate = quality.model_dump(mode="json")
     for version in reversed(list_versions(spec.cfg.output_root, spec.cfg.name, broken=[])):
-        if version.manifest.get("run_key") == spec.key:
+        m = version.manifest
+        same_digits = m.get("run_key") == spec.key and _requested(m) == spec.cfg.counts()
+        same_files = m.get("params", {}).get("shard_rows") == spec.cfg.shard_rows and m.get("quality") == gate
+        if same_digits and same_files:
             staging.discard(spec.staging)  # a run killed between publishing and discarding its staging
             return dataclasses.replace(version, reused=True)
     return None
 
 
+def _requested(manifest: dict[str, Any]) -> dict[int, int] | None:
+    """Per class (`counts` keys), the digits a version's manifest says its run asked for; None when its
+    manifest does not say (written by other code)."""
+    counts = manifest.get("counts")
+    try:
+        return {int(c): int(n["requested"]) for c, n in counts.items()}  # type: ignore[union-attr]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
 def published_progress(version: PublishedVersion) -> dict[int, ClassProgress]:
     """Per-class progress as the version's manifest recorded it (`publish_run`), keyed as `tally`'s."""
     return {
-        int(c): ClassProgress(n["requested"], n["blocks"], n["sampled"], n["accepted"])
+        int(c): ClassProgress(n["requested"], n.get("blocks", 0), n.get("sampled", 0), n.get("accepted", 0))
         for c, n in version.manifest["counts"].items()
     }
 
@@ -286,8 +303,10 @@ def run_metrics(
     spec: RunSpec, tasks: list[TaskOutcome], seconds: float, progress: dict[int, ClassProgress] | None = None
 ) -> dict[str, Any]:
     """The run's headline numbers (DVC metrics) and where the tasks' time went (shares of task time).
-    `progress`: per class, when not the tasks' (`published_progress` of a version published before)."""
+    `progress`: per class, when not the tasks' (`published_progress` of a version published before: then
+    this run sampled nothing, and its rate is NaN, null in the metrics file)."""
     blocks = [b for t in tasks for b in t.blocks]
+    sampled_here = progress is None
     progress = tally(spec, blocks) if progress is None else progress
     requested = sum(p.requested for p in progress.values())
     sampled = sum(p.sampled for p in progress.values())
@@ -305,10 +324,21 @@ def run_metrics(
         "blocks": len(blocks),
         "reused_blocks": sum(b.reused for b in blocks),
         "seconds": seconds,
-        "images_per_second": requested / max(seconds, 1e-9),
+        "images_per_second": requested / max(seconds, 1e-9) if sampled_here else float("nan"),
         "task_seconds": {part: round(s, 3) for part, s in spent.items()},
         "task_share": {part: round(s / total, 4) for part, s in spent.items()} if total else {},
     }
+
+
+def summary_line(version: PublishedVersion, metrics: dict[str, Any]) -> str:
+    """'published <path>: N digits, acceptance rate r, x digits/s' (or 'already published ...', the rate of
+    a version published by an earlier run not being this run's): the CLI's line and the run's artifact."""
+    rate = metrics["images_per_second"]
+    speed = f"{rate:.1f} digits/s" if math.isfinite(rate) else "sampled by the run that published it"
+    return (
+        f"{'already published' if version.reused else 'published'} {version.path}: {metrics['accepted']}"
+        f" digits, acceptance rate {metrics['acceptance_rate']:.3f}, {speed}"
+    )
 
 
 def class_rows(

@@ -26,7 +26,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from diffusion.data.shards import UNFINISHED
+from fsspec.implementations.local import LocalFileSystem
+
+from diffusion.data.shards import UNFINISHED, url_to_fs
 from diffusion.generate.plan import GenerationError
 
 TRASH = ".trash-"
@@ -82,11 +84,12 @@ def last_touched(folder: Path) -> float:
 def collect_unfinished_publishes(
     output_root: str, name: str, older_than_days: float, now: float | None = None
 ) -> list[Path]:
-    """Remove the `.tmp-<version>-*` folders of dataset `name` in a local `output_root` untouched for more
-    than `older_than_days` (a run killed while it wrote its version: its rerun publishes anew); return them.
-    An fsspec URL has none (there a version is its manifest, written last)."""
-    folder, now = Path(output_root) / name, time.time() if now is None else now
-    if "://" in output_root or not folder.is_dir():
+    """Remove the `.tmp-<version>-*` folders of dataset `name` in a local `output_root` (a path, `~/...` or
+    file://) untouched for more than `older_than_days` (a run killed while it wrote its version: its rerun
+    publishes anew); return them. An object store has none (there a version is its manifest, written last)."""
+    fs, base = url_to_fs(output_root)
+    folder, now = Path(base) / name, time.time() if now is None else now
+    if not isinstance(fs, LocalFileSystem) or not folder.is_dir():
         return []
     removed = []
     for tmp in sorted(p for p in folder.glob(f"{UNFINISHED}*") if p.is_dir()):

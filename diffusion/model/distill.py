@@ -347,7 +347,11 @@ def _load_state(directory: Path, config: dict[str, Any], state: DistillState, de
     state.done = {n: files[f"done-{n}"] for n in meta["done"]}
     state.generator.set_state(rng["generator"])
     torch.set_rng_state(rng["torch_cpu"])
-    state.stage, state.step, state.history = meta["stage"], meta["step"], meta["history"]
+    state.stage, state.step = meta["stage"], meta["step"]
+    # rows in the order distillation writes them (the meta JSON has sorted keys): the loss plot's columns
+    state.history = [
+        {k: row[k] for k in ("stage", "step", "loss", "lr") if k in row} for row in meta["history"]
+    ]
     state.window_sum, state.window_count, state.seconds = (
         meta["window_sum"],
         meta["window_count"],
