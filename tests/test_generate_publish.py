@@ -185,6 +185,9 @@ def test_garbage_collection_removes_abandoned_and_trashed_staging(tmp_path: Path
     assert main(["gc", "--params", str(params), "--older-than", "0"]) == 0
     assert "and 1 unfinished version folder(s) from" in capsys.readouterr().out
     assert not unfinished.exists() and version.is_dir()
+    unfinished.mkdir()  # a file:// root is a local folder too; an object store has no such folders
+    assert staging.collect_unfinished_publishes(f"file://{published}", "ds", 0) == [unfinished]
+    assert staging.collect_unfinished_publishes("nope://bucket/datasets", "ds", 0) == []
 
 
 def test_transient_means_an_io_error_somewhere_in_the_causes() -> None:

@@ -151,6 +151,7 @@ LIBRARY_RULES: dict[str, frozenset[str]] = {
     "train-clip": frozenset({"open_clip"}),  # clip.context_length: the tokenizer it builds
     "generate": frozenset({"fsspec"}),  # generate.output_root
     "serve": frozenset({"prefect", "fsspec"}),  # serve: the deployment's cron and timezone; the output root
+    "gc": frozenset({"fsspec"}),  # generate.output_root: its unfinished version folders
 }
 
 HELP = {
@@ -161,7 +162,7 @@ HELP = {
     "version": "a published version folder, or the JSON file `digits generate --published` wrote",
     "published": "write the published version's path and name here (JSON; a local path relative to this"
     " file's folder, a URL as it is)",
-    "older_than": "days since a staging folder was last written",
+    "older_than": "days since a staging folder (or an unfinished version folder) was last written",
     "data": "published version folders or URLs (or <root>/<name>/latest, or the JSON file generate --published"
     " wrote), comma-separated",
     "real": "real digits (Parquet) to mix in",

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from fsspec.core import split_protocol
 from fsspec.implementations.local import LocalFileSystem
 
 from diffusion.data.shards import UNFINISHED, url_to_fs
@@ -87,6 +88,8 @@ def collect_unfinished_publishes(
     """Remove the `.tmp-<version>-*` folders of dataset `name` in a local `output_root` (a path, `~/...` or
     file://) untouched for more than `older_than_days` (a run killed while it wrote its version: its rerun
     publishes anew); return them. An object store has none (there a version is its manifest, written last)."""
+    if split_protocol(output_root)[0] not in (None, "file", "local"):
+        return []  # an object store: nothing to build (its package, its credentials) to find nothing
     fs, base = url_to_fs(output_root)
     folder, now = Path(base) / name, time.time() if now is None else now
     if not isinstance(fs, LocalFileSystem) or not folder.is_dir():
