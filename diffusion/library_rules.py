@@ -11,10 +11,10 @@ key. The library is imported inside the check (only when params set the key) and
 
 A check runs when its library is among the validation context's "libraries" (`parse_params(raw,
 libraries=...)`), and always without a context. The `digits` commands name the libraries that read those
-keys in their own work (`diffusion.cli.LIBRARY_RULES`: train-clip open_clip, generate and gc fsspec, serve
-Prefect and fsspec), so a stage that never builds a CLIP or a schedule does not import open_clip (2 s) or Prefect
-(1 s) just to check a key it does not read; every key is still checked, by its library, before the work
-of the command that reads it.
+keys in their own work (`diffusion.cli.LIBRARY_RULES`: train-clip open_clip, generate and gc fsspec,
+serve Prefect and fsspec), so a stage that never builds a CLIP or a schedule does not import open_clip
+(2 s) or Prefect (1 s) just to check a key it does not read; every key is still checked, by its library,
+before the work of the command that reads it.
 """
 
 from __future__ import annotations

@@ -231,8 +231,10 @@ def check_outputs(args: argparse.Namespace) -> None:
     An OutputError names the first that is not."""
     paths = list(_local_paths(args))
     for flag, out, is_output in paths:
+        if not is_output:
+            continue
         replaced_whole = flag == "--out" and args.stage != "report"
-        for other, path, other_is_output in paths if is_output else []:
+        for other, path, other_is_output in paths:
             if other == flag:
                 continue
             if path == out:

@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fsspec.core import split_protocol
-from fsspec.implementations.local import LocalFileSystem
 
 from diffusion.data.shards import UNFINISHED, url_to_fs
 from diffusion.generate.plan import GenerationError
@@ -90,9 +89,8 @@ def collect_unfinished_publishes(
     publishes anew); return them. An object store has none (there a version is its manifest, written last)."""
     if split_protocol(output_root)[0] not in (None, "file", "local"):
         return []  # an object store: nothing to build (its package, its credentials) to find nothing
-    fs, base = url_to_fs(output_root)
-    folder, now = Path(base) / name, time.time() if now is None else now
-    if not isinstance(fs, LocalFileSystem) or not folder.is_dir():
+    folder, now = Path(url_to_fs(output_root)[1]) / name, time.time() if now is None else now
+    if not folder.is_dir():
         return []
     removed = []
     for tmp in sorted(p for p in folder.glob(f"{UNFINISHED}*") if p.is_dir()):

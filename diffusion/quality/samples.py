@@ -104,9 +104,8 @@ def evaluate_diffusion(
     save_grid(strip, strip_path, ncols=cfg.eval.strip_columns)
 
     meta = read_checkpoint_config(model_dir, "diffusion")["meta"]
-    metrics = dict(
-        meta
-    )  # training's numbers (the DVC metrics file drops its mappings and lists: `write_metrics`)
+    # training's numbers (the DVC metrics file drops its mappings and lists: `write_metrics`)
+    metrics = dict(meta)
     metrics.update(
         sample_judge_accuracy=judged.accuracy,
         sampled_images=int(judged.labels.numel()),
