@@ -229,6 +229,30 @@ def test_train_on_takes_the_json_file_that_names_a_version(tmp_path: Path) -> No
     assert json.loads(metrics.read_text())["train_images"] == ROWS
 
 
+def test_train_on_a_flagged_version_says_so_and_trains(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A version the monitor flagged is trained on when named (latest would skip it), with a note naming the
+    broken bound; an unflagged one gets none."""
+    import yaml
+
+    from diffusion.cli import main
+    from diffusion.data.evaluations import quality_dir, write_document
+
+    root = str(tmp_path / "published")
+    flagged, clean = publish(root, "v1", 0), publish(root, "v2", 100)
+    flag = {"metric": "cas_ratio", "value": 0.9, "bound": 0.97, "kind": "floor"}
+    for version, flags in (("v1", [flag]), ("v2", [])):
+        doc = {"name": "tagged", "version": version, "metrics": {"cas_ratio": 0.9}, "flags": flags}
+        write_document(quality_dir(root, "tagged"), {**doc, "flagged": bool(flags)})
+    real_digits(tmp_path, 20), real_digits(tmp_path, 21)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"evaluate": {"cas": {"max_epochs": 1, "seeds": [0], "batch_size": 8}}}))
+    real = ["--val", str(tmp_path / "real-20.parquet"), "--test", str(tmp_path / "real-21.parquet")]
+    for version, noted in ((flagged, True), (clean, False)):
+        assert main(["train-on", "--params", str(params), "--data", version, *real]) == 0
+        err = capsys.readouterr().err
+        assert ("note: tagged v1 flagged: cas_ratio 0.9 below its floor 0.97" in err) is noted, err
+
+
 def test_a_handed_on_name_keeps_urls_and_old_absolute_paths(tmp_path: Path) -> None:
     import json
 

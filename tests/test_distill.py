@@ -189,6 +189,21 @@ def test_a_killed_distillation_resumes_to_the_same_weights(teacher, tmp_path, mo
             assert torch.equal(value, parts[n][key]), (n, key)
 
 
+def test_a_finished_distillation_of_other_digits_is_not_resumed(teacher, tmp_path) -> None:
+    """The state of a run on other training digits (a new split or source) is ignored: the students are
+    those of a fresh run on the new digits, not the old run's."""
+    model, process, sha = teacher
+    cfg, data = _distill_cfg(), _patterns(copies=4)
+    distill(model, process, cfg, data, sha, tmp_path / "old", tmp_path / "state", progress=False)
+    flipped = type(data)(images=data.images.flip(-1), labels=data.labels)
+    distill(model, process, cfg, flipped, sha, tmp_path / "resumed", tmp_path / "state", progress=False)
+    distill(model, process, cfg, flipped, sha, tmp_path / "fresh", tmp_path / "other", progress=False)
+    resumed, fresh = _weights(tmp_path / "resumed", [4, 2, 1]), _weights(tmp_path / "fresh", [4, 2, 1])
+    assert all(torch.equal(value, fresh[4][key]) for key, value in resumed[4].items())
+    old = _weights(tmp_path / "old", [4])
+    assert not all(torch.equal(value, old[4][key]) for key, value in resumed[4].items())
+
+
 def test_a_distilled_student_samples_close_to_its_teacher_from_the_same_start(teacher, tmp_path) -> None:
     """After distilling on the four strokes, every student lands near the guided teacher's DDIM at
     teacher_steps from the same x_T, and the 1-step student far nearer than the teacher's own 1-step DDIM."""

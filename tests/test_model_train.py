@@ -19,7 +19,14 @@ from diffusion.checkpoint import CheckpointError
 from diffusion.config import ConfigError, DiffusionConfig, DiffusionTrainConfig, parse_params
 from diffusion.model.ema import EMA
 from diffusion.model.process import GaussianDiffusion
-from diffusion.model.resume import TrainState, flatten_optimizer, load_state, unflatten_optimizer
+from diffusion.model.resume import (
+    TrainState,
+    fingerprint,
+    flatten_optimizer,
+    load_state,
+    training_config,
+    unflatten_optimizer,
+)
 from diffusion.model.saved import load_diffusion, new_model, save_diffusion
 from diffusion.model.train import lr_at, train_diffusion, validation_loss
 
@@ -259,21 +266,34 @@ def test_training_reads_the_loss_back_only_every_log_every_steps(tmp_path: Path)
     assert reads.readers == {"_check_fits": 1, "_train_loop": 3, "validation_loss": 1}
 
 
-def test_a_state_of_another_config_is_not_resumed(tmp_path: Path):
+def test_a_state_of_another_config_or_other_digits_is_not_resumed(tmp_path: Path):
     cfg, data = _config(steps=5), _patterns(copies=4)
     train_diffusion(cfg, data, data, tmp_path / "out", tmp_path / "state", progress=False)
+    digits = fingerprint(data.images, data.labels)
 
     def fresh(c: DiffusionConfig) -> TrainState:
         model = new_model(c, torch.device("cpu"))
         opt = torch.optim.AdamW(model.parameters())
         return TrainState(model, EMA(model, 0.9), opt, torch.Generator())
 
-    assert load_state(tmp_path / "state", cfg, state := fresh(cfg)) and state.step == 5
+    def key(c: DiffusionConfig, sha: str = digits) -> dict:
+        return training_config(c, "fp32", None, sha)
+
+    assert load_state(tmp_path / "state", key(cfg), state := fresh(cfg)) and state.step == 5
     other = _config(steps=5, lr=1e-3)
-    assert not load_state(tmp_path / "state", other, state := fresh(other)) and state.step == 0
+    assert not load_state(tmp_path / "state", key(other), state := fresh(other)) and state.step == 0
     # sampler and eval settings do not restart training
     same_training = cfg.model_copy(update={"sampler": cfg.sampler.model_copy(update={"steps": 20})})
-    assert load_state(tmp_path / "state", same_training, fresh(same_training))
+    assert load_state(tmp_path / "state", key(same_training), fresh(same_training))
+    # other training digits (a new split, source or font) do: the finished state is not taken as the model
+    assert not load_state(tmp_path / "state", key(cfg, "0" * 64), fresh(cfg))
+    changed = SimpleNamespace(images=data.images.flip(-1), labels=data.labels)
+    result = train_diffusion(cfg, changed, changed, tmp_path / "out2", tmp_path / "state", progress=False)
+    fresh_run = train_diffusion(cfg, changed, changed, tmp_path / "out3", tmp_path / "new", progress=False)
+    assert result.history == fresh_run.history  # trained on the new digits from step 0
+    assert (tmp_path / "out2/ema.safetensors").read_bytes() == (
+        tmp_path / "out3/ema.safetensors"
+    ).read_bytes()
 
 
 def test_optimizer_state_flattens_without_pickle():

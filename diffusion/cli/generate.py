@@ -16,6 +16,7 @@ from diffusion.data.handoff import handed_on_path, published_path, read_json_obj
 from diffusion.errors import DigitsError, QualityAlert
 
 if TYPE_CHECKING:
+    from diffusion.data.shards import PublishedVersion
     from diffusion.quality.grading import Grading
     from flows.generate import GenerationResult
 
@@ -169,6 +170,8 @@ def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
     if not all(name.strip() for name in names):
         raise DigitsError(f"--data: an empty name in {args.data!r}; give version folders separated by commas")
     versions = [open_version(name.strip()) for name in names]  # `latest` resolved once
+    for version in versions:
+        note_if_flagged(version)
     data = published_dataset(versions)
     if args.real:
         data = MixedDigits(data, DigitsDataset(args.real), fraction, seed=0)
@@ -196,6 +199,23 @@ def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
         f"trained on {len(data)} digits of {', '.join(v.path for v in versions)}{real}: real test accuracy"
         f" {result['test_accuracy']:.4f}{spread}; per seed {', '.join(f'{x:.4f}' for x in scores)})"
     )
+
+
+def note_if_flagged(version: PublishedVersion) -> None:
+    """A note on stderr when the monitor flagged `version` (its evaluation document beside the versions):
+    `train-on` trains on what it is named, but `latest` would have passed over it."""
+    from diffusion.data.evaluations import quality_dir, read_document
+    from diffusion.quality.monitor import raise_if_flagged
+
+    root, _, name = version.path.rsplit("/", 1)[0].rpartition("/")
+    try:
+        doc = read_document(quality_dir(root or ".", name), version.version)
+        if doc is not None:
+            raise_if_flagged(doc)
+    except DigitsError:  # a broken document: `digits report` and `latest` name it; training goes on
+        return
+    except QualityAlert as alert:
+        print(f"note: {alert}; training on it as named (`latest` skips it)", file=sys.stderr)
 
 
 def cmd_report(params: Params, args: argparse.Namespace) -> None:

@@ -42,7 +42,7 @@ from diffusion.checkpoint import CheckpointError, load_weights, read_checkpoint_
 from diffusion.config import DistillConfig
 from diffusion.data.labelled import Labelled
 from diffusion.model.process import GaussianDiffusion
-from diffusion.model.resume import flatten_optimizer, unflatten_optimizer
+from diffusion.model.resume import fingerprint, flatten_optimizer, unflatten_optimizer
 from diffusion.model.samplers.guidance import guided_output
 from diffusion.model.samplers.spacing import trailing_timesteps
 from diffusion.model.student import save_student
@@ -194,6 +194,7 @@ def distill(
         "unet": student_cfg.model_dump(mode="json"),
         "teacher_sha256": teacher_sha256,
         "precision": precision,
+        "data_sha256": fingerprint(data.images, data.labels),  # other training digits: a fresh start
     }
     state = DistillState(
         _new_student(student_cfg, cfg.seed, device), None, torch.Generator().manual_seed(cfg.seed)

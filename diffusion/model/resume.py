@@ -2,13 +2,15 @@
 
 A state is a checkpoint folder (see `diffusion.checkpoint`, written atomically) of kind
 `diffusion-train-state`: model/ema/optimizer/rng safetensors files plus JSON for step, history,
-the optimiser's scalars and param groups. Nothing is pickled. Its config is the training-relevant
-part of the DiffusionConfig (unet, process, train); a state is resumed only when that part equals the
-current config, so sampler or eval settings never restart training.
+the optimiser's scalars and param groups. Nothing is pickled. Its config is what decides the weights
+(`training_config`: the unet, process and train sections, the precision, the style draws and the training
+digits' fingerprint); a state is resumed only when that equals the current run's, so sampler or eval
+settings never restart training, and other training digits (a new split, source or font) always do.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,14 +44,27 @@ class TrainState:
     seconds: float = 0.0  # training wall time over all sessions
 
 
+def fingerprint(*tensors: Tensor | None) -> str:
+    """sha256 over the bytes, dtypes and shapes of `tensors` (None skipped): which training digits a state
+    was trained on, so that a state of other digits is never resumed."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        if tensor is not None:
+            digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def training_config(
-    cfg: DiffusionConfig, precision: Precision = "fp32", draws: dict[str, float] | None = None
+    cfg: DiffusionConfig, precision: Precision, draws: dict[str, float] | None, data_sha256: str
 ) -> dict[str, Any]:
     """What determines the trained weights, as JSON: the unet, process and train sections, the precision
-    the network trains in (`hardware.precision`, resolved) and, for a two-condition model, `draws` (style ->
-    its weight in the training draws, `data.sources`)."""
+    the network trains in (`hardware.precision`, resolved), for a two-condition model `draws` (style -> its
+    weight in the training draws, `data.sources`), and the training digits' `fingerprint`."""
     config = {**cfg.model_dump(mode="json", include={"unet", "process", "train"}), "precision": precision}
-    return config if draws is None else {**config, "style_draws": draws}
+    if draws is not None:
+        config["style_draws"] = draws
+    return {**config, "data_sha256": data_sha256}
 
 
 def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -74,14 +89,9 @@ def unflatten_optimizer(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dic
     return {"state": state, "param_groups": groups}
 
 
-def save_state(
-    directory: Path,
-    cfg: DiffusionConfig,
-    state: TrainState,
-    precision: Precision = "fp32",
-    draws: dict[str, float] | None = None,
-) -> None:
-    """Write the whole state atomically (a kill leaves the previous state or this one)."""
+def save_state(directory: Path, config: dict[str, Any], state: TrainState) -> None:
+    """Write the whole state atomically (a kill leaves the previous state or this one); `config`: the run's
+    `training_config`."""
     opt_tensors, opt_meta = flatten_optimizer(state.optimizer.state_dict())
     rng = {"generator": state.generator.get_state(), "torch_cpu": torch.get_rng_state()}
     meta = {
@@ -99,19 +109,11 @@ def save_state(
         "optimizer": opt_tensors,
         "rng": rng,
     }
-    save_checkpoint(
-        directory, kind=STATE_KIND, config=training_config(cfg, precision, draws), weights=weights, meta=meta
-    )
+    save_checkpoint(directory, kind=STATE_KIND, config=config, weights=weights, meta=meta)
 
 
-def load_state(
-    directory: Path,
-    cfg: DiffusionConfig,
-    state: TrainState,
-    precision: Precision = "fp32",
-    draws: dict[str, float] | None = None,
-) -> bool:
-    """Restore `state` in place from `directory` if it holds a state of the same training config.
+def load_state(directory: Path, config: dict[str, Any], state: TrainState) -> bool:
+    """Restore `state` in place from `directory` if it holds a state of the same `training_config`.
 
     Returns False (and leaves `state` untouched) when there is no state, a state of another config, or an
     unreadable one, so the caller starts fresh.
@@ -120,8 +122,8 @@ def load_state(
         return False
     try:
         doc = read_checkpoint_config(directory, STATE_KIND)
-        if doc["config"] != training_config(cfg, precision, draws):
-            log.info("%s: saved state has another config, starting fresh", directory)
+        if doc["config"] != config:
+            log.info("%s: saved state has another config or other training digits, starting fresh", directory)
             return False
         device = next(state.model.parameters()).device
         files = {name: load_weights(directory / f"{name}.safetensors", device) for name in ("model", "ema")}

@@ -21,6 +21,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,7 +31,7 @@ from diffusion.config import ConfigError, DiffusionConfig, DiffusionTrainConfig
 from diffusion.data.labelled import Labelled
 from diffusion.model.ema import EMA
 from diffusion.model.process import GaussianDiffusion
-from diffusion.model.resume import TrainState, load_state, save_state
+from diffusion.model.resume import TrainState, fingerprint, load_state, save_state, training_config
 from diffusion.model.saved import new_model, save_diffusion
 from diffusion.model.unet import UNet
 from diffusion.precision import Precision, autocast
@@ -177,8 +178,9 @@ def train_diffusion(
 
     `train` of more than one style trains a two-condition model, drawing styles by `style_weights` (style
     name -> weight, `data.sources`). Every checkpoint_every steps and at the end the full training state goes
-    to `resume_dir`; a state there with the same unet/process/train config (and style weights) is continued
-    from, any other is ignored (fresh start). The checkpoint's meta records the styles it was trained on.
+    to `resume_dir`; a state there with the same unet/process/train config, precision, style weights and
+    training digits (`diffusion.model.resume.training_config`) is continued from, any other is ignored
+    (fresh start). The checkpoint's meta records the styles it was trained on.
     """
     _check_fits(cfg, train)
     styles = present_styles(train)
@@ -187,6 +189,7 @@ def train_diffusion(
     if two:
         cfg = cfg.model_copy(update={"unet": cfg.unet.model_copy(update={"num_styles": len(STYLES)})})
     train, val = conditioned(train, two, draws), conditioned(val, two)  # val: every row once
+    key = training_config(cfg, precision, draws, fingerprint(train.images, train.labels, train.weights))
     tc = cfg.train
     device = torch.device(device)
     process = GaussianDiffusion(cfg.process).to(device)
@@ -196,8 +199,8 @@ def train_diffusion(
     # The global CPU RNG (dropout's) is seeded here and saved and restored with the state; the caller's is kept.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tc.seed)
-        load_state(Path(resume_dir), cfg, state, precision, draws)
-        _train_loop(state, process, train, cfg, Path(resume_dir), progress, precision, draws)
+        load_state(Path(resume_dir), key, state)
+        _train_loop(state, process, train, cfg, Path(resume_dir), progress, precision, key)
 
     ema_model = new_model(cfg, device)
     ema_model.load_state_dict(state.ema.state_dict())
@@ -221,9 +224,9 @@ def _train_loop(
     resume_dir: Path,
     progress: bool,
     precision: Precision,
-    draws: dict[str, float] | None = None,
+    key: dict[str, Any],
 ) -> None:
-    """Steps to tc.steps (`draws`: the two-condition model's style weights, saved with each state). The
+    """Steps to tc.steps, each resume state saved under `key` (its `training_config`). The
     loss window (state.window_sum, a float in the saved state) is summed on the device in `window` and read
     back only for a history row or a resume state."""
     tc = cfg.train
@@ -249,5 +252,5 @@ def _train_loop(
                 now = time.perf_counter()
                 state.seconds, mark = state.seconds + now - mark, now
                 state.window_sum = window.item()
-                save_state(resume_dir, cfg, state, precision, draws)
+                save_state(resume_dir, key, state)
             bar.update()
