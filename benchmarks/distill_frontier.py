@@ -34,13 +34,15 @@ if __package__ in (None, ""):
 
 from benchmarks.common import SMOKE_CAS, header, load_recipe, new_figure, save_png, write_json  # noqa: E402
 from benchmarks.samplers import synchronize  # noqa: E402
+from diffusion.checkpoint import file_sha256  # noqa: E402
 from diffusion.config import HardwareConfig, SamplerConfig  # noqa: E402
 from diffusion.data.datasets import DigitsDataset  # noqa: E402
+from diffusion.errors import DigitsError  # noqa: E402
 from diffusion.judges.evaluator import load_evaluator  # noqa: E402
 from diffusion.judges.training import in_batches  # noqa: E402
 from diffusion.model.samplers import sample_blocks  # noqa: E402
 from diffusion.model.saved import load_diffusion  # noqa: E402
-from diffusion.model.student import load_student, student_config  # noqa: E402
+from diffusion.model.student import check_student, load_student, student_config  # noqa: E402
 from diffusion.quality.cas import Digits, balanced_indices, cas  # noqa: E402
 from diffusion.quality.evaluate import conditional_accuracy, frechet_per_class  # noqa: E402
 from diffusion.quality.measures import prdc_with_reference  # noqa: E402
@@ -114,6 +116,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     samplers = [SamplerConfig(name="dpm-solver++", steps=n, guidance=guidance) for n in args.teacher_steps]
     student_steps = args.student_steps or student_config(args.student)["steps"]
+    teacher_sha256 = file_sha256(Path(args.teacher) / "ema.safetensors")
+    for (
+        n
+    ) in student_steps:  # the checks `digits generate` makes: steps, guidance range, this teacher's student
+        check_student(args.student, n, guidance, teacher_sha256, "--student-steps / --guidance")
     samplers += [SamplerConfig(name="distilled", steps=n, guidance=guidance) for n in student_steps]
     for sampler in samplers:
         model = (
@@ -227,7 +234,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="frontier-") as tmp:
         if args.smoke:
             smoke(args, Path(tmp))
-        doc = run(args)
+        try:
+            doc = run(args)
+        except DigitsError as err:  # a student or checkpoint that does not fit: one line, exit 2
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
     write_json(args.out, doc)
     plot(doc, args.out.with_suffix(".png"))
     print(table(doc))

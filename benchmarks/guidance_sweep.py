@@ -65,6 +65,10 @@ def interval(values: Sequence[float]) -> list[float | None]:
 def sampler_spec(text: str) -> SamplerConfig:
     """'name:steps[:eta]' -> a SamplerConfig (guidance set per row); argparse reports a bad spec."""
     name, steps, *eta = text.split(":")
+    if name == "distilled":  # a student takes w as an input: benchmarks/distill_frontier.py measures it
+        raise argparse.ArgumentTypeError(
+            "the sweep guides a teacher; students: benchmarks/distill_frontier.py"
+        )
     return SamplerConfig(name=name, steps=int(steps), eta=float(eta[0]) if eta else 0.0)
 
 

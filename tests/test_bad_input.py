@@ -383,3 +383,14 @@ def test_the_defaults_pass_the_library_checks() -> None:
         "serve": d.serve.model_dump(),
     }
     assert parse_params(given).serve == d.serve
+
+
+def test_a_student_for_a_teacher_s_sampler_and_eta_for_a_sampler_that_ignores_it_are_one_line(
+    tmp_path: Path, capsys
+) -> None:
+    """Both would be read by nothing (the teacher draws; only ddim reads eta) while the run looked otherwise."""
+    err = _run(tmp_path, {}, ["generate", "--no-grade", f"--student={tmp_path / 'nowhere'}"], capsys)
+    assert "--student" in err and "the sampler is dpm-solver++" in err
+    assert not (tmp_path / "data").exists()
+    err = _run(tmp_path, {"generate": {"sampler": {"eta": 0.5}}}, ["generate", "--no-grade"], capsys)
+    assert "generate.sampler" in err and "only ddim reads eta" in err

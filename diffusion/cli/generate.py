@@ -21,9 +21,23 @@ if TYPE_CHECKING:
     from flows.generate import GenerationResult
 
 
+def check_student_flag(params: Params, args: argparse.Namespace) -> None:
+    """A `--student` other than the default, given to a sampler that is not `distilled`, would be read by
+    nothing: the teacher would draw the digits. Refused in one line instead."""
+    from diffusion.cli import MODELS
+
+    name = params.generate.sampler.name
+    if name != "distilled" and args.student != MODELS["student"]:
+        raise DigitsError(
+            f"--student {args.student}: only generate.sampler.name: distilled reads a student, and the sampler"
+            f" is {name}; leave --student out, or set the sampler to distilled"
+        )
+
+
 def cmd_generate(params: Params, args: argparse.Namespace) -> None:
     from flows.server import temporary_api
 
+    check_student_flag(params, args)
     with temporary_api() as api:  # Prefect's temporary server (if no API is set) starts beside what follows
         from diffusion.generate.pinned import fetch_pinned
         from diffusion.generate.run import prepare_run
@@ -299,6 +313,7 @@ def cmd_serve(params: Params, args: argparse.Namespace) -> None:
     from flows.deploy import check_overlap, serve_generation
 
     check_overlap(params.serve.overlap)
+    check_student_flag(params, args)
     grading = grading_of(params, args)
     check_run_inputs(params.generate, params.hardware, args.model, args.classifier, args.train, args.student)
     workers.clear()  # each scheduled run loads its own, in its own process; this one only serves

@@ -73,6 +73,8 @@ class SamplerConfig(Section):
 
     @model_validator(mode="after")
     def _guide_needs_a_teacher(self) -> SamplerConfig:
+        if self.eta != 0.0 and self.name != "ddim":  # read by nothing else, yet part of a run's key
+            raise ValueError(f"eta: only ddim reads eta, and the sampler is {self.name}; leave eta at 0")
         if self.guide == "style" and self.name == "distilled":
             raise ValueError(
                 "guide: style needs a teacher's sampler; students are distilled with joint guidance"

@@ -40,7 +40,8 @@ def save_grid(images: np.ndarray, path: str | Path, ncols: int, scale: int = 2) 
 def mnist_layout(ink: np.ndarray, box: int = BOX) -> np.ndarray:
     """uint8 (28, 28) from a white-on-black drawing of any size: the ink's bounding box fitted into a
     `box` x `box` square (MNIST: 20; aspect ratio kept, Lanczos), then placed so that its centre of mass is
-    the image's centre (rounded to whole pixels), as LeCun et al. (1998) prepared MNIST."""
+    at pixel (14, 14) (rounded to whole pixels), as LeCun et al. (1998) prepared MNIST: its digits' centres
+    of mass average (14.0, 14.0) in row and column indices, not the geometric centre 13.5."""
     rows, cols = np.nonzero(ink)
     if len(rows) == 0:
         raise ValueError("nothing was drawn")
@@ -52,8 +53,8 @@ def mnist_layout(ink: np.ndarray, box: int = BOX) -> np.ndarray:
     weights = small.sum()
     cy = (small.sum(axis=1) * np.arange(small.shape[0])).sum() / weights
     cx = (small.sum(axis=0) * np.arange(small.shape[1])).sum() / weights
-    top = int(np.clip(round(SIZE / 2 - 0.5 - cy), 0, SIZE - small.shape[0]))
-    left = int(np.clip(round(SIZE / 2 - 0.5 - cx), 0, SIZE - small.shape[1]))
+    top = int(np.clip(round(SIZE / 2 - cy), 0, SIZE - small.shape[0]))
+    left = int(np.clip(round(SIZE / 2 - cx), 0, SIZE - small.shape[1]))
     out = np.zeros((SIZE, SIZE), np.float64)
     out[top : top + small.shape[0], left : left + small.shape[1]] = small
     return np.clip(out, 0, 255).round().astype(np.uint8)

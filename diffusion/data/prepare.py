@@ -19,7 +19,7 @@ from diffusion.config import DataConfig
 from diffusion.data.schema import digits_table
 from diffusion.data.sources import RawDigits, load_sources
 from diffusion.errors import DataError
-from diffusion.styles import style_code
+from diffusion.styles import STYLES, style_code
 
 SPLITS = ("train", "val", "test")
 
@@ -89,9 +89,29 @@ class SplitSummary:
     class_rows: list[dict[str, int]]
 
 
+def check_strata_split(data: Mixed, parts: dict[str, np.ndarray], fractions: dict[str, float]) -> None:
+    """DataError (one line) when a (digit, style) has no row in a split asked for (fraction > 0): a style
+    too small to split (two fonts, one rendering each) would leave its per-style measures, and early
+    stopping on its validation digits, with nothing to read, long after `prepare` said it was done."""
+    codes = strata(data.labels, data.styles)
+    for name, idx in parts.items():
+        if fractions[name] > 0:
+            for stratum in np.setdiff1d(np.unique(codes), codes[idx]):
+                style, digit = STYLES[int(stratum) // 10], int(stratum) % 10
+                have = int((codes == stratum).sum())
+                raise DataError(
+                    f"data.sources: the style {style} has {have} digit(s) {digit}, too few for data.split to"
+                    f" give its {name} split one (fractions {fractions}); add rows of it (more fonts or a"
+                    " larger per_font for printed digits)"
+                )
+
+
 def write_splits(data: Mixed, cfg: DataConfig, out_dir: Path) -> SplitSummary:
-    """Write the three split files into `out_dir` atomically and summarise them."""
-    parts = stratified_split(strata(data.labels, data.styles), cfg.split.model_dump(), cfg.seed)
+    """Write the three split files into `out_dir` atomically and summarise them; DataError, nothing written,
+    when a (digit, style) would have no row in a split (`check_strata_split`)."""
+    fractions = cfg.split.model_dump()
+    parts = stratified_split(strata(data.labels, data.styles), fractions, cfg.seed)
+    check_strata_split(data, parts, fractions)
     metrics: dict[str, int | str] = {
         "source": "+".join(dict.fromkeys(data.sources)),
         "total": int(len(data.labels)),

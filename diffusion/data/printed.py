@@ -8,7 +8,9 @@ then prepared as LeCun et al. (1998) describe MNIST's: the glyph's bounding box 
 (aspect ratio kept, anti-aliased), placed in a 28x28 image so that its centre of mass sits at the centre.
 
 A font that cannot be loaded, lacks a glyph for one of the ten digits, or maps a digit to a glyph named as
-something else (a symbol font), raises DataError naming the file.
+something else (a symbol font), raises DataError naming the file. Every face of a collection (.ttc) is a font
+of its own. A family given twice (matplotlib's DejaVu Sans and a system copy of it) is drawn once, from its
+first file: rows are named by family, and one family is one style of printing.
 Nothing here reads the network or the system's font folders: the default fonts are files inside the
 matplotlib package (DejaVu Sans, Serif and Mono with their bold and oblique cuts, STIX General, Computer
 Modern), so rendering needs no system package. Extra fonts are any TrueType/OpenType files or folders.
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from fontTools.ttLib import TTFont, TTLibError
+from fontTools.ttLib import TTCollection, TTFont, TTLibError
 from PIL import Image, ImageDraw, ImageFont
 
 from diffusion.data.images import BOX, mnist_layout
@@ -47,10 +49,17 @@ class Jitter:
 
 @dataclass(frozen=True)
 class Font:
-    """One font file and the family name each of its rows keeps (e.g. "DejaVu Sans Bold")."""
+    """One font (a file, or face `index` of a .ttc collection) and the family name each of its rows keeps
+    (e.g. "DejaVu Sans Bold")."""
 
     path: Path
     family: str
+    index: int = 0
+
+    @property
+    def slug(self) -> str:
+        """The family as it appears in row ids: lower case, words joined by '-'."""
+        return "-".join(self.family.lower().split())
 
 
 def _digit_glyphs(font: TTFont) -> list[str | None]:
@@ -101,22 +110,36 @@ def _family(font: TTFont) -> str:
     return " ".join(part for part in parts if part and part not in ("Regular", "Book"))
 
 
-def load_font(path: str | Path) -> Font:
-    """A font file whose every digit has a glyph named as a digit; DataError (one line naming the file)
-    otherwise, so a symbol font never becomes training digits labelled 0-9."""
+def load_font(path: str | Path, index: int = 0) -> Font:
+    """A font (face `index` of a collection) whose every digit has a glyph named as a digit; DataError (one
+    line naming the file) otherwise, so a symbol font never becomes training digits labelled 0-9."""
     path = Path(path)
-    return _checked(path, _open(path))
+    return _checked(path, _open(path, index), index)
 
 
-def _open(path: Path) -> TTFont:
-    """The font file, its tables read lazily; DataError naming the file when it is no font."""
+def load_fonts(path: str | Path) -> list[Font]:
+    """Every face of a font file: one for a .ttf or .otf, each of a collection (.ttc), each `load_font`."""
+    path = Path(path)
+    if path.suffix.lower() != ".ttc":
+        return [load_font(path)]
     try:
-        return TTFont(str(path), lazy=True, fontNumber=0)
+        with TTCollection(str(path), lazy=True) as collection:
+            faces = len(collection.fonts)
+    except (TTLibError, OSError, AssertionError) as err:
+        raise DataError(f"{path}: cannot load the font collection ({err}); give a TrueType collection") from None
+    return [load_font(path, i) for i in range(faces)]
+
+
+def _open(path: Path, index: int = 0) -> TTFont:
+    """The font file (face `index` of a collection), its tables read lazily; DataError naming the file
+    when it is no font."""
+    try:
+        return TTFont(str(path), lazy=True, fontNumber=index)
     except (TTLibError, OSError) as err:
         raise DataError(f"{path}: cannot load the font ({err}); give a TrueType or OpenType file") from None
 
 
-def _checked(path: Path, tt: TTFont) -> Font:
+def _checked(path: Path, tt: TTFont, index: int = 0) -> Font:
     """`load_font`'s checks on an open font (its tables are read here, lazily)."""
     try:
         glyphs = _digit_glyphs(tt)
@@ -133,7 +156,7 @@ def _checked(path: Path, tt: TTFont) -> Font:
             f"{path}: the font draws the digit {digit} (U+{ord(digit):04X}) with the glyph {glyph!r}, which is"
             " not a digit (a symbol font?); leave it out"
         )
-    return Font(path, family or path.stem)
+    return Font(path, family or path.stem, index)
 
 
 def default_fonts() -> list[Font]:
@@ -152,19 +175,29 @@ def default_fonts() -> list[Font]:
 
 
 def font_files(paths: Iterable[str | Path]) -> list[Font]:
-    """Fonts from files and folders (a folder: its .ttf, .otf and .ttc files, recursively, sorted)."""
+    """Fonts from files and folders (a folder: its .ttf, .otf and .ttc files, recursively, sorted; every
+    face of a collection)."""
     fonts = []
     for entry in map(Path, paths):
         if entry.is_dir():
             found = sorted(p for p in entry.rglob("*") if p.suffix.lower() in FONT_SUFFIXES)
             if not found:
                 raise DataError(f"{entry}: no font files ({', '.join(FONT_SUFFIXES)}) in this folder")
-            fonts += [load_font(p) for p in found]
+            fonts += [face for p in found for face in load_fonts(p)]
         elif entry.is_file():
-            fonts.append(load_font(entry))
+            fonts += load_fonts(entry)
         else:
             raise DataError(f"{entry}: font file or folder not found")
     return fonts
+
+
+def distinct_families(fonts: Iterable[Font]) -> list[Font]:
+    """`fonts` with each family once (by its `slug`), from its first file: the default faces come first, so a
+    system copy of DejaVu Sans adds nothing, and a file listed twice is drawn once."""
+    seen: dict[str, Font] = {}
+    for font in fonts:
+        seen.setdefault(font.slug, font)
+    return list(seen.values())
 
 
 def render_digit(font: Font, digit: int, rng: np.random.Generator, jitter: Jitter = Jitter()) -> np.ndarray:
@@ -172,7 +205,7 @@ def render_digit(font: Font, digit: int, rng: np.random.Generator, jitter: Jitte
     angle = rng.uniform(-jitter.rotation, jitter.rotation)
     scale = rng.uniform(jitter.min_scale, 1.0)
     stroke = int(rng.integers(0, jitter.stroke + 1))
-    face = ImageFont.truetype(str(font.path), size=CANVAS // 2)
+    face = ImageFont.truetype(str(font.path), size=CANVAS // 2, index=font.index)
     canvas = Image.new("L", (CANVAS, CANVAS), 0)
     ImageDraw.Draw(canvas).text(
         (CANVAS / 2, CANVAS / 2), DIGITS[digit], fill=255, font=face, anchor="mm", stroke_width=stroke,
@@ -183,26 +216,25 @@ def render_digit(font: Font, digit: int, rng: np.random.Generator, jitter: Jitte
 
 
 def render_font_digits(fonts: list[Font], per_font: int, seed: int, jitter: Jitter = Jitter()) -> RawDigits:
-    """`per_font` renderings of each digit in each font: 10 x per_font x len(fonts) rows, labels balanced.
+    """`per_font` renderings of each digit in each font of a distinct family (`distinct_families`): 10 x
+    per_font rows a family, labels balanced.
 
     The rendering of (font i, digit d, copy k) comes from its own generator, seeded by (seed, i, d, k), so
     adding a font or copies leaves the others' images as they were. ids are "font-<family>-<d>-<k>" with the
     family slugged; `details` holds each row's family.
     """
+    fonts = distinct_families(fonts)
     if not fonts:
         raise DataError("fonts: no font to render (give at least one font file or folder)")
     if per_font < 1:
         raise DataError(f"fonts: per_font must be >= 1, got {per_font}")
     images, labels, ids, details = [], [], [], []
     for i, font in enumerate(fonts):
-        slug = "-".join(font.family.lower().split())
         for digit in range(10):
             for k in range(per_font):
                 rng = np.random.default_rng([seed, i, digit, k])
                 images.append(render_digit(font, digit, rng, jitter))
                 labels.append(digit)
-                ids.append(f"font-{slug}-{digit}-{k}")
+                ids.append(f"font-{font.slug}-{digit}-{k}")
                 details.append(font.family)
-    if len(set(ids)) != len(ids):
-        raise DataError("fonts: two fonts share a family name; give each family once")
     return RawDigits(np.stack(images), np.asarray(labels, np.int64), ids, "fonts", details)
