@@ -204,7 +204,7 @@ def test_dvc_repro_whole_pipeline_on_a_tiny_config(tmp_path: Path, npm_cache: Pa
     # A value the evaluate stage refuses: DVC removes the stage's outs before its command fails; the grading,
     # minutes of work, comes back from the DVC cache with the good params.
     graded = (repo / "data/evaluation.json").read_bytes()
-    bad = _merge(params, {"monitor": {"floors": {"cas_ratio": 1.5}}})
+    bad = _merge(params, {"monitor": {"floors": {"conditional_accuracy_published": 1.5}}})
     (repo / "params.yaml").write_text(yaml.safe_dump(bad))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     failed = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)

@@ -63,7 +63,14 @@ def test_counts_are_per_digit_and_style() -> None:
         ({"per_style": {}, "per_class": None}, "generate: per_style: ask for at least one digit"),
         ({"per_style": {"printed": {11: 3}}}, "generate: per_style.printed: class 11 is outside 0-9"),
         ({"per_style": {"printed": 0}}, "generate: per_style.printed must be >= 1"),
-        ({"per_style": {"printed": {3: 0}}}, "generate: per_style: ask for at least one digit"),
+        ({"per_style": {"printed": {3: 0}}}, "generate: per_style.printed: ask for at least one digit"),
+        (
+            {"per_style": {"printed": {3: 0}, "handwritten-uci": 5}},
+            "generate: per_style.printed: ask for at least one digit, or leave the style out",
+        ),
+        ({"per_style": {"printed": 2.5}}, "generate.per_style: 'printed' takes a whole count or a mapping"),
+        ({"per_style": {"printed": {"seven": 5}}}, "generate.per_style: 'printed' takes a whole count"),
+        ({"per_style": {"printed": True}}, "generate.per_style: 'printed' takes a whole count"),
         (
             {"sampler": {"name": "distilled", "steps": 4, "guide": "style"}},
             "generate.sampler: guide: style needs a teacher's sampler",
@@ -118,6 +125,25 @@ def test_exact_counts_per_digit_and_style_are_published(
     bare = (write_page(result.version, result.evaluation, tmp_path / "bare")).read_text()
     assert 'data-style-grid="printed"' in bare and 'id="style-interpolation-status"' in bare
     assert "not drawn: the report was built without the diffusion model" in bare
+    # the headline measures compare a version with real digits of its own styles: real splits of another
+    # style only leave nothing to compare with, said in one line before any measure
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from diffusion.errors import DataError
+    from diffusion.quality.grading import grade_version
+
+    other = {}
+    for split in ("train", "val", "test"):
+        table = pq.read_table(styled_models[split])
+        uci = pa.array([STYLES.index("handwritten-uci")] * len(table), table.schema.field("style").type)
+        other[split] = str(tmp_path / f"uci-{split}.parquet")
+        pq.write_table(table.set_column(table.schema.get_field_index("style"), "style", uci), other[split])
+    elsewhere = grading.model_copy(update={"val_data": other["val"], "test_data": other["test"]})
+    with pytest.raises(DataError, match="no real digits of the style.s. handwritten-mnist, printed"):
+        grade_version(
+            result.version, cfg.name, elsewhere, HardwareConfig(), other["train"], styled_models["classifier"]
+        )
 
 
 def test_a_style_asked_of_a_digits_only_model_stops_before_any_work(
@@ -175,7 +201,8 @@ def test_a_model_trained_on_other_styles_refuses_the_digits_it_never_saw(
     models = {**tiny_models, "model": str(folder)}
     args = (HardwareConfig(), models["model"], models["classifier"], models["train"])
     with pytest.raises(
-        GenerationError, match=r"per_class \(handwritten-mnist\) asks for 0, but .* printed only"
+        GenerationError,
+        match=r"per_class asks for handwritten-mnist digits \(the digit 0 first\), but .* printed only",
     ):
         prepare_run(tiny_generate(models, tmp_path), *args)
     spec = prepare_run(tiny_generate(models, tmp_path, per_class=None, per_style={"printed": 2}), *args)

@@ -12,7 +12,7 @@ import torch
 
 from diffusion.config import ConfigError, SamplerConfig, parse_params
 from diffusion.data.datasets import to_uint8
-from diffusion.model.process import GaussianDiffusion, null_labels, style_dropped
+from diffusion.model.process import GaussianDiffusion, condition_dropped, null_labels
 from diffusion.model.samplers import guided_output, sample
 from diffusion.model.saved import load_diffusion
 from diffusion.model.train import train_diffusion
@@ -64,23 +64,37 @@ def test_style_guidance_guides_the_style_alone() -> None:
         torch.nn.init.normal_(net.conv_out.weight, std=0.1)  # a new U-Net predicts 0 for every label
     x, t = torch.randn(3, 1, 16, 16), torch.tensor([5, 50, 150])
     labels = torch.tensor([[0, 1], [2, 0], [3, 1]])
-    no_style = style_dropped(net, labels)
+    no_style = condition_dropped(net, labels, "style")
     assert torch.equal(no_style, torch.tensor([[0, 2], [2, 2], [3, 2]])) and labels[0, 1] == 1  # a copy
+    no_digit = condition_dropped(net, labels, "digit")
+    assert torch.equal(no_digit, torch.tensor([[4, 1], [4, 0], [4, 1]])) and labels[0, 0] == 0
     with torch.no_grad():
-        cond, digit_only, neither = (
+        cond, digit_only, style_only, neither = (
             net(x, t, labels),
             net(x, t, no_style),
+            net(x, t, no_digit),
             net(x, t, null_labels(net, labels)),
         )
         styled = guided_output(net, x, t, labels, 2.5, unguided=no_style)
+        digited = guided_output(net, x, t, labels, 2.5, unguided=no_digit)
         joint = guided_output(net, x, t, labels, 2.5)
     torch.testing.assert_close(styled, digit_only + 2.5 * (cond - digit_only), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(digited, style_only + 2.5 * (cond - style_only), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(joint, neither + 2.5 * (cond - neither), rtol=1e-4, atol=1e-5)
     assert (styled - joint).abs().max() > 1e-3 and (digit_only - neither).abs().max() > 1e-3  # not all alike
     cfg = SamplerConfig(name="ddim", steps=3, guidance=2.0, guide="style")
     process = GaussianDiffusion(_config(1).process)
     drawn = sample(net, process, labels, cfg, torch.Generator().manual_seed(0), "cpu")
     assert drawn.shape == (3, 1, 16, 16) and torch.isfinite(drawn).all()
+    on_digit = sample(
+        net,
+        process,
+        labels,
+        cfg.model_copy(update={"guide": "digit"}),
+        torch.Generator().manual_seed(0),
+        "cpu",
+    )
+    assert on_digit.shape == drawn.shape and not torch.equal(on_digit, drawn)
     with pytest.raises(ValueError, match="guide 'style' needs a model of digit and style"):
         sample(net, process, labels[:, 0], cfg, torch.Generator().manual_seed(0), "cpu")
     # the report's "how these digits were drawn" of such a version: every digit in one style
@@ -101,7 +115,7 @@ def test_style_guidance_guides_the_style_alone() -> None:
         _guide({"guidance": 1.5}) == _guide({"guide": "style", "guidance": 1.0}) == ""
     )  # joint; no guidance
     assert "guide" not in SamplerConfig().model_dump() and cfg.model_dump()["guide"] == "style"
-    with pytest.raises(ConfigError, match="sampler.guide: style guides a requested style"):
+    with pytest.raises(ConfigError, match="sampler.guide: style guides a condition of a requested style"):
         parse_params({"diffusion": {"sampler": {"guide": "style"}}})
 
 

@@ -123,6 +123,24 @@ class GenerateConfig(Section):
             raise ValueError("per_class must be a whole count or a mapping digit -> count")
         return raw
 
+    @field_validator("per_style", mode="before")
+    @classmethod
+    def _per_style_is_counts(cls, raw: object) -> object:
+        """Each style's value a whole count or a mapping digit -> whole count, named in one line (pydantic's
+        union errors would name its `int` branch instead of the key)."""
+        if not isinstance(raw, dict):
+            return raw
+        for style, counts in raw.items():
+            values = counts.values() if isinstance(counts, dict) else [counts]
+            keys = counts.keys() if isinstance(counts, dict) else []
+            if any(isinstance(n, bool) or not isinstance(n, int) for n in values) or any(
+                isinstance(d, bool) or not isinstance(d, int) for d in keys
+            ):
+                raise ValueError(
+                    f"{style!r} takes a whole count or a mapping digit (0-9) -> whole count, got {counts!r}"
+                )
+        return raw
+
     @model_validator(mode="after")
     def _counts(self) -> GenerateConfig:
         if self.task_size % self.seed_block:
@@ -140,6 +158,8 @@ class GenerateConfig(Section):
                         f"per_style: unknown style {style!r}; the styles are {', '.join(STYLES)}"
                     )
                 _check_digit_counts(counts, f"per_style.{style}")
+                if isinstance(counts, dict) and not any(counts.values()):
+                    raise ValueError(f"per_style.{style}: ask for at least one digit, or leave the style out")
         elif self.per_class is None:
             raise ValueError("per_class: give a count (or per_class: null and per_style)")
         else:

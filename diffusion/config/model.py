@@ -67,17 +67,18 @@ class SamplerConfig(Section):
     steps: int = Field(20, ge=1)  # network calls (x2 with guidance); ignored by ddpm, which walks all T steps
     guidance: float = Field(3.0, ge=0.0)  # eps = eps_uncond + w * (eps_cond - eps_uncond)
     eta: float = Field(0.0, ge=0.0, le=1.0)  # ddim only: 0 deterministic, 1 ancestral
-    # what eps_uncond drops: every condition (joint guidance), or, for a model of digit and style, the style
-    # alone: eps(c, ∅) + w (eps(c, s) - eps(c, ∅)) sharpens the style and leaves the digit unguided
-    guide: Literal["all", "style"] = "all"
+    # what eps_uncond drops: every condition (joint guidance), or, for a model of digit and style, one of
+    # them: style: eps(c, ∅) + w (eps(c, s) - eps(c, ∅)) sharpens the style and leaves the digit unguided;
+    # digit: eps(∅, s) + w (eps(c, s) - eps(∅, s)) sharpens the digit and leaves the style unguided
+    guide: Literal["all", "style", "digit"] = "all"
 
     @model_validator(mode="after")
     def _guide_needs_a_teacher(self) -> SamplerConfig:
         if self.eta != 0.0 and self.name != "ddim":  # read by nothing else, yet part of a run's key
             raise ValueError(f"eta: only ddim reads eta, and the sampler is {self.name}; leave eta at 0")
-        if self.guide == "style" and self.name == "distilled":
+        if self.guide != "all" and self.name == "distilled":
             raise ValueError(
-                "guide: style needs a teacher's sampler; students are distilled with joint guidance"
+                f"guide: {self.guide} needs a teacher's sampler; students are distilled with joint guidance"
             )
         return self
 
@@ -132,8 +133,8 @@ class DiffusionConfig(Section):
             )
         if self.sampler.guide != "all":
             raise ValueError(
-                "sampler.guide: style guides a requested style, and evaluate_diffusion asks for digits of any"
-                " style; set it in generate.sampler"
+                f"sampler.guide: {self.sampler.guide} guides a condition of a requested style, and"
+                " evaluate_diffusion asks for digits of any style; set it in generate.sampler"
             )
         if self.sampler.steps > self.process.timesteps:
             raise ValueError(

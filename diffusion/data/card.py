@@ -168,7 +168,8 @@ def _rate(manifest: dict[str, Any], key: str) -> str:
 def _guide(sampler: dict[str, Any]) -> str:
     """What the guidance acted on, when not every condition (`SamplerConfig.guide`; absent: joint; at w = 1
     no guidance acts at all)."""
-    return " on the style alone" if sampler.get("guide") == "style" and sampler.get("guidance") != 1 else ""
+    guide = sampler.get("guide")
+    return f" on the {guide} alone" if guide in ("style", "digit") and sampler.get("guidance") != 1 else ""
 
 
 def _rev(manifest: dict[str, Any]) -> str:

@@ -71,10 +71,10 @@ def check_run_inputs(
         "classifier": _weights(classifier_dir, "model.safetensors"),
     }
     trained = _check_styles(cfg, diffusion, model_dir)
-    if cfg.sampler.guide == "style" and not diffusion["config"].get("unet", {}).get("num_styles"):
+    if cfg.sampler.guide != "all" and not diffusion["config"].get("unet", {}).get("num_styles"):
         raise GenerationError(
-            f"generate.sampler.guide is style, but the model {model_dir} takes digits only (trained on"
-            f" {', '.join(trained)}): it has no style to guide; use guide: all"
+            f"generate.sampler.guide is {cfg.sampler.guide}, but the model {model_dir} takes digits only"
+            f" (trained on {', '.join(trained)}): it has no second condition to leave unguided; use guide: all"
         )
     steps = student_steps(cfg.sampler)
     if steps is not None:
@@ -154,7 +154,7 @@ def _check_styles(cfg: GenerateConfig, diffusion: dict[str, Any], model_dir: str
         asked = (
             f"generate.per_style asks for {cell_name(unseen[0])}"
             if cfg.per_style is not None
-            else f"generate.per_class ({STYLES[0]}) asks for {cell_digit(unseen[0])}"
+            else f"generate.per_class asks for {STYLES[0]} digits (the digit {cell_digit(unseen[0])} first)"
         )
         raise GenerationError(
             f"{asked}, but the model {model_dir} was trained on {', '.join(trained)} only:"

@@ -46,13 +46,17 @@ def null_labels(model: Denoiser, labels: Tensor) -> Tensor:
     return torch.tensor([model.null_class, model.null_style], device=labels.device).expand_as(labels)
 
 
-def style_dropped(model: Denoiser, labels: Tensor) -> Tensor:
-    """(B, 2) rows of (digit, style) with the style dropped: rows of (digit, null_style). Raises ValueError
-    for digits alone (B,), which hold no style to drop."""
+def condition_dropped(model: Denoiser, labels: Tensor, guide: str) -> Tensor:
+    """(B, 2) rows of (digit, style) with the condition that `guide` names dropped: "style" -> rows of
+    (digit, null_style), "digit" -> rows of (null_class, style). Raises ValueError for digits alone (B,),
+    which hold no second condition to keep."""
     if labels.ndim != 2 or model.null_style is None:
-        raise ValueError("guide 'style' needs a model of digit and style and (B, 2) labels")
+        raise ValueError(f"guide {guide!r} needs a model of digit and style and (B, 2) labels")
     dropped = labels.clone()
-    dropped[:, 1] = model.null_style
+    if guide == "style":
+        dropped[:, 1] = model.null_style
+    else:
+        dropped[:, 0] = model.null_class
     return dropped
 
 

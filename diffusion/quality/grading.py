@@ -25,7 +25,9 @@ from pydantic import BaseModel, ConfigDict
 
 from diffusion.config import EvaluateConfig, HardwareConfig, MonitorConfig
 from diffusion.data.shards import PublishedVersion
+from diffusion.errors import DataError
 from diffusion.quality.monitor import check
+from diffusion.styles import STYLES
 
 
 class Grading(BaseModel):
@@ -52,7 +54,6 @@ class Grading(BaseModel):
 
         from diffusion.checkpoint import read_checkpoint_config
         from diffusion.data.datasets import load_arrays
-        from diffusion.errors import DataError
 
         for what, path, stage in (
             ("evaluator", self.evaluator, "train_evaluator"),
@@ -101,7 +102,9 @@ def grade_version(
     Loads the evaluator, the filtering classifier (`classifier`, its folder) and the real train, val and
     test splits once; runs on `hardware.device` in batches of `hardware.network_batch`. What is graded is
     what was published: each file of the version is read once and checked against its manifest's sha256 on
-    the bytes read (DataError naming a missing or changed file, before any measure).
+    the bytes read (DataError naming a missing or changed file, before any measure). The headline measures
+    compare it with the real digits of the styles it holds (DataError when a split has none); the style
+    judge of `per_style` learns every real style.
     """
     from diffusion.data.datasets import DigitsDataset, published_dataset
     from diffusion.judges.classifier import load_classifier
@@ -111,15 +114,21 @@ def grade_version(
 
     device = hardware.device
     published, raw = published_dataset(version), published_dataset(version, "unfiltered")
-    train, val, test = (DigitsDataset(p) for p in (train_data, grading.val_data, grading.test_data))
+    real = [Styled.of(DigitsDataset(p)) for p in (train_data, grading.val_data, grading.test_data)]
+    # the headline measures compare the version with real digits of the styles it holds (a version of
+    # MNIST-style digits against MNIST's, not against printed ones too); the style judge learns every style
+    styles = published.styles.unique()
+    references = [split.of_styles(styles) for split in real]
+    for path, split in zip((train_data, grading.val_data, grading.test_data), references, strict=True):
+        if len(split.labels) == 0:
+            names = ", ".join(STYLES[int(c)] for c in styles)
+            raise DataError(f"{path}: no real digits of the style(s) {names} that {version.path} holds")
     evaluator = load_evaluator(grading.evaluator, device)
     result = evaluate_version(
         version,
         published,
         raw,
-        train,
-        val,
-        test,
+        *references,
         evaluator,
         load_classifier(classifier, device),
         grading.evaluate,
@@ -128,7 +137,7 @@ def grade_version(
     )
     per_style = grade_styles(
         Styled.of(published),
-        *(Styled.of(d) for d in (train, val, test)),
+        *real,
         evaluator,
         grading.evaluate,
         device,

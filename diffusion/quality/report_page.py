@@ -164,9 +164,10 @@ def _drawing(version: PublishedVersion, model: _Model | None) -> tuple[_Model, S
 
 
 def _style_of(version: PublishedVersion, drawing: tuple[_Model, SamplerConfig, int] | str) -> int | None:
-    """The style code the trajectory's digits are drawn in: for a version guided on the style (`guide: style`
-    needs one), the style of its first requested (digit, style) cell; None (any style, as before) otherwise."""
-    if isinstance(drawing, str) or drawing[1].guide != "style" or drawing[0].network.null_style is None:
+    """The style code the trajectory's digits are drawn in: for a version guided on one condition (`guide:
+    style` or `digit` needs a style), the style of its first requested (digit, style) cell; None (any style,
+    as before) otherwise."""
+    if isinstance(drawing, str) or drawing[1].guide == "all" or drawing[0].network.null_style is None:
         return None
     cells = sorted(int(c) for c in version.manifest.get("counts", {}))
     return cell_style(cells[0]) if cells else STYLES.index(manifest_styles(version.manifest)[0])

@@ -52,7 +52,11 @@ class Styled:
         return cls(data.images, data.labels, data.styles)
 
     def of_style(self, code: int) -> Styled:
-        keep = self.styles == code
+        return self.of_styles(torch.tensor([code]))
+
+    def of_styles(self, codes: Tensor) -> Styled:
+        """The rows whose style is one of `codes` (int64 (K,))."""
+        keep = torch.isin(self.styles, codes)
         return Styled(self.images[keep], self.labels[keep], self.styles[keep])
 
     def by_style(self) -> Styled:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from diffusion.config import SamplerConfig
-from diffusion.model.process import Denoiser, GaussianDiffusion, style_dropped
+from diffusion.model.process import Denoiser, GaussianDiffusion, condition_dropped
 from diffusion.model.samplers.batching import Generators, NetworkBatches, StepCallback
 from diffusion.model.samplers.ddim import ddim_sample
 from diffusion.model.samplers.ddpm import ddpm_sample
@@ -106,9 +106,10 @@ def _run(
     callback: StepCallback | None = None,
 ) -> Tensor:
     """The sampler `cfg.name`: x_T (B,C,H,W), labels (B,) -> x_0 (B,C,H,W); noise generators on their device.
-    `cfg.guide` "style" guides along the style alone (`guided_output`): it needs (B, 2) labels of a model of
-    digit and style (else ValueError), and the config keeps it from students."""
-    unguided = style_dropped(model, y_chunk) if cfg.guide == "style" else None  # once, not per step
+    `cfg.guide` "style" or "digit" guides along that condition alone (`guided_output`): it needs (B, 2)
+    labels of a model of digit and style (else ValueError), and the config keeps it from students."""
+    # once, not per step: the unguided half's labels
+    unguided = condition_dropped(model, y_chunk, cfg.guide) if cfg.guide != "all" else None
     if cfg.name == "ddpm":
         return ddpm_sample(
             model, process, x_chunk, y_chunk, cfg.guidance, noise, callback=callback, unguided=unguided

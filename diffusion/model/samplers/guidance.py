@@ -23,8 +23,9 @@ def guided_output(
     alone (the compositional eps(∅,∅) + w_c (eps(c,∅) - eps(∅,∅)) + w_s (eps(∅,s) - eps(∅,∅)) of Liu et al.
     2022 costs 3B), and a distilled student's single w input stays one number. `unguided`: the labels of
     out_uncond instead of every condition dropped (`null_labels`); rows of (digit, null style)
-    (`process.style_dropped`, `SamplerConfig.guide: style`) give eps(c,∅) + w (eps(c,s) - eps(c,∅)), the
-    same 2B images: guidance along the style alone, the digit left as the conditional model draws it.
+    (`process.condition_dropped`, `SamplerConfig.guide: style`) give eps(c,∅) + w (eps(c,s) - eps(c,∅)), the
+    same 2B images: guidance along the style alone, the digit left as the conditional model draws it; rows
+    of (null digit, style) (`guide: digit`) give eps(∅,s) + w (eps(c,s) - eps(∅,s)), along the digit alone.
 
     This is the guided eps, eps_uncond + w (eps_cond - eps_uncond), written in the network's own
     parameterisation: for v-prediction eps = sqrt(ab) v + sqrt(1 - ab) x_t is affine in v with the same
