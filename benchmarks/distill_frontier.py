@@ -202,8 +202,9 @@ def smoke(args: argparse.Namespace, work: Path) -> None:
     distill_tiny_student(paths, work / "student", work / "resume")
     args.teacher, args.student, args.evaluator = paths["model"], str(work / "student"), paths["evaluator"]
     args.prepared, args.count, args.seeds = str(Path(paths["train"]).parent), 40, [0]
-    args.teacher_steps, args.student_steps = [2], [2, 1]
-    args.guidance = 1.5  # guided: the teacher's evaluations double, the students' do not
+    args.teacher_steps, args.student_steps = [2], args.student_steps or [2, 1]
+    if args.guidance is None:
+        args.guidance = 1.5  # guided: the teacher's evaluations double, the students' do not
     args.params = work / "params.yaml"
     args.params.write_text(
         "evaluate:\n  cas: " + str({**SMOKE_CAS, "seeds": [0]}).replace("'", "") + "\n"

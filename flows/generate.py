@@ -253,9 +253,8 @@ def generate_dataset(
     result = GenerationResult(version, metrics, classes, tasks, doc)
     report_error: Exception | None = None
     try:
-        # `model`, the diffusion checkpoint the page draws from (spec.model_dir is the student's when the
-        # distilled sampler drew the digits)
-        _grading_artifact(doc, out, report(version, root, name, out, model, spec.hardware.device))
+        # the page draws from the folder that drew the digits: the student's for the distilled sampler
+        _grading_artifact(doc, out, report(version, root, name, out, spec.model_dir, spec.hardware.device))
     except Exception as err:  # a failed report never hides the verdict: the alert wins, this is its context
         if not doc.get("flagged"):
             raise

@@ -36,6 +36,16 @@ def test_generation_with_the_distilled_sampler_publishes_exact_counts(
     assert {row["class"]: row["accepted"] for row in result.classes if row["requested"]} == {0: 5, 3: 2, 9: 1}
     manifest = result.version.manifest
     assert manifest["params"]["sampler"] == {"name": "distilled", "steps": 2, "guidance": 1.5, "eta": 0.0}
+    # the page's "how these digits were drawn": the student the manifest names draws it (without --model, or
+    # given as --model); the teacher did not draw this version
+    from diffusion.quality.report import build_reports
+
+    for model, drawn in ((None, True), (student, True), (tiny_models["model"], False)):
+        out = tmp_path / f"reports-{drawn}-{model is None}"
+        build_reports(cfg.output_root, cfg.name, str(out), version=result.version.path, model=model)
+        page = (out / result.version.version / "index.html").read_text()
+        assert ('id="trajectory"' in page) is drawn, model
+        assert (out / result.version.version / "trajectory.png").is_file() is drawn
 
 
 @pytest.mark.parametrize(

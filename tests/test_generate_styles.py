@@ -124,7 +124,7 @@ def test_exact_counts_per_digit_and_style_are_published(
     # built without the model: the grids, and a line saying why there is no interpolation
     bare = (write_page(result.version, result.evaluation, tmp_path / "bare")).read_text()
     assert 'data-style-grid="printed"' in bare and 'id="style-interpolation-status"' in bare
-    assert "not drawn: the report was built without the diffusion model" in bare
+    assert "not drawn: the report was built without the network that drew" in bare
     # the headline measures compare a version with real digits of its own styles: real splits of another
     # style only leave nothing to compare with, said in one line before any measure
     import pyarrow as pa

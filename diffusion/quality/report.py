@@ -202,9 +202,9 @@ def build_reports(
     page is (re)written; then only it, and any version without a page yet, get one. Without either, every
     version's page is rewritten. `evaluation`: that version's evaluation document, written to
     `out/<version>/evaluation.json` first; otherwise each page and the index read the document already
-    there, if any ("not evaluated" without). `model`: a diffusion checkpoint folder for "how these digits
-    were drawn" (drawn only for versions that model drew), loaded once on `device`; None: the folder each
-    version's manifest names, where it is here unchanged (`page_models`). Last, the pages of
+    there, if any ("not evaluated" without). `model`: a diffusion model's or a student's folder for "how
+    these digits were drawn" (drawn only for versions that network drew), loaded once on `device`; None: the
+    folder each version's manifest names, where it is here unchanged (`page_models`). Last, the pages of
     versions no longer published are removed (`remove_stale_pages`).
 
     Raises DataError when there is no version, the version is not published or lies under another root, the

@@ -23,7 +23,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import ValidationError
 
-from diffusion.checkpoint import file_sha256, write_bytes_atomic
+from diffusion.checkpoint import CheckpointError, file_sha256, read_checkpoint_config, write_bytes_atomic
 from diffusion.config import SamplerConfig
 from diffusion.data.shards import PublishedVersion
 from diffusion.errors import DataError, DigitsError
@@ -86,8 +86,8 @@ def _acceptance(counts: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class _Model:
-    """A loaded diffusion model for the trajectories, and the checksum of its EMA weights (what manifests
-    record as model.sha256)."""
+    """A loaded network for the trajectories (a diffusion model, or a student at one step count), and the
+    checksum of the weights file it was loaded from (what manifests record as model.sha256)."""
 
     network: Any
     process: Any
@@ -95,49 +95,94 @@ class _Model:
     device: Any
 
 
-def load_model(folder: str | Path, device: str = "cpu", sha256: str | None = None) -> _Model:
-    """The diffusion model of a `save_diffusion` folder (EMA weights) on `device`, for `build_reports`.
-    `sha256`: its EMA weights' checksum when the caller has just computed it (else it is computed here)."""
+def drawn_steps(version: PublishedVersion) -> int | None:
+    """The student's step count when the version was drawn by the `distilled` sampler, else None."""
+    sampler = version.manifest.get("params", {}).get("sampler") or {}
+    steps = sampler.get("steps")
+    return steps if sampler.get("name") == "distilled" and isinstance(steps, int) else None
+
+
+def is_student(folder: str | Path) -> bool:
+    """Whether `folder` is a distilled student's (`digits distill-diffusion`), not a diffusion model's."""
+    from diffusion.model.student import KIND
+
+    try:
+        read_checkpoint_config(folder, KIND)
+    except DigitsError:
+        return False
+    return True
+
+
+def weights_file(folder: str | Path, steps: int | None) -> Path:
+    """The weights a version drawn at `steps` (None: by the teacher) was drawn from in `folder`."""
+    from diffusion.model.student import weights_name
+
+    return Path(folder) / (weights_name(steps) if steps is not None else "ema.safetensors")
+
+
+def load_model(
+    folder: str | Path, device: str = "cpu", sha256: str | None = None, steps: int | None = None
+) -> _Model:
+    """The network of a `save_diffusion` folder (EMA weights), or of a student folder at `steps` (the
+    version's; None draws nothing from a student: CheckpointError), on `device`, for `build_reports`.
+    `sha256`: its weights file's checksum when the caller has just computed it (else it is computed here)."""
     from diffusion.device import resolve_device
     from diffusion.model.saved import load_diffusion
+    from diffusion.model.student import load_student
 
     resolved = resolve_device(device, "hardware.device")
-    network, process = load_diffusion(folder, resolved)
-    return _Model(network, process, sha256 or file_sha256(Path(folder) / "ema.safetensors"), resolved)
+    if is_student(folder):
+        if steps is None:
+            raise CheckpointError(f"{folder}: a student draws only versions of the distilled sampler")
+        network, process = load_student(folder, steps, resolved)
+    else:
+        network, process = load_diffusion(folder, resolved)
+        steps = None
+    sha256 = sha256 or file_sha256(weights_file(folder, steps))
+    return _Model(network, process, sha256, resolved)
 
 
 def page_models(
     versions: list[PublishedVersion], folder: str | Path | None, device: str = "cpu"
 ) -> dict[str, _Model | None]:
-    """The model each version's page draws "how these digits were drawn" with, by version name.
+    """The network each version's page draws "how these digits were drawn" with, by version name.
 
-    `folder` given: that model (`load_model`) for every version; `_drawing` still refuses it for a version
-    another model drew. None: the folder each version's manifest names (`model.path`, as `digits generate`
-    recorded it), where it is a folder here whose EMA weights have the checksum the manifest records; each
-    such folder loaded once. Otherwise None for that version (its page says why nothing is drawn)."""
-    if folder is not None:
-        given = load_model(folder, device) if versions else None
-        return {v.version: given for v in versions}
-    checksums: dict[str, str] = {}
-    loaded: dict[str, _Model | None] = {}
+    `folder` given (a diffusion model or a student): that folder for every version, a student at each
+    version's step count (`load_model`); `_drawing` still refuses it for a version another network drew.
+    None: the folder each version's manifest names (`model.path`, as `digits generate` recorded it: the
+    student's for the distilled sampler), where it is a folder here whose weights have the checksum the
+    manifest records; each folder and step count loaded once. Otherwise None for that version (its page
+    says why nothing is drawn)."""
+    checksums: dict[Path, str] = {}
+    loaded: dict[tuple[str, int | None], _Model | None] = {}
     models: dict[str, _Model | None] = {}
     for v in versions:
+        steps = drawn_steps(v)
+        if folder is not None:
+            key = (str(folder), steps if is_student(folder) else None)
+            if key not in loaded:
+                try:
+                    loaded[key] = load_model(folder, device, steps=steps)
+                except CheckpointError:  # a student given for a version the teacher drew: nothing drawn
+                    loaded[key] = None
+            models[v.version] = loaded[key]
+            continue
         recorded = v.manifest.get("model", {})
         path, expected = recorded.get("path"), recorded.get("sha256")
-        weights = Path(path) / "ema.safetensors" if isinstance(path, str) and "://" not in path else None
+        weights = weights_file(path, steps) if isinstance(path, str) and "://" not in path else None
         models[v.version] = None
         if weights is None or not expected or not weights.is_file():
             continue
-        if path not in checksums:
-            checksums[path] = file_sha256(weights)
-        if checksums[path] != expected:  # retrained since: that folder did not draw this version
+        if weights not in checksums:
+            checksums[weights] = file_sha256(weights)
+        if checksums[weights] != expected:  # retrained since: that folder did not draw this version
             continue
-        if path not in loaded:
+        if (path, steps) not in loaded:
             try:
-                loaded[path] = load_model(path, device, checksums[path])  # hashed once, above
-            except DigitsError:  # a folder that is no diffusion checkpoint (any more): nothing drawn
-                loaded[path] = None
-        models[v.version] = loaded[path]
+                loaded[path, steps] = load_model(path, device, checksums[weights], steps)  # hashed above
+            except DigitsError:  # a folder that is no checkpoint (any more): nothing drawn
+                loaded[path, steps] = None
+        models[v.version] = loaded[path, steps]
     return models
 
 
@@ -145,8 +190,8 @@ def _drawing(version: PublishedVersion, model: _Model | None) -> tuple[_Model, S
     """(the model, the version's sampler, its seed) for a fresh draw like the version's, or why not."""
     if model is None:
         return (
-            "not drawn: the report was built without the diffusion model (`digits report --model` the folder"
-            " that drew this version)"
+            "not drawn: the report was built without the network that drew this version (`digits report"
+            " --model` its diffusion model's folder, or its student's for the distilled sampler)"
         )
     manifest = version.manifest
     expected = manifest.get("model", {}).get("sha256")

@@ -160,7 +160,7 @@ def test_without_model_the_folder_the_manifest_names_draws_the_trajectory(
     assert 'id="trajectory"' in page and (out / kept.version / "trajectory.png").is_file()
     for version in (stale, gone):
         status = text_of((out / version.version / "index.html").read_text(), "id", "trajectory-status")
-        assert status.startswith("not drawn: the report was built without the diffusion model")
+        assert status.startswith("not drawn: the report was built without the network that drew")
         assert not (out / version.version / "trajectory.png").exists()
 
 
