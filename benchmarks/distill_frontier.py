@@ -109,18 +109,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     device = torch.device(params.hardware.device)
     guidance = args.guidance if args.guidance is not None else params.generate.sampler.guidance
+    student_steps = args.student_steps or student_config(args.student)["steps"]
+    teacher_sha256 = file_sha256(Path(args.teacher) / "ema.safetensors")
+    # before any loading, the checks `digits generate` makes: steps, guidance range, this teacher's student
+    for n in student_steps:
+        check_student(args.student, n, guidance, teacher_sha256, "--student-steps / --guidance")
     prepared = Path(args.prepared)
     real = {split: DigitsDataset(prepared / f"{split}.parquet") for split in ("train", "val", "test")}
     evaluator = load_evaluator(args.evaluator, device).eval()
     teacher, process = load_diffusion(args.teacher, device)
     rows = []
     samplers = [SamplerConfig(name="dpm-solver++", steps=n, guidance=guidance) for n in args.teacher_steps]
-    student_steps = args.student_steps or student_config(args.student)["steps"]
-    teacher_sha256 = file_sha256(Path(args.teacher) / "ema.safetensors")
-    for (
-        n
-    ) in student_steps:  # the checks `digits generate` makes: steps, guidance range, this teacher's student
-        check_student(args.student, n, guidance, teacher_sha256, "--student-steps / --guidance")
     samplers += [SamplerConfig(name="distilled", steps=n, guidance=guidance) for n in student_steps]
     for sampler in samplers:
         model = (

@@ -174,6 +174,7 @@ def test_dvc_repro_whole_pipeline_on_a_tiny_config(tmp_path: Path, npm_cache: Pa
     assert "conditional_accuracy_published" in {f["metric"] for f in document["flags"]}
     report = repo / "reports" / "synthetic-digits" / evaluated["version"] / "index.html"
     assert 'id="cas_ratio"' in report.read_text() and (repo / "reports/synthetic-digits/index.html").is_file()
+    assert (report.parent / "trajectory.png").is_file()  # drawn by the folder the manifest names
     generated = json.loads((repo / "metrics/generate.json").read_text())
     assert generated["requested"] == generated["accepted"] == 20
     (version,) = (repo / "data/generated/synthetic-digits").iterdir()

@@ -51,6 +51,14 @@ def test_counts_are_per_digit_and_style() -> None:
     assert GenerateConfig(per_class={3: 4}).counts() == {3: 4}  # handwritten-mnist: the digits themselves
 
 
+def test_a_per_style_mapping_survives_a_json_round_trip() -> None:
+    """What `--output-root` and a served deployment do with the params: dump to JSON (digit keys become
+    strings) and validate again."""
+    params = parse_params({"generate": {"per_class": None, "per_style": PER_STYLE}})
+    again = parse_params(json.loads(json.dumps(params.model_dump(mode="json"))))
+    assert again.generate.counts() == params.generate.counts()
+
+
 @pytest.mark.parametrize(
     ("generate", "expected"),
     [

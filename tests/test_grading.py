@@ -335,6 +335,14 @@ def test_the_label_audit_of_a_single_class_version_flags_nothing() -> None:
     assert label_issues(np.full(5, 3), probs).tolist() == [False] * 5
 
 
+def test_a_flagged_old_flat_document_is_one_alert_line() -> None:
+    from diffusion.errors import QualityAlert
+    from diffusion.quality.monitor import raise_if_flagged
+
+    with pytest.raises(QualityAlert, match="flagged: no bound recorded"):
+        raise_if_flagged({"flagged": 1, "cas_ratio": 0.5, "version": "v0"})
+
+
 def test_only_a_grading_can_be_reported_as_one_and_a_flat_flag_still_counts(tmp_path: Path, capsys) -> None:
     from diffusion.cli import main
     from diffusion.data.evaluations import is_flagged, write_document

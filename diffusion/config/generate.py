@@ -133,8 +133,10 @@ class GenerateConfig(Section):
         for style, counts in raw.items():
             values = counts.values() if isinstance(counts, dict) else [counts]
             keys = counts.keys() if isinstance(counts, dict) else []
+            # a digit key may come back from JSON as a string ("3": a params dump handed to a flow run)
             if any(isinstance(n, bool) or not isinstance(n, int) for n in values) or any(
-                isinstance(d, bool) or not isinstance(d, int) for d in keys
+                isinstance(d, bool) or not (isinstance(d, int) or (isinstance(d, str) and d.isdigit()))
+                for d in keys
             ):
                 raise ValueError(
                     f"{style!r} takes a whole count or a mapping digit (0-9) -> whole count, got {counts!r}"

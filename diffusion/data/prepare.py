@@ -101,8 +101,8 @@ def check_strata_split(data: Mixed, parts: dict[str, np.ndarray], fractions: dic
                 have = int((codes == stratum).sum())
                 raise DataError(
                     f"data.sources: the style {style} has {have} digit(s) {digit}, too few for data.split to"
-                    f" give its {name} split one (fractions {fractions}); add rows of it (more fonts or a"
-                    " larger per_font for printed digits)"
+                    f" give its {name} split one (fractions {fractions}); add rows of it (for printed digits:"
+                    " more fonts or a larger per_font)"
                 )
 
 

@@ -5,7 +5,8 @@
 
 Each digit is drawn white on black at a large size, with a seeded small rotation, scale and stroke width,
 then prepared as LeCun et al. (1998) describe MNIST's: the glyph's bounding box fitted into a 20x20 box
-(aspect ratio kept, anti-aliased), placed in a 28x28 image so that its centre of mass sits at the centre.
+(aspect ratio kept, anti-aliased), placed in a 28x28 image so that its centre of mass sits at pixel (14, 14),
+where MNIST's digits have theirs.
 
 A font that cannot be loaded, lacks a glyph for one of the ten digits, or maps a digit to a glyph named as
 something else (a symbol font), raises DataError naming the file. Every face of a collection (.ttc) is a font

@@ -55,8 +55,10 @@ def condition_dropped(model: Denoiser, labels: Tensor, guide: str) -> Tensor:
     dropped = labels.clone()
     if guide == "style":
         dropped[:, 1] = model.null_style
-    else:
+    elif guide == "digit":
         dropped[:, 0] = model.null_class
+    else:
+        raise ValueError(f"guide {guide!r}: expected 'style' or 'digit' (joint guidance drops both)")
     return dropped
 
 

@@ -51,7 +51,7 @@ def fingerprint(*tensors: Tensor | None) -> str:
     for tensor in tensors:
         if tensor is not None:
             digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            digest.update(memoryview(tensor.detach().cpu().contiguous().numpy()).cast("B"))  # no copy
     return digest.hexdigest()
 
 

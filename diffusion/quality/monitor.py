@@ -50,12 +50,13 @@ def check(metrics: dict[str, float], monitor: MonitorConfig) -> list[Flag]:
 
 def raise_if_flagged(doc: dict[str, Any]) -> None:
     """Raise QualityAlert (one line: the version and every broken bound) when the document is flagged."""
-    if doc.get("flagged"):
+    if doc.get("flagged") or doc.get("flags"):
         flags = [
             Flag(**{**f, "value": math.nan if f["value"] is None else f["value"]})
             for f in doc.get("flags") or []
         ]
         broken = "; ".join(f.describe() for f in flags) or "no bound recorded (an old flat document)"
         raise QualityAlert(
-            f"{doc['name']} {doc['version']} flagged: {broken} (monitor section of params.yaml)"
+            f"{doc.get('name', 'the version')} {doc.get('version', '')} flagged: {broken} (monitor section of"
+            " params.yaml)"
         )

@@ -153,18 +153,17 @@ def page_models(
     student's for the distilled sampler), where it is a folder here whose weights have the checksum the
     manifest records; each folder and step count loaded once. Otherwise None for that version (its page
     says why nothing is drawn)."""
+    student = folder is not None and is_student(folder)
     checksums: dict[Path, str] = {}
     loaded: dict[tuple[str, int | None], _Model | None] = {}
     models: dict[str, _Model | None] = {}
     for v in versions:
         steps = drawn_steps(v)
         if folder is not None:
-            key = (str(folder), steps if is_student(folder) else None)
-            if key not in loaded:
-                try:
-                    loaded[key] = load_model(folder, device, steps=steps)
-                except CheckpointError:  # a student given for a version the teacher drew: nothing drawn
-                    loaded[key] = None
+            key = (str(folder), steps if student else None)
+            if key not in loaded:  # a student given for a version the teacher drew draws nothing
+                drew = not (student and steps is None)
+                loaded[key] = load_model(folder, device, steps=steps) if drew else None
             models[v.version] = loaded[key]
             continue
         recorded = v.manifest.get("model", {})
@@ -201,8 +200,11 @@ def _drawing(version: PublishedVersion, model: _Model | None) -> tuple[_Model, S
             f"(sha256 {expected[:12]})"
         )
     params = manifest.get("params", {})
+    sampler = dict(params.get("sampler") or {})
+    if sampler.get("name") != "ddim":  # read by ddim alone; older manifests may record it for any sampler
+        sampler.pop("eta", None)
     try:
-        cfg = SamplerConfig.model_validate(params.get("sampler") or {})
+        cfg = SamplerConfig.model_validate(sampler)
     except ValidationError:
         return "not drawn: the manifest's sampler settings are not valid ones"
     return model, cfg, params.get("seed") if isinstance(params.get("seed"), int) else 0

@@ -76,7 +76,7 @@ def draw_trajectory(
 ) -> Trajectory:
     """Draw one digit per class of `classes` with sampler `cfg` from seed `seed`, recording x_t and the x_0
     prediction at `columns` steps spread over the sampler's steps (`chosen_steps`). `style`: a style code
-    (`diffusion.styles`) to draw every digit in, for a model of digit and style (needed by `guide: style`);
+    (`diffusion.styles`) to draw every digit in, for a model of digit and style (needed by `guide: style` and `guide: digit`);
     None: digits of any style."""
     timesteps = visited_timesteps(cfg, process.num_timesteps)
     if cfg.name != "ddpm" and cfg.steps > process.num_timesteps:
