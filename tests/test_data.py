@@ -228,7 +228,7 @@ def test_torch_dataset_reads_one_or_many_files(prepared_dir: Path) -> None:
 
 
 def test_failed_prepare_leaves_nothing_half_written(tmp_path: Path) -> None:
-    images, labels = _random_digits(40)
+    images, labels = _random_digits(200)  # every digit enough rows for each split
     src = tmp_path / "idx"
     src.mkdir()
     _write_idx(src / "train-images-idx3-ubyte", images, gz=False)
@@ -242,6 +242,21 @@ def test_failed_prepare_leaves_nothing_half_written(tmp_path: Path) -> None:
         prepare(cfg, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "prepared"]  # no temp leftovers
+
+
+def test_a_digit_too_rare_for_every_split_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """Two rows of a digit cannot give val and test one each: one line naming the style and digit."""
+    images, labels = _random_digits(200)
+    labels[:] = np.arange(200) % 10
+    labels[labels == 3] = 4
+    labels[:2] = 3  # digit 3: two rows
+    src = tmp_path / "idx"
+    src.mkdir()
+    _write_idx(src / "train-images-idx3-ubyte", images, gz=False)
+    _write_idx(src / "train-labels-idx1-ubyte", labels, gz=False)
+    with pytest.raises(DataError, match="handwritten-mnist has 2 digit.s. 3, too few"):
+        prepare(DataConfig(sources=[{"kind": "idx", "idx_dir": str(src)}]), tmp_path / "prepared")
+    assert not (tmp_path / "prepared").exists()
 
 
 @pytest.mark.parametrize(
