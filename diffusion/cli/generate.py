@@ -259,7 +259,7 @@ def cmd_report(params: Params, args: argparse.Namespace) -> None:
         )
     if args.model:  # the trajectory pictures need it: checked before any page or document is written
         from diffusion.checkpoint import read_checkpoint_config
-        from diffusion.quality.report_page import is_student
+        from diffusion.model.student import is_student
 
         if not is_student(args.model):  # a student's folder draws the versions of its sampler
             read_checkpoint_config(args.model, "diffusion")

@@ -35,6 +35,21 @@ def weights_name(steps: int) -> str:
     return f"steps-{steps}.safetensors"
 
 
+def weights_file(folder: str | Path, steps: int | None) -> Path:
+    """The weights a version drawn at `steps` (None: by the teacher's sampler) came from in `folder`: a
+    student's `weights_name(steps)`, or a diffusion model's EMA weights."""
+    return Path(folder) / (weights_name(steps) if steps is not None else "ema.safetensors")
+
+
+def is_student(folder: str | Path) -> bool:
+    """Whether `folder` is a distilled student's (`digits distill-diffusion`), not a diffusion model's."""
+    try:
+        read_checkpoint_config(folder, KIND)
+    except CheckpointError:
+        return False
+    return True
+
+
 def save_student(
     directory: Path,
     unet: UNetConfig,

@@ -23,7 +23,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import ValidationError
 
-from diffusion.checkpoint import CheckpointError, file_sha256, read_checkpoint_config, write_bytes_atomic
+from diffusion.checkpoint import CheckpointError, file_sha256, write_bytes_atomic
 from diffusion.config import SamplerConfig
 from diffusion.data.shards import PublishedVersion
 from diffusion.errors import DataError, DigitsError
@@ -102,24 +102,6 @@ def drawn_steps(version: PublishedVersion) -> int | None:
     return steps if sampler.get("name") == "distilled" and isinstance(steps, int) else None
 
 
-def is_student(folder: str | Path) -> bool:
-    """Whether `folder` is a distilled student's (`digits distill-diffusion`), not a diffusion model's."""
-    from diffusion.model.student import KIND
-
-    try:
-        read_checkpoint_config(folder, KIND)
-    except DigitsError:
-        return False
-    return True
-
-
-def weights_file(folder: str | Path, steps: int | None) -> Path:
-    """The weights a version drawn at `steps` (None: by the teacher) was drawn from in `folder`."""
-    from diffusion.model.student import weights_name
-
-    return Path(folder) / (weights_name(steps) if steps is not None else "ema.safetensors")
-
-
 def load_model(
     folder: str | Path, device: str = "cpu", sha256: str | None = None, steps: int | None = None
 ) -> _Model:
@@ -128,7 +110,7 @@ def load_model(
     `sha256`: its weights file's checksum when the caller has just computed it (else it is computed here)."""
     from diffusion.device import resolve_device
     from diffusion.model.saved import load_diffusion
-    from diffusion.model.student import load_student
+    from diffusion.model.student import is_student, load_student, weights_file
 
     resolved = resolve_device(device, "hardware.device")
     if is_student(folder):
@@ -153,6 +135,8 @@ def page_models(
     student's for the distilled sampler), where it is a folder here whose weights have the checksum the
     manifest records; each folder and step count loaded once. Otherwise None for that version (its page
     says why nothing is drawn)."""
+    from diffusion.model.student import is_student, weights_file
+
     student = folder is not None and is_student(folder)
     checksums: dict[Path, str] = {}
     loaded: dict[tuple[str, int | None], _Model | None] = {}
