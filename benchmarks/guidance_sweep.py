@@ -45,6 +45,13 @@ FILTERS = {
     "none": {},
     "pred-match": {"require_classifier_agrees": True},
     "pred-match+clip-margin": {"require_classifier_agrees": True, "min_clip_margin": 0.0},
+    "prob>=0.5": {"require_classifier_agrees": True, "min_classifier_prob": 0.5},
+    "prob>=0.8": {"require_classifier_agrees": True, "min_classifier_prob": 0.8},
+    "prob>=0.8+clip-margin": {  # the shipped generate.filter
+        "require_classifier_agrees": True,
+        "min_classifier_prob": 0.8,
+        "min_clip_margin": 0.0,
+    },
     "prob>=0.9": {"require_classifier_agrees": True, "min_classifier_prob": 0.9},
 }
 

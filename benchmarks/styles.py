@@ -7,8 +7,9 @@
 Reads, all from the run: params.yaml, data/prepared/{train,val,test}.parquet, the version that
 data/generated.json names, and the evaluator and diffusion checkpoints under data/models. Fits the style
 judge on the real training split (`diffusion.quality.styles`), then writes per style: published rows,
-conditional accuracy (evaluator), style accuracy (style judge; its accuracy on the style's real test digits
-beside it), CAS at equal size with its 95 % interval over `evaluate.cas.seeds`. The grid shows the first 8
+style accuracy (style judge; its accuracy on the style's real test digits beside it) and every headline
+metric as `evaluate` measures it per style (CAS at equal size with its 95 % interval over
+`evaluate.cas.seeds`, coverage, DCR, the label audit's share, ...). The grid shows the first 8
 published digits of every (style, digit), one row each; the interpolation shows digits between two styles
 from one x_T (style embedding blended), one row per digit.
 """
@@ -16,6 +17,7 @@ from one x_T (style embedding blended), one row per digit.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -27,9 +29,11 @@ from diffusion.data.datasets import DigitsDataset, published_files, to_uint8
 from diffusion.data.handoff import published_path
 from diffusion.data.images import save_grid
 from diffusion.judges.evaluator import load_evaluator
+from diffusion.judges.training import in_batches
 from diffusion.model.saved import load_diffusion
+from diffusion.quality.measures import label_issues
 from diffusion.quality.report_styles import style_grid, style_interpolation
-from diffusion.quality.styles import Styled, fit_style_judge, style_quality
+from diffusion.quality.styles import PublishedAudit, Styled, fit_style_judge, style_quality
 from diffusion.styles import STYLES
 
 MIXES = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -62,7 +66,12 @@ def main() -> None:
     judge = fit_style_judge(train, val, params.evaluate.style_judge, device)
     judge_seconds = time.perf_counter() - start
     evaluator = load_evaluator(args.run / "data" / "models" / "evaluator", device)
-    report = style_quality(published, train, val, test, evaluator, judge, params.evaluate.cas, device)
+    # the version's label audit, as `evaluate` makes it, and the gate's per-style rates from its manifest
+    probs = in_batches(evaluator.probabilities, published.images, device, params.hardware.network_batch).cpu()
+    flags = label_issues(published.labels, probs, params.evaluate.label_issue_method)
+    manifest = json.loads((Path(version) / "manifest.json").read_text())
+    audit = PublishedAudit(torch.from_numpy(flags), manifest["gate"].get("per_style", {}))
+    report = style_quality(published, train, val, test, evaluator, judge, params.evaluate, audit, device)
 
     images, labels, styles = to_uint8(published.images), published.labels.numpy(), published.styles.numpy()
     grid = [style_grid(images, labels, styles, code, 8) for code in sorted(set(styles.tolist()))]
@@ -92,7 +101,7 @@ def main() -> None:
     write_json(args.out, doc)
     for style, m in report.items():
         print(
-            f"{style}: {m['rows']} rows, conditional accuracy {m['conditional_accuracy']:.4f}, style accuracy "
+            f"{style}: {m['rows']} rows, conditional accuracy {m['conditional_accuracy_published']:.4f}, style accuracy "
             f"{m['style_accuracy']:.4f} (real {m['real_style_accuracy']:.4f}), CAS ratio {m['cas_ratio']:.4f}"
             f" at {m['cas_size']}"
         )

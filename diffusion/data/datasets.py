@@ -55,12 +55,18 @@ def _read_one(
         ) from None
     except FileNotFoundError:
         if published:
-            raise DataError(f"{path}: missing from the published version; restore the version's files") from None
+            raise DataError(
+                f"{path}: missing from the published version; restore the version's files"
+            ) from None
         raise DataError(f"{path}: Parquet file not found") from None
     except IsADirectoryError:
         if published:
-            raise DataError(f"{path}: a folder where the version has a file; restore the version's files") from None
-        raise DataError(f"{path}: a folder; give a Parquet file (a split, or one file of a version)") from None
+            raise DataError(
+                f"{path}: a folder where the version has a file; restore the version's files"
+            ) from None
+        raise DataError(
+            f"{path}: a folder; give a Parquet file (a split, or one file of a version)"
+        ) from None
     except OSError as err:  # kept as the cause: a network or disk failure may pass (is_transient)
         raise DataError(f"{path}: cannot be read ({one_line(err)})") from err
     if published:
@@ -84,7 +90,9 @@ def read_table(paths: str | Path | Sequence[str | Path], columns: Sequence[str] 
     try:
         return pa.concat_tables(tables)
     except pa.ArrowException as err:
-        raise DataError(f"{', '.join(map(str, paths))}: the files' columns differ ({one_line(err)})") from None
+        raise DataError(
+            f"{', '.join(map(str, paths))}: the files' columns differ ({one_line(err)})"
+        ) from None
 
 
 def _decode(path: str, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +108,9 @@ def _decode(path: str, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     try:
         images, labels = table_arrays(table)
     except (OSError, ValueError, SyntaxError) as err:  # PIL: not a PNG, truncated; numpy: mixed sizes
-        raise DataError(f"{path}: an image does not decode as a PNG digit ({one_line(err)}); {_FIX}") from None
+        raise DataError(
+            f"{path}: an image does not decode as a PNG digit ({one_line(err)}); {_FIX}"
+        ) from None
     if len(labels) and (labels.min() < 0 or labels.max() > 9):
         raise DataError(f"{path}: labels must lie in 0-9, found {labels.min()}..{labels.max()}; {_FIX}")
     return images, labels

@@ -1,6 +1,8 @@
 """The `prepare` stage: the configured real sources, mixed, split deterministically into Parquet files.
 
-Writes `<out>/{train,val,test}.parquet` in DIGITS_SCHEMA, every row with its `style` and `source_detail`.
+Writes `<out>/{train,val,test}.parquet` in DIGITS_SCHEMA, every row with its `style` and `source_detail`,
+and `<out>/sources.json`: where the digits came from (`read_sources`; each published version's manifest
+and dataset card carry it on).
 The split is stratified by (digit, style), so every split holds each style's digits in the same shares.
 The test split is held out: no model of the pipeline trains on it. The folder is written whole and
 atomically (nothing half-written).
@@ -8,8 +10,10 @@ atomically (nothing half-written).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -17,11 +21,12 @@ import pyarrow.parquet as pq
 from diffusion.checkpoint import atomic_path
 from diffusion.config import DataConfig
 from diffusion.data.schema import digits_table
-from diffusion.data.sources import RawDigits, load_sources
+from diffusion.data.sources import RawDigits, load_sources, source_provenance
 from diffusion.errors import DataError
 from diffusion.styles import STYLES, style_code
 
 SPLITS = ("train", "val", "test")
+SOURCES_FILE = "sources.json"  # beside the splits: [source_provenance of each configured source]
 
 
 def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
@@ -106,9 +111,12 @@ def check_strata_split(data: Mixed, parts: dict[str, np.ndarray], fractions: dic
                 )
 
 
-def write_splits(data: Mixed, cfg: DataConfig, out_dir: Path) -> SplitSummary:
-    """Write the three split files into `out_dir` atomically and summarise them; DataError, nothing written,
-    when a (digit, style) would have no row in a split (`check_strata_split`)."""
+def write_splits(
+    data: Mixed, cfg: DataConfig, out_dir: Path, sources: list[dict[str, Any]] | None = None
+) -> SplitSummary:
+    """Write the three split files, and `sources` (`source_provenance` of each source; [] when not given)
+    as SOURCES_FILE, into `out_dir` atomically and summarise them; DataError, nothing written, when a
+    (digit, style) would have no row in a split (`check_strata_split`)."""
     fractions = cfg.split.model_dump()
     parts = stratified_split(strata(data.labels, data.styles), fractions, cfg.seed)
     check_strata_split(data, parts, fractions)
@@ -134,9 +142,30 @@ def write_splits(data: Mixed, cfg: DataConfig, out_dir: Path) -> SplitSummary:
             metrics[f"{name}_count"] = int(len(idx))
             for row in rows:
                 row[name] = int((data.labels[idx] == row["class"]).sum())
+        (tmp / SOURCES_FILE).write_text(json.dumps({"sources": sources or []}, indent=1, ensure_ascii=False))
     return SplitSummary(metrics, rows)
 
 
+def read_sources(split: str | Path) -> list[dict[str, Any]] | None:
+    """The sources `prepare` wrote beside a split file (`source_provenance` of each), or None when the split
+    was not written by `prepare` (no SOURCES_FILE beside it). DataError naming the file when it is not
+    what `write_splits` writes."""
+    path = Path(split).with_name(SOURCES_FILE)
+    if not path.is_file():
+        return None
+    try:
+        sources = json.loads(path.read_text())["sources"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(
+            f"{path}: not the sources file `digits prepare` writes ({err}); run prepare again"
+        ) from None
+    if not isinstance(sources, list) or not all(isinstance(x, dict) for x in sources):
+        raise DataError(f"{path}: `sources` is not a list of objects; run prepare again")
+    return sources
+
+
 def prepare(cfg: DataConfig, out_dir: Path) -> SplitSummary:
-    """Load the configured sources, mix and split them, and write the Parquet files."""
-    return write_splits(mix(load_sources(cfg)), cfg, Path(out_dir))
+    """Load the configured sources, mix and split them, and write the Parquet files and SOURCES_FILE."""
+    parts = load_sources(cfg)
+    sources = [source_provenance(src, raw) for src, (_, raw) in zip(cfg.sources, parts, strict=True)]
+    return write_splits(mix(parts), cfg, Path(out_dir), sources)

@@ -127,7 +127,9 @@ def load_fonts(path: str | Path) -> list[Font]:
         with TTCollection(str(path), lazy=True) as collection:
             faces = len(collection.fonts)
     except (TTLibError, OSError, AssertionError) as err:
-        raise DataError(f"{path}: cannot load the font collection ({err}); give a TrueType collection") from None
+        raise DataError(
+            f"{path}: cannot load the font collection ({err}); give a TrueType collection"
+        ) from None
     return [load_font(path, i) for i in range(faces)]
 
 
@@ -201,6 +203,28 @@ def distinct_families(fonts: Iterable[Font]) -> list[Font]:
     return list(seen.values())
 
 
+def _first_line(text: str | None, limit: int = 160) -> str | None:
+    """The first line of a name-table string, white space collapsed, cut at `limit` characters."""
+    if not text or not text.strip():
+        return None
+    line = " ".join(text.strip().splitlines()[0].split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def font_provenance(font: Font) -> dict[str, str | None]:
+    """What a font says of itself in its OpenType `name` table, for the dataset card: {family, file,
+    copyright (name ID 0), licence (ID 13, its first line), licence_url (ID 14)}; None where it says
+    nothing (matplotlib's Computer Modern faces name no licence)."""
+    names = _open(font.path, font.index)["name"]
+    return {
+        "family": font.family,
+        "file": font.path.name,
+        "copyright": _first_line(names.getDebugName(0)),
+        "licence": _first_line(names.getDebugName(13)),
+        "licence_url": _first_line(names.getDebugName(14)),
+    }
+
+
 def render_digit(font: Font, digit: int, rng: np.random.Generator, jitter: Jitter = Jitter()) -> np.ndarray:
     """One digit in one font, uint8 (28, 28), with this generator's rotation, scale and stroke."""
     angle = rng.uniform(-jitter.rotation, jitter.rotation)
@@ -222,7 +246,8 @@ def render_font_digits(fonts: list[Font], per_font: int, seed: int, jitter: Jitt
 
     The rendering of (font i, digit d, copy k) comes from its own generator, seeded by (seed, i, d, k), so
     adding a font or copies leaves the others' images as they were. ids are "font-<family>-<d>-<k>" with the
-    family slugged; `details` holds each row's family.
+    family slugged; `details` holds each row's family, `provenance["fonts"]` each font drawn
+    (`font_provenance`).
     """
     fonts = distinct_families(fonts)
     if not fonts:
@@ -238,4 +263,5 @@ def render_font_digits(fonts: list[Font], per_font: int, seed: int, jitter: Jitt
                 labels.append(digit)
                 ids.append(f"font-{font.slug}-{digit}-{k}")
                 details.append(font.family)
-    return RawDigits(np.stack(images), np.asarray(labels, np.int64), ids, "fonts", details)
+    provenance = {"fonts": [font_provenance(font) for font in fonts]}
+    return RawDigits(np.stack(images), np.asarray(labels, np.int64), ids, "fonts", details, provenance)

@@ -335,7 +335,8 @@ def read_manifest(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, Any] 
         )
     files = manifest.get("files", [])
     if not isinstance(files, list) or not all(
-        isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("sha256"), str) for f in files
+        isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("sha256"), str)
+        for f in files
     ):
         raise DataError(
             f"{folder}/{MANIFEST}: 'files' should list objects with a 'path' and a 'sha256'; publish the"

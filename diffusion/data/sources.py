@@ -23,9 +23,9 @@ import subprocess
 import tarfile
 import tempfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -70,6 +70,7 @@ class RawDigits:
     ids: list[str]
     source: str
     details: list[str] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)  # more of where it came from (fonts: each one)
 
 
 def load_source(src: SourceConfig, cache_dir: Path, seed: int) -> RawDigits:
@@ -93,6 +94,18 @@ def load_source(src: SourceConfig, cache_dir: Path, seed: int) -> RawDigits:
 def load_sources(cfg: DataConfig) -> list[tuple[str, RawDigits]]:
     """Every configured source as (its style, its digits), in the order of `data.sources`."""
     return [(SOURCE_STYLE[src.kind], load_source(src, Path(cfg.cache_dir), cfg.seed)) for src in cfg.sources]
+
+
+def source_provenance(src: SourceConfig, raw: RawDigits) -> dict[str, Any]:
+    """What the dataset card says of one configured source: its kind, style, weight and rows, and what the
+    source tells of itself (`RawDigits.provenance`: the fonts a printed source drew, with their licences)."""
+    return {
+        "kind": src.kind,
+        "style": SOURCE_STYLE[src.kind],
+        "weight": src.weight,
+        "rows": len(raw.ids),
+        **raw.provenance,
+    }
 
 
 # --------------------------------------------------------------------------- npm

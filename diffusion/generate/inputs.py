@@ -20,6 +20,7 @@ import torch
 from diffusion.checkpoint import CheckpointError, check_output, file_sha256, read_checkpoint_config
 from diffusion.config import GenerateConfig, HardwareConfig
 from diffusion.config.generate import TaskRunnerConfig
+from diffusion.data.prepare import read_sources
 from diffusion.data.shards import check_writable
 from diffusion.device import resolve_device
 from diffusion.errors import DataError
@@ -37,14 +38,16 @@ DASK_PORT = 8786  # a scheduler address without a port means Dask's default
 @dataclass(frozen=True)
 class CheckedInputs:
     """What `check_run_inputs` found: the device, the folder the digits come from (the student's with the
-    `distilled` sampler), the checksums of every input, the styles the model was trained on, and the
-    student's steps (None: the teacher samples)."""
+    `distilled` sampler), the checksums of every input, the styles the model was trained on, the
+    student's steps (None: the teacher samples), and the sources of the training digits (`prepare`'s
+    sources.json beside them; None for a split `prepare` did not write)."""
 
     device: torch.device
     model_dir: str
     checksums: dict[str, str]
     trained: tuple[str, ...]
     steps: int | None
+    training_sources: list[dict[str, Any]] | None
 
 
 def check_run_inputs(
@@ -97,6 +100,7 @@ def check_run_inputs(
     if not Path(train_data).is_file():
         raise DataError(f"{train_data}: training digits not found (the gate's memorisation check needs them)")
     checksums["train"] = file_sha256(train_data)
+    training_sources = read_sources(train_data)
     weights = Path(cfg.clip.pretrained or "")
     weights = weights / WEIGHTS_FILE if weights.is_dir() else weights
     checksums["clip"] = (
@@ -110,7 +114,7 @@ def check_run_inputs(
     workers.diffusion_model(model_dir, checksums["model"], device, hardware.compile, steps)
     workers.scorer(cfg.clip, checksums["clip"], classifier_dir, checksums["classifier"], device)
     workers.train_pixels(train_data, checksums["train"], device)
-    return CheckedInputs(device, str(model_dir), checksums, trained, steps)
+    return CheckedInputs(device, str(model_dir), checksums, trained, steps, training_sources)
 
 
 def check_task_runner(cfg: TaskRunnerConfig) -> None:

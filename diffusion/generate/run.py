@@ -71,6 +71,9 @@ class RunSpec:
     precision: Precision  # hardware.precision resolved for the device
     key: str
     trained_styles: tuple[str, ...]  # the styles the diffusion model was trained on (its config.json)
+    training_sources: (
+        list[dict[str, Any]] | None
+    )  # where the training digits came from (prepare's sources.json)
 
     @property
     def run_id(self) -> str:
@@ -130,6 +133,7 @@ def prepare_run(
         precision,
         key,
         inputs.trained,
+        inputs.training_sources,
     )
     spec.staging.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
@@ -274,12 +278,14 @@ def publish_run(
             "git_revision": model_revision,
             "styles": list(spec.trained_styles),
         },
+        "training_sources": spec.training_sources,
         "judges": {"classifier_sha256": spec.checksums["classifier"], "clip": spec.checksums["clip"]},
         "gate": {
             "memorization_rate": gate.memorization_rate,
             "duplicate_rate": gate.duplicate_rate,
             "copy_distance": quality.copy_distance,
             **gate.statistics,
+            **({"per_style": gate.per_style} if gate.per_style else {}),
         },
         "git_revision": git_revision(),
         "packages": _packages(),

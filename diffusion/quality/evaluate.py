@@ -78,6 +78,7 @@ __all__ = [
     "conditional_accuracy",
     "diversity",
     "evaluate_version",
+    "feature_measures",
     "frechet_distance",
     "frechet_per_class",
 ]
@@ -197,6 +198,31 @@ def _draw(labels: Tensor, n: int) -> Tensor:
     return balanced_indices(labels, n, torch.Generator().manual_seed(REFERENCE_SEED))
 
 
+def feature_measures(
+    feats: dict[str, Tensor], labels: Tensor, train_labels: Tensor, k: int
+) -> dict[str, float]:
+    """The measures in the evaluator's feature space of one set of published digits against real ones:
+    frechet_distance (and _real: real test against real training), and precision, recall, density and
+    coverage against the real test digits, with the same of a class-balanced draw of as many real training
+    digits (the _real measures, coverage_ratio). PRDC compares sets of one size: the larger of the
+    published and real training sets is drawn down to the smaller, class-balanced (REFERENCE_SEED).
+
+    feats: "synthetic" (N, D), "train" (M, D), "test" (T, D) features; labels (N,) and train_labels (M,)
+    int64 the classes of the first two; k: PRDC's nearest neighbours.
+    """
+    size = min(len(labels), len(train_labels))
+    return {
+        "frechet_distance": frechet_distance(feats["synthetic"], feats["train"]),
+        "frechet_distance_real": frechet_distance(feats["test"], feats["train"]),
+        **prdc_with_reference(
+            feats["synthetic"][_draw(labels, size)],
+            feats["train"][_draw(train_labels, size)],
+            feats["test"],
+            k,
+        ),
+    }
+
+
 def evaluate_version(
     version: PublishedVersion,
     published: DigitsDataset,
@@ -246,13 +272,6 @@ def evaluate_version(
         "synthetic": diversity(feats["synthetic"], published.labels),
         "real": diversity(feats["train"], real_train.labels),
     }
-    size = min(len(published), len(real_train.labels))  # PRDC compares sets of one size
-    coverage = prdc_with_reference(
-        feats["synthetic"][_draw(published.labels, size)],
-        feats["train"][_draw(real_train.labels, size)],
-        feats["test"],
-        cfg.prdc_k,
-    )
     dcr = dcr_shares(
         published.images, real_train.images, real_val.images, real_test.images, device, batch_size
     )
@@ -264,11 +283,9 @@ def evaluate_version(
         "judge_accuracy_published": accuracy(judge, published, batch_size),
         "judge_accuracy_raw": accuracy(judge, raw, batch_size),
         **scores.means,
-        "frechet_distance": frechet_distance(feats["synthetic"], feats["train"]),
-        "frechet_distance_real": frechet_distance(feats["test"], feats["train"]),
+        **feature_measures(feats, published.labels, real_train.labels, cfg.prdc_k),
         "diversity_synthetic": _mean(spread["synthetic"]),
         "diversity_real": _mean(spread["real"]),
-        **coverage,
         **dcr,
         "memorization_rate": float(gate["memorization_rate"]),
         "duplicate_rate": float(gate["duplicate_rate"]),

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,6 +110,8 @@ class GateResult:
     memorization_rate: float  # share of rows that are near-copies of a training image
     duplicate_rate: float  # share of rows whose decoded pixels repeat an earlier row's
     docs_index: Path | None  # the Data Docs index.html written for this validation, if any
+    # style name -> the two rates among that style's rows; empty when the rows are of one style
+    per_style: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line: what failed, or that everything passed, with the copy and duplicate rates."""
@@ -366,7 +368,11 @@ def validate_rows(
             raise DataError(f"{docs_dir}: the Data Docs cannot be written ({one_line(err)})") from err
     failed_set = {r.expectation_config.meta["gate_name"] for v in results for r in v.results if not r.success}
     n = len(accepted)
-    duplicates = accepted["pixel_sha256"].dropna().duplicated().sum() if n else 0
+    # a row repeats an earlier row's pixels (rows whose pixels do not decode repeat nothing)
+    repeats = (
+        accepted["pixel_sha256"].duplicated().to_numpy(dtype=bool)
+        & accepted["pixel_sha256"].notna().to_numpy()
+    )
     copies = np.nan_to_num(numeric(accepted, "is_copy"))
     index = docs_dir / "index.html" if docs_dir is not None else None
     # an expectation counts once however many chunks checked it; it fails if it failed in any
@@ -378,6 +384,24 @@ def validate_rows(
         failed=[name for name in named if name in failed_set],
         statistics={**statistics, "rows": n, "splits": {split: t.num_rows for split, t in splits.items()}},
         memorization_rate=float(copies.mean()) if n else 0.0,
-        duplicate_rate=float(duplicates / n) if n else 0.0,
+        duplicate_rate=float(repeats.mean()) if n else 0.0,
         docs_index=index if index is not None and index.is_file() else None,
+        per_style=_rates_per_style(numeric(accepted, "style"), copies, repeats),
     )
+
+
+def _rates_per_style(
+    styles: np.ndarray, copies: np.ndarray, repeats: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """{style name: {memorization_rate, duplicate_rate}} among the rows of each style (float64 codes (N,),
+    NaN where null), when the rows hold more than one; {} otherwise (the version's rates say it all)."""
+    codes = sorted({int(c) for c in styles[~np.isnan(styles)] if 0 <= c < len(STYLES)})
+    if len(codes) < 2:
+        return {}
+    return {
+        STYLES[c]: {
+            "memorization_rate": float(copies[styles == c].mean()),
+            "duplicate_rate": float(repeats[styles == c].mean()),
+        }
+        for c in codes
+    }

@@ -27,7 +27,7 @@ and of the `unfiltered` split (every sampled row):
     filter_verdict    bool     what the filter's thresholds say of the row's scores (null if a score is)
 
 `split_frame` holds what only the whole split can tell (uniqueness, row and class counts, the share of
-copies): `id`, and for `train` also `label`, `pixel_sha256` and `is_copy`, gathered from the chunks.
+copies): `id`, and for `train` also `label`, `style`, `pixel_sha256` and `is_copy`, gathered from the chunks.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ TRAIN_COLUMNS = (
     "label_requested",
 )
 UNFILTERED_COLUMNS = (*IMAGE_COLUMNS, "filter_verdict")
-SPLIT_COLUMNS = {"train": ("id", "label", "pixel_sha256", "is_copy"), "unfiltered": ("id",)}
+SPLIT_COLUMNS = {"train": ("id", "label", "style", "pixel_sha256", "is_copy"), "unfiltered": ("id",)}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLORS = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}  # PNG color type -> PIL-style mode
 

@@ -13,7 +13,7 @@ every publish (`diffusion.data.evaluations`), and what report pages and the inde
     monitor                                 the floors and ceilings it was checked against
     flags, flagged                          the bounds it broke ({metric, value, bound, kind}), and whether any
     per_style                               only when the real digits are of several styles: per style,
-                                            conditional accuracy, style accuracy and CAS (`grade_styles`)
+                                            every headline metric and a style accuracy (`grade_styles`)
 """
 
 from __future__ import annotations
@@ -106,11 +106,13 @@ def grade_version(
     compare it with the real digits of the styles it holds (DataError when a split has none); the style
     judge of `per_style` learns every real style.
     """
+    import torch
+
     from diffusion.data.datasets import DigitsDataset, published_dataset
     from diffusion.judges.classifier import load_classifier
     from diffusion.judges.evaluator import load_evaluator
     from diffusion.quality.evaluate import evaluate_version
-    from diffusion.quality.styles import Styled, grade_styles
+    from diffusion.quality.styles import PublishedAudit, Styled, grade_styles
 
     device = hardware.device
     published, raw = published_dataset(version), published_dataset(version, "unfiltered")
@@ -135,12 +137,13 @@ def grade_version(
         device,
         hardware.network_batch,
     )
+    flagged = set(result.label_issues)
+    audit = PublishedAudit(
+        torch.tensor([i in flagged for i in published.ids], dtype=torch.bool),
+        (version.manifest.get("gate") or {}).get("per_style") or {},
+    )
     per_style = grade_styles(
-        Styled.of(published),
-        *real,
-        evaluator,
-        grading.evaluate,
-        device,
+        Styled.of(published), *real, evaluator, grading.evaluate, audit, device, hardware.network_batch
     )
     flags = check(result.metrics, grading.monitor)
     return {

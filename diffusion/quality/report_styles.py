@@ -2,7 +2,7 @@
 
     styles_section(version, doc, out_dir, drawing)   None for a version of MNIST handwriting alone
 
-- the evaluation's `per_style` measures (conditional accuracy, style accuracy, CAS), when it has them;
+- the evaluation's `per_style` measures (style accuracy and every headline metric), when it has them;
 - one grid per published style, `style-<name>.png`: the first GRID_PER_DIGIT digits of each class, a row
   per digit (`style_grid`);
 - `style-interpolation.png`: each digit drawn between the model's first two styles, the style embedding
@@ -27,11 +27,14 @@ from diffusion.data.shards import PublishedVersion, version_files
 from diffusion.model.process import GaussianDiffusion
 from diffusion.model.samplers import sample
 from diffusion.model.unet import UNet
+from diffusion.quality.headline import METRICS
 from diffusion.styles import STYLES, manifest_styles
 
 GRID_PER_DIGIT = 8
 MIXES = (0.0, 0.25, 0.5, 0.75, 1.0)
-MEASURES = ("rows", "conditional_accuracy", "style_accuracy", "real_style_accuracy", "cas_ratio", "cas_size")
+# the per-style table's rows: what only styles have, then every headline metric in its table's order
+MEASURES = ("rows", "style_accuracy", "real_style_accuracy", "cas_size", *METRICS)
+INTERVALS = ("cas_ratio", "augmentation_gain")  # measures shown with their 95% interval over CAS seeds
 
 
 def blended(model: UNet, a: int, b: int, mix: float) -> UNet:
@@ -91,18 +94,26 @@ def style_grid(
     return np.concatenate(rows)
 
 
-def _measures(doc: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The evaluation's per-style rows, in STYLES order: {style, cells {measure: value}, interval}."""
+def _measures(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The evaluation's per-style measures as a table of one row per measure and one column per style (STYLES
+    order): {styles, rows: [{field, label, cells {style: value}}], intervals {measure: {style: [lo, hi]}}};
+    None when it has none."""
     per_style = (doc or {}).get("per_style") or {}
-    return [
-        {
-            "style": style,
-            "cells": {m: per_style[style].get(m) for m in MEASURES},
-            "interval": per_style[style].get("cas_ratio_interval"),
-        }
-        for style in STYLES
-        if isinstance(per_style.get(style), dict)
-    ]
+    styles = [s for s in STYLES if isinstance(per_style.get(s), dict)]
+    if not styles:
+        return None
+    return {
+        "styles": styles,
+        "rows": [
+            {
+                "field": f,
+                "label": METRICS[f].label if f in METRICS else f.replace("_", " "),
+                "cells": {s: per_style[s].get(f) for s in styles},
+            }
+            for f in MEASURES
+        ],
+        "intervals": {f: {s: per_style[s].get(f"{f}_interval") for s in styles} for f in INTERVALS},
+    }
 
 
 def _interpolation(
@@ -159,7 +170,6 @@ def styles_section(
     return {
         "trained": trained,
         "measures": _measures(doc),
-        "fields": list(MEASURES),
         "grids": grids,
         "interpolation": interpolation,
         "interpolation_status": status,

@@ -2,17 +2,29 @@
 classifier as well as real digits of that style do?
 
     judge = fit_style_judge(real_train, real_val, settings)     # real digits only: image -> style
-    report = style_quality(published, real_train, real_val, real_test, evaluator, judge, cas_cfg)
+    report = style_quality(published, real_train, real_val, real_test, evaluator, judge, cfg, audit)
 
-For every style s of the published rows:
+For every style s of the published rows, every headline metric of the version
+(`diffusion.quality.headline`), measured on the style's published digits against the real digits of s:
+
     rows                       published digits of style s
-    conditional_accuracy       share the independent evaluator reads as the digit they were asked for
+    conditional_accuracy_published
+                               share the independent evaluator reads as the digit they were asked for
     style_accuracy             share the style judge reads as style s
     real_style_accuracy        the style judge on real test digits of style s (its own reference)
-    cas_accuracy / real_baseline_accuracy / cas_ratio (+ _interval), cas_size
+    cas_accuracy / real_baseline_accuracy / cas_ratio / augmentation_gain (+ _interval), cas_size
                                `diffusion.quality.cas` trained on cas_size of the style's published digits vs
                                as many real training digits of the style (cas_size: the smaller of the two
-                               counts), both tested on the style's real test digits
+                               counts), tested on the style's real test digits; the gain adds those digits
+                               to every real training digit of the style
+    frechet_distance(_real), precision, recall, density, coverage (+ _real), coverage_ratio
+                               `diffusion.quality.evaluate.feature_measures` in the evaluator's features,
+                               against the style's real training and test digits
+    dcr_share, dcr_share_real  against the style's real training digits, its real test digits the holdout
+    memorization_rate, duplicate_rate
+                               the publish gate's, among the style's rows (the manifest's `gate.per_style`;
+                               NaN for a version published before the gate counted them per style)
+    label_issue_rate           share of the style's digits the version's label audit flagged
 
 `grade_styles` is what `evaluate` (and every graded run) adds as `per_style` when the real digits are of
 several styles. The pictures of styles (grids, the interpolation between two) are the report's:
@@ -24,16 +36,19 @@ trained on the real training split and picked on the real val split: it never se
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from diffusion.config import CasConfig, EvaluateConfig, JudgeTraining
+from diffusion.config import EvaluateConfig, JudgeTraining
 from diffusion.judges.classifier import DigitClassifier
-from diffusion.judges.training import accuracy, fit_cross_entropy, predict
+from diffusion.judges.training import accuracy, fit_cross_entropy, in_batches, predict
 from diffusion.quality.cas import balanced_subset, cas
+from diffusion.quality.evaluate import feature_measures
+from diffusion.quality.measures import dcr_shares
 from diffusion.styles import STYLES
 
 
@@ -64,6 +79,16 @@ class Styled:
         return Styled(self.images, self.styles, self.styles)
 
 
+@dataclass(frozen=True)
+class PublishedAudit:
+    """What the whole version's checks found that a style's share is read from: label_issues bool (N,), the
+    label audit's flags aligned with the published rows; gate_per_style, the manifest's `gate.per_style`
+    ({} when the gate did not count per style)."""
+
+    label_issues: Tensor
+    gate_per_style: dict[str, dict[str, float]]
+
+
 def fit_style_judge(
     train: Styled, val: Styled, settings: JudgeTraining, device: torch.device | str = "cpu"
 ) -> nn.Module:
@@ -87,27 +112,40 @@ def style_quality(
     real_test: Styled,
     evaluator: nn.Module,
     judge: nn.Module,
-    cas_cfg: CasConfig,
+    cfg: EvaluateConfig,
+    audit: PublishedAudit,
     device: torch.device | str = "cpu",
+    batch_size: int = 500,
 ) -> dict[str, dict[str, float | int | tuple[float, float]]]:
     """style name -> its measures (module docstring), for every style among the published rows."""
+    device = torch.device(device)
     out = {}
     for code in sorted(set(published.styles.tolist())):
-        ours, test = published.of_style(code), real_test.of_style(code)
+        mine = published.styles == code
+        ours, train, val, test = (d.of_style(code) for d in (published, real_train, real_val, real_test))
         digits = predict(evaluator, ours.images).cpu()
         styles = predict(judge, ours.images).cpu()
-        train = real_train.of_style(code)
+        feats = {
+            name: in_batches(evaluator.features, d.images, device, batch_size).cpu()
+            for name, d in (("synthetic", ours), ("train", train), ("test", test))
+        }
         size = min(len(ours.labels), len(train.labels))  # equal size: a style may have few real digits
         synthetic = balanced_subset(ours, size, torch.Generator().manual_seed(0))
-        scores = cas(synthetic, train, real_val.of_style(code), test, cas_cfg, device, gain=False)
+        scores = cas(synthetic, train, val, test, cfg.cas, device)
+        gate = audit.gate_per_style.get(STYLES[code], {})
         out[STYLES[code]] = {
             "rows": int(len(ours.labels)),
             "cas_size": size,
-            "conditional_accuracy": (digits == ours.labels).float().mean().item(),
+            "conditional_accuracy_published": (digits == ours.labels).float().mean().item(),
             "style_accuracy": (styles == code).float().mean().item(),
             "real_style_accuracy": accuracy(judge, test.by_style()),
             **scores.means,
             **{f"{k}_interval": v for k, v in scores.intervals.items()},
+            **feature_measures(feats, ours.labels, train.labels, cfg.prdc_k),
+            **dcr_shares(ours.images, train.images, val.images, test.images, device, batch_size),
+            "memorization_rate": float(gate.get("memorization_rate", math.nan)),
+            "duplicate_rate": float(gate.get("duplicate_rate", math.nan)),
+            "label_issue_rate": audit.label_issues[mine].double().mean().item(),
         }
     return out
 
@@ -119,17 +157,21 @@ def grade_styles(
     real_test: Styled,
     evaluator: nn.Module,
     cfg: EvaluateConfig,
+    audit: PublishedAudit,
     device: torch.device | str = "cpu",
+    batch_size: int = 500,
 ) -> dict[str, Any] | None:
     """What `evaluate` reports per style of the published rows (`published`): {style name:
-    measures (`style_quality`)}, the style judge fitted with `cfg.style_judge` and CAS with `cfg.cas`; None
-    when the real training digits are of one style (no style judge to fit: a version of one source is graded
-    by the headline metrics alone). A published style with no real digits is left out, with nothing to
-    compare it with."""
+    measures (`style_quality`)}, the style judge fitted with `cfg.style_judge`; None when the real training
+    digits are of one style (no style judge to fit: a version of one source is graded by the headline
+    metrics alone). A published style with no real digits is left out, with nothing to compare it with."""
     real_styles = set(real_train.styles.tolist())
     if len(real_styles) < 2:
         return None
     judge = fit_style_judge(real_train, real_val, cfg.style_judge, device)
     known = torch.isin(published.styles, torch.tensor(sorted(real_styles)))
     kept = Styled(published.images[known], published.labels[known], published.styles[known])
-    return style_quality(kept, real_train, real_val, real_test, evaluator, judge, cfg.cas, device)
+    audit = PublishedAudit(audit.label_issues[known], audit.gate_per_style)
+    return style_quality(
+        kept, real_train, real_val, real_test, evaluator, judge, cfg, audit, device, batch_size
+    )
