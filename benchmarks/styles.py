@@ -71,7 +71,18 @@ def main() -> None:
     flags = label_issues(published.labels, probs, params.evaluate.label_issue_method)
     manifest = json.loads((Path(version) / "manifest.json").read_text())
     audit = PublishedAudit(torch.from_numpy(flags), manifest["gate"].get("per_style", {}))
-    report = style_quality(published, train, val, test, evaluator, judge, params.evaluate, audit, device)
+    report = style_quality(
+        published,
+        train,
+        val,
+        test,
+        evaluator,
+        judge,
+        params.evaluate,
+        audit,
+        device,
+        params.hardware.network_batch,
+    )
 
     images, labels, styles = to_uint8(published.images), published.labels.numpy(), published.styles.numpy()
     grid = [style_grid(images, labels, styles, code, 8) for code in sorted(set(styles.tolist()))]

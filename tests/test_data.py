@@ -352,14 +352,26 @@ def test_the_card_names_each_source_and_each_font_with_the_licence_it_states() -
     )
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"other": []}', '{"sources": [1, 2]}'])
-def test_a_broken_sources_file_beside_a_split_is_one_line(tmp_path: Path, content: str) -> None:
+FONTS = '{"sources": [{"kind": "fonts", "style": "printed", "weight": 1, "rows": 20, "fonts": %s}]}'
+
+
+@pytest.mark.parametrize(
+    "content, where",
+    [
+        ("{not json", "not the sources file"),
+        ('{"other": []}', "not the sources file"),
+        ('{"sources": [1, 2]}', "sources.0: "),
+        (FONTS % '"DejaVu"', "sources.0.fonts: "),
+        (FONTS % '[{"family": "A", "file": "a.ttf"}]', "sources.0.fonts.0.copyright: "),
+    ],
+)
+def test_a_broken_sources_file_beside_a_split_is_one_line(tmp_path: Path, content: str, where: str) -> None:
     split = tmp_path / "train.parquet"
     assert read_sources(split) is None  # not written by prepare: nothing to carry on
     (tmp_path / "sources.json").write_text(content)
     with pytest.raises(DataError, match="sources.json: ") as err:
         read_sources(split)
-    assert "\n" not in str(err.value) and "run prepare again" in str(err.value)
+    assert "\n" not in str(err.value) and "run prepare again" in str(err.value) and where in str(err.value)
 
 
 def test_rows_are_published_in_an_order_drawn_from_the_run_key() -> None:

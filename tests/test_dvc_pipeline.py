@@ -78,9 +78,8 @@ def test_dvc_repro_prepare(tmp_path: Path, npm_cache: Path) -> None:
     _dvc(repo, "repro", "prepare")
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     outs = {o["path"]: o for o in lock["stages"]["prepare"]["outs"]}
-    assert outs["data/prepared"]["nfiles"] == 4 and outs["data/prepared"]["md5"].endswith(
-        ".dir"
-    )  # + sources.json
+    # the three splits and sources.json, one DVC directory output
+    assert outs["data/prepared"]["nfiles"] == 4 and outs["data/prepared"]["md5"].endswith(".dir")
     assert lock["stages"]["prepare"]["params"]["params.yaml"]["data"]["seed"] == 0
     assert pq.read_metadata(repo / "data/prepared/train.parquet").num_rows == 8000
     metrics = json.loads((repo / "metrics/data.json").read_text())

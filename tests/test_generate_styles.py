@@ -112,6 +112,7 @@ def test_exact_counts_per_digit_and_style_are_published(
     font = {
         "family": "DejaVu Sans",
         "file": "DejaVuSans.ttf",
+        "copyright": "(c) Bitstream",
         "licence": "Bitstream",
         "licence_url": "https://d",
     }

@@ -13,7 +13,7 @@ from diffusion.config import EvaluateConfig, JudgeTraining
 from diffusion.data.datasets import to_model_range
 from diffusion.judges.classifier import DigitClassifier
 from diffusion.quality.headline import METRICS
-from diffusion.quality.report_styles import style_grid
+from diffusion.quality.report_styles import _measures, style_grid
 from diffusion.quality.styles import PublishedAudit, Styled, fit_style_judge, grade_styles, style_quality
 from tests.judges_fixtures import render_digits
 
@@ -81,6 +81,44 @@ def test_grading_per_style_needs_real_digits_of_several_styles() -> None:
     assert report["handwritten-uci"]["style_accuracy"] > 0.95 and report["handwritten-uci"]["rows"] == 60
     one = train.of_style(0)
     assert grade_styles(published, one, val.of_style(0), test.of_style(0), evaluator, cfg, audit) is None
+
+
+def test_a_style_of_one_digit_or_without_real_test_digits_is_graded_without_failing() -> None:
+    train, val, test = _styled(400, 0), _styled(120, 1), _styled(120, 2)
+    extra = _styled(20, 3)  # printed digits in the real training split only: nothing to test them on
+    printed = torch.ones(20, dtype=torch.int64)
+    train = Styled(
+        torch.cat([train.images, extra.images]),
+        torch.cat([train.labels, extra.labels]),
+        torch.cat([train.styles, printed]),
+    )
+    keep = (test.styles == 0) | (torch.arange(len(test.labels)) == 1)  # row 1 is the one UCI-style digit
+    published = Styled(
+        torch.cat([test.images[keep], extra.images[:3]]),
+        torch.cat([test.labels[keep], extra.labels[:3]]),
+        torch.cat([test.styles[keep], printed[:3]]),
+    )
+    evaluator = DigitClassifier(channels=(8, 16), hidden=32).eval()
+    cfg = EvaluateConfig.model_validate(
+        {
+            "cas": {"seeds": [0], "max_epochs": 1, "patience": 1},
+            "style_judge": {"epochs": 1, "augment": False},
+        }
+    )
+    audit = PublishedAudit(torch.zeros(len(published.labels), dtype=torch.bool), {})
+    report = grade_styles(published, train, val, test, evaluator, cfg, audit)
+    assert set(report) == {"handwritten-mnist", "handwritten-uci"}  # printed left out: no real test digits
+    one = report["handwritten-uci"]
+    assert one["rows"] == 1 and math.isnan(one["frechet_distance"]) and math.isnan(one["coverage"])
+    assert 0 <= one["dcr_share"] <= 1
+
+
+def test_a_page_reads_the_per_style_accuracy_of_a_document_graded_before_its_rename() -> None:
+    old = {"per_style": {"printed": {"conditional_accuracy": 0.97, "cas_ratio": 0.9}}}
+    table = _measures(old)
+    cells = {row["field"]: row["cells"]["printed"] for row in table["rows"]}
+    assert cells["conditional_accuracy_published"] == 0.97 and cells["cas_ratio"] == 0.9
+    assert cells["dcr_share"] is None  # not measured then: shown as n/a
 
 
 def test_a_style_grid_has_a_row_per_digit_padded_with_black() -> None:

@@ -66,8 +66,8 @@ def sources_section(manifest: dict[str, Any]) -> str:
     sources = manifest.get("training_sources")
     if not sources:
         return (
-            "## Sources\n\nNot recorded: the run's training split was not written by `digits prepare`"
-            " (no sources.json beside it), or the version predates the record."
+            "## Sources\n\nNot recorded: the run's training split has no sources record beside it (`digits"
+            " prepare` writes one, data/prepared/sources.json), or the version predates the record."
         )
     rows = "\n".join(
         f"| {_cell(x.get('kind'))} | {_cell(x.get('style'))} | {x.get('rows')} | {x.get('weight')} |"
@@ -76,8 +76,9 @@ def sources_section(manifest: dict[str, Any]) -> str:
     fonts = [f for x in sources for f in x.get("fonts") or []]
     text = f"""## Sources
 
-The real digits the model learnt from (`data.sources`, as `digits prepare` recorded them); the styles'
-origins and licences are under Model above.
+The real digits the model learnt from (`data.sources`, as `digits prepare` recorded them: rows of all
+three splits, of which the model trained on the train split); the styles' origins and licences are under
+Model above.
 
 | source | style | rows | weight |
 | --- | --- | --- | --- |

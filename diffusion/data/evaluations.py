@@ -23,9 +23,8 @@ from diffusion.data.shards import PublishedVersion, list_versions, url_to_fs
 from diffusion.errors import DataError, is_transient
 
 QUALITY_DIR = "_quality"
-FLAT_NAMES = frozenset(
-    {"version", "name", "path", "flagged"}
-)  # an old flat document's keys that are no metric
+# an old flat document's keys that are no metric
+FLAT_NAMES = frozenset({"version", "name", "path", "flagged"})
 # An old flat document held at least one of these (`digits evaluate --metrics` of earlier code); a JSON file
 # with none of them (a stray {}, a copied generated.json or generate metrics file) is no grading.
 FLAT_HEADLINES = ("conditional_accuracy_published", "cas_ratio", "cas_accuracy", "frechet_distance")

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from diffusion.checkpoint import atomic_path
 from diffusion.config import DataConfig
@@ -114,9 +115,9 @@ def check_strata_split(data: Mixed, parts: dict[str, np.ndarray], fractions: dic
 def write_splits(
     data: Mixed, cfg: DataConfig, out_dir: Path, sources: list[dict[str, Any]] | None = None
 ) -> SplitSummary:
-    """Write the three split files, and `sources` (`source_provenance` of each source; [] when not given)
-    as SOURCES_FILE, into `out_dir` atomically and summarise them; DataError, nothing written, when a
-    (digit, style) would have no row in a split (`check_strata_split`)."""
+    """Write the three split files, and `sources` (`source_provenance` of each source) as SOURCES_FILE when
+    given, into `out_dir` atomically and summarise them; DataError, nothing written, when a (digit, style)
+    would have no row in a split (`check_strata_split`)."""
     fractions = cfg.split.model_dump()
     parts = stratified_split(strata(data.labels, data.styles), fractions, cfg.seed)
     check_strata_split(data, parts, fractions)
@@ -142,25 +143,52 @@ def write_splits(
             metrics[f"{name}_count"] = int(len(idx))
             for row in rows:
                 row[name] = int((data.labels[idx] == row["class"]).sum())
-        (tmp / SOURCES_FILE).write_text(json.dumps({"sources": sources or []}, indent=1, ensure_ascii=False))
+        if sources is not None:
+            record = json.dumps({"sources": sources}, indent=1, ensure_ascii=False)
+            (tmp / SOURCES_FILE).write_text(record, encoding="utf-8")
     return SplitSummary(metrics, rows)
 
 
+class FontRecord(BaseModel):
+    """One font a printed source drew (`diffusion.data.printed.font_provenance`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    family: str
+    file: str
+    copyright: str | None
+    licence: str | None
+    licence_url: str | None
+
+
+class SourceRecord(BaseModel):
+    """One entry of SOURCES_FILE (`diffusion.data.sources.source_provenance`): rows before the split."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: str
+    style: str
+    weight: float
+    rows: int
+    fonts: list[FontRecord] | None = None
+
+
 def read_sources(split: str | Path) -> list[dict[str, Any]] | None:
-    """The sources `prepare` wrote beside a split file (`source_provenance` of each), or None when the split
-    was not written by `prepare` (no SOURCES_FILE beside it). DataError naming the file when it is not
-    what `write_splits` writes."""
+    """The sources `prepare` wrote beside a split file (`source_provenance` of each, as written), or None
+    when the split was not written by `prepare` (no SOURCES_FILE beside it). DataError naming the file and
+    the first field that is not what `write_splits` writes."""
     path = Path(split).with_name(SOURCES_FILE)
     if not path.is_file():
         return None
     try:
-        sources = json.loads(path.read_text())["sources"]
+        sources = json.loads(path.read_text(encoding="utf-8"))["sources"]
+        TypeAdapter(list[SourceRecord]).validate_python(sources)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise DataError(f"{path}: sources.{where}: {first['msg']}; run prepare again") from None
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise DataError(
             f"{path}: not the sources file `digits prepare` writes ({err}); run prepare again"
         ) from None
-    if not isinstance(sources, list) or not all(isinstance(x, dict) for x in sources):
-        raise DataError(f"{path}: `sources` is not a list of objects; run prepare again")
     return sources
 
 

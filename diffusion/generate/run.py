@@ -71,9 +71,8 @@ class RunSpec:
     precision: Precision  # hardware.precision resolved for the device
     key: str
     trained_styles: tuple[str, ...]  # the styles the diffusion model was trained on (its config.json)
-    training_sources: (
-        list[dict[str, Any]] | None
-    )  # where the training digits came from (prepare's sources.json)
+    # where the training digits came from (prepare's sources.json beside the split; None: not recorded)
+    training_sources: list[dict[str, Any]] | None
 
     @property
     def run_id(self) -> str:

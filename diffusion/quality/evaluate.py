@@ -205,15 +205,20 @@ def feature_measures(
     frechet_distance (and _real: real test against real training), and precision, recall, density and
     coverage against the real test digits, with the same of a class-balanced draw of as many real training
     digits (the _real measures, coverage_ratio). PRDC compares sets of one size: the larger of the
-    published and real training sets is drawn down to the smaller, class-balanced (REFERENCE_SEED).
+    published and real training sets is drawn down to the smaller, class-balanced (REFERENCE_SEED). A
+    distance with fewer than 2 rows on a side is nan, and so is PRDC with at most k (`prdc`).
 
     feats: "synthetic" (N, D), "train" (M, D), "test" (T, D) features; labels (N,) and train_labels (M,)
     int64 the classes of the first two; k: PRDC's nearest neighbours.
     """
     size = min(len(labels), len(train_labels))
+
+    def frechet(a: Tensor, b: Tensor) -> float:  # nan where a side has too few rows to fit a Gaussian
+        return frechet_distance(a, b) if min(len(a), len(b)) >= 2 else math.nan
+
     return {
-        "frechet_distance": frechet_distance(feats["synthetic"], feats["train"]),
-        "frechet_distance_real": frechet_distance(feats["test"], feats["train"]),
+        "frechet_distance": frechet(feats["synthetic"], feats["train"]),
+        "frechet_distance_real": frechet(feats["test"], feats["train"]),
         **prdc_with_reference(
             feats["synthetic"][_draw(labels, size)],
             feats["train"][_draw(train_labels, size)],

@@ -59,6 +59,7 @@ from diffusion.quality.gate_columns import (
     image_facts,
     label_counts,
     numeric,
+    rates_per_style,
     split_frame,
     split_part,
     train_frame,
@@ -386,22 +387,5 @@ def validate_rows(
         memorization_rate=float(copies.mean()) if n else 0.0,
         duplicate_rate=float(repeats.mean()) if n else 0.0,
         docs_index=index if index is not None and index.is_file() else None,
-        per_style=_rates_per_style(numeric(accepted, "style"), copies, repeats),
+        per_style=rates_per_style(numeric(accepted, "style"), copies, repeats),
     )
-
-
-def _rates_per_style(
-    styles: np.ndarray, copies: np.ndarray, repeats: np.ndarray
-) -> dict[str, dict[str, float]]:
-    """{style name: {memorization_rate, duplicate_rate}} among the rows of each style (float64 codes (N,),
-    NaN where null), when the rows hold more than one; {} otherwise (the version's rates say it all)."""
-    codes = sorted({int(c) for c in styles[~np.isnan(styles)] if 0 <= c < len(STYLES)})
-    if len(codes) < 2:
-        return {}
-    return {
-        STYLES[c]: {
-            "memorization_rate": float(copies[styles == c].mean()),
-            "duplicate_rate": float(repeats[styles == c].mean()),
-        }
-        for c in codes
-    }

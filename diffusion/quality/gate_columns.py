@@ -27,7 +27,8 @@ and of the `unfiltered` split (every sampled row):
     filter_verdict    bool     what the filter's thresholds say of the row's scores (null if a score is)
 
 `split_frame` holds what only the whole split can tell (uniqueness, row and class counts, the share of
-copies): `id`, and for `train` also `label`, `style`, `pixel_sha256` and `is_copy`, gathered from the chunks.
+copies): `id`, and for `train` also `label`, `style`, `pixel_sha256` and `is_copy`, gathered from the chunks;
+`rates_per_style` the shares of copies and repeats among each style's rows.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import torch
 
 from diffusion.config import FilterConfig
 from diffusion.data.schema import decode_png
+from diffusion.styles import STYLES
 
 IMAGE_SIZE = 28
 IMAGE_COLUMNS = ("png_ok", "image_mode", "image_height", "image_width")
@@ -274,3 +276,20 @@ def split_frame(split: str, parts: list[pd.DataFrame]) -> pd.DataFrame:
     if not parts:
         return pd.DataFrame({c: pd.Series([], dtype=object) for c in SPLIT_COLUMNS[split]})
     return pd.concat(parts, ignore_index=True)
+
+
+def rates_per_style(
+    styles: np.ndarray, copies: np.ndarray, repeats: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """{style name: {memorization_rate, duplicate_rate}} among the rows of each style (float64 codes (N,),
+    NaN where null), when the rows hold more than one; {} otherwise (the version's rates say it all)."""
+    codes = sorted({int(c) for c in styles[~np.isnan(styles)] if 0 <= c < len(STYLES)})
+    if len(codes) < 2:
+        return {}
+    return {
+        STYLES[c]: {
+            "memorization_rate": float(copies[styles == c].mean()),
+            "duplicate_rate": float(repeats[styles == c].mean()),
+        }
+        for c in codes
+    }

@@ -138,10 +138,12 @@ def grade_version(
         hardware.network_batch,
     )
     flagged = set(result.label_issues)
-    audit = PublishedAudit(
-        torch.tensor([i in flagged for i in published.ids], dtype=torch.bool),
-        (version.manifest.get("gate") or {}).get("per_style") or {},
-    )
+    gate = version.manifest["gate"]  # evaluate_version found the gate's rates there
+    if len(styles) == 1:  # a version of one style: the version's rates are the style's
+        rates = {STYLES[int(styles[0])]: {k: gate[k] for k in ("memorization_rate", "duplicate_rate")}}
+    else:  # the gate counts per style (none: published before it did)
+        rates = gate.get("per_style", {})
+    audit = PublishedAudit(torch.tensor([i in flagged for i in published.ids], dtype=torch.bool), rates)
     per_style = grade_styles(
         Styled.of(published), *real, evaluator, grading.evaluate, audit, device, hardware.network_batch
     )

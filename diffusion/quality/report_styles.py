@@ -35,6 +35,9 @@ MIXES = (0.0, 0.25, 0.5, 0.75, 1.0)
 # the per-style table's rows: what only styles have, then every headline metric in its table's order
 MEASURES = ("rows", "style_accuracy", "real_style_accuracy", "cas_size", *METRICS)
 INTERVALS = ("cas_ratio", "augmentation_gain")  # measures shown with their 95% interval over CAS seeds
+OLD_NAMES = {
+    "conditional_accuracy_published": "conditional_accuracy"
+}  # of documents graded before 2026-12-08
 
 
 def blended(model: UNet, a: int, b: int, mix: float) -> UNet:
@@ -108,7 +111,7 @@ def _measures(doc: dict[str, Any] | None) -> dict[str, Any] | None:
             {
                 "field": f,
                 "label": METRICS[f].label if f in METRICS else f.replace("_", " "),
-                "cells": {s: per_style[s].get(f) for s in styles},
+                "cells": {s: per_style[s].get(f, per_style[s].get(OLD_NAMES.get(f, f))) for s in styles},
             }
             for f in MEASURES
         ],

@@ -164,12 +164,14 @@ def grade_styles(
     """What `evaluate` reports per style of the published rows (`published`): {style name:
     measures (`style_quality`)}, the style judge fitted with `cfg.style_judge`; None when the real training
     digits are of one style (no style judge to fit: a version of one source is graded by the headline
-    metrics alone). A published style with no real digits is left out, with nothing to compare it with."""
+    metrics alone). A published style without real digits in each of the three splits (a holdout for DCR,
+    a validation split for CAS's stopping, test digits) is left out, with nothing to compare it with."""
     real_styles = set(real_train.styles.tolist())
     if len(real_styles) < 2:
         return None
     judge = fit_style_judge(real_train, real_val, cfg.style_judge, device)
-    known = torch.isin(published.styles, torch.tensor(sorted(real_styles)))
+    comparable = real_styles & set(real_val.styles.tolist()) & set(real_test.styles.tolist())
+    known = torch.isin(published.styles, torch.tensor(sorted(comparable)))
     kept = Styled(published.images[known], published.labels[known], published.styles[known])
     audit = PublishedAudit(audit.label_issues[known], audit.gate_per_style)
     return style_quality(
