@@ -37,7 +37,7 @@ MEASURES = ("rows", "style_accuracy", "real_style_accuracy", "cas_size", *METRIC
 INTERVALS = ("cas_ratio", "augmentation_gain")  # measures shown with their 95% interval over CAS seeds
 OLD_NAMES = {
     "conditional_accuracy_published": "conditional_accuracy"
-}  # of documents graded before 2026-12-08
+}  # per_style keys of documents graded before 2026-12-07 (night)
 
 
 def blended(model: UNet, a: int, b: int, mix: float) -> UNet:
