@@ -65,10 +65,8 @@ def test_style_judge_and_per_style_measures() -> None:
     assert math.isnan(report["handwritten-uci"]["memorization_rate"])  # the gate did not count it
 
 
-def test_grading_per_style_needs_real_digits_of_several_styles() -> None:
-    train, val, test = _styled(400, 0), _styled(120, 1), _styled(120, 2)
-    published = test
-    evaluator = DigitClassifier(channels=(8, 16), hidden=32).eval()
+def _quick_grading(published: Styled) -> tuple[DigitClassifier, EvaluateConfig, PublishedAudit]:
+    """A random evaluator, one short CAS seed and style judge, and an audit that flagged nothing."""
     cfg = EvaluateConfig.model_validate(
         {
             "cas": {"seeds": [0], "max_epochs": 1, "patience": 1},
@@ -76,6 +74,13 @@ def test_grading_per_style_needs_real_digits_of_several_styles() -> None:
         }
     )
     audit = PublishedAudit(torch.zeros(len(published.labels), dtype=torch.bool), {})
+    return DigitClassifier(channels=(8, 16), hidden=32).eval(), cfg, audit
+
+
+def test_grading_per_style_needs_real_digits_of_several_styles() -> None:
+    train, val, test = _styled(400, 0), _styled(120, 1), _styled(120, 2)
+    published = test
+    evaluator, cfg, audit = _quick_grading(published)
     report = grade_styles(published, train, val, test, evaluator, cfg, audit)
     assert set(report) == {"handwritten-mnist", "handwritten-uci"}
     assert report["handwritten-uci"]["style_accuracy"] > 0.95 and report["handwritten-uci"]["rows"] == 60
@@ -98,14 +103,7 @@ def test_a_style_of_one_digit_or_without_real_test_digits_is_graded_without_fail
         torch.cat([test.labels[keep], extra.labels[:3]]),
         torch.cat([test.styles[keep], printed[:3]]),
     )
-    evaluator = DigitClassifier(channels=(8, 16), hidden=32).eval()
-    cfg = EvaluateConfig.model_validate(
-        {
-            "cas": {"seeds": [0], "max_epochs": 1, "patience": 1},
-            "style_judge": {"epochs": 1, "augment": False},
-        }
-    )
-    audit = PublishedAudit(torch.zeros(len(published.labels), dtype=torch.bool), {})
+    evaluator, cfg, audit = _quick_grading(published)
     report = grade_styles(published, train, val, test, evaluator, cfg, audit)
     assert set(report) == {"handwritten-mnist", "handwritten-uci"}  # printed left out: no real test digits
     one = report["handwritten-uci"]
