@@ -361,6 +361,7 @@ FONTS = '{"sources": [{"kind": "fonts", "style": "printed", "weight": 1, "rows":
         ("{not json", "not the sources file"),
         ('{"other": []}', "not the sources file"),
         ('{"sources": [1, 2]}', "sources.0: "),
+        ('{"sources": {"kind": "fonts"}}', "sources: Input should be a valid list"),
         (FONTS % '"DejaVu"', "sources.0.fonts: "),
         (FONTS % '[{"family": "A", "file": "a.ttf"}]', "sources.0.fonts.0.copyright: "),
     ],

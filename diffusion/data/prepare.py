@@ -183,8 +183,8 @@ def read_sources(split: str | Path) -> list[dict[str, Any]] | None:
         TypeAdapter(list[SourceRecord]).validate_python(sources)
     except ValidationError as err:
         first = err.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        raise DataError(f"{path}: sources.{where}: {first['msg']}; run prepare again") from None
+        where = ".".join(["sources", *(str(x) for x in first["loc"])])
+        raise DataError(f"{path}: {where}: {first['msg']}; run prepare again") from None
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise DataError(
             f"{path}: not the sources file `digits prepare` writes ({err}); run prepare again"

@@ -82,8 +82,9 @@ class Styled:
 @dataclass(frozen=True)
 class PublishedAudit:
     """What the whole version's checks found that a style's share is read from: label_issues bool (N,), the
-    label audit's flags aligned with the published rows; gate_per_style, the manifest's `gate.per_style`
-    ({} when the gate did not count per style)."""
+    label audit's flags aligned with the published rows; gate_per_style, the gate's near-copy and repeat
+    rates by style name (the manifest's `gate.per_style`, or the version's own rates when it holds one
+    style; {} for a version of several published before the gate counted per style)."""
 
     label_issues: Tensor
     gate_per_style: dict[str, dict[str, float]]
