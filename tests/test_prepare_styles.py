@@ -74,6 +74,7 @@ def test_three_sources_split_by_digit_and_style(tmp_path: Path, npm_cache: Path)
         "dejavu" in fonts["DejaVu Sans"]["licence_url"] and "Bitstream" in fonts["DejaVu Sans"]["copyright"]
     )
     assert fonts["cmr10"]["licence"] is None and fonts["cmr10"]["file"] == "cmr10.ttf"
+    assert all(len(f["sha256"]) == 64 for f in fonts.values())  # which copy of each file was drawn
     assert len(everything) == 30  # every digit in every style
 
     train = DigitsDataset(tmp_path / "prepared" / "train.parquet")

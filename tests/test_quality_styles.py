@@ -108,6 +108,7 @@ def test_a_style_of_one_digit_or_without_real_test_digits_is_graded_without_fail
     assert set(report) == {"handwritten-mnist", "handwritten-uci"}  # printed left out: no real test digits
     one = report["handwritten-uci"]
     assert one["rows"] == 1 and math.isnan(one["frechet_distance"]) and math.isnan(one["coverage"])
+    assert math.isnan(one["cas_ratio"])  # one digit cannot stand for ten classes: no ratio, not 1.0
     assert 0 <= one["dcr_share"] <= 1
 
 

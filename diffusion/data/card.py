@@ -7,6 +7,7 @@ no arguments. The prose says where the real digits came from and how the synthet
 
 from __future__ import annotations
 
+import html
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -76,16 +77,16 @@ def sources_section(manifest: dict[str, Any]) -> str:
     fonts = [f for x in sources for f in x.get("fonts") or []]
     text = f"""## Sources
 
-The real digits the model learnt from (`data.sources`, as `digits prepare` recorded them: rows of all
-three splits, of which the model trained on the train split); the styles' origins and licences are under
-Model above.
+The real digits of the training split this run was given (`--train`; in the pipeline, the digits the
+model learnt from), as `digits prepare` recorded their sources (`data.sources`; rows of all three splits);
+the styles' origins and licences are under Model above.
 
 | source | style | rows | weight |
 | --- | --- | --- | --- |
 {rows}"""
     if fonts:
         lines = "\n".join(
-            f"| {_cell(f.get('family'))} | `{_cell(f.get('file'))}` | {_cell(_licence(f))}"
+            f"| {_cell(f.get('family'))} | {_cell(f.get('file'))} | {_cell(_licence(f))}"
             f" | {_cell(f.get('copyright') or 'not stated')} |"
             for f in fonts
         )
@@ -101,8 +102,10 @@ Fonts of the printed digits, each with the licence and copyright its own name ta
 
 
 def _cell(value: object) -> str:
-    """A Markdown table cell's text: a font's own strings may hold the column bar."""
-    return str(value).replace("|", "\\|")
+    """A Markdown table cell's text, shown as written: a font's own strings may hold line breaks, the column
+    bar, backticks or HTML, none of which may break the table or reach the page as markup."""
+    text = html.escape(" ".join(str(value).split()), quote=False)
+    return text.replace("|", "\\|").replace("`", "\\`").replace("[", "\\[").replace("*", "\\*")
 
 
 def _licence(font: dict[str, Any]) -> str:

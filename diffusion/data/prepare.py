@@ -13,18 +13,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from diffusion.checkpoint import atomic_path
 from diffusion.config import DataConfig
 from diffusion.data.schema import digits_table
 from diffusion.data.sources import RawDigits, load_sources, source_provenance
 from diffusion.errors import DataError
-from diffusion.styles import STYLES, style_code
+from diffusion.styles import SOURCE_STYLE, STYLES, style_code
 
 SPLITS = ("train", "val", "test")
 SOURCES_FILE = "sources.json"  # beside the splits: [source_provenance of each configured source]
@@ -152,9 +152,10 @@ def write_splits(
 class FontRecord(BaseModel):
     """One font a printed source drew (`diffusion.data.printed.font_provenance`)."""
 
-    model_config = ConfigDict(extra="forbid")
-    family: str
-    file: str
+    model_config = ConfigDict(extra="forbid", strict=True)
+    family: str = Field(min_length=1)
+    file: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     copyright: str | None
     licence: str | None
     licence_url: str | None
@@ -163,12 +164,15 @@ class FontRecord(BaseModel):
 class SourceRecord(BaseModel):
     """One entry of SOURCES_FILE (`diffusion.data.sources.source_provenance`): rows before the split."""
 
-    model_config = ConfigDict(extra="forbid")
-    kind: str
-    style: str
-    weight: float
-    rows: int
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    kind: Literal[tuple(SOURCE_STYLE)]  # type: ignore[valid-type]
+    style: Literal[STYLES]  # type: ignore[valid-type]
+    weight: float = Field(gt=0)
+    rows: int = Field(ge=1)
     fonts: list[FontRecord] | None = None
+
+
+_SOURCES = TypeAdapter(list[SourceRecord])
 
 
 def read_sources(split: str | Path) -> list[dict[str, Any]] | None:
@@ -179,8 +183,7 @@ def read_sources(split: str | Path) -> list[dict[str, Any]] | None:
     if not path.is_file():
         return None
     try:
-        sources = json.loads(path.read_text(encoding="utf-8"))["sources"]
-        TypeAdapter(list[SourceRecord]).validate_python(sources)
+        records = _SOURCES.validate_python(json.loads(path.read_text(encoding="utf-8"))["sources"])
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(["sources", *(str(x) for x in first["loc"])])
@@ -189,7 +192,9 @@ def read_sources(split: str | Path) -> list[dict[str, Any]] | None:
         raise DataError(
             f"{path}: not the sources file `digits prepare` writes ({err}); run prepare again"
         ) from None
-    return sources
+    if not records:
+        raise DataError(f"{path}: sources: no source listed; run prepare again")
+    return [r.model_dump(exclude_unset=True) for r in records]
 
 
 def prepare(cfg: DataConfig, out_dir: Path) -> SplitSummary:

@@ -28,6 +28,7 @@ import numpy as np
 from fontTools.ttLib import TTCollection, TTFont, TTLibError
 from PIL import Image, ImageDraw, ImageFont
 
+from diffusion.checkpoint import file_sha256
 from diffusion.data.images import BOX, mnist_layout
 from diffusion.data.sources import RawDigits
 from diffusion.errors import DataError
@@ -108,7 +109,7 @@ def _family(font: TTFont) -> str:
     """The family and subfamily from the font's name table ("DejaVu Sans Bold"), "Regular"/"Book" left out."""
     names = font["name"]
     parts = (names.getDebugName(1), names.getDebugName(2))
-    return " ".join(part for part in parts if part and part not in ("Regular", "Book"))
+    return " ".join(" ".join(p.split()) for p in parts if p and p.strip() not in ("Regular", "Book"))
 
 
 def load_font(path: str | Path, index: int = 0) -> Font:
@@ -212,13 +213,15 @@ def _first_line(text: str | None, limit: int = 160) -> str | None:
 
 
 def font_provenance(font: Font) -> dict[str, str | None]:
-    """What a font says of itself in its OpenType `name` table, for the dataset card: {family, file,
-    copyright (name ID 0), licence (ID 13, its first line), licence_url (ID 14)}; None where it says
-    nothing (matplotlib's Computer Modern faces name no licence)."""
+    """What a font says of itself in its OpenType `name` table, for the dataset card: {family, file, sha256
+    (of the file: which copy was drawn), copyright (name ID 0), licence (ID 13), licence_url (ID 14)}, each
+    string its first line cut at 160 characters; None where it says nothing (matplotlib's Computer Modern
+    faces name no licence)."""
     names = _open(font.path, font.index)["name"]
     return {
         "family": font.family,
         "file": font.path.name,
+        "sha256": file_sha256(font.path),
         "copyright": _first_line(names.getDebugName(0)),
         "licence": _first_line(names.getDebugName(13)),
         "licence_url": _first_line(names.getDebugName(14)),

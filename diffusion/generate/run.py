@@ -153,7 +153,7 @@ def tally(spec: RunSpec, blocks: list[BlockOutcome]) -> dict[int, ClassProgress]
 
 def published_run(spec: RunSpec, quality: QualityConfig) -> PublishedVersion | None:
     """The version this run would publish, if a run published it before: the same run key (the same
-    digits), counts, shards and gate (a run killed after publishing, before grading, or the same params
+    digits), counts, shards, gate and training sources (a run killed after publishing, before grading, or the same params
     run again), newest first; None when there is none. A rerun takes it (and grades it) instead of
     sampling and publishing the same files a second time under another date. (The run key alone leaves
     counts out, so that a run asking for more digits reuses the staged blocks of one that asked for fewer.)"""
@@ -162,7 +162,8 @@ def published_run(spec: RunSpec, quality: QualityConfig) -> PublishedVersion | N
         m = version.manifest
         same_digits = m.get("run_key") == spec.key and _requested(m) == spec.cfg.counts()
         same_files = m.get("params", {}).get("shard_rows") == spec.cfg.shard_rows and m.get("quality") == gate
-        if same_digits and same_files:
+        same_card = m.get("training_sources") == spec.training_sources  # the card names the sources
+        if same_digits and same_files and same_card:
             staging.discard(spec.staging)  # a run killed between publishing and discarding its staging
             return dataclasses.replace(version, reused=True)
     return None

@@ -15,8 +15,8 @@ For every style s of the published rows, every headline metric of the version
     cas_accuracy / real_baseline_accuracy / cas_ratio / augmentation_gain (+ _interval), cas_size
                                `diffusion.quality.cas` trained on cas_size of the style's published digits vs
                                as many real training digits of the style (cas_size: the smaller of the two
-                               counts), tested on the style's real test digits; the gain adds those digits
-                               to every real training digit of the style
+                               counts; nan under one digit per class), tested on the style's real test
+                               digits; the gain adds those digits to every real training digit of the style
     frechet_distance(_real), precision, recall, density, coverage (+ _real), coverage_ratio
                                `diffusion.quality.evaluate.feature_measures` in the evaluator's features,
                                against the style's real training and test digits
@@ -45,8 +45,8 @@ from torch import Tensor, nn
 
 from diffusion.config import EvaluateConfig, JudgeTraining
 from diffusion.judges.classifier import DigitClassifier
-from diffusion.judges.training import accuracy, fit_cross_entropy, in_batches, predict
-from diffusion.quality.cas import balanced_subset, cas
+from diffusion.judges.training import NUM_CLASSES, accuracy, fit_cross_entropy, in_batches, predict
+from diffusion.quality.cas import INTERVAL_KEYS, CasScores, Digits, balanced_subset, cas
 from diffusion.quality.evaluate import feature_measures
 from diffusion.quality.measures import dcr_shares
 from diffusion.styles import STYLES
@@ -131,8 +131,18 @@ def style_quality(
             for name, d in (("synthetic", ours), ("train", train), ("test", test))
         }
         size = min(len(ours.labels), len(train.labels))  # equal size: a style may have few real digits
-        synthetic = balanced_subset(ours, size, torch.Generator().manual_seed(0))
-        scores = cas(synthetic, train, val, test, cfg.cas, device)
+        if size < NUM_CLASSES:  # fewer digits than classes: both fits guess, and their ratio says nothing
+            nan = (math.nan, math.nan)
+            scores = CasScores(
+                [], dict.fromkeys((*INTERVAL_KEYS, "cas_epochs"), math.nan), dict.fromkeys(INTERVAL_KEYS, nan)
+            )
+        else:  # all of them in their published order (as the whole version's CAS reads them), or a draw
+            synthetic = (
+                Digits(ours.images, ours.labels)
+                if size == len(ours.labels)
+                else balanced_subset(ours, size, torch.Generator().manual_seed(0))
+            )
+            scores = cas(synthetic, train, val, test, cfg.cas, device)
         gate = audit.gate_per_style.get(STYLES[code], {})
         out[STYLES[code]] = {
             "rows": int(len(ours.labels)),
