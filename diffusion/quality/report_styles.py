@@ -35,9 +35,8 @@ MIXES = (0.0, 0.25, 0.5, 0.75, 1.0)
 # the per-style table's rows: what only styles have, then every headline metric in its table's order
 MEASURES = ("rows", "style_accuracy", "real_style_accuracy", "cas_size", *METRICS)
 INTERVALS = ("cas_ratio", "augmentation_gain")  # measures shown with their 95% interval over CAS seeds
-OLD_NAMES = {
-    "conditional_accuracy_published": "conditional_accuracy"
-}  # per_style keys of documents graded before 2026-12-07 (night)
+# per_style keys of documents graded before 2026-12-07 (night), read where the new key is absent
+OLD_NAMES = {"conditional_accuracy_published": "conditional_accuracy"}
 
 
 def blended(model: UNet, a: int, b: int, mix: float) -> UNet:
