@@ -112,8 +112,8 @@ def main() -> None:
     write_json(args.out, doc)
     for style, m in report.items():
         print(
-            f"{style}: {m['rows']} rows, conditional accuracy {m['conditional_accuracy_published']:.4f}, style accuracy "
-            f"{m['style_accuracy']:.4f} (real {m['real_style_accuracy']:.4f}), CAS ratio {m['cas_ratio']:.4f}"
+            f"{style}: {m['rows']} rows, conditional accuracy {m['conditional_accuracy_published']:.4f},"
+            f" style accuracy {m['style_accuracy']:.4f} (real {m['real_style_accuracy']:.4f}), CAS ratio {m['cas_ratio']:.4f}"
             f" at {m['cas_size']}"
         )
 

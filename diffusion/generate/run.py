@@ -153,9 +153,9 @@ def tally(spec: RunSpec, blocks: list[BlockOutcome]) -> dict[int, ClassProgress]
 
 def published_run(spec: RunSpec, quality: QualityConfig) -> PublishedVersion | None:
     """The version this run would publish, if a run published it before: the same run key (the same
-    digits), counts, shards, gate and training sources (a run killed after publishing, before grading, or the same params
-    run again), newest first; None when there is none. A rerun takes it (and grades it) instead of
-    sampling and publishing the same files a second time under another date. (The run key alone leaves
+    digits), counts, shards, gate and training sources (a run killed after publishing, before grading, or
+    the same params run again), newest first; None when there is none. A rerun takes it (and grades it)
+    instead of sampling and publishing the same files a second time under another date. (The run key alone leaves
     counts out, so that a run asking for more digits reuses the staged blocks of one that asked for fewer.)"""
     gate = quality.model_dump(mode="json")
     for version in reversed(list_versions(spec.cfg.output_root, spec.cfg.name, broken=[])):
