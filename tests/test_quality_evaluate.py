@@ -19,7 +19,6 @@ from diffusion.quality.cas import (
     Digits,
     balanced_subset,
     cas,
-    cas_run,
     t_interval,
     train_to_convergence,
 )
@@ -112,7 +111,7 @@ def test_cas_ranks_real_digits_above_noise(real, tmp_path: Path) -> None:
         torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1, good.labels
     )
     scores = {
-        name: cas_run(d, real["train"], real["val"], real["test"], QUICK, seed=0, gain=False)
+        name: cas(d, real["train"], real["val"], real["test"], QUICK, gain=False).runs[0]
         for name, d in [("good", good), ("noise", noise)]
     }
     assert scores["good"]["cas_accuracy"] > scores["noise"]["cas_accuracy"] + 0.3

@@ -173,7 +173,8 @@ def number_option(flag: str, given: str, expected: str, within: Callable[[float]
 def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
     from diffusion.data.datasets import DigitsDataset, MixedDigits, open_version, published_dataset
     from diffusion.data.evaluations import json_safe
-    from diffusion.quality.cas import converged_test_accuracy, t_interval
+    from diffusion.quality.cas import t_interval
+    from diffusion.quality.fits import FitPool
 
     if args.real_fraction is not None and not args.real:
         raise DigitsError("--real-fraction: give --real too, the real digits it is the share of")
@@ -190,10 +191,10 @@ def cmd_train_on(params: Params, args: argparse.Namespace) -> None:
     if args.real:
         data = MixedDigits(data, DigitsDataset(args.real), fraction, seed=0)
     val, test = DigitsDataset(args.val), DigitsDataset(args.test)
-    cfg, device = params.evaluate.cas, params.hardware.device
-    scores, epochs = zip(
-        *(converged_test_accuracy(data, val, test, cfg, s, device) for s in cfg.seeds), strict=True
-    )
+    cfg = params.evaluate.cas
+    with FitPool(params.hardware.device) as pool:  # the seeds' fits side by side on the CPU, as evaluate's
+        fits = [pool.submit(data, val, test, cfg, seed) for seed in cfg.seeds]
+        scores, epochs = zip(*(fit.result() for fit in fits), strict=True)
     result = {
         "test_accuracy": sum(scores) / len(scores),
         "interval": list(t_interval(list(scores))),

@@ -13,8 +13,10 @@ The recipe, one fit (`train_to_convergence`):
     randomness  one explicit CPU `torch.Generator` per fit, seeded by the training seed: weight init and
                 batch order (nothing reads torch's global RNG: this runs inside Prefect's worker threads);
                 the same seed gives the same weights on the CPU (GPU kernels need not be bitwise repeatable)
+    threads     on the CPU each fit runs on ONE torch thread, several side by side in worker processes
+                (diffusion/quality/fits.py): the same weights whatever the machine's core count
 
-Per seed (`cas_run`), four fits with that seed, all tested on the real test split:
+Per seed (`cas_runs`), four fits with that seed, all tested on the real test split:
 
     cas_accuracy            trained on the synthetic digits only
     real_baseline_accuracy  trained on a class-balanced draw (seeded by the same seed) of as many real training
@@ -34,7 +36,9 @@ Images are (N, 1, 28, 28) float32 in [-1, 1], labels (N,) int64.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +52,7 @@ from diffusion.data.labelled import Labelled
 from diffusion.errors import DataError
 from diffusion.judges.lenet import LeNet5, new_lenet
 from diffusion.judges.training import NUM_CLASSES, accuracy
+from diffusion.quality.fits import FitPool
 
 INTERVAL_KEYS = ("cas_accuracy", "real_baseline_accuracy", "cas_ratio", "augmentation_gain")
 
@@ -145,36 +150,58 @@ def converged_test_accuracy(
 
 
 # --------------------------------------------------------------------------- one seed, all seeds
-def cas_run(
-    synthetic: Labelled,
-    real_train: Labelled,
-    real_val: Labelled,
-    real_test: Labelled,
-    cfg: CasConfig,
-    seed: int,
-    device: torch.device | str = "cpu",
-    gain: bool = True,
-) -> dict[str, float]:
-    """One seed's {seed, cas_accuracy, real_baseline_accuracy, cas_ratio, augmentation_gain, epochs}
-    (module docstring); gain=False skips the two largest fits and leaves augmentation_gain out."""
-    device = torch.device(device)
+def _seed_sets(
+    synthetic: Labelled, real_train: Labelled, both: Labelled | None, seed: int
+) -> dict[str, Labelled]:
+    """The training sets of one seed's fits (module docstring), by the name of the fit."""
     real = balanced_subset(real_train, len(synthetic.labels), torch.Generator().manual_seed(seed))
-    synthetic_score, epochs = converged_test_accuracy(synthetic, real_val, real_test, cfg, seed, device)
-    real_score, _ = converged_test_accuracy(real, real_val, real_test, cfg, seed, device)
+    sets = {"synthetic": synthetic, "real": real}
+    return sets | ({"with_synthetic": both, "alone": real_train} if both is not None else {})
+
+
+def _seed_scores(seed: int, fits: dict[str, Future[tuple[float, int]]]) -> dict[str, float]:
+    """One seed's row of metrics (module docstring) from the results of its fits."""
+    (synthetic_score, epochs), (real_score, _) = fits["synthetic"].result(), fits["real"].result()
     run = {
         "seed": seed,
         "cas_accuracy": synthetic_score,
         "real_baseline_accuracy": real_score,
         "cas_ratio": synthetic_score / real_score if real_score > 0 else math.nan,  # nothing to compare with
     }
+    if "alone" in fits:
+        gain = fits["with_synthetic"].result()[0] - fits["alone"].result()[0]
+        run["augmentation_gain"] = 100.0 * gain
+    return run | {"epochs": epochs}
+
+
+def cas_runs(
+    synthetic: Labelled,
+    real_train: Labelled,
+    real_val: Labelled,
+    real_test: Labelled,
+    cfg: CasConfig,
+    seeds: tuple[int, ...],
+    pool: FitPool,
+    gain: bool = True,
+) -> list[dict[str, float]]:
+    """One row of {seed, cas_accuracy, real_baseline_accuracy, cas_ratio, augmentation_gain, epochs} per
+    seed (module docstring), every fit run by `pool` (diffusion/quality/fits.py: side by side on the CPU,
+    one torch thread each); gain=False skips the two largest fits and leaves augmentation_gain out."""
+    both = None
     if gain:
         both = Digits(
             torch.cat([real_train.images, synthetic.images]), torch.cat([real_train.labels, synthetic.labels])
         )
-        with_synthetic, _ = converged_test_accuracy(both, real_val, real_test, cfg, seed, device)
-        alone, _ = converged_test_accuracy(real_train, real_val, real_test, cfg, seed, device)
-        run["augmentation_gain"] = 100.0 * (with_synthetic - alone)
-    return run | {"epochs": epochs}
+    jobs = [
+        (seed, name, data)
+        for seed in seeds
+        for name, data in _seed_sets(synthetic, real_train, both, seed).items()
+    ]
+    jobs.sort(key=lambda job: -len(job[2].labels))  # the largest first, so that the workers end together
+    fits: dict[int, dict[str, Future[tuple[float, int]]]] = {seed: {} for seed in seeds}
+    for seed, name, data in jobs:
+        fits[seed][name] = pool.submit(data, real_val, real_test, cfg, seed)
+    return [_seed_scores(seed, fits[seed]) for seed in seeds]
 
 
 def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -189,7 +216,7 @@ def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, fl
 
 @dataclass(frozen=True)
 class CasScores:
-    """runs: `cas_run`'s rows, one per seed. means: the mean of each of their metrics over seeds, and
+    """runs: `cas_runs`' rows, one per seed. means: the mean of each of their metrics over seeds, and
     cas_epochs (the synthetic-only fits' mean epochs). intervals: the 95% t-interval of each INTERVAL_KEYS
     metric present."""
 
@@ -206,9 +233,12 @@ def cas(
     cfg: CasConfig,
     device: torch.device | str = "cpu",
     gain: bool = True,
+    pool: FitPool | None = None,
 ) -> CasScores:
-    """`cas_run` for every seed of `cfg.seeds`, with the means and 95% intervals over them."""
-    runs = [cas_run(synthetic, real_train, real_val, real_test, cfg, s, device, gain) for s in cfg.seeds]
+    """`cas_runs` for every seed of `cfg.seeds`, with the means and 95% intervals over them. `pool`: where
+    the fits run (a caller grading several sets keeps one); None: a `FitPool` on `device` for this call."""
+    with contextlib.nullcontext(pool) if pool is not None else FitPool(device) as fits:
+        runs = cas_runs(synthetic, real_train, real_val, real_test, cfg, cfg.seeds, fits, gain)
     keys = [k for k in INTERVAL_KEYS if k in runs[0]]
     means = {k: float(np.mean([r[k] for r in runs])) for k in keys}
     means["cas_epochs"] = float(np.mean([r["epochs"] for r in runs]))

@@ -69,6 +69,7 @@ from diffusion.judges.training import (
     in_batches,
 )
 from diffusion.quality.cas import Digits, balanced_indices, cas
+from diffusion.quality.fits import FitPool
 from diffusion.quality.measures import dcr_shares, label_issues, prdc_with_reference
 
 __all__ = [
@@ -240,6 +241,7 @@ def evaluate_version(
     cfg: EvaluateConfig,
     device: torch.device | str = "cpu",
     batch_size: int = 500,
+    pool: FitPool | None = None,
 ) -> EvaluationResult:
     """Every measure of one published version. Memorisation and duplicate rates are the publish gate's, read
     from the version's manifest (the gate computed them from the published bytes).
@@ -254,6 +256,7 @@ def evaluate_version(
         filter_classifier: the filtering judge (predictions only); moved to `device`.
         cfg: the CAS recipe and seeds, PRDC's k, the label audit's method.
         device, batch_size: where the networks run and how many images a forward pass holds (`hardware`).
+        pool: where CAS's fits run (diffusion/quality/fits.py); None: a `FitPool` on `device` for this call.
     """
     gate = version.manifest.get("gate") or {}
     if not {"memorization_rate", "duplicate_rate"} <= set(gate):
@@ -281,7 +284,7 @@ def evaluate_version(
         published.images, real_train.images, real_val.images, real_test.images, device, batch_size
     )
     flagged = torch.from_numpy(label_issues(published.labels, probs, cfg.label_issue_method))
-    scores = cas(published, real_train, real_val, real_test, cfg.cas, device)
+    scores = cas(published, real_train, real_val, real_test, cfg.cas, device, pool=pool)
     metrics = {
         "conditional_accuracy_published": conditional.accuracy,
         "conditional_accuracy_raw": accuracy(evaluator, raw, batch_size),

@@ -112,6 +112,7 @@ def grade_version(
     from diffusion.judges.classifier import load_classifier
     from diffusion.judges.evaluator import load_evaluator
     from diffusion.quality.evaluate import evaluate_version
+    from diffusion.quality.fits import FitPool
     from diffusion.quality.styles import PublishedAudit, Styled, grade_styles
 
     device = hardware.device
@@ -126,27 +127,36 @@ def grade_version(
             names = ", ".join(STYLES[int(c)] for c in styles)
             raise DataError(f"{path}: no real digits of the style(s) {names} that {version.path} holds")
     evaluator = load_evaluator(grading.evaluator, device)
-    result = evaluate_version(
-        version,
-        published,
-        raw,
-        *references,
-        evaluator,
-        load_classifier(classifier, device),
-        grading.evaluate,
-        device,
-        hardware.network_batch,
-    )
-    flagged = set(result.label_issues)
-    gate = version.manifest["gate"]  # evaluate_version found the gate's rates there
-    if len(styles) == 1:  # a version of one style: the version's rates are the style's
-        rates = {STYLES[int(styles[0])]: {k: gate[k] for k in ("memorization_rate", "duplicate_rate")}}
-    else:  # the gate counts per style (none: published before it did)
-        rates = gate.get("per_style", {})
-    audit = PublishedAudit(torch.tensor([i in flagged for i in published.ids], dtype=torch.bool), rates)
-    per_style = grade_styles(
-        Styled.of(published), *real, evaluator, grading.evaluate, audit, device, hardware.network_batch
-    )
+    with FitPool(device) as pool:  # CAS's fits, of the version and of each style, side by side on the CPU
+        result = evaluate_version(
+            version,
+            published,
+            raw,
+            *references,
+            evaluator,
+            load_classifier(classifier, device),
+            grading.evaluate,
+            device,
+            hardware.network_batch,
+            pool,
+        )
+        flagged = set(result.label_issues)
+        gate = version.manifest["gate"]  # evaluate_version found the gate's rates there
+        if len(styles) == 1:  # a version of one style: the version's rates are the style's
+            rates = {STYLES[int(styles[0])]: {k: gate[k] for k in ("memorization_rate", "duplicate_rate")}}
+        else:  # the gate counts per style (none: published before it did)
+            rates = gate.get("per_style", {})
+        audit = PublishedAudit(torch.tensor([i in flagged for i in published.ids], dtype=torch.bool), rates)
+        per_style = grade_styles(
+            Styled.of(published),
+            *real,
+            evaluator,
+            grading.evaluate,
+            audit,
+            device,
+            hardware.network_batch,
+            pool,
+        )
     flags = check(result.metrics, grading.monitor)
     return {
         "name": name,

@@ -48,6 +48,7 @@ from diffusion.judges.classifier import DigitClassifier
 from diffusion.judges.training import NUM_CLASSES, accuracy, fit_cross_entropy, in_batches, predict
 from diffusion.quality.cas import INTERVAL_KEYS, CasScores, Digits, balanced_subset, cas
 from diffusion.quality.evaluate import feature_measures
+from diffusion.quality.fits import FitPool
 from diffusion.quality.measures import dcr_shares
 from diffusion.styles import STYLES
 
@@ -117,6 +118,7 @@ def style_quality(
     audit: PublishedAudit,
     device: torch.device | str = "cpu",
     batch_size: int = 500,
+    pool: FitPool | None = None,
 ) -> dict[str, dict[str, float | int | tuple[float, float]]]:
     """style name -> its measures (module docstring), for every style among the published rows."""
     device = torch.device(device)
@@ -142,7 +144,7 @@ def style_quality(
                 if size == len(ours.labels)
                 else balanced_subset(ours, size, torch.Generator().manual_seed(0))
             )
-            scores = cas(synthetic, train, val, test, cfg.cas, device)
+            scores = cas(synthetic, train, val, test, cfg.cas, device, pool=pool)
         gate = audit.gate_per_style.get(STYLES[code], {})
         out[STYLES[code]] = {
             "rows": int(len(ours.labels)),
@@ -171,6 +173,7 @@ def grade_styles(
     audit: PublishedAudit,
     device: torch.device | str = "cpu",
     batch_size: int = 500,
+    pool: FitPool | None = None,
 ) -> dict[str, Any] | None:
     """What `evaluate` reports per style of the published rows (`published`): {style name:
     measures (`style_quality`)}, the style judge fitted with `cfg.style_judge`; None when the real training
@@ -186,5 +189,5 @@ def grade_styles(
     kept = Styled(published.images[known], published.labels[known], published.styles[known])
     audit = PublishedAudit(audit.label_issues[known], audit.gate_per_style)
     return style_quality(
-        kept, real_train, real_val, real_test, evaluator, judge, cfg, audit, device, batch_size
+        kept, real_train, real_val, real_test, evaluator, judge, cfg, audit, device, batch_size, pool
     )

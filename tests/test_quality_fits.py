@@ -1,0 +1,77 @@
+"""Converged fits side by side (diffusion/quality/fits.py): worker processes of one torch thread each give the
+numbers of the same fits run here on one thread, whatever the number of workers."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffusion.config import CasConfig
+from diffusion.data.datasets import DigitsDataset
+from diffusion.errors import DataError
+from diffusion.quality.cas import Digits, cas
+from diffusion.quality.fits import FitPool
+from tests.judges_fixtures import digits_split, one_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+QUICK = CasConfig(batch_size=16, lr=3e-3, max_epochs=4, patience=2, seeds=(0, 1, 2))
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> dict[str, DigitsDataset]:
+    """Rendered digits standing in for the real splits."""
+    tmp = tmp_path_factory.mktemp("real")
+    return {
+        name: digits_split(tmp, name, n, seed)
+        for name, n, seed in [("train", 200, 0), ("val", 60, 1), ("test", 100, 2)]
+    }
+
+
+def test_fits_side_by_side_give_the_numbers_of_one_thread_here(real, tmp_path: Path) -> None:
+    synthetic = digits_split(tmp_path, "synthetic", 120, 5)
+    splits = (real["train"], real["val"], real["test"])
+    assert torch.get_num_threads() == 1  # the fixture's: fits here run on one thread, as the workers' do
+    runs = {}
+    for workers in (1, 2, 3):
+        with FitPool("cpu", workers) as pool:
+            assert pool.side_by_side == (workers > 1)
+            if pool.side_by_side:  # each worker's torch runs one thread (two make other weights at MNIST's size)
+                assert pool._executor.submit(torch.get_num_threads).result() == 1
+            runs[workers] = cas(synthetic, *splits, QUICK, pool=pool).runs
+    assert runs[2] == runs[1] and runs[3] == runs[1]  # every number, every seed, to the last bit
+    assert [r["seed"] for r in runs[1]] == [0, 1, 2] and all("augmentation_gain" in r for r in runs[1])
+    assert len({r["cas_accuracy"] for r in runs[1]}) > 1  # the seeds' fits differ: a real comparison
+    assert torch.get_num_threads() == 1  # the workers' one thread is theirs, not this process's
+
+
+def test_a_fit_that_fails_raises_from_its_result_and_the_pool_goes_on(real) -> None:
+    empty = Digits(torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.int64))
+    with FitPool("cpu", workers=2) as pool:
+        failed = pool.submit(empty, real["val"], real["test"], QUICK, seed=0)
+        with pytest.raises(DataError, match="at least one training digit"):
+            failed.result()
+        accuracy, epochs = pool.submit(real["train"], real["val"], real["test"], QUICK, seed=0).result()
+    assert 0.0 <= accuracy <= 1.0 and 1 <= epochs <= QUICK.max_epochs
+
+
+def _side_by_side_in_a_daemon(answer: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    pool = FitPool("cpu", workers=2)
+    answer.put(pool.side_by_side)
+    pool.close()
+
+
+def test_fits_run_here_off_the_cpu_on_one_thread_or_in_a_daemonic_process() -> None:
+    assert not FitPool("meta", workers=4).side_by_side  # an accelerator runs a fit's batches itself
+    assert not FitPool("cpu", workers=1).side_by_side
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        FitPool("cpu", workers=0)
+    context = multiprocessing.get_context("spawn")
+    answer = context.Queue()
+    daemon = context.Process(target=_side_by_side_in_a_daemon, args=(answer,), daemon=True)
+    daemon.start()
+    assert answer.get(timeout=120) is False  # a Dask worker, say: it may start no processes
+    daemon.join(timeout=60)
