@@ -355,6 +355,21 @@ def test_the_card_names_each_source_and_each_font_with_the_licence_it_states() -
     )
 
 
+def test_the_card_says_which_digits_the_version_holds() -> None:
+    manifest = _card_manifest()
+    counts = manifest["counts"]["0"]
+
+    def first_line(styles: list[str | None]) -> str:
+        cells = {str(10 * i): {**counts, **({"style": s} if s else {})} for i, s in enumerate(styles)}
+        card = dataset_card({**manifest, "counts": cells}, {"train": pa.table({"x": [0]})})
+        return next(line for line in card.splitlines() if line.startswith("Synthetic"))
+
+    assert first_line([None]).startswith("Synthetic handwritten digits drawn")  # before styles: MNIST's
+    assert first_line(["handwritten-mnist", "handwritten-uci"]).startswith("Synthetic handwritten digits")
+    assert first_line(["printed"]).startswith("Synthetic printed digits drawn")
+    assert first_line(["handwritten-mnist", "printed"]).startswith("Synthetic handwritten and printed digits")
+
+
 FONTS = '{"sources": [{"kind": "fonts", "style": "printed", "weight": 1, "rows": 20, "fonts": %s}]}'
 
 

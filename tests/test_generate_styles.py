@@ -201,6 +201,8 @@ def test_exact_counts_per_digit_and_style_are_published(
         for metric in METRICS:
             assert f'id="style-{style}-{metric}"' in page
         assert f'id="style-{style}-augmentation_gain-interval"' in page
+        for reference in ("coverage_real", "dcr_share_real", "frechet_distance_real"):  # real vs real
+            assert f'id="style-{style}-{reference}"' in page
     assert "DCR share" in page and 'id="per-style-status"' not in page
 
 

@@ -171,6 +171,22 @@ def test_cas_over_seeds_means_intervals_and_gain(real, tmp_path: Path) -> None:
     assert again.runs == [scores.runs[1]]  # a seed's run does not depend on the other seeds
 
 
+def test_cas_of_fewer_digits_than_classes_is_not_measured(real, tmp_path: Path) -> None:
+    """Nine digits cannot stand for ten classes: no fit, every metric NaN, not a chance-level ratio of 1."""
+    few = digits_split(tmp_path, "few", 9, 5)
+    scores = cas(few, real["train"], real["val"], real["test"], QUICK)
+    assert scores.runs == [] and set(scores.intervals) == {
+        "cas_accuracy",
+        "real_baseline_accuracy",
+        "cas_ratio",
+        "augmentation_gain",
+    }
+    assert all(np.isnan(v) for v in scores.means.values()) and "cas_epochs" in scores.means
+    assert "augmentation_gain" not in cas(few, *real.values(), QUICK, gain=False).means
+    ten = cas(digits_split(tmp_path, "ten", 10, 5), *real.values(), QUICK, gain=False)
+    assert np.isfinite(ten.means["cas_ratio"])
+
+
 # --------------------------------------------------------------------------- one version
 def test_evaluate_version_reports_every_headline_metric(real, tmp_path: Path) -> None:
     fresh, fresh_labels = render_digits(60, seed=7)

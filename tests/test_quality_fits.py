@@ -39,7 +39,9 @@ def test_fits_side_by_side_give_the_numbers_of_one_thread_here(real, tmp_path: P
     for workers in (1, 2, 3):
         with FitPool("cpu", workers) as pool:
             assert pool.side_by_side == (workers > 1)
-            if pool.side_by_side:  # each worker's torch runs one thread (two make other weights at MNIST's size)
+            if (
+                pool.side_by_side
+            ):  # each worker's torch runs one thread (two make other weights at MNIST's size)
                 assert pool._executor.submit(torch.get_num_threads).result() == 1
             runs[workers] = cas(synthetic, *splits, QUICK, pool=pool).runs
     assert runs[2] == runs[1] and runs[3] == runs[1]  # every number, every seed, to the last bit

@@ -118,6 +118,25 @@ def test_a_page_reads_the_per_style_accuracy_of_a_document_graded_before_its_ren
     cells = {row["field"]: row["cells"]["printed"] for row in table["rows"]}
     assert cells["conditional_accuracy_published"] == 0.97 and cells["cas_ratio"] == 0.9
     assert cells["dcr_share"] is None  # not measured then: shown as n/a
+    assert "dcr_share_real" not in cells  # no reference measured: no row of it
+
+
+def test_the_per_style_table_puts_each_real_reference_under_its_measure() -> None:
+    doc = {
+        "per_style": {
+            "printed": {"coverage": 0.8, "coverage_real": 0.9},
+            "handwritten-uci": {"coverage": 0.7},
+        }
+    }
+    table = _measures(doc)
+    fields = [row["field"] for row in table["rows"]]
+    assert fields[fields.index("coverage") + 1] == "coverage_real"
+    real = table["rows"][fields.index("coverage_real")]
+    assert real["label"].endswith("real vs real") and real["cells"] == {
+        "printed": 0.9,
+        "handwritten-uci": None,
+    }
+    assert table["styles"] == ["printed", "handwritten-uci"]  # STYLES order
 
 
 def test_a_style_grid_has_a_row_per_digit_padded_with_black() -> None:

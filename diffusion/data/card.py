@@ -16,7 +16,7 @@ import pyarrow as pa
 import yaml
 
 from diffusion.data.schema import HF_FEATURES
-from diffusion.styles import cell_name, manifest_styles
+from diffusion.styles import STYLES, cell_name, manifest_styles
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def dataset_card(manifest: dict[str, Any], splits: dict[str, pa.Table]) -> str:
 
 # {manifest["name"]}, version {manifest["version"]}
 
-Synthetic handwritten digits drawn by a class-conditional diffusion model, labelled by the digit they
+Synthetic {_what(manifest["counts"])} drawn by a class-conditional diffusion model, labelled by the digit they
 were asked for, scored by two judges and kept only when they pass the filter below.
 
 - **Splits**: `train` holds the {split_rows.get("train", 0)} accepted digits (exact counts per class);
@@ -215,6 +215,14 @@ the filter (whole seed blocks are sampled, so often more than requested: the sur
 | class | published | accepted | sampled | acceptance rate (accepted / sampled) |
 | --- | --- | --- | --- | --- |
 {rows}"""
+
+
+def _what(counts: dict[str, dict[str, Any]]) -> str:
+    """What the version's digits are, by the styles of its counts (a count without one: MNIST's style)."""
+    held = {count.get("style", STYLES[0]) for count in counts.values()}
+    if held == {"printed"}:
+        return "printed digits"
+    return "handwritten and printed digits" if "printed" in held else "handwritten digits"
 
 
 def _rate(manifest: dict[str, Any], key: str) -> str:

@@ -236,7 +236,16 @@ def cas(
     pool: FitPool | None = None,
 ) -> CasScores:
     """`cas_runs` for every seed of `cfg.seeds`, with the means and 95% intervals over them. `pool`: where
-    the fits run (a caller grading several sets keeps one); None: a `FitPool` on `device` for this call."""
+    the fits run (a caller grading several sets keeps one); None: a `FitPool` on `device` for this call.
+
+    Fewer synthetic digits than classes stand for no classifier: both fits of a seed would guess, and their
+    ratio of two chance-level accuracies (about 1.0) would read as a perfect score. Then nothing is fitted
+    and every metric and interval is NaN ("not measured", which any monitor bound on it flags).
+    """
+    if len(synthetic.labels) < NUM_CLASSES:
+        nan = (math.nan, math.nan)
+        keys = INTERVAL_KEYS if gain else INTERVAL_KEYS[:3]
+        return CasScores([], dict.fromkeys((*keys, "cas_epochs"), math.nan), dict.fromkeys(keys, nan))
     with contextlib.nullcontext(pool) if pool is not None else FitPool(device) as fits:
         runs = cas_runs(synthetic, real_train, real_val, real_test, cfg, cfg.seeds, fits, gain)
     keys = [k for k in INTERVAL_KEYS if k in runs[0]]

@@ -98,22 +98,27 @@ def style_grid(
 
 def _measures(doc: dict[str, Any] | None) -> dict[str, Any] | None:
     """The evaluation's per-style measures as a table of one row per measure and one column per style (STYLES
-    order): {styles, rows: [{field, label, cells {style: value}}], intervals {measure: {style: [lo, hi]}}};
-    None when it has none."""
+    order), each measure with a real reference (`<measure>_real`: the same measure of the style's real
+    digits) followed by a row of it: {styles, rows: [{field, label, cells {style: value}}], intervals
+    {measure: {style: [lo, hi]}}}; None when it has none."""
     per_style = (doc or {}).get("per_style") or {}
     styles = [s for s in STYLES if isinstance(per_style.get(s), dict)]
     if not styles:
         return None
+
+    def row(field: str, label: str) -> dict[str, Any]:
+        cells = {s: per_style[s].get(field, per_style[s].get(OLD_NAMES.get(field, field))) for s in styles}
+        return {"field": field, "label": label, "cells": cells}
+
+    rows = []
+    for f in MEASURES:
+        label = METRICS[f].label if f in METRICS else f.replace("_", " ")
+        rows.append(row(f, label))
+        if any(f"{f}_real" in per_style[s] for s in styles):
+            rows.append(row(f"{f}_real", f"{label}, real vs real"))
     return {
         "styles": styles,
-        "rows": [
-            {
-                "field": f,
-                "label": METRICS[f].label if f in METRICS else f.replace("_", " "),
-                "cells": {s: per_style[s].get(f, per_style[s].get(OLD_NAMES.get(f, f))) for s in styles},
-            }
-            for f in MEASURES
-        ],
+        "rows": rows,
         "intervals": {f: {s: per_style[s].get(f"{f}_interval") for s in styles} for f in INTERVALS},
     }
 

@@ -45,8 +45,8 @@ from torch import Tensor, nn
 
 from diffusion.config import EvaluateConfig, JudgeTraining
 from diffusion.judges.classifier import DigitClassifier
-from diffusion.judges.training import NUM_CLASSES, accuracy, fit_cross_entropy, in_batches, predict
-from diffusion.quality.cas import INTERVAL_KEYS, CasScores, Digits, balanced_subset, cas
+from diffusion.judges.training import accuracy, fit_cross_entropy, in_batches, predict
+from diffusion.quality.cas import Digits, balanced_subset, cas
 from diffusion.quality.evaluate import feature_measures
 from diffusion.quality.fits import FitPool
 from diffusion.quality.measures import dcr_shares
@@ -133,18 +133,12 @@ def style_quality(
             for name, d in (("synthetic", ours), ("train", train), ("test", test))
         }
         size = min(len(ours.labels), len(train.labels))  # equal size: a style may have few real digits
-        if size < NUM_CLASSES:  # fewer digits than classes: both fits guess, and their ratio says nothing
-            nan = (math.nan, math.nan)
-            scores = CasScores(
-                [], dict.fromkeys((*INTERVAL_KEYS, "cas_epochs"), math.nan), dict.fromkeys(INTERVAL_KEYS, nan)
-            )
-        else:  # all of them in their published order (as the whole version's CAS reads them), or a draw
-            synthetic = (
-                Digits(ours.images, ours.labels)
-                if size == len(ours.labels)
-                else balanced_subset(ours, size, torch.Generator().manual_seed(0))
-            )
-            scores = cas(synthetic, train, val, test, cfg.cas, device, pool=pool)
+        synthetic = (  # all of them in their published order (as the whole version's CAS reads them), or a draw
+            Digits(ours.images, ours.labels)
+            if size == len(ours.labels)
+            else balanced_subset(ours, size, torch.Generator().manual_seed(0))
+        )
+        scores = cas(synthetic, train, val, test, cfg.cas, device, pool=pool)  # NaN under ten digits
         gate = audit.gate_per_style.get(STYLES[code], {})
         out[STYLES[code]] = {
             "rows": int(len(ours.labels)),
