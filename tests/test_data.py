@@ -406,7 +406,7 @@ def test_a_broken_sources_file_beside_a_split_is_one_line(tmp_path: Path, conten
 def test_rows_are_published_in_an_order_drawn_from_the_run_key() -> None:
     """Every class spread over every shard (a stream of shards sees them all), the same order for the same
     run key, another for another key."""
-    from diffusion.data.shards import in_seeded_order
+    from diffusion.data.staged import in_seeded_order
 
     labels = np.repeat(np.arange(10), 100)  # class by class, as accepted_rows hands them on
     table = pa.table({"label": labels, "row": np.arange(1000)})

@@ -8,7 +8,7 @@ import pytest
 
 from diffusion.config import ConfigError, GenerateConfig, parse_params
 from diffusion.data.schema import digits_table
-from diffusion.data.shards import accepted_rows
+from diffusion.data.staged import accepted_rows
 from diffusion.generate.plan import (
     ClassProgress,
     GenerationError,

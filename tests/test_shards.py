@@ -78,7 +78,7 @@ def test_a_full_disk_staging_a_shard_is_one_line_worth_a_retry(
     (a task retries it; the CLI prints its line), and no half-written shard."""
     import errno
 
-    from diffusion.data.shards import write_shard
+    from diffusion.data.staged import write_shard
     from diffusion.errors import is_transient
 
     def full(*args, **kwargs):

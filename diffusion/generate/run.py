@@ -30,15 +30,8 @@ import torch
 from diffusion.checkpoint import write_json_atomic
 from diffusion.config import GenerateConfig, HardwareConfig, QualityConfig
 from diffusion.data.card import dataset_card
-from diffusion.data.shards import (
-    PublishedVersion,
-    accepted_rows,
-    concat_staged,
-    in_seeded_order,
-    list_versions,
-    publish_version,
-    with_created_at,
-)
+from diffusion.data.shards import PublishedVersion, list_versions, publish_version
+from diffusion.data.staged import accepted_rows, concat_staged, in_seeded_order, with_created_at
 from diffusion.generate import staging, workers
 from diffusion.generate.inputs import check_run_inputs
 from diffusion.generate.plan import ClassProgress, GenerationError, TaskKey, run_key

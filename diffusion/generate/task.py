@@ -24,7 +24,7 @@ import torch
 from diffusion.config import ClipChoice, FilterConfig, SamplerConfig
 from diffusion.data.datasets import to_uint8
 from diffusion.data.schema import digits_table
-from diffusion.data.shards import read_shard, write_shard
+from diffusion.data.staged import read_shard, write_shard
 from diffusion.generate import workers
 from diffusion.generate.plan import TaskKey, WorkKey, block_seed
 from diffusion.judges.scoring import Scores, best_of_n, keep_mask
