@@ -4,8 +4,9 @@
     python benchmarks/evaluate_ab.py side OUT.json evaluate --params params.yaml --version ... --document ...
 
 Runs `diffusion.cli.main` with the arguments after OUT.json, unchanged but for one thing in `here` mode:
-every `FitPool` gets one worker, so each fit runs in the command's process on torch's threads, as grading ran
-before diffusion/quality/fits.py. OUT.json gets {mode, seconds (the command's, imports excluded), rc}. Run the
+every `FitPool` is made with `in_process=True`, so each fit runs in the command's process on torch's threads,
+as grading ran before diffusion/quality/fits.py. OUT.json gets {mode, seconds (`diffusion.cli.main`'s, the
+interpreter's start and the CLI module's import excluded), rc}. Run the
 two modes one after another on a quiet machine, and write the evaluation documents to two paths (`--document`)
 to compare their numbers. The `if __name__` guard below is what every program that grades needs: FitPool's
 spawned workers import the main module again.
@@ -34,10 +35,10 @@ def main() -> int:
     if mode == "here":
         pool_init = fits.FitPool.__init__
 
-        def one_worker(self: Any, device: Any = "cpu", workers: int | None = None) -> None:
-            pool_init(self, device, 1)
+        def in_process(self: Any, device: Any = "cpu", workers: int | None = None, **_: Any) -> None:
+            pool_init(self, device, workers, in_process=True)
 
-        fits.FitPool.__init__ = one_worker  # type: ignore[method-assign]
+        fits.FitPool.__init__ = in_process  # type: ignore[method-assign]
     start = time.perf_counter()
     rc = digits(argv)
     seconds = time.perf_counter() - start

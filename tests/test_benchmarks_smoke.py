@@ -373,3 +373,15 @@ def test_on_worker_thread_runs_off_the_calling_thread_and_raises_its_error_here(
 
     with pytest.raises(ZeroDivisionError, match="in the worker"):
         on_worker_thread(fails)
+
+
+def test_grading_fits_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "fits.json"
+    run_benchmark("grading_fits.py", "--out", str(out))
+    doc = json.loads(out.read_text())
+    assert doc["smoke"] is True and doc["machine"] and doc["threads"] >= 1
+    for way in ("here", "side_by_side"):
+        assert positive(doc[way]["seconds"]) and [r["seed"] for r in doc[way]["runs"]] == [0, 1, 2]
+        assert 0 < doc[way]["means"]["cas_ratio"] < 2
+    assert positive(doc["speedup"]) and doc["max_abs_difference"] >= 0
+    assert doc["side_by_side"]["workers"] == min(doc["threads"], len(os.sched_getaffinity(0)))

@@ -4,6 +4,9 @@ numbers of the same fits run here on one thread, whatever the number of workers.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -38,7 +41,7 @@ def test_fits_side_by_side_give_the_numbers_of_one_thread_here(real, tmp_path: P
     runs = {}
     for workers in (1, 2, 3):
         with FitPool("cpu", workers) as pool:
-            assert pool.side_by_side == (workers > 1)
+            assert pool.side_by_side == (workers > 1)  # one worker of one thread: here is one thread already
             if (
                 pool.side_by_side
             ):  # each worker's torch runs one thread (two make other weights at MNIST's size)
@@ -48,6 +51,17 @@ def test_fits_side_by_side_give_the_numbers_of_one_thread_here(real, tmp_path: P
     assert [r["seed"] for r in runs[1]] == [0, 1, 2] and all("augmentation_gain" in r for r in runs[1])
     assert len({r["cas_accuracy"] for r in runs[1]}) > 1  # the seeds' fits differ: a real comparison
     assert torch.get_num_threads() == 1  # the workers' one thread is theirs, not this process's
+
+
+def test_one_core_of_several_threads_still_fits_on_one_thread(real) -> None:
+    """One worker where torch runs two threads here: a process of one thread fits, not this one."""
+    torch.set_num_threads(2)
+    try:
+        with FitPool("cpu", workers=1) as pool:
+            assert pool.side_by_side and pool._executor.submit(torch.get_num_threads).result() == 1
+        assert not FitPool("cpu", workers=1, in_process=True).side_by_side  # grading before: here, 2 threads
+    finally:
+        torch.set_num_threads(1)
 
 
 def test_a_fit_that_fails_raises_from_its_result_and_the_pool_goes_on(real) -> None:
@@ -60,15 +74,49 @@ def test_a_fit_that_fails_raises_from_its_result_and_the_pool_goes_on(real) -> N
     assert 0.0 <= accuracy <= 1.0 and 1 <= epochs <= QUICK.max_epochs
 
 
+def test_in_process_a_failed_fit_stops_the_rest_and_ctrl_c_stops_at_once(real) -> None:
+    empty = Digits(torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.int64))
+    pool = FitPool("cpu", workers=1)
+    assert not pool.side_by_side
+    first = pool.submit(empty, real["val"], real["test"], QUICK, seed=0)
+    later = pool.submit(real["train"], real["val"], real["test"], QUICK, seed=0)  # not run: already failed
+    for future in (first, later):
+        with pytest.raises(DataError, match="at least one training digit"):
+            future.result()
+
+    def interrupted() -> None:  # Ctrl-C while a fit runs here
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # out of submit itself, not stored in a future
+        FitPool("cpu", workers=1)._executor.submit(interrupted)
+
+
+def test_an_error_in_the_pool_stops_its_workers_at_once(real) -> None:
+    long = QUICK.model_copy(update={"max_epochs": 10_000, "patience": 10_000})  # would run for hours
+    with pytest.raises(RuntimeError, match="the caller failed"), FitPool("cpu", workers=2) as pool:
+        pool.submit(real["train"], real["val"], real["test"], long, seed=0)
+        processes = list(pool._executor._processes.values())
+        time.sleep(1.0)
+        raise RuntimeError("the caller failed")
+    for process in processes:
+        process.join(timeout=30)
+        assert not process.is_alive()
+
+
 def _side_by_side_in_a_daemon(answer: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     pool = FitPool("cpu", workers=2)
     answer.put(pool.side_by_side)
     pool.close()
 
 
-def test_fits_run_here_off_the_cpu_on_one_thread_or_in_a_daemonic_process() -> None:
+def _start_a_worker_and_wait(answer: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    pool = FitPool("cpu", workers=2)
+    answer.put(pool._executor.submit(os.getpid).result())  # a worker's pid, then wait to be killed
+    time.sleep(600)
+
+
+def test_fits_run_here_off_the_cpu_or_in_a_daemonic_process() -> None:
     assert not FitPool("meta", workers=4).side_by_side  # an accelerator runs a fit's batches itself
-    assert not FitPool("cpu", workers=1).side_by_side
     with pytest.raises(ValueError, match="workers must be at least 1"):
         FitPool("cpu", workers=0)
     context = multiprocessing.get_context("spawn")
@@ -77,3 +125,18 @@ def test_fits_run_here_off_the_cpu_on_one_thread_or_in_a_daemonic_process() -> N
     daemon.start()
     assert answer.get(timeout=120) is False  # a Dask worker, say: it may start no processes
     daemon.join(timeout=60)
+    assert daemon.exitcode == 0
+
+
+def test_a_worker_ends_when_the_process_that_started_it_is_killed() -> None:
+    context = multiprocessing.get_context("spawn")
+    answer = context.Queue()
+    parent = context.Process(target=_start_a_worker_and_wait, args=(answer,))
+    parent.start()
+    worker = answer.get(timeout=120)
+    os.kill(parent.pid, signal.SIGKILL)  # no cleanup runs in the parent
+    parent.join(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and Path(f"/proc/{worker}").exists():
+        time.sleep(0.2)
+    assert not Path(f"/proc/{worker}").exists()  # it noticed within its poll and left

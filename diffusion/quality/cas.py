@@ -236,7 +236,8 @@ def cas(
     pool: FitPool | None = None,
 ) -> CasScores:
     """`cas_runs` for every seed of `cfg.seeds`, with the means and 95% intervals over them. `pool`: where
-    the fits run (a caller grading several sets keeps one); None: a `FitPool` on `device` for this call.
+    the fits run, on the pool's device (a caller grading several sets keeps one); None: a `FitPool` on
+    `device` for this call.
 
     Fewer synthetic digits than classes stand for no classifier: both fits of a seed would guess, and their
     ratio of two chance-level accuracies (about 1.0) would read as a perfect score. Then nothing is fitted

@@ -15,7 +15,7 @@ For every style s of the published rows, every headline metric of the version
     cas_accuracy / real_baseline_accuracy / cas_ratio / augmentation_gain (+ _interval), cas_size
                                `diffusion.quality.cas` trained on cas_size of the style's published digits vs
                                as many real training digits of the style (cas_size: the smaller of the two
-                               counts; nan under one digit per class), tested on the style's real test
+                               counts; nan when it is under ten, the classes), tested on the style's real test
                                digits; the gain adds those digits to every real training digit of the style
     frechet_distance(_real), precision, recall, density, coverage (+ _real), coverage_ratio
                                `diffusion.quality.evaluate.feature_measures` in the evaluator's features,
