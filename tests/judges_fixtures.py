@@ -58,3 +58,9 @@ def digits_split(directory: Path, name: str, n: int, seed: int) -> DigitsDataset
     path = directory / f"{name}.parquet"
     pq.write_table(digits_table([f"{name}-{i}" for i in range(n)], images, labels, "rendered"), path)
     return DigitsDataset(path)
+
+
+def real_splits(directory: Path, train: int, val: int, test: int) -> dict[str, DigitsDataset]:
+    """Rendered digits standing in for the real train, val and test splits (seeds 0, 1 and 2)."""
+    sizes = {"train": (train, 0), "val": (val, 1), "test": (test, 2)}
+    return {name: digits_split(directory, name, n, seed) for name, (n, seed) in sizes.items()}

@@ -31,7 +31,7 @@ from diffusion.quality.evaluate import (
     frechet_per_class,
 )
 from diffusion.quality.headline import METRICS
-from tests.judges_fixtures import digits_split, one_thread, render_digits  # noqa: F401
+from tests.judges_fixtures import digits_split, one_thread, real_splits, render_digits  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,11 +42,7 @@ QUICK = CasConfig(batch_size=16, lr=3e-3, max_epochs=8, patience=2, seeds=(0,)) 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory) -> dict[str, DigitsDataset]:
     """Rendered digits standing in for the real splits."""
-    tmp = tmp_path_factory.mktemp("real")
-    return {
-        name: digits_split(tmp, name, n, seed)
-        for name, n, seed in [("train", 400, 0), ("val", 100, 1), ("test", 200, 2)]
-    }
+    return real_splits(tmp_path_factory.mktemp("real"), 400, 100, 200)
 
 
 def gaussian(n: int, dim: int, seed: int) -> torch.Tensor:

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import signal
 import time
+from multiprocessing.connection import wait
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,10 @@ import torch
 from diffusion.config import CasConfig
 from diffusion.data.datasets import DigitsDataset
 from diffusion.errors import DataError
+from diffusion.quality import fits
 from diffusion.quality.cas import Digits, cas
 from diffusion.quality.fits import FitPool
-from tests.judges_fixtures import digits_split, one_thread  # noqa: F401
+from tests.judges_fixtures import digits_split, one_thread, real_splits  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,11 +29,7 @@ QUICK = CasConfig(batch_size=16, lr=3e-3, max_epochs=4, patience=2, seeds=(0, 1,
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory) -> dict[str, DigitsDataset]:
     """Rendered digits standing in for the real splits."""
-    tmp = tmp_path_factory.mktemp("real")
-    return {
-        name: digits_split(tmp, name, n, seed)
-        for name, n, seed in [("train", 200, 0), ("val", 60, 1), ("test", 100, 2)]
-    }
+    return real_splits(tmp_path_factory.mktemp("real"), 200, 60, 100)
 
 
 def test_fits_side_by_side_give_the_numbers_of_one_thread_here(real, tmp_path: Path) -> None:
@@ -53,13 +51,17 @@ def test_fits_side_by_side_give_the_numbers_of_one_thread_here(real, tmp_path: P
     assert torch.get_num_threads() == 1  # the workers' one thread is theirs, not this process's
 
 
-def test_one_core_of_several_threads_still_fits_on_one_thread(real) -> None:
+def test_one_core_of_several_threads_still_fits_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     """One worker where torch runs two threads here: a process of one thread fits, not this one."""
     torch.set_num_threads(2)
     try:
         with FitPool("cpu", workers=1) as pool:
             assert pool.side_by_side and pool._executor.submit(torch.get_num_threads).result() == 1
         assert not FitPool("cpu", workers=1, in_process=True).side_by_side  # grading before: here, 2 threads
+        monkeypatch.setattr(fits, "cores", lambda: 1)  # a process allowed one core: one worker, of one thread
+        pool = FitPool("cpu")
+        assert pool.workers == 1 and pool.side_by_side
+        pool.close()
     finally:
         torch.set_num_threads(1)
 
@@ -98,9 +100,8 @@ def test_an_error_in_the_pool_stops_its_workers_at_once(real) -> None:
         processes = list(pool._executor._processes.values())
         time.sleep(1.0)
         raise RuntimeError("the caller failed")
-    for process in processes:
-        process.join(timeout=30)
-        assert not process.is_alive()
+    wait([process.sentinel for process in processes], timeout=30)  # ended (without reaping them here)
+    assert all(process.exitcode is not None for process in processes)
 
 
 def _side_by_side_in_a_daemon(answer: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
@@ -128,15 +129,29 @@ def test_fits_run_here_off_the_cpu_or_in_a_daemonic_process() -> None:
     assert daemon.exitcode == 0
 
 
+def _running(pid: int) -> bool:
+    """Whether process `pid` runs: it exists and is no zombie (an ended child its new parent has not reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc (Linux)")
 def test_a_worker_ends_when_the_process_that_started_it_is_killed() -> None:
     context = multiprocessing.get_context("spawn")
     answer = context.Queue()
     parent = context.Process(target=_start_a_worker_and_wait, args=(answer,))
     parent.start()
     worker = answer.get(timeout=120)
-    os.kill(parent.pid, signal.SIGKILL)  # no cleanup runs in the parent
-    parent.join(timeout=30)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and Path(f"/proc/{worker}").exists():
-        time.sleep(0.2)
-    assert not Path(f"/proc/{worker}").exists()  # it noticed within its poll and left
+    try:
+        assert _running(worker)
+        os.kill(parent.pid, signal.SIGKILL)  # no cleanup runs in the parent
+        parent.join(timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _running(worker):
+            time.sleep(0.2)
+        assert not _running(worker)  # it noticed within its poll and left
+    finally:
+        if _running(worker):
+            os.kill(worker, signal.SIGKILL)  # a failed run leaves no idle worker behind

@@ -4,15 +4,16 @@ Grading a version trains 4 classifiers per CAS seed (diffusion/quality/cas.py), 
 of a LeNet-5 at 64 digits a step for a version of one style, nearly all of `digits evaluate`'s time. Their
 operations are too small for torch's intra-op threads, so a CPU sat half idle while the fits ran one after
 another on all its threads. A `FitPool` runs each fit in one of `workers` spawned processes of ONE torch
-thread each: on the 2-core development VM the 12 fits of the default version take 1.31x less time
+thread each: on the 2-core development VM the 12 fits of the default version run 1.31x faster
 (benchmarks/RESULTS.md, "Grading's fits side by side").
 
 One thread per fit also makes every number the same whatever the machine's core count or the number of
 workers: a kernel's floating-point sums run in an order set by its thread count, so a fit on two threads
 ends with other weights than the same fit on one. Each fit draws from its own seeded `torch.Generator`
 (weights and batch order), so which worker runs it, and in what order, changes nothing. On the CPU the
-pool's workers run the fits (one worker where there is one core), or this process when torch runs one
-thread here already (`OMP_NUM_THREADS=1`: the same numbers, no process started), unless:
+pool's workers run the fits (one worker where there is one core), or, when the pool has one worker and
+torch runs one thread here already (`OMP_NUM_THREADS=1`), this process (the same numbers, no process
+started), unless:
 - this process is daemonic (a Dask worker, say), which may start no process: fits run here on torch's
   threads (Dask's default `OMP_NUM_THREADS=1` for its workers keeps the numbers the same; more threads do not);
 - `in_process=True`: fits run here on torch's threads, as grading ran before this module (benchmarks).
@@ -21,9 +22,9 @@ On an accelerator fits run here, one after another: the device runs one fit's ba
 Workers are started with `spawn` (a fork of a process that runs Prefect's and torch's threads is not safe),
 so like every spawn start they import the calling program's main module again: a script that grades at
 import time needs the `if __name__ == "__main__":` guard. Each fit's digits go to its worker as numpy
-arrays through a pipe (no shared memory needed). A worker ignores Ctrl-C (the caller handles it), and ends
-itself when the process that started it is gone (killed without cleanup); leaving the pool on an error
-stops its workers at once, the fits in flight with them.
+arrays through a pipe, not as tensors in shared memory. A worker ignores Ctrl-C (the caller handles it),
+and ends itself when the process that started it is gone (killed without cleanup); leaving the pool on an
+error stops its workers at once, the fits in flight with them.
 
     with FitPool(device) as pool:
         future = pool.submit(train, real_val, real_test, cfg, seed)   # Future[(real test accuracy, epochs)]
@@ -103,6 +104,11 @@ class _Here(Executor):
         return future
 
 
+def _array(values: Any) -> np.ndarray:
+    """A tensor's values as a numpy array on the CPU (a copy where it is on a device or needs grad)."""
+    return values.numpy(force=True) if isinstance(values, torch.Tensor) else np.asarray(values)
+
+
 def cores() -> int:
     """The CPU cores this process may run on (its affinity mask where the OS has one)."""
     try:
@@ -157,8 +163,8 @@ class FitPool:
         (real-test accuracy, epochs run), `cas.converged_test_accuracy`'s result. Images (N, 1, 28, 28) float
         in [-1, 1], labels (N,) int64, on the CPU for a worker; only these two of each set travel to it."""
         sets: list[tuple[Any, Any]] = [(d.images, d.labels) for d in (train, real_val, real_test)]
-        if self.side_by_side:  # pickled through the pipe as numpy arrays: no /dev/shm needed
-            sets = [(np.asarray(images), np.asarray(labels)) for images, labels in sets]
+        if self.side_by_side:  # pickled through the pipe as numpy arrays, not as shared-memory tensors
+            sets = [(_array(images), _array(labels)) for images, labels in sets]
         return self._executor.submit(_fit, *sets, cfg, seed, str(self.device))
 
     def close(self, error: bool = False) -> None:
